@@ -1,0 +1,124 @@
+"""Frozen, JSON-serialisable configuration of a training run.
+
+A run directory stores the config it was trained with (``config.json`` inside the manifest), so a run can
+be resumed, re-evaluated or re-embedded later without guessing its settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Which metric-learning loss, its parameters (name -> value) and the miner feeding it."""
+
+    name: str = "multi_similarity"
+    params: dict[str, Any] = field(default_factory=dict)
+    miner: str = "multi_similarity"
+    miner_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "resnet18"
+    pretrained: bool = True
+    weights_file: str | None = None  # a local torchvision state_dict; overrides `pretrained`
+    embedding_dim: int = 128
+    head_bn: bool = False
+    freeze_backbone_epochs: int = 0
+    head_only: bool = False  # backbone frozen for good; its features are cached in the run
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data_dir: str = ""
+    test_dir: str | None = None  # explicit held-out folder; otherwise a class-disjoint split
+    holdout_fraction: float = 0.5  # share of classes held out when no test_dir is given
+    holdout_classes: tuple[str, ...] | None = None  # explicit held-out class names
+    image_size: int = 224
+    augment: bool = True
+    batch_classes: int = 8  # C
+    batch_per_class: int = 4  # K
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: int = 10
+    lr: float = 1e-4
+    loss_lr: float = 1e-2  # learning rate of proxies / classifier weights
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"  # "cosine" | "none"
+    batches_per_epoch: int | None = None  # None: about one pass over the training images
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
+    amp: str = "auto"  # "auto" | "off" | "fp16" | "bf16"
+    eval_every: int = 1
+    version: int = CONFIG_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict written by :meth:`to_dict`; unknown keys are refused with their name."""
+        d = dict(d)
+        version = d.pop("version", CONFIG_VERSION)
+        if version > CONFIG_VERSION:
+            raise ValueError(f"config version {version} is newer than this program understands ({CONFIG_VERSION})")
+        parts = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig}
+        kwargs: dict[str, Any] = {}
+        for key, value in d.items():
+            if key in parts:
+                kwargs[key] = _build(parts[key], value)
+            elif key in {f.name for f in dataclasses.fields(cls)}:
+                kwargs[key] = value
+            else:
+                raise ValueError(f"unknown config key {key!r}")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """Like dataclasses.replace, also for nested parts: ``cfg.replace(**{"optim.lr": 1e-3})``."""
+        nested: dict[str, dict[str, Any]] = {}
+        flat: dict[str, Any] = {}
+        for key, value in changes.items():
+            if "." in key:
+                part, name = key.split(".", 1)
+                nested.setdefault(part, {})[name] = value
+            else:
+                flat[key] = value
+        for part, values in nested.items():
+            flat[part] = dataclasses.replace(getattr(self, part), **values)
+        return dataclasses.replace(self, **flat)
+
+
+def _build(klass: type, value: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(klass)}
+    unknown = set(value) - names
+    if unknown:
+        raise ValueError(f"unknown {klass.__name__} keys: {sorted(unknown)}")
+    value = dict(value)
+    if klass is DataConfig and value.get("holdout_classes") is not None:
+        value["holdout_classes"] = tuple(value["holdout_classes"])
+    return klass(**value)
