@@ -122,3 +122,46 @@ def _build(klass: type, value: dict[str, Any]) -> Any:
     if klass is DataConfig and value.get("holdout_classes") is not None:
         value["holdout_classes"] = tuple(value["holdout_classes"])
     return klass(**value)
+
+
+# Named starting points for the GUI and the CLI (``--preset``): dotted keys for :meth:`TrainConfig.replace`.
+PRESETS: dict[str, dict[str, Any]] = {
+    "Quick look (CPU)": {
+        "model.backbone": "small_cnn",
+        "model.pretrained": False,
+        "model.embedding_dim": 64,
+        "data.image_size": 64,
+        "data.augment": False,
+        "data.batch_classes": 8,
+        "data.batch_per_class": 8,
+        "optim.epochs": 10,
+        "optim.lr": 1e-3,
+        "loss.name": "multi_similarity",
+        "loss.miner": "multi_similarity",
+    },
+    "Head only (frozen pretrained backbone)": {
+        "model.backbone": "resnet18",
+        "model.pretrained": True,
+        "model.head_only": True,
+        "model.embedding_dim": 128,
+        "data.image_size": 224,
+        "data.augment": False,
+        "optim.epochs": 30,
+        "optim.lr": 1e-3,
+    },
+    "Quality": {
+        "model.backbone": "resnet50",
+        "model.pretrained": True,
+        "model.embedding_dim": 512,
+        "model.head_bn": True,
+        "model.freeze_backbone_epochs": 1,
+        "data.image_size": 224,
+        "data.augment": True,
+        "data.batch_classes": 16,
+        "data.batch_per_class": 4,
+        "optim.epochs": 40,
+        "optim.lr": 1e-5,
+        "loss.name": "proxy_anchor",
+        "loss.miner": "none",
+    },
+}
