@@ -1,0 +1,188 @@
+"""Background jobs for the GUI: plain functions run in a thread pool, one live job per owner key.
+
+A job is ``fn(*args, progress=cb, partial=cb, is_cancelled=cb)``; it never touches widgets. Submitting a new job
+under the same key cancels the old one (cooperatively, through ``is_cancelled``) and drops its late results, so a
+view only ever sees the answer to its latest question. Results come back on the GUI thread via queued signals.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
+
+__all__ = ["JobRunner", "JobCancelled"]
+
+
+class JobCancelled(Exception):
+    """Raised by a job (optionally) when it notices it was cancelled; treated as a quiet exit."""
+
+
+class _Bridge(QObject):
+    """Lives on the GUI thread; workers emit through it so delivery is queued onto the GUI thread."""
+
+    finished = Signal(object, int, object)
+    partial = Signal(object, int, object)
+    progress = Signal(object, int, float, str)
+    failed = Signal(object, int, str)
+    done = Signal(object, int)
+
+
+@dataclass
+class _Job:
+    key: Hashable
+    generation: int
+    fn: Callable[..., Any]
+    args: tuple
+    kwargs: dict
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class _Runnable(QRunnable):
+    def __init__(self, job: _Job, bridge: _Bridge, min_progress_interval: float) -> None:
+        super().__init__()
+        self.setAutoDelete(False)  # the runner keeps the Python object alive until the job is done
+        self.job = job
+        self.bridge = bridge
+        self.min_interval = min_progress_interval
+        self._last_progress = 0.0
+
+    def _progress(self, fraction: float, text: str = "") -> None:
+        # Throttled: a tight loop reporting progress must not flood the GUI event queue.
+        now = time.monotonic()
+        if fraction < 1.0 and now - self._last_progress < self.min_interval:
+            return
+        self._last_progress = now
+        if not self.job.cancel.is_set():
+            self.bridge.progress.emit(self.job.key, self.job.generation, float(fraction), str(text))
+
+    def _partial(self, result: Any) -> None:
+        if not self.job.cancel.is_set():
+            self.bridge.partial.emit(self.job.key, self.job.generation, result)
+
+    def run(self) -> None:  # noqa: D401 - Qt override
+        job = self.job
+        try:
+            if job.cancel.is_set():
+                return
+            result = job.fn(*job.args, progress=self._progress, partial=self._partial,
+                            is_cancelled=job.cancel.is_set, **job.kwargs)
+            if not job.cancel.is_set():
+                self.bridge.finished.emit(job.key, job.generation, result)
+        except JobCancelled:
+            pass
+        except Exception as exc:  # a failed job is reported, never raised into Qt's thread
+            if not job.cancel.is_set():
+                detail = traceback.format_exc(limit=6)
+                self.bridge.failed.emit(job.key, job.generation, f"{type(exc).__name__}: {exc}\n{detail}")
+        finally:
+            self.bridge.done.emit(job.key, job.generation)
+
+
+class JobRunner(QObject):
+    """Runs background jobs keyed by owner; a newer job with the same key supersedes (cancels) the older one."""
+
+    finished = Signal(object, object)  # key, result
+    partial = Signal(object, object)  # key, partial result (e.g. a PCA map before the UMAP one)
+    progress = Signal(object, float, str)  # key, fraction 0..1, text
+    failed = Signal(object, str)  # key, message
+
+    def __init__(self, parent: QObject | None = None, *, max_threads: int = 2,
+                 min_progress_interval: float = 0.05) -> None:
+        super().__init__(parent)
+        self._pool = QThreadPool(self)
+        self._pool.setMaxThreadCount(max(1, max_threads))
+        self._bridge = _Bridge(self)
+        self._bridge.finished.connect(self._on_finished)
+        self._bridge.partial.connect(self._on_partial)
+        self._bridge.progress.connect(self._on_progress)
+        self._bridge.failed.connect(self._on_failed)
+        self._bridge.done.connect(self._on_done)
+        self._generation: dict[Hashable, int] = {}
+        self._current: dict[Hashable, _Job] = {}
+        self._alive: dict[tuple[Hashable, int], _Runnable] = {}
+        self._min_interval = min_progress_interval
+        self._closed = False
+
+    # ---- public API -------------------------------------------------------------------------------------------
+    def submit(self, key: Hashable, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+        """Run ``fn(*args, progress=, partial=, is_cancelled=, **kwargs)`` in the pool; cancel ``key``'s old job."""
+        if self._closed:
+            raise RuntimeError("JobRunner is shut down")
+        self.cancel(key)
+        gen = self._generation.get(key, 0) + 1
+        self._generation[key] = gen
+        job = _Job(key, gen, fn, args, kwargs)
+        self._current[key] = job
+        runnable = _Runnable(job, self._bridge, self._min_interval)
+        self._alive[(key, gen)] = runnable
+        self._pool.start(runnable)
+        return gen
+
+    def cancel(self, key: Hashable) -> None:
+        """Ask ``key``'s running job to stop and forget its results."""
+        job = self._current.pop(key, None)
+        if job is not None:
+            job.cancel.set()
+        if key in self._generation:
+            self._generation[key] += 1  # anything still in flight for this key is now stale
+
+    def is_running(self, key: Hashable) -> bool:
+        """True while the latest job submitted under ``key`` has not delivered its result."""
+        return key in self._current
+
+    def active_count(self) -> int:
+        """Workers still running (cancelled ones included, until they return)."""
+        return len(self._alive)
+
+    def wait(self, timeout_ms: int = -1) -> bool:
+        """Block until all workers are done (tests, shutdown); queued results are delivered by the event loop."""
+        return bool(self._pool.waitForDone(timeout_ms))
+
+    def shutdown(self, timeout: float = 5.0) -> bool:
+        """Cancel everything and wait up to ``timeout`` seconds for the workers (connect to aboutToQuit)."""
+        self._closed = True
+        for key in list(self._current):
+            self.cancel(key)
+        self._pool.clear()  # jobs not started yet never start
+        return bool(self._pool.waitForDone(int(timeout * 1000)))
+
+    # ---- delivery (GUI thread) ---------------------------------------------------------------------------------
+    def _stale(self, key: Hashable, gen: int) -> bool:
+        return self._generation.get(key) != gen or key not in self._current
+
+    @Slot(object, int, object)
+    def _on_finished(self, key, gen, result) -> None:
+        if self._stale(key, gen):
+            return
+        del self._current[key]
+        self.finished.emit(key, result)
+
+    @Slot(object, int, object)
+    def _on_partial(self, key, gen, result) -> None:
+        if not self._stale(key, gen):
+            self.partial.emit(key, result)
+
+    @Slot(object, int, float, str)
+    def _on_progress(self, key, gen, fraction, text) -> None:
+        if not self._stale(key, gen):
+            self.progress.emit(key, fraction, text)
+
+    @Slot(object, int, str)
+    def _on_failed(self, key, gen, message) -> None:
+        if self._stale(key, gen):
+            return
+        del self._current[key]
+        self.failed.emit(key, message)
+
+    @Slot(object, int)
+    def _on_done(self, key, gen) -> None:
+        self._alive.pop((key, gen), None)
+        job = self._current.get(key)
+        if job is not None and job.generation == gen:
+            # the job returned without a result (cancelled itself): nothing more will come
+            del self._current[key]
