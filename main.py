@@ -1,0 +1,295 @@
+"""Embedding Explorer: open the desktop app, or run the trainer headless.
+
+    python main.py                      the app, on its start page
+    python main.py --demo               the app on the built-in demo (handwritten digits)
+    python main.py FOLDER | RUN_DIR     the app on an image folder or a run
+    python main.py train DATA_DIR --out RUN_DIR [options]
+    python main.py embed RUN_DIR IMAGE_DIR --out FILE.h5
+    python main.py evaluate RUN_DIR [--data DIR] [--json]
+    python main.py losses
+
+This file only parses the command line; the work is in ``trainer/`` (headless) and ``explorer/`` (the GUI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+COMMANDS = ("train", "embed", "evaluate", "losses")
+
+
+# ----------------------------------------------------------------------------- parsers
+def _app_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="embedding-explorer",
+        description="Deep metric learning on your own image folders: train a backbone with a metric-learning loss, "
+        "watch the embedding space form (UMAP map, nearest neighbours, easy / semi-hard / hard triplets) and pick a "
+        "verification threshold. Headless commands: " + ", ".join(COMMANDS) + " (`main.py COMMAND --help`).",
+        epilog="Headless: main.py train DATA_DIR --out RUN_DIR | embed RUN_DIR IMAGE_DIR --out FILE.h5 | "
+        "evaluate RUN_DIR | losses",
+    )
+    p.add_argument("path", nargs="?", help="an image folder (one sub-folder per class) or a run directory to open")
+    p.add_argument("--demo", action="store_true", help="open the built-in demo (scikit-learn's handwritten digits)")
+    p.add_argument("--run", metavar="RUN_DIR", help="open a run directory (also one the command line is writing)")
+    return p
+
+
+def _loss_param_names() -> dict[str, list[tuple[str, object, str]]]:
+    """param name -> [(loss name, default, help)] over every loss, for the generated --<param> options."""
+    from trainer.losses import LOSSES
+
+    out: dict[str, list[tuple[str, object, str]]] = {}
+    for name, spec in LOSSES.items():
+        for prm in spec.params:
+            out.setdefault(prm.name, []).append((name, prm.default, prm.help))
+    return out
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    from trainer.config import PRESETS, TrainConfig
+    from trainer.losses import LOSSES, MINERS
+    from trainer.models import BACKBONES
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="main.py train", description="Train a backbone with a metric-learning loss on "
+                                "an image folder (one sub-folder per class); writes a run directory the app opens.")
+    p.add_argument("data_dir", help="image folder, one sub-folder per class")
+    p.add_argument("--out", required=True, help="run directory to write (or to continue with --resume)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named preset; other options override it")
+    p.add_argument("--loss", choices=sorted(LOSSES), help=f"metric-learning loss (default {d.loss.name})")
+    p.add_argument("--miner", choices=sorted(MINERS), help="tuple miner (default: the loss's usual miner)")
+    p.add_argument("--backbone", choices=sorted(BACKBONES), help=f"backbone (default {d.model.backbone})")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--pretrained", dest="pretrained", action="store_true", default=None,
+                   help="ImageNet weights through torchvision (default; offline: random init, said in the log)")
+    g.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random initialisation")
+    p.add_argument("--weights-file", help="local torchvision state_dict (.pth) for the backbone")
+    p.add_argument("--head-only", action="store_true", default=None,
+                   help="freeze the backbone, cache its features once and train only the embedding head (fast on CPU)")
+    p.add_argument("--freeze-backbone-epochs", type=int, help="train only the head for the first N epochs")
+    p.add_argument("--epochs", type=int, help=f"epochs (default {d.optim.epochs})")
+    p.add_argument("--embedding-dim", type=int, help=f"embedding dimension D (default {d.model.embedding_dim})")
+    p.add_argument("--head-bn", action="store_true", default=None, help="BatchNorm in the embedding head")
+    p.add_argument("--image-size", type=int, help=f"input size in pixels (default {d.data.image_size})")
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no augmentation")
+    p.add_argument("--batch-classes", type=int, help=f"C: classes per batch (default {d.data.batch_classes})")
+    p.add_argument("--batch-per-class", type=int, help=f"K: images per class (default {d.data.batch_per_class})")
+    p.add_argument("--batches-per-epoch", type=int, help="batches per epoch (default: one pass over the images)")
+    p.add_argument("--lr", type=float, help=f"backbone learning rate (default {d.optim.lr:g}; head x10)")
+    p.add_argument("--loss-lr", type=float, help=f"learning rate of proxies / classifier weights "
+                                                 f"(default {d.optim.loss_lr:g})")
+    p.add_argument("--test-dir", help="explicit held-out image folder (default: a class-disjoint split)")
+    p.add_argument("--holdout-fraction", type=float, help=f"share of classes held out (default "
+                                                          f"{d.data.holdout_fraction})")
+    p.add_argument("--holdout-classes", help="comma-separated held-out class names")
+    p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--amp", choices=["auto", "off", "fp16", "bf16"], help="mixed precision (default auto)")
+    p.add_argument("--workers", type=int, help=f"data-loading processes (default {d.data.num_workers})")
+    p.add_argument("--resume", action="store_true", help="continue the stopped or killed run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, only the log")
+    lp = p.add_argument_group("loss parameters (each applies to the losses named in its help)")
+    for name, uses in sorted(_loss_param_names().items()):
+        kind = type(uses[0][1])
+        typ = (lambda s: s.lower() in ("1", "true", "yes", "on")) if kind is bool else kind
+        losses = ", ".join(f"{ln}={default}" for ln, default, _ in uses)
+        lp.add_argument(f"--{name.replace('_', '-')}", dest=f"lossparam_{name}", type=typ, default=None,
+                        metavar=kind.__name__.upper(), help=f"{uses[0][2]} [{losses}]")
+    return p
+
+
+def _config_from_args(args: argparse.Namespace):
+    from trainer.config import PRESETS, TrainConfig
+    from trainer.losses import LOSSES
+
+    cfg = TrainConfig()
+    if args.preset:
+        cfg = cfg.replace(**PRESETS[args.preset])
+    changes = {"data.data_dir": str(Path(args.data_dir).resolve())}
+    mapping = {
+        "loss": "loss.name", "backbone": "model.backbone", "pretrained": "model.pretrained",
+        "weights_file": "model.weights_file", "head_only": "model.head_only",
+        "freeze_backbone_epochs": "model.freeze_backbone_epochs", "epochs": "optim.epochs",
+        "embedding_dim": "model.embedding_dim", "head_bn": "model.head_bn", "image_size": "data.image_size",
+        "augment": "data.augment", "batch_classes": "data.batch_classes", "batch_per_class": "data.batch_per_class",
+        "batches_per_epoch": "optim.batches_per_epoch", "lr": "optim.lr", "loss_lr": "optim.loss_lr",
+        "test_dir": "data.test_dir", "holdout_fraction": "data.holdout_fraction", "seed": "seed",
+        "device": "device", "amp": "amp", "workers": "data.num_workers",
+    }
+    for arg, key in mapping.items():
+        value = getattr(args, arg)
+        if value is not None:
+            changes[key] = value
+    if args.holdout_classes:
+        changes["data.holdout_classes"] = tuple(c.strip() for c in args.holdout_classes.split(",") if c.strip())
+    loss_name = changes.get("loss.name", cfg.loss.name)
+    spec = LOSSES[loss_name]
+    if args.miner is not None:
+        changes["loss.miner"] = args.miner
+    elif "loss.name" in changes:
+        changes["loss.miner"] = spec.default_miner
+    allowed = {prm.name for prm in spec.params}
+    params = {}
+    for key, value in vars(args).items():
+        if key.startswith("lossparam_") and value is not None:
+            name = key[len("lossparam_"):]
+            if name not in allowed:
+                raise SystemExit(f"error: --{name.replace('_', '-')} is not a parameter of the {loss_name} loss "
+                                 f"(its parameters: {', '.join(sorted(allowed)) or 'none'})")
+            params[name] = value
+    if params or "loss.name" in changes:
+        changes["loss.params"] = params
+    return cfg.replace(**changes)
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_train(argv: list[str]) -> int:
+    from tqdm import tqdm
+
+    from trainer import events as ev
+    from trainer.engine import Trainer
+
+    args = _train_parser().parse_args(argv)
+    cfg = _config_from_args(args)
+    if not args.resume and Path(args.out).exists() and any(Path(args.out).iterdir()):
+        print(f"error: {args.out} exists and is not empty; use --resume to continue it, or another --out",
+              file=sys.stderr)
+        return 2
+    state = {"bar": None, "failed": None, "epoch_bar": None}
+
+    def emit(e) -> None:
+        if isinstance(e, ev.Started):
+            print(f"training on {e.device}: {e.message}; {e.epochs} epochs x {e.batches_per_epoch} batches "
+                  f"-> {e.run_dir}")
+            if not args.quiet:
+                state["epoch_bar"] = tqdm(total=e.epochs + 1, initial=e.start_epoch, desc="run", unit="epoch",
+                                          position=0)
+        elif isinstance(e, ev.BatchDone):
+            if args.quiet:
+                return
+            if state["bar"] is None or e.batch == 0:
+                if state["bar"] is not None:
+                    state["bar"].close()
+                state["bar"] = tqdm(total=e.batches_per_epoch, desc=f"epoch {e.epoch}", unit="batch",
+                                    position=1, leave=False)
+            state["bar"].update(1)
+            state["bar"].set_postfix(loss=f"{e.loss:.4f}", img_s=f"{e.images_per_second:.0f}",
+                                     hard=e.n_hard, semi=e.n_semihard)
+        elif isinstance(e, ev.EpochDone):
+            if state["epoch_bar"] is not None:
+                state["epoch_bar"].update(1)
+        elif isinstance(e, ev.Log):
+            (tqdm.write if not args.quiet else print)(f"[{e.level}] {e.message}" if e.level != "info" else e.message)
+        elif isinstance(e, ev.Failed):
+            state["failed"] = e
+        elif isinstance(e, ev.Stopped):
+            for k in ("bar", "epoch_bar"):
+                if state[k] is not None:
+                    state[k].close()
+
+    trainer = Trainer(cfg, Path(args.out), emit=emit, resume=args.resume, rank=_env_int("RANK", 0),
+                      world_size=_env_int("WORLD_SIZE", 1))
+    try:
+        trainer.run()
+    except KeyboardInterrupt:
+        print("interrupted: the last committed epoch is kept; continue with --resume", file=sys.stderr)
+        return 130
+    if state["failed"] is not None:
+        print(f"error: {state['failed'].message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def cmd_embed(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="main.py embed", description="Embed an image folder with a run's checkpoint; "
+                                "writes embeddings, paths and (for class sub-folders) labels to an HDF5 file.")
+    p.add_argument("run_dir")
+    p.add_argument("image_dir", help="a folder of images; with class sub-folders, labels are written too")
+    p.add_argument("--out", required=True, help="output .h5 file")
+    p.add_argument("--checkpoint", help="checkpoint file (default: the run's last)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=128)
+    args = p.parse_args(argv)
+    from trainer.engine import TrainingError
+    from trainer.inference import embed_folder
+
+    try:
+        info = embed_folder(Path(args.run_dir), Path(args.image_dir), Path(args.out), checkpoint=args.checkpoint,
+                            device=args.device, batch_size=args.batch_size)
+    except (TrainingError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {info['n']} embeddings of dimension {info['dim']} to {args.out}"
+          + (f" ({info['n_skipped']} files skipped)" if info.get("n_skipped") else ""))
+    return 0
+
+
+def cmd_evaluate(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="main.py evaluate", description="Retrieval and verification metrics of a run's "
+                                "epoch (default: last) on its held-out classes, or on another labelled folder.")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="a labelled image folder to embed with the run's checkpoint and evaluate")
+    p.add_argument("--epoch", type=int, help="epoch to evaluate (default: last committed)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    from trainer.engine import TrainingError
+    from trainer.inference import evaluate_run
+
+    try:
+        metrics = evaluate_run(Path(args.run_dir), data=args.data, epoch=args.epoch, device=args.device)
+    except (TrainingError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+    else:
+        width = max(map(len, metrics))
+        for k, v in metrics.items():
+            print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    return 0
+
+
+def cmd_losses(argv: list[str]) -> int:
+    argparse.ArgumentParser(prog="main.py losses", description="List every loss and miner with its parameters and "
+                            "defaults.").parse_args(argv)
+    from trainer.losses import describe_all
+
+    print(describe_all())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        return {"train": cmd_train, "embed": cmd_embed, "evaluate": cmd_evaluate, "losses": cmd_losses}[argv[0]](
+            argv[1:])
+    args = _app_parser().parse_args(argv)
+    from explorer.app import run_app
+
+    folder = run = None
+    if args.path:
+        from trainer.store import is_run_dir
+
+        if is_run_dir(args.path):
+            run = args.path
+        else:
+            folder = args.path
+    if args.run:
+        run = args.run
+    return run_app(sys.argv[:1], demo=args.demo, folder=folder, run=run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

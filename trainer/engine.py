@@ -1,0 +1,535 @@
+"""The training loop shared by the app and the command line.
+
+``Trainer(cfg, run_dir, emit=..., stop=..., pause=...).run()`` blocks until the run finishes, is stopped or fails;
+it reports through ``emit`` with the plain events of :mod:`trainer.events` and never raises. Epoch 0 is the
+network before any training, so every run shows where it started from. After each epoch every image (train and
+held-out) is embedded in eval mode, evaluated, and committed to the run store; then a checkpoint is written.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import events as ev
+from .config import TrainConfig
+from .data import (
+    ClassBalancedBatchSampler,
+    ImageDataset,
+    class_disjoint_split,
+    epoch_seed,
+    sample_files,
+    seed_everything,
+)
+from .store import SPLIT_HELDOUT, SPLIT_TRAIN, RunReader, RunWriter, SampleTable
+
+CHECKPOINT_FORMAT = "embedding-explorer-checkpoint"
+MINED_BATCHES_KEPT = 20  # mined tuples of the last batches of each epoch kept in telemetry
+PRELOAD_LIMIT_BYTES = 1 << 30  # decoded-image cache for small data sets
+
+
+class TrainingError(RuntimeError):
+    """A problem the user can act on (bad data, NaN loss, mismatched checkpoint); its message says what."""
+
+
+class _Stop(Exception):
+    pass
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu for "auto"; otherwise the named device (checked)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"device {name!r} asked for, but CUDA is not available on this machine")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise TrainingError(f"device {name!r} asked for, but MPS is not available on this machine")
+    return dev
+
+
+def pick_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: fp16 on CUDA (bf16 where supported), bf16 on CPUs with native bf16, else none."""
+    if amp == "off":
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+        if (probe is not None and probe()) or (amx is not None and amx()):
+            return torch.bfloat16
+    return None
+
+
+@dataclass
+class _Setup:
+    samples: SampleTable
+    classes: list[str]
+    writer: RunWriter | None
+    start_epoch: int
+
+
+class Trainer:
+    """One training run. Thread-safe control through ``stop`` and ``pause`` (threading.Event)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: Path | str,
+        *,
+        emit: Callable[[ev.Event], None] | None = None,
+        stop: threading.Event | None = None,
+        pause: threading.Event | None = None,
+        resume: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.emit = emit or (lambda e: None)
+        self.stop = stop or threading.Event()
+        self.pause = pause or threading.Event()
+        self.resume = resume
+        self.rank = rank
+        self.world_size = world_size
+        self.last_committed = -1
+
+    # ------------------------------------------------------------------ public
+    def run(self) -> None:
+        """Train; report through ``emit``; never raise (a failure becomes a :class:`Failed` event)."""
+        try:
+            self._run()
+        except _Stop:
+            self.emit(ev.Stopped(epoch=self.last_committed, reason="user", run_dir=self.run_dir))
+        except TrainingError as exc:
+            self.emit(ev.Log(str(exc), level="error"))
+            self.emit(ev.Failed(str(exc)))
+        except Exception as exc:  # a bug or an unexpected environment problem: say what and keep the run valid
+            detail = traceback.format_exc()
+            self.emit(ev.Log(f"{type(exc).__name__}: {exc}", level="error"))
+            self.emit(ev.Failed(f"{type(exc).__name__}: {exc}", detail=detail))
+
+    # ------------------------------------------------------------------ internals
+    def _log(self, message: str, level: str = "info") -> None:
+        self.emit(ev.Log(message, level=level))
+
+    def _check_control(self) -> None:
+        if self.stop.is_set():
+            raise _Stop
+        if self.pause.is_set():
+            self.emit(ev.Paused(True))
+            while self.pause.is_set():
+                if self.stop.wait(0.05):
+                    raise _Stop
+            self.emit(ev.Paused(False))
+
+    def _prepare_data(self) -> _Setup:
+        from .dataset import scan_folder
+
+        cfg = self.cfg
+        if self.resume:
+            writer = RunWriter.open(self.run_dir) if self.rank == 0 else None
+            reader = RunReader(self.run_dir)
+            for m in (writer.messages if writer else reader.messages):
+                self._log(m, "warning")
+            saved = TrainConfig.from_dict(reader.config)
+            # what the user may change on resume: epochs, device, amp, workers
+            self.cfg = saved.replace(
+                device=cfg.device, amp=cfg.amp, **{"optim.epochs": cfg.optim.epochs, "data.num_workers": cfg.data.num_workers}
+            )
+            start = (writer.last_epoch if writer else reader.epochs[-1] if reader.epochs else -1) + 1
+            return _Setup(reader.samples, reader.classes, writer, start)
+
+        def progress(done: int, total: int) -> None:
+            if done == total or done % 500 == 0:
+                self._log(f"scanning {cfg.data.data_dir}: {done}/{total} files")
+
+        scan = scan_folder(cfg.data.data_dir, progress=progress)
+        for s in scan.skipped[:20]:
+            self._log(f"skipped {s.path}: {s.reason}", "warning")
+        if len(scan.skipped) > 20:
+            self._log(f"... and {len(scan.skipped) - 20} more skipped files (see the data view)", "warning")
+        classes = list(scan.classes)
+        paths = list(scan.paths)
+        labels = np.asarray(scan.labels, dtype=np.int64)
+        roots = [str(scan.root)]
+        root_index = np.zeros(len(paths), dtype=np.int16)
+        if cfg.data.test_dir:
+            test = scan_folder(cfg.data.test_dir)
+            split = np.full(len(paths), SPLIT_TRAIN, dtype=np.int8)
+            index = {c: i for i, c in enumerate(classes)}
+            for c in test.classes:
+                if c not in index:
+                    index[c] = len(classes)
+                    classes.append(c)
+            test_labels = np.array([index[test.classes[int(lab)]] for lab in test.labels], dtype=np.int64)
+            paths += list(test.paths)
+            labels = np.concatenate([labels, test_labels])
+            split = np.concatenate([split, np.full(len(test.paths), SPLIT_HELDOUT, dtype=np.int8)])
+            roots.append(str(test.root))
+            root_index = np.concatenate([root_index, np.ones(len(test.paths), dtype=np.int16)])
+        else:
+            split = class_disjoint_split(
+                labels,
+                classes,
+                holdout_fraction=cfg.data.holdout_fraction,
+                holdout_classes=cfg.data.holdout_classes,
+                seed=cfg.seed,
+            )
+        samples = SampleTable(paths=paths, labels=labels, split=split, roots=roots, root_index=root_index)
+        writer = None
+        if self.rank == 0:
+            writer = RunWriter.create(self.run_dir, config=cfg.to_dict(), classes=classes, samples=samples)
+        n_train = int((split == SPLIT_TRAIN).sum())
+        self._log(
+            f"{len(paths)} images in {len(classes)} classes: {n_train} for training, "
+            f"{len(paths) - n_train} held out ({int(len(np.unique(labels[split == SPLIT_HELDOUT])))} classes)"
+        )
+        return _Setup(samples, classes, writer, 0)
+
+    def _run(self) -> None:
+        from .evaluate import retrieval_metrics, verification_metrics
+        from .losses import LOSSES, build_loss, build_miner, loss_margin, loss_parameters
+        from .models import build_model, default_transforms
+        from .triplets import batch_census
+
+        setup = self._prepare_data()
+        cfg = self.cfg  # may have been replaced by the saved config on resume
+        seed_everything(cfg.seed)
+        device = pick_device(cfg.device)
+        amp_dtype = pick_amp(cfg.amp, device)
+        samples, classes, writer = setup.samples, setup.classes, setup.writer
+        n_classes = len(classes)
+        train_idx = np.flatnonzero(samples.split == SPLIT_TRAIN)
+        if len(train_idx) == 0:
+            raise TrainingError("no training images: every class is held out")
+        spec = LOSSES.get(cfg.loss.name)
+        if spec is None:
+            raise TrainingError(f"unknown loss {cfg.loss.name!r}; `python main.py losses` lists them")
+
+        model, weights_note = build_model(cfg.model, normalize=spec.normalized, log=self._log)
+        self._log(f"backbone {cfg.model.backbone}: {weights_note}")
+        model.to(device)
+        loss_fn = build_loss(cfg.loss.name, dict(cfg.loss.params), embedding_dim=cfg.model.embedding_dim,
+                             num_classes=n_classes).to(device)
+        miner = build_miner(cfg.loss.miner, dict(cfg.loss.miner_params), metric=spec.metric)
+        margin = loss_margin(cfg.loss.name, dict(cfg.loss.params))
+
+        head_params = list(model.head.parameters())
+        backbone_params = [p for p in model.backbone.parameters()]
+        groups = [{"params": head_params, "lr": cfg.optim.lr * 10, "name": "head"}]
+        if not cfg.model.head_only:
+            groups.append({"params": backbone_params, "lr": cfg.optim.lr, "name": "backbone"})
+        extra = loss_parameters(loss_fn)
+        if extra:
+            groups.append({"params": extra, "lr": cfg.optim.loss_lr, "name": "loss", "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
+
+        # ---- data
+        files = sample_files(samples)
+        labels_all = torch.as_tensor(samples.labels, dtype=torch.long)
+        sampler = ClassBalancedBatchSampler(
+            samples.labels[train_idx], cfg.data.batch_classes, cfg.data.batch_per_class,
+            batches_per_epoch=cfg.optim.batches_per_epoch, seed=cfg.seed, rank=self.rank, world_size=self.world_size,
+        )
+        batches_per_epoch = len(sampler)
+        total_steps = max(1, cfg.optim.epochs * batches_per_epoch)
+        if cfg.optim.scheduler == "cosine":
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+            )
+        else:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+        size = cfg.data.image_size
+        load_size = int(size * 1.15)
+        eval_tf = default_transforms(size, augment=False, train=False)
+        train_tf = default_transforms(size, augment=cfg.data.augment, train=True)
+        small = len(files) * load_size * load_size * 3 <= PRELOAD_LIMIT_BYTES
+        eval_ds = ImageDataset(files, eval_tf, load_size=load_size, cache_decoded=small)
+        train_ds = ImageDataset(files, train_tf, load_size=load_size, cache_decoded=small)
+        if small:
+            self._log(f"decoding {len(files)} images into memory (small data set)")
+            eval_ds.preload(progress=lambda d, t: None)
+            train_ds.cache = eval_ds.cache  # same decoded images, different transforms
+        workers = 0 if small else cfg.data.num_workers
+
+        # ---- resume state
+        start_epoch = setup.start_epoch
+        features = None
+        if self.resume and start_epoch > 0:
+            state = self._load_checkpoint(start_epoch - 1, n_classes=n_classes, dim=cfg.model.embedding_dim)
+            model.load_state_dict(state["model"])
+            loss_fn.load_state_dict(state["loss"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            self._log(f"resumed from the checkpoint of epoch {start_epoch - 1}")
+        if cfg.model.head_only:
+            features = self._head_only_features(model, eval_ds, device, workers, amp_dtype, writer)
+            model.freeze_backbone(True)
+
+        self.emit(ev.Started(run_dir=self.run_dir, epochs=cfg.optim.epochs, batches_per_epoch=batches_per_epoch,
+                             device=str(device), start_epoch=start_epoch,
+                             message=f"{cfg.loss.name} + {cfg.loss.miner} miner on {cfg.model.backbone}"))
+        if start_epoch > cfg.optim.epochs:
+            self.emit(ev.Stopped(epoch=start_epoch - 1, reason="finished", run_dir=self.run_dir))
+            return
+
+        t_run = time.perf_counter()
+        for epoch in range(start_epoch, cfg.optim.epochs + 1):
+            t_epoch = time.perf_counter()
+            telemetry: dict[str, list] = {k: [] for k in (
+                "loss", "lr", "n_tuples", "n_easy", "n_semihard", "n_hard", "mean_d_ap", "mean_d_an")}
+            mined: list[np.ndarray] = []
+            if epoch > 0:  # epoch 0 is the untrained network
+                torch.manual_seed(epoch_seed(cfg.seed, epoch))
+                sampler.set_epoch(epoch)
+                frozen = cfg.model.head_only or epoch <= cfg.model.freeze_backbone_epochs
+                model.freeze_backbone(frozen)
+                model.train()
+                if frozen:
+                    model.backbone.eval()
+                t_batch = time.perf_counter()
+                for b, (x, ids) in enumerate(self._batches(sampler, train_idx, train_ds, features, workers, epoch)):
+                    self._check_control()
+                    idx = ids.numpy()
+                    y = labels_all[idx].to(device)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        if features is not None:
+                            emb = model.embed_features(x.to(device))
+                        else:
+                            emb = model(x.to(device, non_blocking=True))
+                    emb = emb.float()
+                    tuples = miner(emb, y) if miner is not None else None
+                    loss = loss_fn(emb, y, tuples) if tuples is not None else loss_fn(emb, y)
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            f"the loss became {loss.item()} at epoch {epoch}, batch {b}: training stopped and this "
+                            f"epoch was not saved. Try a lower learning rate (now {cfg.optim.lr:g}).")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    with torch.no_grad():
+                        counts = batch_census(emb.detach(), y, margin, metric=spec.metric)
+                    n_tuples = _count_tuples(tuples)
+                    now = time.perf_counter()
+                    ips = len(idx) / max(now - t_batch, 1e-9)
+                    t_batch = now
+                    lr = optimizer.param_groups[0]["lr"]
+                    for k, v in (("loss", loss.item()), ("lr", lr), ("n_tuples", n_tuples),
+                                 ("n_easy", counts.n_easy), ("n_semihard", counts.n_semihard),
+                                 ("n_hard", counts.n_hard), ("mean_d_ap", counts.mean_d_ap),
+                                 ("mean_d_an", counts.mean_d_an)):
+                        telemetry[k].append(v)
+                    if tuples is not None and b >= batches_per_epoch - MINED_BATCHES_KEPT:
+                        mined.append(_mined_rows(b, tuples, idx))
+                    self.emit(ev.BatchDone(
+                        epoch=epoch, batch=b, batches_per_epoch=batches_per_epoch, loss=float(loss.item()), lr=lr,
+                        images_per_second=ips, n_tuples=n_tuples, n_easy=int(counts.n_easy),
+                        n_semihard=int(counts.n_semihard), n_hard=int(counts.n_hard),
+                        mean_d_ap=float(counts.mean_d_ap), mean_d_an=float(counts.mean_d_an),
+                        seconds_elapsed=now - t_run))
+            self._check_control()
+            embeddings = self._embed_all(model, eval_ds, features, device, workers, amp_dtype)
+            if not np.isfinite(embeddings).all():
+                raise TrainingError(f"the embeddings of epoch {epoch} contain NaN or Inf: this epoch was not saved. "
+                                    f"Try a lower learning rate (now {cfg.optim.lr:g}).")
+            metrics = self._evaluate(embeddings, samples, spec.metric, retrieval_metrics, verification_metrics)
+            if telemetry["loss"]:
+                metrics["train_loss"] = float(np.mean(telemetry["loss"]))
+            metrics["epoch_seconds"] = time.perf_counter() - t_epoch
+            if self.rank == 0 and writer is not None:
+                tel = {k: np.asarray(v, dtype=np.float32 if k in ("loss", "lr", "mean_d_ap", "mean_d_an")
+                                     else np.int64) for k, v in telemetry.items()}
+                if mined:
+                    rows = np.concatenate(mined)
+                    for j, k in enumerate(("mined_batch", "mined_anchor", "mined_positive", "mined_negative")):
+                        tel[k] = rows[:, j].copy()
+                path = writer.write_epoch(epoch, embeddings, metrics, tel)
+                writer.write_checkpoint(epoch, self._checkpoint_state(
+                    epoch, model, loss_fn, optimizer, scheduler, sampler, classes))
+                self.last_committed = epoch
+                self.emit(ev.SnapshotReady(run_dir=self.run_dir, epoch=epoch, path=Path(path)))
+            self.emit(ev.EpochDone(epoch=epoch, metrics=metrics, seconds=time.perf_counter() - t_epoch))
+            self._log(_metrics_line(epoch, metrics))
+        self.emit(ev.Stopped(epoch=self.last_committed, reason="finished", run_dir=self.run_dir))
+
+    # ------------------------------------------------------------------ helpers
+    def _batches(self, sampler, train_idx, train_ds, features, workers, epoch):
+        """(inputs, global ids) of each batch of the epoch; images decoded by DataLoader workers."""
+        if features is not None:
+            for local in sampler:
+                ids = torch.as_tensor(train_idx[np.asarray(local)])
+                yield features[ids], ids
+            return
+        gen = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, epoch))
+        batch_ids = _GlobalBatches(sampler, train_idx)
+        loader = torch.utils.data.DataLoader(
+            train_ds, batch_sampler=batch_ids, num_workers=workers, generator=gen,
+            pin_memory=torch.cuda.is_available(), persistent_workers=False)
+        yield from loader
+
+    @torch.no_grad()
+    def _embed_all(self, model, ds, features, device, workers, amp_dtype, batch_size: int = 256) -> np.ndarray:
+        model.eval()
+        out = []
+        if features is not None:
+            for s in range(0, len(features), 4096):
+                self._check_control()
+                out.append(model.embed_features(features[s:s + 4096].to(device)).float().cpu())
+            return torch.cat(out).numpy().astype(np.float32)
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
+        for x, _ in loader:
+            self._check_control()
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out.append(model(x.to(device)).float().cpu())
+        return torch.cat(out).numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def _head_only_features(self, model, ds, device, workers, amp_dtype, writer) -> torch.Tensor:
+        cached = None
+        try:
+            cached = RunReader(self.run_dir).features()
+        except Exception:
+            cached = None
+        if cached is not None and len(cached) == len(ds):
+            self._log("head-only mode: using the backbone features cached in the run")
+            return torch.from_numpy(np.ascontiguousarray(cached, dtype=np.float32))
+        self._log("head-only mode: computing the frozen backbone's features once")
+        model.eval()
+        out = []
+        loader = torch.utils.data.DataLoader(ds, batch_size=128, shuffle=False, num_workers=workers)
+        for x, _ in loader:
+            self._check_control()
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out.append(model.features(x.to(device)).float().cpu())
+        feats = torch.cat(out)
+        if writer is not None:
+            writer.write_features(feats.numpy())
+        return feats
+
+    def _evaluate(self, emb, samples, metric, retrieval_metrics, verification_metrics) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for name, code in (("heldout", SPLIT_HELDOUT), ("train", SPLIT_TRAIN)):
+            sel = samples.split == code
+            labels = samples.labels[sel]
+            if sel.sum() < 2 or len(np.unique(labels)) < 2:
+                continue
+            self._check_control()
+            for k, v in retrieval_metrics(emb[sel], labels, metric=metric).items():
+                metrics[f"{name}/{k}"] = float(v)
+            if name == "heldout":
+                for k, v in verification_metrics(emb[sel], labels, metric=metric).items():
+                    metrics[f"{name}/{k}"] = float(v)
+        return metrics
+
+    def _checkpoint_state(self, epoch, model, loss_fn, optimizer, scheduler, sampler, classes) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch,
+            "config": self.cfg.to_json(),
+            "classes": list(classes),
+            "embedding_dim": self.cfg.model.embedding_dim,
+            "backbone": self.cfg.model.backbone,
+            "model": model.state_dict(),
+            "loss": loss_fn.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "sampler": sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def _load_checkpoint(self, epoch: int, *, n_classes: int, dim: int) -> dict:
+        reader = RunReader(self.run_dir)
+        path = reader.checkpoint_path(epoch)
+        if path is None:
+            raise TrainingError(f"cannot resume: the run has no checkpoint for epoch {epoch}")
+        state = load_checkpoint(path)
+        check_checkpoint(state, path, classes=reader.classes, dim=dim)
+        return state
+
+
+def load_checkpoint(path: Path | str) -> dict:
+    """Load one of our checkpoints with ``weights_only=True``; refuse anything else with a clear message."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TrainingError(f"{path} is not a checkpoint this program can load safely ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"{path} is not an Embedding Explorer checkpoint")
+    return state
+
+
+def check_checkpoint(state: dict, path: Path | str, *, classes: list[str] | None = None, dim: int | None = None) -> None:
+    """Refuse a checkpoint whose classes or embedding dimension do not match what it is used with."""
+    if classes is not None and list(state.get("classes", [])) != list(classes):
+        raise TrainingError(f"checkpoint {path} was trained on other classes ({len(state.get('classes', []))} "
+                            f"classes) than this run ({len(classes)} classes)")
+    if dim is not None and int(state.get("embedding_dim", -1)) != int(dim):
+        raise TrainingError(f"checkpoint {path} has embedding dimension {state.get('embedding_dim')}, "
+                            f"this run uses {dim}")
+
+
+class _GlobalBatches:
+    """The sampler's batches (indices into the training subset) as dataset-wide sample ids."""
+
+    def __init__(self, sampler: ClassBalancedBatchSampler, train_idx: np.ndarray) -> None:
+        self.sampler, self.train_idx = sampler, train_idx
+
+    def __iter__(self):
+        for local in self.sampler:
+            yield self.train_idx[np.asarray(local)].tolist()
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def _count_tuples(tuples) -> int:
+    if tuples is None:
+        return 0
+    if len(tuples) == 3:
+        return int(len(tuples[0]))
+    return int(len(tuples[0]) + len(tuples[2]))
+
+
+def _mined_rows(batch: int, tuples, global_ids: np.ndarray) -> np.ndarray:
+    """(batch, anchor, positive, negative) rows with global sample ids; -1 where a pair has no such member."""
+    t = [x.detach().cpu().numpy() for x in tuples]
+    if len(t) == 3:
+        a, p, n = t
+        rows = np.stack([np.full(len(a), batch), global_ids[a], global_ids[p], global_ids[n]], axis=1)
+    else:
+        a1, p, a2, n = t
+        pos = np.stack([np.full(len(a1), batch), global_ids[a1], global_ids[p], np.full(len(a1), -1)], axis=1)
+        neg = np.stack([np.full(len(a2), batch), global_ids[a2], np.full(len(a2), -1), global_ids[n]], axis=1)
+        rows = np.concatenate([pos, neg])
+    return rows.astype(np.int64)
+
+
+def _metrics_line(epoch: int, m: dict[str, float]) -> str:
+    keys = [("heldout/precision_at_1", "P@1"), ("heldout/mean_average_precision_at_r", "MAP@R"),
+            ("heldout/r_precision", "RP"), ("heldout/auc", "AUC"), ("train_loss", "loss")]
+    parts = [f"{short} {m[k]:.4f}" for k, short in keys if k in m]
+    return f"epoch {epoch}: " + ", ".join(parts) + f" ({m.get('epoch_seconds', 0):.1f} s)"
