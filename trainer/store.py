@@ -1,0 +1,762 @@
+"""The run on disk: a crash-safe writer and a read-only reader that can follow a run while it is written.
+
+Layout of a run directory (see docs/FORMAT.md for reading it with plain h5py)::
+
+    manifest.json            the one commit point: format, config, classes, committed epochs, checkpoints
+    samples.h5               paths (UTF-8 bytes, surrogateescape), labels, split, roots, root_index
+    epochs/epoch_NNNN.h5     embeddings (N, D) float32, labels, sample_ids, split, metrics, telemetry/
+    checkpoints/epoch_NNNN.pt
+    features.h5              optional head-only feature cache
+    *.json                   small side files (thresholds.json, ...)
+
+Every file is written under a ``.tmp`` name, flushed, fsync'ed, moved into place with ``os.replace`` and the
+directory fsync'ed; the manifest is rewritten the same way last. A file the manifest does not list is not
+committed, so a writer killed at any moment (SIGKILL, power loss) loses at most the epoch it was writing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+SPLIT_TRAIN = 0
+SPLIT_HELDOUT = 1
+
+FORMAT_NAME = "embedding-explorer-run"
+FORMAT_VERSION = 1
+CHECKPOINT_FORMAT = "embedding-explorer-checkpoint"
+
+MANIFEST = "manifest.json"
+SAMPLES_FILE = "samples.h5"
+FEATURES_FILE = "features.h5"
+EPOCHS_DIR = "epochs"
+CHECKPOINTS_DIR = "checkpoints"
+TMP_SUFFIX = ".tmp"
+
+_EPOCH_RE = re.compile(r"^epoch_(\d+)\.h5$")
+_CKPT_RE = re.compile(r"^epoch_(\d+)\.pt$")
+_JSON_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.json$")
+# what a run directory may hold; a folder with anything else is never deleted by create(overwrite=True)
+_OWN_NAMES = {MANIFEST, SAMPLES_FILE, FEATURES_FILE, EPOCHS_DIR, CHECKPOINTS_DIR}
+_PATH_ENCODING = ("utf-8", "surrogateescape")
+
+
+class RunError(RuntimeError):
+    """A run directory is missing, not a run, written by a newer version, or damaged beyond repair."""
+
+
+@dataclass
+class SampleTable:
+    """Every sample of a run: where its file is, its class and whether it is trained on or held out."""
+
+    paths: list[str]  # relative to roots[root_index[i]] (or absolute when the root is "")
+    labels: np.ndarray  # int64, index into classes
+    split: np.ndarray  # int8, SPLIT_TRAIN / SPLIT_HELDOUT
+    roots: list[str]
+    root_index: np.ndarray  # int16
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class EpochData:
+    """One committed epoch: row i of ``embeddings`` is sample i of the run's SampleTable."""
+
+    epoch: int
+    embeddings: np.ndarray  # (N, D) float32
+    metrics: dict[str, float]
+    telemetry: dict[str, np.ndarray]
+    # extension of the contract: the per-row arrays stored with the epoch (copies of the sample table's)
+    labels: np.ndarray | None = None
+    sample_ids: np.ndarray | None = None
+    split: np.ndarray | None = None
+
+
+# ---------------------------------------------------------------------------------------------- low level
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (no-op where directories cannot be opened, i.e. Windows)."""
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    """fsync ``tmp``, rename it over ``final`` and fsync the directory: after this, ``final`` is whole."""
+    _fsync_file(tmp)
+    for attempt in range(50):  # Windows refuses to replace a file a reader holds open for a moment
+        try:
+            os.replace(tmp, final)
+            break
+        except PermissionError:
+            if os.name == "posix" or attempt == 49:
+                raise
+            time.sleep(0.02)
+    _fsync_dir(final.parent)
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(path.name + TMP_SUFFIX)
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = _tmp(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+    _replace(tmp, path)
+
+
+def _h5open(path: Path, mode: str = "r") -> h5py.File:
+    """Open without HDF5's file locks: committed files are immutable and temporary files private, so locks
+    only get in the way (a reader must never block the writer; network file systems refuse locks)."""
+    return h5py.File(path, mode, locking=False)
+
+
+def _encode_paths(paths: list[str]) -> np.ndarray:
+    return np.array([p.encode(*_PATH_ENCODING) for p in paths], dtype=object)
+
+
+def _decode_paths(raw: np.ndarray) -> list[str]:
+    return [bytes(b).decode(*_PATH_ENCODING) for b in raw]
+
+
+def _json_float(v: float) -> float | None:
+    return v if math.isfinite(v) else None  # strict JSON has no NaN / Infinity
+
+
+def _epoch_name(epoch: int) -> str:
+    return f"epoch_{epoch:04d}"
+
+
+# ---------------------------------------------------------------------------------------------- manifest
+def _read_manifest(run_dir: Path) -> dict[str, Any]:
+    """Parse and check a run's manifest; RunError naming the path for anything that is not our run."""
+    if not run_dir.exists():
+        raise RunError(f"run directory {run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir} is not a directory, so not a run")
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a run: it has no {MANIFEST}")
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path} cannot be read as JSON: {exc}") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT_NAME:
+        raise RunError(f"{path} is not an Embedding Explorer run manifest (format {m.get('format')!r})"
+                       if isinstance(m, dict) else f"{path} is not an Embedding Explorer run manifest")
+    version = m.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise RunError(f"{path} has an invalid format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise RunError(f"{path} was written by a newer Embedding Explorer (run format version {version}; this "
+                       f"program reads up to version {FORMAT_VERSION}): please update the program")
+    for key, kind in (("config", dict), ("classes", list), ("epochs", list), ("checkpoints", list)):
+        if not isinstance(m.get(key), kind):
+            raise RunError(f"{path} is damaged: {key!r} is missing or not a {kind.__name__}")
+    return m
+
+
+def is_run_dir(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` holds a run this program can read (cheap: reads only the manifest)."""
+    try:
+        _read_manifest(Path(path))
+        return True
+    except (RunError, OSError):
+        return False
+
+
+def _leftovers(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
+    """Files of ours that the manifest does not account for: ``*.tmp`` and uncommitted epochs/checkpoints."""
+    listed = {e["file"] for e in manifest["epochs"]} | {c["file"] for c in manifest["checkpoints"]}
+    if manifest.get("features"):
+        listed.add(manifest["features"]["file"])
+    found: list[Path] = []
+    for sub, pattern in (("", None), (EPOCHS_DIR, _EPOCH_RE), (CHECKPOINTS_DIR, _CKPT_RE)):
+        d = run_dir / sub if sub else run_dir
+        if not d.is_dir():
+            continue
+        for p in sorted(d.iterdir()):
+            rel = f"{sub}/{p.name}" if sub else p.name
+            if p.name.endswith(TMP_SUFFIX) and p.is_file():
+                found.append(p)
+            elif pattern is not None and pattern.match(p.name) and rel not in listed:
+                found.append(p)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- samples
+def _check_samples(samples: SampleTable, n_classes: int) -> SampleTable:
+    n = len(samples.paths)
+    labels = np.asarray(samples.labels)
+    split = np.asarray(samples.split)
+    root_index = np.asarray(samples.root_index)
+    for name, arr in (("labels", labels), ("split", split), ("root_index", root_index)):
+        if arr.shape != (n,):
+            raise ValueError(f"SampleTable.{name} has shape {arr.shape}, expected ({n},) like paths")
+        if n and not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"SampleTable.{name} must hold integers, not {arr.dtype}")
+    if n and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"SampleTable.labels must lie in [0, {n_classes}) (the class list), "
+                         f"found {labels.min()}..{labels.max()}")
+    if n and not np.isin(split, (SPLIT_TRAIN, SPLIT_HELDOUT)).all():
+        raise ValueError("SampleTable.split may only hold SPLIT_TRAIN (0) or SPLIT_HELDOUT (1)")
+    if n and (root_index.min() < 0 or root_index.max() >= len(samples.roots)):
+        raise ValueError(f"SampleTable.root_index must lie in [0, {len(samples.roots)}) (the roots list)")
+    if len(samples.roots) > np.iinfo(np.int16).max:
+        raise ValueError("SampleTable.roots: at most 32767 roots")
+    for p in list(samples.paths) + list(samples.roots):
+        if not isinstance(p, str):
+            raise ValueError(f"SampleTable paths and roots must be str, got {type(p).__name__}: {p!r}")
+    return SampleTable(list(samples.paths), labels.astype(np.int64), split.astype(np.int8),
+                       list(samples.roots), root_index.astype(np.int16))
+
+
+def _write_samples(path: Path, samples: SampleTable) -> None:
+    tmp = _tmp(path)
+    bytes_t = h5py.string_dtype(encoding="ascii")  # raw bytes: UTF-8 with surrogateescape, see FORMAT.md
+    with _h5open(tmp, "w") as f:
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["version"] = FORMAT_VERSION
+        f.create_dataset("paths", data=_encode_paths(samples.paths), dtype=bytes_t)
+        f.create_dataset("labels", data=samples.labels)
+        f.create_dataset("split", data=samples.split)
+        f.create_dataset("roots", data=_encode_paths(samples.roots), dtype=bytes_t)
+        f.create_dataset("root_index", data=samples.root_index)
+    _replace(tmp, path)
+
+
+def _read_samples(path: Path) -> SampleTable:
+    try:
+        with _h5open(path) as f:
+            return SampleTable(
+                paths=_decode_paths(f["paths"][()]),
+                labels=f["labels"][()].astype(np.int64),
+                split=f["split"][()].astype(np.int8),
+                roots=_decode_paths(f["roots"][()]),
+                root_index=f["root_index"][()].astype(np.int16),
+            )
+    except (OSError, KeyError, ValueError) as exc:
+        raise RunError(f"{path} is damaged or not a sample table: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------- epochs
+def _check_epoch_file(path: Path, entry: dict[str, Any]) -> str | None:
+    """Why the committed epoch file at ``path`` is not what the manifest says, or None when it is."""
+    if not path.is_file():
+        return "the file is missing"
+    size = path.stat().st_size
+    if size != entry.get("size"):
+        return f"its size is {size} bytes, the manifest says {entry.get('size')}"
+    try:
+        with _h5open(path) as f:
+            shape = f["embeddings"].shape
+            if shape != (entry["n"], entry["d"]):
+                return f"embeddings have shape {shape}, the manifest says {(entry['n'], entry['d'])}"
+            if f["embeddings"].dtype != np.float32:
+                return f"embeddings are {f['embeddings'].dtype}, not float32"
+            for key in ("labels", "sample_ids", "split"):
+                if f[key].shape != (entry["n"],):
+                    return f"{key} has shape {f[key].shape}, expected ({entry['n']},)"
+    except (OSError, KeyError, ValueError) as exc:
+        return f"it cannot be read as HDF5 ({exc})"
+    return None
+
+
+class RunWriter:
+    """Writes a run; every public write is atomic and committed by rewriting the manifest last."""
+
+    def __init__(self, run_dir: Path, manifest: dict[str, Any], samples: SampleTable) -> None:
+        # use create() or open()
+        self.run_dir = run_dir
+        self._m = manifest
+        self.samples = samples
+        self.messages: list[str] = []
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(cls, run_dir: str | os.PathLike[str], *, config: dict, classes: list[str], samples: SampleTable,
+               overwrite: bool = False) -> "RunWriter":
+        """Start a new run in ``run_dir`` (empty or absent; an existing run only with ``overwrite=True``)."""
+        run_dir = Path(run_dir)
+        try:
+            config_json = json.loads(json.dumps(config, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"the config of run {run_dir} is not JSON-serialisable: {exc}") from None
+        classes = list(classes)
+        if not all(isinstance(c, str) for c in classes):
+            raise ValueError("class names must be str")
+        samples = _check_samples(samples, len(classes))
+        if run_dir.exists():
+            if not run_dir.is_dir():
+                raise RunError(f"cannot create a run at {run_dir}: a file of that name exists")
+            names = {p.name for p in run_dir.iterdir()}
+            if MANIFEST in names:
+                if not overwrite:
+                    raise RunError(f"{run_dir} already holds a run; pass overwrite=True to replace it "
+                                   f"or open it to resume")
+                foreign = sorted(n for n in names if n not in _OWN_NAMES and not n.endswith((TMP_SUFFIX, ".json")))
+                if foreign:
+                    raise RunError(f"refusing to overwrite {run_dir}: it holds files that are not part of a run "
+                                   f"({', '.join(foreign[:5])})")
+                shutil.rmtree(run_dir)
+            elif names:
+                # only the leftovers of a create() that was interrupted before its manifest may be cleared
+                crashed = {SAMPLES_FILE, SAMPLES_FILE + TMP_SUFFIX, MANIFEST + TMP_SUFFIX, EPOCHS_DIR, CHECKPOINTS_DIR}
+                if names <= crashed and not any(
+                        (run_dir / d).is_dir() and any((run_dir / d).iterdir()) for d in (EPOCHS_DIR, CHECKPOINTS_DIR)):
+                    shutil.rmtree(run_dir)
+                else:
+                    raise RunError(f"cannot create a run in {run_dir}: the folder is not empty and is not a run")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / EPOCHS_DIR).mkdir(exist_ok=True)
+        (run_dir / CHECKPOINTS_DIR).mkdir(exist_ok=True)
+        _write_samples(run_dir / SAMPLES_FILE, samples)
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        manifest = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "created": now,
+            "updated": now,
+            "config": config_json,
+            "classes": classes,
+            "samples": {"file": SAMPLES_FILE, "n": len(samples),
+                        "size": (run_dir / SAMPLES_FILE).stat().st_size},
+            "epochs": [],
+            "checkpoints": [],
+            "features": None,
+            "notes": [],
+        }
+        w = cls(run_dir, manifest, samples)
+        w._commit()
+        return w
+
+    @classmethod
+    def open(cls, run_dir: str | os.PathLike[str]) -> "RunWriter":
+        """Reopen a run to continue it: drop leftovers of an interrupted write and roll back to the last
+        epoch whose file is intact; what was found is listed in ``messages``."""
+        run_dir = Path(run_dir)
+        m = _read_manifest(run_dir)
+        samples_path = run_dir / SAMPLES_FILE
+        if not samples_path.is_file():
+            raise RunError(f"{run_dir} is damaged: {SAMPLES_FILE} is missing")
+        samples = _read_samples(samples_path)
+        if len(samples) != m["samples"]["n"]:
+            raise RunError(f"{samples_path} holds {len(samples)} samples, the manifest says {m['samples']['n']}")
+        w = cls(run_dir, m, samples)
+        msgs = w.messages
+        changed = False
+
+        # epochs: keep the longest intact prefix
+        epochs = sorted(m["epochs"], key=lambda e: e["epoch"])
+        for i, entry in enumerate(epochs):
+            why = _check_epoch_file(run_dir / entry["file"], entry)
+            if why is not None:
+                dropped = [e["epoch"] for e in epochs[i:]]
+                keep = epochs[i - 1]["epoch"] if i else -1
+                msgs.append(f"{run_dir / entry['file']} is damaged ({why}): rolled the run back to epoch {keep} "
+                            f"(dropped epoch{'s' if len(dropped) > 1 else ''} {', '.join(map(str, dropped))})")
+                epochs = epochs[:i]
+                changed = True
+                break
+        m["epochs"] = epochs
+        last = epochs[-1]["epoch"] if epochs else -1
+        ckpts = []
+        for c in sorted(m["checkpoints"], key=lambda c: c["epoch"]):
+            p = run_dir / c["file"]
+            if c["epoch"] > last:
+                msgs.append(f"dropped checkpoint {p}: its epoch {c['epoch']} was rolled back")
+            elif not p.is_file() or p.stat().st_size != c.get("size"):
+                msgs.append(f"dropped checkpoint {p}: the file is missing or has the wrong size")
+            else:
+                ckpts.append(c)
+                continue
+            changed = True
+        m["checkpoints"] = ckpts
+        feat = m.get("features")
+        if feat:
+            p = run_dir / feat["file"]
+            if not p.is_file() or p.stat().st_size != feat.get("size"):
+                msgs.append(f"dropped the feature cache {p}: the file is missing or has the wrong size")
+                m["features"] = None
+                changed = True
+        if changed:
+            w._commit()  # commit the rollback before deleting anything
+        for p in _leftovers(run_dir, m):
+            what = "an interrupted write" if p.name.endswith(TMP_SUFFIX) else "an uncommitted or rolled-back epoch"
+            msgs.append(f"removed {p.relative_to(run_dir)}, left over from {what}")
+            p.unlink(missing_ok=True)
+        return w
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def last_epoch(self) -> int:
+        """The last committed epoch, -1 if none."""
+        return self._m["epochs"][-1]["epoch"] if self._m["epochs"] else -1
+
+    @property
+    def epochs(self) -> list[int]:
+        """Committed epochs, ascending."""
+        return [e["epoch"] for e in self._m["epochs"]]
+
+    @property
+    def config(self) -> dict:
+        return self._m["config"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self._m["classes"])
+
+    # ------------------------------------------------------------------ writes
+    def _commit(self) -> None:
+        self._m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        data = json.dumps(self._m, indent=1, allow_nan=False).encode("utf-8")
+        _write_bytes_atomic(self.run_dir / MANIFEST, data)
+
+    def _truncate_from(self, epoch: int) -> None:
+        """Forget committed epochs >= ``epoch`` and their checkpoints (committed before anything new is written)."""
+        old = [e for e in self._m["epochs"] if e["epoch"] >= epoch]
+        old_ck = [c for c in self._m["checkpoints"] if c["epoch"] >= epoch]
+        if not old and not old_ck:
+            return
+        self._m["epochs"] = [e for e in self._m["epochs"] if e["epoch"] < epoch]
+        self._m["checkpoints"] = [c for c in self._m["checkpoints"] if c["epoch"] < epoch]
+        self._commit()
+        for entry in old + old_ck:
+            (self.run_dir / entry["file"]).unlink(missing_ok=True)
+        if old:
+            self.messages.append(f"epochs {', '.join(str(e['epoch']) for e in old)} were replaced: "
+                                 f"the run continues from epoch {epoch}")
+
+    def write_epoch(self, epoch: int, embeddings: np.ndarray, metrics: dict[str, float],
+                    telemetry: dict[str, np.ndarray] | None = None) -> Path:
+        """Commit one epoch's embeddings (row i = sample i), metrics and per-batch telemetry; returns its file.
+
+        Writing an epoch that is already committed replaces it and drops every later epoch."""
+        epoch = int(epoch)
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        n = len(self.samples)
+        if emb.ndim != 2 or emb.shape[0] != n or emb.shape[1] < 1:
+            raise ValueError(f"embeddings of epoch {epoch} have shape {emb.shape}; this run needs ({n}, D), "
+                             f"one row per sample")
+        clean_metrics: dict[str, float] = {}
+        for k, v in metrics.items():
+            if not isinstance(k, str) or not k:
+                raise ValueError(f"metric names must be non-empty str, got {k!r}")
+            try:
+                clean_metrics[k] = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"metric {k!r} of epoch {epoch} is not a number: {v!r}") from None
+        tel: dict[str, np.ndarray] = {}
+        for k, v in (telemetry or {}).items():
+            arr = np.asarray(v)
+            if not isinstance(k, str) or not k or "/" in k:
+                raise ValueError(f"telemetry names must be non-empty str without '/', got {k!r}")
+            if arr.dtype.kind not in "biuf":
+                raise ValueError(f"telemetry {k!r} of epoch {epoch} must be numeric, not {arr.dtype}")
+            tel[k] = arr
+        self._truncate_from(epoch)
+
+        rel = f"{EPOCHS_DIR}/{_epoch_name(epoch)}.h5"
+        path = self.run_dir / rel
+        tmp = _tmp(path)
+        with _h5open(tmp, "w") as f:
+            f.attrs["format"] = FORMAT_NAME
+            f.attrs["version"] = FORMAT_VERSION
+            f.attrs["epoch"] = epoch
+            f.create_dataset("embeddings", data=emb)
+            f.create_dataset("labels", data=self.samples.labels)
+            f.create_dataset("sample_ids", data=np.arange(n, dtype=np.int64))
+            f.create_dataset("split", data=self.samples.split)
+            g = f.create_group("metrics")
+            for k, v in clean_metrics.items():
+                g.attrs[k] = v
+            t = f.create_group("telemetry")
+            for k, v in tel.items():
+                t.create_dataset(k, data=v)
+        _replace(tmp, path)
+        self._m["epochs"].append({
+            "epoch": epoch, "file": rel, "n": n, "d": int(emb.shape[1]), "size": path.stat().st_size,
+            "written": time.time(), "metrics": {k: _json_float(v) for k, v in clean_metrics.items()},
+        })
+        self._commit()
+        return path
+
+    def write_checkpoint(self, epoch: int, state: dict) -> Path:
+        """Save a training state with torch.save (atomic) and record it; reload it with :func:`load_checkpoint`.
+
+        Only tensors, numbers, strings and containers of them load back under ``weights_only=True``."""
+        import torch  # lazily: readers should not pay for importing torch
+
+        epoch = int(epoch)
+        if epoch not in self.epochs:
+            raise ValueError(f"cannot checkpoint epoch {epoch}: write_epoch({epoch}, ...) must be committed first")
+        if not isinstance(state, dict):
+            raise ValueError(f"a checkpoint state must be a dict, not {type(state).__name__}")
+        if state.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
+            raise ValueError(f"the checkpoint state's 'format' key is {state['format']!r}; it is reserved for "
+                             f"{CHECKPOINT_FORMAT!r}")
+        rel = f"{CHECKPOINTS_DIR}/{_epoch_name(epoch)}.pt"
+        path = self.run_dir / rel
+        tmp = _tmp(path)
+        with open(tmp, "wb") as f:
+            torch.save({**state, "format": CHECKPOINT_FORMAT}, f)
+            f.flush()
+        _replace(tmp, path)
+        self._m["checkpoints"] = [c for c in self._m["checkpoints"] if c["epoch"] != epoch]
+        self._m["checkpoints"].append({"epoch": epoch, "file": rel, "size": path.stat().st_size})
+        self._m["checkpoints"].sort(key=lambda c: c["epoch"])
+        self._commit()
+        return path
+
+    def write_features(self, features: np.ndarray) -> Path:
+        """Cache the frozen backbone's features (N, F) for head-only training (atomic, recorded in the manifest)."""
+        feats = np.ascontiguousarray(features, dtype=np.float32)
+        if feats.ndim != 2 or feats.shape[0] != len(self.samples):
+            raise ValueError(f"features have shape {feats.shape}; this run needs ({len(self.samples)}, F)")
+        path = self.run_dir / FEATURES_FILE
+        tmp = _tmp(path)
+        with _h5open(tmp, "w") as f:
+            f.create_dataset("features", data=feats)
+        _replace(tmp, path)
+        self._m["features"] = {"file": FEATURES_FILE, "n": int(feats.shape[0]), "d": int(feats.shape[1]),
+                               "size": path.stat().st_size}
+        self._commit()
+        return path
+
+    def save_json(self, name: str, obj: Any) -> Path:
+        """Write a small side file such as ``thresholds.json`` atomically into the run."""
+        if not _JSON_NAME_RE.match(name) or name == MANIFEST:
+            raise ValueError(f"{name!r} is not allowed as a side-file name: use a plain file name ending in "
+                             f".json (not {MANIFEST})")
+        try:
+            data = json.dumps(obj, indent=1, allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"cannot save {name} in {self.run_dir}: {exc}") from None
+        path = self.run_dir / name
+        _write_bytes_atomic(path, data)
+        return path
+
+    def add_note(self, text: str) -> None:
+        """Append a free-text note to the manifest (e.g. 'resumed on another machine')."""
+        self._m["notes"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "text": str(text)})
+        self._commit()
+
+    def close(self) -> None:
+        """Nothing is held open between writes; kept so a writer can be used as a context manager."""
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict:
+    """Load a checkpoint written by :meth:`RunWriter.write_checkpoint` with ``weights_only=True`` (no code runs);
+    anything else is refused with a RunError naming the file."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a foreign / damaged file
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise RunError(f"{path} is not a checkpoint this program can load safely ({type(exc).__name__}: {first})"
+                       ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise RunError(f"{path} is not an Embedding Explorer checkpoint (no {CHECKPOINT_FORMAT!r} marker)")
+    return state
+
+
+class RunReader:
+    """Read-only view of a run, safe while a writer is adding epochs: it sees only what the manifest commits."""
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        self.run_dir = Path(run_dir)
+        m = _read_manifest(self.run_dir)
+        self.config: dict = m["config"]
+        self.classes: list[str] = list(m["classes"])
+        self.created: str = m.get("created", "")
+        path = self.run_dir / SAMPLES_FILE
+        if not path.is_file():
+            raise RunError(f"{self.run_dir} is damaged: {SAMPLES_FILE} is missing")
+        self.samples: SampleTable = _read_samples(path)
+        self.messages: list[str] = []
+        self._entries: dict[int, dict[str, Any]] = {}
+        self._m: dict[str, Any] = {}
+        self.epochs: list[int] = []
+        self._apply(m)
+        for p in _leftovers(self.run_dir, m):
+            self.messages.append(f"ignored {p.relative_to(self.run_dir)}: not committed (a write in progress "
+                                 f"or interrupted; the writer removes leftovers when it reopens the run)")
+
+    def _apply(self, m: dict[str, Any]) -> list[int]:
+        new: list[int] = []
+        entries: dict[int, dict[str, Any]] = {}
+        for e in sorted(m["epochs"], key=lambda e: e["epoch"]):
+            p = self.run_dir / e["file"]
+            try:
+                size = p.stat().st_size
+            except OSError:
+                size = None
+            if size != e.get("size"):
+                # the manifest is newer than a rollback or the file was damaged after its commit
+                msg = f"ignored epoch {e['epoch']}: {p} is missing or has the wrong size"
+                if msg not in self.messages:
+                    self.messages.append(msg)
+                continue
+            old = self._entries.get(e["epoch"])
+            if old is None or old.get("written") != e.get("written") or old.get("file") != e.get("file"):
+                new.append(e["epoch"])
+            entries[e["epoch"]] = e
+        self._entries = entries
+        self._m = m
+        self.epochs = sorted(entries)
+        return new
+
+    def refresh(self) -> list[int]:
+        """Re-read the manifest; returns the epochs committed (or rewritten) since the last look."""
+        return self._apply(_read_manifest(self.run_dir))
+
+    @property
+    def last_epoch(self) -> int:
+        return self.epochs[-1] if self.epochs else -1
+
+    def _entry(self, epoch: int) -> dict[str, Any]:
+        try:
+            return self._entries[int(epoch)]
+        except KeyError:
+            raise RunError(f"epoch {epoch} is not committed in run {self.run_dir} "
+                           f"(committed: {self.epochs or 'none'})") from None
+
+    def _open_epoch(self, epoch: int) -> tuple[h5py.File, Path]:
+        path = self.run_dir / self._entry(epoch)["file"]
+        try:
+            return _h5open(path), path
+        except OSError as exc:
+            raise RunError(f"cannot read epoch {epoch} from {path}: {exc}") from None
+
+    def load_epoch(self, epoch: int) -> EpochData:
+        """All of one committed epoch: embeddings, metrics, telemetry and the per-row arrays."""
+        f, path = self._open_epoch(epoch)
+        try:
+            with f:
+                return EpochData(
+                    epoch=int(epoch),
+                    embeddings=f["embeddings"][()],
+                    metrics={k: float(v) for k, v in f["metrics"].attrs.items()},
+                    telemetry={k: d[()] for k, d in f["telemetry"].items()},
+                    labels=f["labels"][()],
+                    sample_ids=f["sample_ids"][()],
+                    split=f["split"][()],
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            raise RunError(f"epoch file {path} is damaged: {exc}") from None
+
+    def rows(self, epoch: int, ids: np.ndarray) -> np.ndarray:
+        """Embedding rows ``ids`` (any order, repeats allowed) of one epoch, without reading the whole array."""
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise ValueError(f"ids must be a 1-D integer array, got shape {ids.shape} dtype {ids.dtype}")
+        entry = self._entry(epoch)
+        n, d = entry["n"], entry["d"]
+        if ids.size and (ids.min() < -n or ids.max() >= n):
+            raise IndexError(f"sample ids must lie in [0, {n}) for epoch {epoch}")
+        if ids.size == 0:
+            return np.empty((0, d), np.float32)
+        uniq, inverse = np.unique(np.where(ids < 0, ids + n, ids), return_inverse=True)
+        f, path = self._open_epoch(epoch)
+        try:
+            with f:
+                ds = f["embeddings"]
+                if len(uniq) > n // 8:  # many rows: one sequential read beats per-row selections
+                    block = ds[()][uniq]
+                else:
+                    block = ds[uniq]
+        except (OSError, KeyError, ValueError) as exc:
+            raise RunError(f"epoch file {path} is damaged: {exc}") from None
+        return block[inverse.reshape(-1)]
+
+    def metrics_history(self) -> dict[str, np.ndarray]:
+        """'epoch' plus one float array per metric (NaN where an epoch lacks it), from the manifest alone."""
+        entries = [self._entries[e] for e in self.epochs]
+        names: list[str] = []
+        for e in entries:
+            for k in e.get("metrics", {}):
+                if k not in names:
+                    names.append(k)
+        out: dict[str, np.ndarray] = {"epoch": np.array([e["epoch"] for e in entries], dtype=np.int64)}
+        for k in names:
+            vals = [e["metrics"].get(k) for e in entries]
+            out[k] = np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
+        return out
+
+    def checkpoint_path(self, epoch: int | None = None) -> Path | None:
+        """The checkpoint of ``epoch`` (the latest one when None), or None when there is none."""
+        ckpts = {c["epoch"]: c for c in self._m["checkpoints"] if c["epoch"] in self._entries}
+        if not ckpts:
+            return None
+        key = max(ckpts) if epoch is None else int(epoch)
+        c = ckpts.get(key)
+        return None if c is None else self.run_dir / c["file"]
+
+    @property
+    def checkpoints(self) -> list[int]:
+        """Epochs that have a committed checkpoint."""
+        return sorted(c["epoch"] for c in self._m["checkpoints"] if c["epoch"] in self._entries)
+
+    def features(self) -> np.ndarray | None:
+        """The cached head-only backbone features (N, F), or None when the run has none."""
+        feat = self._m.get("features")
+        if not feat:
+            return None
+        path = self.run_dir / feat["file"]
+        try:
+            with _h5open(path) as f:
+                return f["features"][()]
+        except (OSError, KeyError) as exc:
+            raise RunError(f"feature cache {path} cannot be read: {exc}") from None
+
+    def load_json(self, name: str) -> Any:
+        """A side file saved with :meth:`RunWriter.save_json`, or None when it does not exist."""
+        if not _JSON_NAME_RE.match(name) or name == MANIFEST:
+            raise ValueError(f"{name!r} is not a side-file name")
+        path = self.run_dir / name
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunError(f"{path} cannot be read as JSON: {exc}") from None
+
+    @property
+    def notes(self) -> list[dict[str, str]]:
+        return list(self._m.get("notes", []))
