@@ -1,0 +1,80 @@
+"""The command line: --help, losses, train -> evaluate -> embed on a tiny folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from test_engine import make_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_help_documents_every_command():
+    res = run("--help")
+    assert res.returncode == 0
+    for word in ("--demo", "train", "embed", "evaluate", "losses"):
+        assert word in res.stdout
+    res = run("train", "--help")
+    assert res.returncode == 0
+    for opt in ("--loss", "--miner", "--backbone", "--no-pretrained", "--epochs", "--embedding-dim", "--image-size",
+                "--batch-classes", "--batch-per-class", "--lr", "--test-dir", "--seed", "--device", "--resume",
+                "--margin"):
+        assert opt in res.stdout, opt
+
+
+def test_losses_lists_every_loss_and_miner():
+    from trainer.losses import LOSSES, MINERS
+
+    res = run("losses")
+    assert res.returncode == 0
+    for name in list(LOSSES) + list(MINERS):
+        assert name in res.stdout, name
+
+
+def test_a_loss_parameter_of_another_loss_is_refused(tmp_path):
+    data = make_folder(tmp_path / "data", n_classes=4, per_class=4)
+    res = run("train", str(data), "--out", str(tmp_path / "r"), "--loss", "proxy_anchor", "--margin", "0.2",
+              "--pos-margin", "0.1")
+    assert res.returncode != 0
+    assert "not a parameter of the proxy_anchor loss" in res.stderr
+
+
+def test_train_evaluate_embed(tmp_path):
+    data = make_folder(tmp_path / "data", n_classes=4, per_class=6)
+    out = tmp_path / "run"
+    res = run("train", str(data), "--out", str(out), "--backbone", "small_cnn", "--no-pretrained", "--epochs", "1",
+              "--image-size", "24", "--embedding-dim", "8", "--batch-classes", "2", "--batch-per-class", "3",
+              "--batches-per-epoch", "2", "--device", "cpu", "--workers", "0", "--quiet", "--loss", "contrastive")
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = run("train", str(data), "--out", str(out))
+    assert res.returncode == 2 and "--resume" in res.stderr
+
+    res = run("evaluate", str(out), "--json")
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads(res.stdout)
+    for key in ("precision_at_1", "mean_average_precision_at_r", "r_precision", "auc", "eer"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+
+    h5 = tmp_path / "emb.h5"
+    res = run("embed", str(out), str(data), "--out", str(h5))
+    assert res.returncode == 0, res.stderr
+    with h5py.File(h5, "r") as f:
+        emb = f["embeddings"][:]
+        assert emb.shape == (24, 8) and np.isfinite(emb).all()
+        assert len(f["paths"]) == 24 and sorted(set(f["labels"][:])) == [0, 1, 2, 3]
+
+    res = run("evaluate", str(tmp_path / "nope"))
+    assert res.returncode == 1 and "nope" in res.stderr

@@ -1,0 +1,243 @@
+"""The training loop: events, commits, stop, NaN guard, resume after a kill, checkpoint refusal."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer import events as ev
+from trainer.config import TrainConfig
+from trainer.engine import Trainer, TrainingError, check_checkpoint, load_checkpoint
+from trainer.store import RunReader
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_folder(root: Path, n_classes: int = 6, per_class: int = 8, size: int = 24, seed: int = 0) -> Path:
+    """Small class folder: each class a distinct colour pattern plus noise, so a network can separate them."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in range(n_classes):
+        d = root / f"class_{c}"
+        d.mkdir(parents=True)
+        base = rng.integers(0, 255, size=(4, 4, 3))
+        for i in range(per_class):
+            img = np.kron(base, np.ones((size // 4, size // 4, 1))) + rng.normal(0, 25, size=(size, size, 3))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def tiny_config(data_dir: Path, **changes) -> TrainConfig:
+    cfg = TrainConfig().replace(**{
+        "data.data_dir": str(data_dir), "data.image_size": 24, "data.augment": False, "data.batch_classes": 3,
+        "data.batch_per_class": 4, "data.num_workers": 0, "data.holdout_fraction": 0.34,
+        "model.backbone": "small_cnn", "model.pretrained": False, "model.embedding_dim": 16,
+        "optim.epochs": 2, "optim.batches_per_epoch": 3, "optim.lr": 1e-3,
+        "loss.name": "triplet", "loss.miner": "semihard", "device": "cpu", "amp": "off", "seed": 3,
+    })
+    return cfg.replace(**changes) if changes else cfg
+
+
+def run_collect(cfg, run_dir, **kwargs) -> list:
+    got: list = []
+    on_event = kwargs.pop("on_event", None)
+
+    def emit(e):
+        got.append(e)
+        if on_event:
+            on_event(e)
+
+    Trainer(cfg, run_dir, emit=emit, **kwargs).run()
+    return got
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("data"))
+
+
+def test_a_run_commits_every_epoch_with_metrics_and_telemetry(folder, tmp_path):
+    events = run_collect(tiny_config(folder), tmp_path / "run")
+    failed = [e for e in events if isinstance(e, ev.Failed)]
+    assert not failed, failed[0].detail
+    kinds = [type(e).__name__ for e in events if not isinstance(e, ev.Log)]
+    assert kinds[0] == "Started" and kinds[-1] == "Stopped"
+    assert [e.epoch for e in events if isinstance(e, ev.SnapshotReady)] == [0, 1, 2]
+    batches = [e for e in events if isinstance(e, ev.BatchDone)]
+    assert len(batches) == 2 * 3
+    for b in batches:
+        assert b.n_easy + b.n_semihard + b.n_hard > 0 and np.isfinite(b.loss)
+    stopped = events[-1]
+    assert isinstance(stopped, ev.Stopped) and stopped.reason == "finished" and stopped.epoch == 2
+
+    reader = RunReader(tmp_path / "run")
+    assert reader.epochs == [0, 1, 2]
+    e1 = reader.load_epoch(1)
+    assert e1.embeddings.shape == (48, 16) and e1.embeddings.dtype == np.float32
+    for key in ("heldout/precision_at_1", "heldout/mean_average_precision_at_r", "heldout/auc", "train/r_precision",
+                "train_loss"):
+        assert key in e1.metrics, key
+    assert len(e1.telemetry["loss"]) == 3
+    assert (e1.telemetry["n_easy"] + e1.telemetry["n_semihard"] + e1.telemetry["n_hard"] > 0).all()
+    # the mined tuples are global sample ids of training images
+    train_ids = np.flatnonzero(reader.samples.split == 0)
+    anchors = e1.telemetry["mined_anchor"]
+    assert len(anchors) > 0 and np.isin(anchors, train_ids).all()
+    # held-out classes never appear in training batches
+    assert not np.isin(e1.telemetry["mined_negative"][e1.telemetry["mined_negative"] >= 0],
+                       np.flatnonzero(reader.samples.split == 1)).any()
+    assert reader.checkpoint_path(2) is not None
+
+
+def test_stop_takes_effect_within_one_batch(folder, tmp_path):
+    stop = threading.Event()
+
+    def on_event(e):
+        if isinstance(e, ev.BatchDone) and e.epoch == 1 and e.batch == 0:
+            stop.set()
+
+    cfg = tiny_config(folder, **{"optim.batches_per_epoch": 6})
+    events = run_collect(cfg, tmp_path / "run", stop=stop, on_event=on_event)
+    batches = [e for e in events if isinstance(e, ev.BatchDone)]
+    assert len(batches) == 1
+    assert isinstance(events[-1], ev.Stopped) and events[-1].reason == "user" and events[-1].epoch == 0
+    assert RunReader(tmp_path / "run").epochs == [0]
+
+
+def test_pause_holds_the_loop_until_released(folder, tmp_path):
+    pause = threading.Event()
+    seen = []
+
+    def on_event(e):
+        seen.append(e)
+        if isinstance(e, ev.BatchDone) and e.epoch == 1 and e.batch == 0:
+            pause.set()
+            threading.Timer(0.3, pause.clear).start()
+
+    t0 = time.perf_counter()
+    run_collect(tiny_config(folder, **{"optim.epochs": 1}), tmp_path / "run", pause=pause, on_event=on_event)
+    assert time.perf_counter() - t0 >= 0.3
+    flags = [e.paused for e in seen if isinstance(e, ev.Paused)]
+    assert flags == [True, False]
+
+
+def test_nan_loss_stops_the_run_and_the_epoch_is_not_committed(folder, tmp_path, monkeypatch):
+    import trainer.losses as losses
+
+    real = losses.build_loss
+
+    def nan_loss(*args, **kwargs):
+        inner = real(*args, **kwargs)
+
+        class NanLoss(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, emb, labels, tuples=None):
+                return self.inner(emb, labels, tuples) * float("nan")
+
+        return NanLoss()
+
+    monkeypatch.setattr(losses, "build_loss", nan_loss)
+    events = run_collect(tiny_config(folder), tmp_path / "run")
+    failed = [e for e in events if isinstance(e, ev.Failed)]
+    assert len(failed) == 1 and "nan" in failed[0].message.lower() and "epoch 1" in failed[0].message
+    assert RunReader(tmp_path / "run").epochs == [0]
+
+
+def test_head_only_caches_backbone_features_in_the_run(folder, tmp_path):
+    cfg = tiny_config(folder, **{"model.head_only": True})
+    events = run_collect(cfg, tmp_path / "run")
+    assert not [e for e in events if isinstance(e, ev.Failed)]
+    reader = RunReader(tmp_path / "run")
+    feats = reader.features()
+    assert feats is not None and feats.shape[0] == 48
+    # the backbone stays frozen: features of epoch 2 equal those cached before training
+    assert reader.epochs == [0, 1, 2]
+
+
+def _cli_train(data: Path, out: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "main.py"), "train", str(data), "--out", str(out), "--backbone", "small_cnn",
+           "--no-pretrained", "--image-size", "24", "--embedding-dim", "16", "--batch-classes", "3",
+           "--batch-per-class", "4", "--batches-per-epoch", "3", "--lr", "1e-3", "--loss", "triplet", "--miner",
+           "semihard", "--device", "cpu", "--amp", "off", "--seed", "3", "--workers", "0", "--no-augment",
+           "--holdout-fraction", "0.34", "--quiet", *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(folder, tmp_path):
+    """Kill -9 once epoch 2 is committed, resume, and epoch 3 equals epoch 3 of a run never interrupted."""
+    full = _cli_train(folder, tmp_path / "full", "--epochs", "3")
+    out, _ = full.communicate(timeout=240)
+    assert full.returncode == 0, out
+
+    killed = _cli_train(folder, tmp_path / "killed", "--epochs", "3")
+    manifest = tmp_path / "killed" / "manifest.json"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        try:
+            if 2 in [int(e["epoch"]) for e in json.loads(manifest.read_text())["epochs"]]:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate(timeout=30)
+    assert RunReader(tmp_path / "killed").epochs[-1] >= 2
+
+    resumed = _cli_train(folder, tmp_path / "killed", "--epochs", "3", "--resume")
+    out, _ = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0, out
+    a, b = RunReader(tmp_path / "full"), RunReader(tmp_path / "killed")
+    assert b.epochs == [0, 1, 2, 3]
+    np.testing.assert_allclose(b.load_epoch(3).embeddings, a.load_epoch(3).embeddings, rtol=0, atol=1e-5)
+
+
+def test_foreign_and_mismatched_checkpoints_are_refused(folder, tmp_path):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    with pytest.raises(TrainingError, match="not an Embedding Explorer checkpoint"):
+        load_checkpoint(foreign)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(TrainingError, match="cannot load safely|not a checkpoint"):
+        load_checkpoint(garbage)
+
+    run_collect(tiny_config(folder, **{"optim.epochs": 0}), tmp_path / "run")
+    path = RunReader(tmp_path / "run").checkpoint_path(0)
+    state = load_checkpoint(path)
+    check_checkpoint(state, path, classes=state["classes"], dim=16)
+    with pytest.raises(TrainingError, match="other classes"):
+        check_checkpoint(state, path, classes=["a", "b"])
+    with pytest.raises(TrainingError, match="embedding dimension"):
+        check_checkpoint(state, path, dim=32)
+
+
+def test_trainer_never_imports_qt():
+    code = (
+        "import sys, importlib, pkgutil\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('PySide6', 'PyQt5', 'PyQt6', 'pyqtgraph', 'qtpy', 'shiboken6'):\n"
+        "            raise ImportError('Qt is blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import trainer\n"
+        "for m in pkgutil.iter_modules(trainer.__path__):\n"
+        "    importlib.import_module('trainer.' + m.name)\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr
