@@ -1,0 +1,728 @@
+"""Retrieval and verification metrics: pure functions on arrays (numpy in, numpy / floats out).
+
+Direction convention: everything here is a DISTANCE, smaller = more alike. For ``metric="cosine"`` the distance
+is ``1 - cos`` in [0, 2] (embeddings are L2-normalised inside); for ``"euclidean"`` it is the L2 distance in
+[0, max]. :func:`to_similarity` / :func:`from_similarity` convert for display.
+
+Verification is exact over ALL pairs i < j (no subsampling): pair distances are counted into fine bins
+(default 2**15) by :func:`pair_histograms`. Bins are right-closed, ``(edges[b], edges[b+1]]`` (bin 0 also holds
+d = 0), so the cumulative count up to bin b is exactly the number of pairs accepted at threshold ``edges[b+1]``
+with the rule "accept if d <= t" (up to float32 rounding of d, about 1e-7). Everything on the ROC is computed from
+those histograms; thresholds are the bin edges.
+
+Insufficient-pairs rule for TAR@FAR: a FAR level is reported only when the expected number of false accepts at
+that level, ``n_impostor * far``, is at least :data:`MIN_FALSE_ACCEPTS` (10, i.e. about +-30 % relative error on
+the FAR estimate); otherwise the value is NaN and ``sufficient`` is False.
+
+Speed: samples are sorted by label so genuine pairs sit in diagonal blocks; each row block is one float32 matmul
+over the upper triangle only, with the bin quantisation folded into the matmul (an extra constant column), then
+truncated to int32 in a reusable buffer and counted with ``torch.bincount``. Memory is bounded by ``block_bytes``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+METRICS = ("cosine", "euclidean")
+DEFAULT_BINS = 2**15
+FAR_LEVELS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+MIN_FALSE_ACCEPTS = 10
+_BLOCK_BYTES = 96 * 2**20  # per float32 buffer; two buffers (float + int32) plus masks stay well under 500 MB
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# input checks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_inputs(embeddings, labels, metric: str, *, source: str = "embeddings") -> tuple[np.ndarray, np.ndarray]:
+    """Validate and return (float32 C-contiguous (N, D) array, int64 dense labels 0..C-1)."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    x = np.asarray(embeddings)
+    if x.ndim != 2:
+        raise ValueError(f"{source}: expected a 2-D (N, D) array, got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{source}: no samples (N = 0); nothing to evaluate")
+    if x.shape[1] == 0:
+        raise ValueError(f"{source}: embeddings have dimension 0")
+    y = np.asarray(labels)
+    if y.ndim != 1 or len(y) != len(x):
+        raise ValueError(f"{source}: labels must be 1-D with one entry per row ({len(x)}), got shape {y.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{source}: {int(bad.sum())} rows contain NaN or inf (first: row {int(np.argmax(bad))})")
+    if metric == "cosine":
+        norms = np.linalg.norm(x, axis=1)
+        zero = norms == 0
+        if zero.any():
+            raise ValueError(
+                f"{source}: {int(zero.sum())} rows are all zeros (first: row {int(np.argmax(zero))}); "
+                "cosine distance is undefined for them"
+            )
+        x = np.ascontiguousarray(x / norms[:, None].astype(np.float32))
+    _, dense = np.unique(y, return_inverse=True)
+    return x, dense.astype(np.int64).reshape(-1)
+
+
+def to_similarity(d, metric: str = "cosine"):
+    """Distance -> similarity for display: cosine gives cos = 1 - d; euclidean gives -d (larger = more alike)."""
+    return 1.0 - np.asarray(d) if metric == "cosine" else -np.asarray(d)
+
+
+def from_similarity(s, metric: str = "cosine"):
+    """Similarity -> distance, the inverse of :func:`to_similarity`."""
+    return 1.0 - np.asarray(s) if metric == "cosine" else -np.asarray(s)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# retrieval
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _recall_calculator():
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    class _Calculator(AccuracyCalculator):
+        """PML's calculator, also reporting Recall@K from the k-NN labels it already computed."""
+
+        k_values: tuple[int, ...] = ()
+        recall: dict[str, float]
+
+        def _get_accuracy(self, function_dict, **kwargs):
+            out = super()._get_accuracy(function_dict, **kwargs)
+            knn_labels = kwargs.get("knn_labels")
+            self.recall = {}
+            if knn_labels is not None:
+                keep = kwargs["not_lone_query_mask"]
+                q = kwargs["query_labels"][keep]
+                hits = knn_labels[keep] == q[:, None]
+                for k in self.k_values:
+                    if len(q) == 0:
+                        self.recall[f"recall_at_{k}"] = float("nan")
+                    else:
+                        self.recall[f"recall_at_{k}"] = float(hits[:, :k].any(dim=1).double().mean())
+            return out
+
+    return _Calculator
+
+
+def retrieval_metrics(
+    embeddings,
+    labels,
+    *,
+    metric: str = "cosine",
+    k_values: Sequence[int] = (1, 2, 4, 8),
+    seed: int = 0,
+) -> dict[str, float]:
+    """P@1, R-Precision, MAP@R, Recall@K, NMI, AMI (query = reference, self-match excluded) via PML + faiss.
+
+    Queries whose class has a single sample are excluded (no positive), as PML does. With fewer than two classes
+    every metric is NaN (undefined). ``seed`` seeds faiss k-means for NMI/AMI (an extension of the contract).
+    """
+    from pytorch_metric_learning.utils.inference import FaissKMeans
+
+    x, y = _check_inputs(embeddings, labels, metric)
+    k_values = tuple(int(k) for k in k_values)
+    if any(k < 1 for k in k_values):
+        raise ValueError(f"k_values must be positive integers, got {k_values}")
+    keys = ["precision_at_1", "r_precision", "mean_average_precision_at_r"]
+    keys += [f"recall_at_{k}" for k in k_values] + ["nmi", "ami"]
+    counts = np.bincount(y)
+    if len(counts) < 2:
+        return {k: float("nan") for k in keys}
+    n = len(x)
+    num_k = int(min(n - 1, max(int(counts.max()), max(k_values, default=1))))
+    calc_cls = _recall_calculator()
+    calc = calc_cls(
+        include=("precision_at_1", "r_precision", "mean_average_precision_at_r", "NMI", "AMI"),
+        k=num_k,
+        device=torch.device("cpu"),
+        kmeans_func=FaissKMeans(niter=20, seed=int(seed), min_points_per_centroid=1),
+    )
+    calc.k_values = k_values
+    # Euclidean k-NN (faiss IndexFlatL2) on L2-normalised rows ranks exactly as cosine similarity does.
+    res = calc.get_accuracy(torch.from_numpy(x), torch.from_numpy(y))
+    out = {
+        "precision_at_1": float(res["precision_at_1"]),
+        "r_precision": float(res["r_precision"]),
+        "mean_average_precision_at_r": float(res["mean_average_precision_at_r"]),
+    }
+    out.update(calc.recall)
+    out["nmi"] = float(res["NMI"])
+    out["ami"] = float(res["AMI"])
+    return {k: out[k] for k in keys}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pair histograms
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PairHistograms:
+    """Counts of pair distances in right-closed bins ``(edges[b], edges[b+1]]``; genuine = same class, i < j."""
+
+    metric: str
+    edges: np.ndarray  # (bins + 1,) float64, edges[0] = 0
+    genuine: np.ndarray  # (bins,) int64
+    impostor: np.ndarray  # (bins,) int64
+    n_samples: int = 0
+    n_classes: int = 0
+
+    @property
+    def n_genuine(self) -> int:
+        return int(self.genuine.sum())
+
+    @property
+    def n_impostor(self) -> int:
+        return int(self.impostor.sum())
+
+    @property
+    def bins(self) -> int:
+        return len(self.genuine)
+
+    @property
+    def bin_width(self) -> float:
+        return float(self.edges[1] - self.edges[0])
+
+
+def _sorted_by(y: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    return np.lexsort((y,)) if groups is None else np.lexsort((y, groups))
+
+
+def _distance_range(x: np.ndarray, metric: str, max_distance: float | None) -> float:
+    if metric == "cosine":
+        return 2.0
+    if max_distance is not None:
+        if not max_distance > 0:
+            raise ValueError(f"max_distance must be positive, got {max_distance}")
+        return float(max_distance)
+    centre = x.astype(np.float64).mean(axis=0)
+    radius = float(np.sqrt(((x - centre) ** 2).sum(axis=1)).max())
+    hi = 2.0 * radius * (1 + 1e-6)
+    return hi if hi > 0 else 1.0
+
+
+def _block_rows(n: int, block_bytes: int) -> int:
+    return int(max(1, min(n, block_bytes // (4 * (n + 3)))))
+
+
+def _grouped_counts(
+    x: np.ndarray,
+    y: np.ndarray,
+    metric: str,
+    bins: int,
+    hi: float,
+    groups: np.ndarray | None = None,
+    n_groups: int = 1,
+    block_bytes: int = _BLOCK_BYTES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine and impostor counts per (group g <= group h) pair: arrays (n_pairs, bins), d-bins right-closed.
+
+    ``groups`` (per sample, constant within a class) splits the pairs by the groups of their two samples; pair
+    index of (g, h), g <= h, is the row-major index in the upper triangle of the n_groups x n_groups matrix.
+    """
+    order = _sorted_by(y, groups)
+    xs = torch.from_numpy(np.ascontiguousarray(x[order]))
+    ys = y[order]
+    n, dim = xs.shape
+    # class end (exclusive) of each sorted sample: genuine partners of i are i+1 .. end[i]-1
+    change = np.flatnonzero(np.diff(ys) != 0) + 1 if groups is None else np.flatnonzero(
+        (np.diff(ys) != 0) | (np.diff(groups[order]) != 0)
+    ) + 1
+    starts = np.concatenate([[0], change])
+    ends = np.concatenate([change, [n]])
+    end_of = np.repeat(ends, ends - starts)
+    end_t = torch.from_numpy(end_of)
+
+    w = hi / bins
+    if metric == "cosine":
+        # q = (1 + s) * bins / 2 + 1 = bins + 1 - d / w, folded into the matmul
+        a = torch.cat([xs * (bins / 2.0), torch.full((n, 1), bins / 2.0 + 1.0)], dim=1)
+        b = torch.cat([xs, torch.ones(n, 1)], dim=1)
+    else:
+        xc = xs.double() - xs.double().mean(dim=0)
+        sq = (xc * xc).sum(dim=1, keepdim=True)
+        a = torch.cat([-2.0 * xc, sq, torch.ones(n, 1, dtype=torch.float64)], dim=1).float()
+        b = torch.cat([xc, torch.ones(n, 1, dtype=torch.float64), sq], dim=1).float()
+    a = a.contiguous()
+    b = b.contiguous()
+
+    kind_stride = bins + 2
+    pair_stride = 2 * kind_stride
+    n_pairs = n_groups * (n_groups + 1) // 2
+    trash = n_pairs * pair_stride
+    if trash >= 2**31 - 1:
+        raise ValueError(f"too many groups x bins ({n_pairs} x {bins}) for one histogram")
+    if groups is not None:
+        gs = groups[order]
+        gstart = np.searchsorted(gs, np.arange(n_groups), side="left")
+        gend = np.searchsorted(gs, np.arange(n_groups), side="right")
+
+    def pair_id(g: int, h: int) -> int:
+        return g * n_groups - g * (g - 1) // 2 + (h - g)
+
+    rows = _block_rows(n, block_bytes)
+    fbuf = torch.empty(rows * n, dtype=torch.float32)
+    ibuf = torch.empty(rows * n, dtype=torch.int32)
+    total = torch.zeros(trash + 1, dtype=torch.int64)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        nr, nc = r1 - r0, n - r0
+        yq = fbuf[: nr * nc].view(nr, nc)
+        torch.mm(a[r0:r1], b[r0:].T, out=yq)
+        if metric == "euclidean":
+            yq.clamp_(min=0.0).sqrt_().mul_(-1.0 / w).add_(bins + 1.0).clamp_(0.0, bins + 1.0)
+        idx = ibuf[: nr * nc].view(nr, nc)
+        idx.copy_(yq)  # truncation: q-bin k = floor(q), d-bin = bins - k
+        if groups is not None:
+            for g in np.unique(gs[r0:r1]):
+                ra, rb = max(r0, gstart[g]) - r0, min(r1, gend[g]) - r0
+                for h in range(g, n_groups):
+                    ca, cb = max(r0, gstart[h]) - r0, gend[h] - r0
+                    if cb > ca:
+                        idx[ra:rb, ca:cb] += pair_id(int(g), h) * pair_stride
+        near = int(max(r1, end_of[r1 - 1])) - r0  # columns that may hold genuine or lower-triangle entries
+        ii = torch.arange(r0, r1).unsqueeze(1)
+        jj = torch.arange(r0, r0 + near).unsqueeze(0)
+        sub = idx[:, :near]
+        genuine = (jj > ii) & (jj < end_t[r0:r1].unsqueeze(1))
+        sub += genuine.to(torch.int32) * kind_stride
+        sub.masked_fill_(jj <= ii, trash)
+        total += torch.bincount(idx.view(-1), minlength=trash + 1)
+    counts = total[:trash].numpy().reshape(n_pairs, 2, kind_stride)[:, :, ::-1]
+    # reversed: position m holds d-bin m - 1; fold d-bin -1 (d <= 0) into 0 and d-bin `bins` (rounding) into bins-1
+    d = np.ascontiguousarray(counts[:, :, 1 : bins + 1]).astype(np.int64)
+    d[:, :, 0] += counts[:, :, 0]
+    d[:, :, -1] += counts[:, :, bins + 1]
+    return d[:, 1, :], d[:, 0, :]
+
+
+def pair_histograms(
+    embeddings,
+    labels,
+    *,
+    metric: str = "cosine",
+    bins: int = DEFAULT_BINS,
+    max_distance: float | None = None,
+    block_bytes: int = _BLOCK_BYTES,
+) -> PairHistograms:
+    """Exact genuine / impostor histograms of ALL pair distances (i < j), chunked so memory stays bounded.
+
+    Cosine bins cover [0, 2]; euclidean bins cover [0, max_distance] (default: an upper bound on the largest pair
+    distance, twice the largest distance to the centroid; larger distances count in the last bin).
+    """
+    x, y = _check_inputs(embeddings, labels, metric)
+    bins = int(bins)
+    if bins < 2:
+        raise ValueError(f"bins must be >= 2, got {bins}")
+    hi = _distance_range(x, metric, max_distance)
+    gen, imp = _grouped_counts(x, y, metric, bins, hi, block_bytes=block_bytes)
+    edges = np.linspace(0.0, hi, bins + 1)
+    return PairHistograms(metric, edges, gen[0], imp[0], n_samples=len(x), n_classes=int(y.max()) + 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ROC
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TarAtFar:
+    """TAR at the largest threshold whose FAR does not exceed ``far``; NaN when ``sufficient`` is False."""
+
+    far: float
+    tar: float
+    threshold: float
+    achieved_far: float
+    sufficient: bool
+
+
+@dataclass
+class Roc:
+    """ROC on the bin edges: ``far[k]``, ``tar[k]`` at ``thresholds[k]`` (accept if d <= t); k = 0 rejects all."""
+
+    thresholds: np.ndarray
+    far: np.ndarray
+    tar: np.ndarray
+    auc: float
+    auc_error_bound: float  # |auc - exact AUC of the unbinned distances| <= this (same-bin pairs counted half)
+    eer: float
+    eer_threshold: float
+    n_genuine: int
+    n_impostor: int
+    tar_at_far: dict[float, TarAtFar] = field(default_factory=dict)
+
+    @property
+    def frr(self) -> np.ndarray:
+        return 1.0 - self.tar
+
+
+def _curves(gen: np.ndarray, imp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative TAR, FAR (last axis = bins, a leading 0 point prepended); works on (..., bins) float arrays."""
+    cg = np.cumsum(gen, axis=-1, dtype=np.float64)
+    ci = np.cumsum(imp, axis=-1, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tar = cg / cg[..., -1:]
+        far = ci / ci[..., -1:]
+    pad = [(0, 0)] * (tar.ndim - 1) + [(1, 0)]
+    return np.pad(tar, pad), np.pad(far, pad)
+
+
+def _auc(tar: np.ndarray, far: np.ndarray) -> np.ndarray:
+    return np.sum(np.diff(far, axis=-1) * (tar[..., 1:] + tar[..., :-1]) * 0.5, axis=-1)
+
+
+def _eer(far: np.ndarray, tar: np.ndarray, thresholds: np.ndarray) -> tuple[float, float]:
+    """Where FAR = FRR, linearly interpolated between the two bracketing edges."""
+    diff = far - (1.0 - tar)
+    k = int(np.argmax(diff >= 0))
+    if diff[k] < 0:
+        return float("nan"), float("nan")
+    if k == 0:
+        return float(far[0]), float(thresholds[0])
+    d0, d1 = diff[k - 1], diff[k]
+    alpha = -d0 / (d1 - d0)
+    eer = far[k - 1] + alpha * (far[k] - far[k - 1])
+    return float(eer), float(thresholds[k - 1] + alpha * (thresholds[k] - thresholds[k - 1]))
+
+
+def _tar_at_far(far_curve, tar_curve, thresholds, n_impostor: int, far: float, min_fa: int) -> TarAtFar:
+    k = int(np.searchsorted(far_curve, far, side="right")) - 1  # last edge with FAR <= far (FAR is non-decreasing)
+    sufficient = n_impostor * far >= min_fa
+    return TarAtFar(
+        far=far,
+        tar=float(tar_curve[k]) if sufficient else float("nan"),
+        threshold=float(thresholds[k]),
+        achieved_far=float(far_curve[k]),
+        sufficient=bool(sufficient),
+    )
+
+
+def roc_from_histograms(
+    h: PairHistograms, *, far_levels: Sequence[float] = FAR_LEVELS, min_false_accepts: int = MIN_FALSE_ACCEPTS
+) -> Roc:
+    """ROC, AUC (trapezoid, with its bin-width error bound), EER and TAR@FAR from pair histograms."""
+    ng, ni = h.n_genuine, h.n_impostor
+    thresholds = h.edges.copy()
+    if ng == 0 or ni == 0:
+        nan = float("nan")
+        empty = np.full(len(thresholds), np.nan)
+        levels = {f: TarAtFar(f, nan, nan, nan, False) for f in far_levels}
+        return Roc(thresholds, empty, empty.copy(), nan, nan, nan, nan, ng, ni, levels)
+    tar, far = _curves(h.genuine, h.impostor)
+    auc = float(_auc(tar, far))
+    bound = float(0.5 * np.dot(h.genuine / ng, h.impostor / ni))
+    eer, eer_t = _eer(far, tar, thresholds)
+    levels = {float(f): _tar_at_far(far, tar, thresholds, ni, float(f), min_false_accepts) for f in far_levels}
+    return Roc(thresholds, far, tar, auc, bound, eer, eer_t, ng, ni, levels)
+
+
+def operating_point(h: PairHistograms, threshold: float) -> dict[str, float]:
+    """Counts and rates when accepting pairs with d <= threshold (rounded down to the nearest bin edge)."""
+    k = int(np.searchsorted(h.edges, threshold, side="right")) - 1
+    k = max(0, min(k, h.bins))
+    ga = int(h.genuine[:k].sum())
+    ia = int(h.impostor[:k].sum())
+    ng, ni = h.n_genuine, h.n_impostor
+    tar = ga / ng if ng else float("nan")
+    far = ia / ni if ni else float("nan")
+    total = ng + ni
+    return {
+        "threshold": float(h.edges[k]),
+        "far": far,
+        "tar": tar,
+        "frr": 1.0 - tar,
+        "accuracy": (ga + ni - ia) / total if total else float("nan"),
+        "balanced_accuracy": 0.5 * (tar + 1.0 - far),
+        "genuine_accepted": ga,
+        "genuine_rejected": ng - ga,
+        "impostor_accepted": ia,
+        "impostor_rejected": ni - ia,
+    }
+
+
+def threshold_at_far(h: PairHistograms, far: float) -> float:
+    """The largest bin edge whose FAR is <= ``far`` (so the achieved FAR never exceeds the request)."""
+    if h.n_impostor == 0:
+        return float("nan")
+    _, far_curve = _curves(h.genuine, h.impostor)
+    k = int(np.searchsorted(far_curve, far, side="right")) - 1
+    return float(h.edges[k])
+
+
+def eer_threshold(h: PairHistograms) -> float:
+    """Threshold where FAR = FRR (interpolated between bin edges)."""
+    return roc_from_histograms(h, far_levels=()).eer_threshold
+
+
+def verification_metrics(
+    embeddings, labels, *, metric: str = "cosine", bins: int = DEFAULT_BINS
+) -> dict[str, float]:
+    """AUC, EER, TAR@FAR=1e-2 and 1e-3 over all pairs (NaN where there are too few pairs); cheap per epoch."""
+    roc = roc_from_histograms(pair_histograms(embeddings, labels, metric=metric, bins=bins), far_levels=(1e-2, 1e-3))
+    return {
+        "auc": roc.auc,
+        "eer": roc.eer,
+        "tar_at_far_1e-2": roc.tar_at_far[1e-2].tar,
+        "tar_at_far_1e-3": roc.tar_at_far[1e-3].tar,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# threshold by cross-validation, bootstrap
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _group_pair_histograms(x, y, metric, bins, hi, group_of_class: np.ndarray, n_groups: int):
+    groups = group_of_class[y]
+    return _grouped_counts(x, y, metric, bins, hi, groups=groups, n_groups=n_groups)
+
+
+def best_accuracy_threshold_cv(
+    embeddings,
+    labels,
+    *,
+    metric: str = "cosine",
+    folds: int = 10,
+    seed: int = 0,
+    balanced: bool = True,
+    bins: int = DEFAULT_BINS,
+) -> dict[str, object]:
+    """LFW-style threshold: classes are split into ``folds``; the best-accuracy threshold on the pairs within the
+    other folds is scored on the pairs within the held-out fold. Pairs across folds are used by neither.
+
+    ``balanced=True`` scores (TAR + TRR) / 2, i.e. accuracy on equal numbers of genuine and impostor pairs as in
+    LFW; ``False`` uses plain accuracy over all pairs (dominated by impostors).
+    """
+    x, y = _check_inputs(embeddings, labels, metric)
+    n_classes = int(y.max()) + 1
+    folds = min(int(folds), n_classes)
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 classes, got {n_classes}")
+    rng = np.random.default_rng(seed)
+    group_of_class = np.empty(n_classes, dtype=np.int64)
+    for f, part in enumerate(np.array_split(rng.permutation(n_classes), folds)):
+        group_of_class[part] = f
+    hi = _distance_range(x, metric, None)
+    gen, imp = _group_pair_histograms(x, y, metric, int(bins), hi, group_of_class, folds)
+    edges = np.linspace(0.0, hi, int(bins) + 1)
+    diag = np.array([g * folds - g * (g - 1) // 2 for g in range(folds)])
+    gi, hj = np.triu_indices(folds)
+    accs, thrs = [], []
+    for f in range(folds):
+        train = (gi != f) & (hj != f)
+        tg, ti = gen[train].sum(axis=0), imp[train].sum(axis=0)
+        tar, far = _curves(tg, ti)
+        if balanced:
+            score = 0.5 * (tar + 1.0 - far)
+        else:
+            score = (np.pad(np.cumsum(tg), (1, 0)) + ti.sum() - np.pad(np.cumsum(ti), (1, 0))) / (tg.sum() + ti.sum())
+        score = np.nan_to_num(score, nan=-1.0)
+        k = int(np.argmax(score))
+        hf = PairHistograms(metric, edges, gen[diag[f]], imp[diag[f]])
+        op = operating_point(hf, edges[k])
+        accs.append(op["balanced_accuracy"] if balanced else op["accuracy"])
+        thrs.append(float(edges[k]))
+    accs_a, thrs_a = np.array(accs, dtype=np.float64), np.array(thrs)
+    return {
+        "accuracy_mean": float(np.nanmean(accs_a)) if np.isfinite(accs_a).any() else float("nan"),
+        "accuracy_std": float(np.nanstd(accs_a)) if np.isfinite(accs_a).any() else float("nan"),
+        "threshold_mean": float(thrs_a.mean()),
+        "threshold_std": float(thrs_a.std()),
+        "fold_accuracies": accs_a,
+        "fold_thresholds": thrs_a,
+        "balanced": balanced,
+    }
+
+
+@dataclass
+class BootstrapCI:
+    """Point estimate (all data, at the bootstrap's bin resolution) and percentile interval."""
+
+    estimate: float
+    low: float
+    high: float
+    std: float
+
+
+def bootstrap_ci(
+    embeddings,
+    labels,
+    *,
+    metric: str = "cosine",
+    n_boot: int = 500,
+    seed: int = 0,
+    confidence: float = 0.95,
+    far_levels: Sequence[float] = (1e-2, 1e-3),
+    max_groups: int = 32,
+    bins: int = 4096,
+    min_false_accepts: int = MIN_FALSE_ACCEPTS,
+) -> dict[str, BootstrapCI]:
+    """Percentile bootstrap CIs for AUC, EER and TAR@FAR, resampling CLASSES with replacement.
+
+    Pairs are not independent, classes are. To stay fast, classes are dealt at random into ``max_groups`` groups
+    (each group = one class when there are at most ``max_groups`` classes) and whole groups are resampled: one
+    exact pass over all pairs builds per-group-pair histograms, after which each replicate is a weighted sum
+    (genuine: m_g per draw count; impostor: m_g * m_h across groups, m_g within). Pairs between two copies of the
+    same group are left out. Histograms use ``bins`` bins (coarser than the default; AUC error bound applies).
+    """
+    x, y = _check_inputs(embeddings, labels, metric)
+    n_classes = int(y.max()) + 1
+    n_groups = min(int(max_groups), n_classes)
+    if n_groups < 2:
+        raise ValueError(f"bootstrap needs at least 2 classes, got {n_classes}")
+    rng = np.random.default_rng(seed)
+    group_of_class = np.empty(n_classes, dtype=np.int64)
+    for g, part in enumerate(np.array_split(rng.permutation(n_classes), n_groups)):
+        group_of_class[part] = g
+    hi = _distance_range(x, metric, None)
+    gen, imp = _group_pair_histograms(x, y, metric, int(bins), hi, group_of_class, n_groups)
+    thresholds = np.linspace(0.0, hi, int(bins) + 1)
+    gi, hj = np.triu_indices(n_groups)
+    diag = gi == hj
+    m = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=int(n_boot)).astype(np.float64)
+    w_imp = np.where(diag[None, :], m[:, gi], m[:, gi] * m[:, hj])
+    w_gen = np.where(diag[None, :], m[:, gi], 0.0)
+    boot_gen = w_gen @ gen.astype(np.float64)
+    boot_imp = w_imp @ imp.astype(np.float64)
+    full_gen = gen.sum(axis=0).astype(np.float64)
+    full_imp = imp.sum(axis=0).astype(np.float64)
+
+    def stats(g: np.ndarray, i: np.ndarray) -> dict[str, float]:
+        out = {"auc": float("nan"), "eer": float("nan")}
+        for f in far_levels:
+            out[f"tar_at_far_{f:g}"] = float("nan")
+        if g.sum() == 0 or i.sum() == 0:
+            return out
+        tar, far = _curves(g, i)
+        out["auc"] = float(_auc(tar, far))
+        out["eer"] = _eer(far, tar, thresholds)[0]
+        n_imp = int(round(i.sum()))
+        for f in far_levels:
+            out[f"tar_at_far_{f:g}"] = _tar_at_far(far, tar, thresholds, n_imp, f, min_false_accepts).tar
+        return out
+
+    point = stats(full_gen, full_imp)
+    reps = [stats(boot_gen[r], boot_imp[r]) for r in range(int(n_boot))]
+    alpha = (1.0 - confidence) / 2.0
+    result = {}
+    for key, est in point.items():
+        vals = np.array([r[key] for r in reps], dtype=np.float64)
+        vals = vals[np.isfinite(vals)]
+        if len(vals) == 0 or not math.isfinite(est):
+            result[key] = BootstrapCI(est, float("nan"), float("nan"), float("nan"))
+        else:
+            lo, hi_q = np.quantile(vals, [alpha, 1.0 - alpha])
+            result[key] = BootstrapCI(est, float(lo), float(hi_q), float(vals.std()))
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# error inspection: pairs nearest the threshold, per-class error counts
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _distance_blocks(
+    x: np.ndarray, y: np.ndarray, metric: str, block_bytes: int = _BLOCK_BYTES
+) -> Iterator[tuple[np.ndarray, int, int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (order, r0, r1, d, genuine_mask, upper_mask): distances of sorted rows r0..r1 to sorted columns r0..N."""
+    order = np.argsort(y, kind="stable")
+    xs = torch.from_numpy(np.ascontiguousarray(x[order]))
+    ys = torch.from_numpy(y[order])
+    n = len(xs)
+    if metric == "euclidean":
+        xd = xs.double()
+        xs = (xd - xd.mean(dim=0)).float()
+    sq = (xs * xs).sum(dim=1)
+    rows = _block_rows(n, block_bytes)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        s = xs[r0:r1] @ xs[r0:].T
+        if metric == "cosine":
+            d = 1.0 - s
+        else:
+            d = (sq[r0:r1, None] + sq[None, r0:] - 2.0 * s).clamp_(min=0.0).sqrt_()
+        upper = torch.arange(r0, n).unsqueeze(0) > torch.arange(r0, r1).unsqueeze(1)
+        genuine = (ys[r0:r1, None] == ys[None, r0:]) & upper
+        yield order, r0, r1, d, genuine, upper
+
+
+def nearest_pairs(
+    embeddings,
+    labels,
+    threshold: float,
+    *,
+    kind: str = "false_accept",
+    k: int = 20,
+    metric: str = "cosine",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` false accepts (impostor, d <= t) or false rejects (genuine, d > t) nearest to the threshold.
+
+    Returns (i, j, d) arrays with i < j (original sample indices), sorted by |d - t|, closest first.
+    """
+    if kind not in ("false_accept", "false_reject"):
+        raise ValueError(f"kind must be 'false_accept' or 'false_reject', got {kind!r}")
+    x, y = _check_inputs(embeddings, labels, metric)
+    t = float(threshold)
+    best_gap = torch.empty(0)
+    best_i = np.empty(0, dtype=np.int64)
+    best_j = np.empty(0, dtype=np.int64)
+    best_d = np.empty(0, dtype=np.float64)
+    for order, r0, r1, d, genuine, upper in _distance_blocks(x, y, metric):
+        if kind == "false_accept":
+            sel = upper & ~genuine & (d <= t)
+        else:
+            sel = genuine & (d > t)
+        rr, cc = torch.nonzero(sel, as_tuple=True)
+        if len(rr) == 0:
+            continue
+        dv = d[rr, cc]
+        gap = (dv - t).abs()
+        if len(gap) > k:
+            top = torch.topk(gap, k, largest=False).indices
+            rr, cc, dv, gap = rr[top], cc[top], dv[top], gap[top]
+        oi = order[(rr + r0).numpy()]
+        oj = order[(cc + r0).numpy()]
+        best_i = np.concatenate([best_i, np.minimum(oi, oj)])
+        best_j = np.concatenate([best_j, np.maximum(oi, oj)])
+        best_d = np.concatenate([best_d, dv.double().numpy()])
+        best_gap = torch.cat([best_gap, gap])
+    keep = np.lexsort((best_j, best_i, best_gap.double().numpy()))[:k]
+    return best_i[keep], best_j[keep], best_d[keep]
+
+
+def class_error_counts(
+    embeddings, labels, threshold: float, *, metric: str = "cosine"
+) -> dict[str, np.ndarray]:
+    """Per class (sorted unique labels): false accepts (impostor pairs with d <= t that involve the class; each
+    pair counts for both its classes), false rejects (its genuine pairs with d > t), and its pair totals."""
+    x, y = _check_inputs(embeddings, labels, metric)
+    uniq = np.unique(np.asarray(labels))
+    c = len(uniq)
+    t = float(threshold)
+    fa = np.zeros(c, dtype=np.int64)
+    fr = np.zeros(c, dtype=np.int64)
+    for order, r0, r1, d, genuine, upper in _distance_blocks(x, y, metric):
+        ys = y[order]
+        acc = d <= t
+        fa_mask = acc & upper & ~genuine
+        fa += np.bincount(ys[r0:r1], weights=fa_mask.sum(dim=1).numpy(), minlength=c).astype(np.int64)
+        fa += np.bincount(ys[r0:], weights=fa_mask.sum(dim=0).numpy(), minlength=c).astype(np.int64)
+        fr += np.bincount(ys[r0:r1], weights=(genuine & ~acc).sum(dim=1).numpy(), minlength=c).astype(np.int64)
+    counts = np.bincount(y, minlength=c).astype(np.int64)
+    n = len(y)
+    return {
+        "classes": uniq,
+        "false_accepts": fa,
+        "false_rejects": fr,
+        "genuine_pairs": counts * (counts - 1) // 2,
+        "impostor_pairs": counts * (n - counts),
+    }
