@@ -1,0 +1,567 @@
+"""Easy / semi-hard / hard triplet census of a training batch or a whole epoch, example triplets and diagnostics.
+
+Categories follow pytorch-metric-learning's ``TripletMarginMiner`` exactly.  With ``diff = d(a,n) - d(a,p)``
+computed in the embeddings' float type and the margin ``m`` cast to it (as torch does):
+
+* easy       ``diff > m``
+* semi-hard  ``0 < diff <= m``
+* hard       ``diff <= 0`` (and ``diff <= m``: for a negative margin there is no semi-hard band)
+
+For a similarity PML flips the comparison (``diff = s(a,p) - s(a,n)``).  Our census works on distances; for
+``metric="cosine"`` the distance is ``1 - cos`` of L2-normalised vectors and internally we order by ``-cos``, so
+``diff`` is bit-for-bit PML's ``s(a,p) - s(a,n)`` and the categories equal PML with ``CosineSimilarity()``.
+``metric="euclidean"`` is the plain (not normalised) L2 distance, PML's ``LpDistance(normalize_embeddings=False)``.
+
+Nothing here materialises the B^3 / N^3 triplet mask: per anchor, triplets are counted from sorted (or bucketed)
+negative distances, exactly, including ties.  No Qt here: the GUI calls these from worker threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import numba
+import numpy as np
+import torch
+
+Metric = Literal["cosine", "euclidean"]
+CATEGORIES = ("easy", "semihard", "hard")
+
+__all__ = [
+    "CATEGORIES",
+    "Census",
+    "Diagnostic",
+    "TripletCounts",
+    "TripletExamples",
+    "batch_census",
+    "batch_triplet_examples",
+    "diagnose",
+    "epoch_census",
+    "near_duplicates_across_classes",
+    "suspected_mislabels",
+    "triplet_examples",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass(frozen=True)
+class TripletCounts:
+    """Census of one batch; means are over all triplets (as PML's miner stats), as distances; NaN if none."""
+
+    n_easy: int
+    n_semihard: int
+    n_hard: int
+    n_total: int
+    mean_d_ap: float
+    mean_d_an: float
+
+
+@dataclass
+class Census:
+    """Census of an epoch: totals, shares and per-anchor arrays (row i describes sample ``anchors[i]``)."""
+
+    margin: float
+    metric: str
+    sampled: bool  # True when only a random sample of anchors was counted
+    n_anchors: int  # anchors counted (== len(anchors))
+    n_samples: int  # samples in the split
+    anchors: np.ndarray  # (A,) int64 sample ids
+    anchor_labels: np.ndarray  # (A,) int64
+    n_easy: np.ndarray  # (A,) int64 per-anchor triplet counts
+    n_semihard: np.ndarray
+    n_hard: np.ndarray
+    n_pos: np.ndarray  # (A,) positives of each anchor
+    n_neg: np.ndarray  # (A,) negatives of each anchor
+    mean_d_ap: np.ndarray  # (A,) float64 mean distance to the anchor's positives (NaN if none)
+    mean_d_an: np.ndarray  # (A,) float64 mean distance to the anchor's negatives (NaN if none)
+    total_easy: int = 0
+    total_semihard: int = 0
+    total_hard: int = 0
+    total: int = 0
+    share_easy: float = float("nan")
+    share_semihard: float = float("nan")
+    share_hard: float = float("nan")
+    triplet_mean_d_ap: float = float("nan")  # over all counted triplets
+    triplet_mean_d_an: float = float("nan")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def counts(self, category: str) -> np.ndarray:
+        """Per-anchor counts of one category ("easy", "semihard" or "hard")."""
+        return {"easy": self.n_easy, "semihard": self.n_semihard, "hard": self.n_hard}[_check_category(category)]
+
+
+@dataclass(frozen=True)
+class TripletExamples:
+    """Example triplets (global sample ids) with their distances; hardness = d_an - d_ap."""
+
+    anchor: np.ndarray
+    positive: np.ndarray
+    negative: np.ndarray
+    d_ap: np.ndarray
+    d_an: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.anchor)
+
+    def __iter__(self):  # allows ``a, p, n, d_ap, d_an = triplet_examples(...)``
+        return iter((self.anchor, self.positive, self.negative, self.d_ap, self.d_an))
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One finding about an embedding: level "warning" | "info", a short title, a sentence, sample ids involved."""
+
+    level: str
+    title: str
+    detail: str
+    sample_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# input checks
+
+
+def _check_category(category: str) -> str:
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown triplet category {category!r}; expected one of {CATEGORIES}")
+    return category
+
+
+def _check_metric(metric: str) -> str:
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"unknown metric {metric!r}; expected 'cosine' or 'euclidean'")
+    return metric
+
+
+def _check_margin(margin: float) -> float:
+    margin = float(margin)
+    if not np.isfinite(margin):
+        raise ValueError(f"margin must be a finite number, got {margin!r}")
+    return margin
+
+
+def _as_embeddings(embeddings: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """float32 C-contiguous (N, D) copy-if-needed and int64 labels; clear errors for bad shapes or values."""
+    if isinstance(embeddings, torch.Tensor):
+        embeddings = embeddings.detach().cpu().numpy()
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    x = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
+    y = np.asarray(labels)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-D array (N, D), got shape {x.shape}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise ValueError(f"labels must be 1-D with one label per embedding row ({len(x)}), got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+    if not np.isfinite(x).all():
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+        raise ValueError(f"embeddings contain NaN or infinite values (rows {bad[:10].tolist()}...)")
+    return x, y.astype(np.int64, copy=False)
+
+
+def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
+    """Rows as used by the distance: L2-normalised for cosine (as torch.nn.functional.normalize), else as is."""
+    if metric == "cosine":
+        return np.ascontiguousarray(torch.nn.functional.normalize(torch.from_numpy(x), dim=1).numpy())
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# batch census (torch; exact; equals PML's TripletMarginMiner counts)
+
+
+def _key_matrix(
+    x: torch.Tensor, labels: torch.Tensor, metric: str | None, distance: Any
+) -> tuple[torch.Tensor, bool]:
+    """(B, B) ordering key (larger = farther) and whether it is a negated similarity."""
+    if distance is not None:
+        mat = distance(x)
+        inverted = bool(getattr(distance, "is_inverted", False))
+        return (-mat if inverted else mat), inverted
+    if metric is None:
+        if x.ndim != 2 or x.shape[0] != x.shape[1] or x.shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"batch_census without a metric expects a square (B, B) distance matrix matching "
+                f"{labels.shape[0]} labels, got shape {tuple(x.shape)}"
+            )
+        return x, False
+    _check_metric(metric)
+    if x.ndim != 2 or x.shape[0] != labels.shape[0]:
+        raise ValueError(f"embeddings must be (B, D) with B == len(labels), got {tuple(x.shape)}")
+    if metric == "cosine":
+        xn = torch.nn.functional.normalize(x, p=2, dim=1)
+        return -torch.matmul(xn, xn.t()), True
+    return torch.cdist(x, x, p=2), False
+
+
+def _first_true(sorted_keys: torch.Tensor, a: torch.Tensor, margin: float, n_valid: torch.Tensor) -> torch.Tensor:
+    """For each row r and query a[r, k]: the first j with fl(sorted[r, j] - a[r, k]) > margin (PML's arithmetic).
+
+    The predicate is monotone in j, so a searchsorted guess at a + margin is bracketed by a few ulps and the
+    bracket is bisected with the exact predicate; ties and rounding give PML's counts bit for bit.
+    """
+    dtype = sorted_keys.dtype
+    m = torch.tensor(margin, dtype=dtype)
+    t = a.double() + float(m)
+    eps = torch.finfo(dtype).eps
+    tol = 8 * eps * (a.double().abs() + abs(float(m)) + t.abs()) + torch.finfo(dtype).tiny
+    s64 = sorted_keys.double()
+    lo = torch.searchsorted(s64, (t - tol).contiguous(), right=True)
+    hi = torch.searchsorted(s64, (t + tol).contiguous(), right=True)
+    width = sorted_keys.shape[1]
+    while bool((hi > lo).any()):
+        mid = (lo + hi) // 2
+        vals = torch.gather(sorted_keys, 1, mid.clamp(max=width - 1))
+        q = (vals - a) > m
+        q |= mid >= width
+        open_ = hi > lo
+        hi = torch.where(open_ & q, mid, hi)
+        lo = torch.where(open_ & ~q, mid + 1, lo)
+    return torch.minimum(lo, n_valid.unsqueeze(1))
+
+
+def _count_from_keys(
+    key: torch.Tensor, labels: torch.Tensor, margin: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-anchor (easy, semihard, hard) counts and per-anchor key sums, from a (B, B) key matrix."""
+    b = key.shape[0]
+    same = labels.unsqueeze(0) == labels.unsqueeze(1)
+    eye = torch.eye(b, dtype=torch.bool, device=key.device)
+    pos_mask = same & ~eye
+    neg_mask = ~same
+    n_neg = neg_mask.sum(1)
+    inf = torch.tensor(float("inf"), dtype=key.dtype, device=key.device)
+    sorted_neg = torch.sort(torch.where(neg_mask, key, inf), dim=1).values
+    # positives of each anchor, padded; padding slots are masked out of the sums
+    n_pos = pos_mask.sum(1)
+    p_max = int(n_pos.max()) if b else 0
+    order = torch.sort(pos_mask.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :p_max]
+    pos_keys = torch.gather(key, 1, order)
+    pos_valid = torch.arange(p_max, device=key.device).unsqueeze(0) < n_pos.unsqueeze(1)
+    n_le_0 = torch.minimum(torch.searchsorted(sorted_neg, pos_keys.contiguous(), right=True), n_neg.unsqueeze(1))
+    n_le_m = _first_true(sorted_neg, pos_keys, margin, n_neg)
+    hard = torch.minimum(n_le_0, n_le_m)
+    semi = n_le_m - hard
+    easy = n_neg.unsqueeze(1) - n_le_m
+    zero = torch.zeros((), dtype=torch.long, device=key.device)
+    easy = torch.where(pos_valid, easy, zero).sum(1)
+    semi = torch.where(pos_valid, semi, zero).sum(1)
+    hard = torch.where(pos_valid, hard, zero).sum(1)
+    sum_ap = torch.where(pos_valid, pos_keys.double(), torch.zeros((), dtype=torch.float64)).sum(1)
+    sum_an = torch.where(neg_mask, key.double(), torch.zeros((), dtype=torch.float64)).sum(1)
+    return easy, semi, hard, sum_ap * n_neg, sum_an * n_pos
+
+
+@torch.no_grad()
+def batch_census(
+    dist_or_embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float,
+    *,
+    metric: Metric | None = None,
+    distance: Any = None,
+) -> TripletCounts:
+    """Exact easy / semi-hard / hard counts of one batch, as PML's TripletMarginMiner would mine them.
+
+    Pass a (B, B) distance matrix with ``metric=None`` (the contract), or (B, D) embeddings with
+    ``metric="cosine" | "euclidean"``, or embeddings with a PML ``distance`` object (used as the miner uses it).
+    """
+    margin = _check_margin(margin)
+    x = dist_or_embeddings.detach() if isinstance(dist_or_embeddings, torch.Tensor) else torch.as_tensor(dist_or_embeddings)
+    lab = torch.as_tensor(labels).detach().to(x.device)
+    if lab.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {tuple(lab.shape)}")
+    if not x.is_floating_point():
+        x = x.float()
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    key, inverted = _key_matrix(x, lab, metric, distance)
+    if key.shape[0] == 0:
+        return TripletCounts(0, 0, 0, 0, float("nan"), float("nan"))
+    if not bool(torch.isfinite(key).all()):
+        raise ValueError("batch_census: the distance matrix contains NaN or infinite values")
+    easy, semi, hard, w_ap, w_an = _count_from_keys(key, lab, margin)
+    n_e, n_s, n_h = int(easy.sum()), int(semi.sum()), int(hard.sum())
+    total = n_e + n_s + n_h
+    if total == 0:
+        return TripletCounts(0, 0, 0, 0, float("nan"), float("nan"))
+    mean_ap = float(w_ap.sum()) / total
+    mean_an = float(w_an.sum()) / total
+    if inverted:  # keys are -similarity; report distances (1 - cos for cosine)
+        mean_ap, mean_an = 1.0 + mean_ap, 1.0 + mean_an
+    return TripletCounts(n_e, n_s, n_h, total, mean_ap, mean_an)
+
+
+@torch.no_grad()
+def batch_triplet_examples(
+    dist_or_embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float,
+    category: str,
+    *,
+    metric: Metric | None = None,
+    n: int = 16,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A uniform random sample of up to ``n`` (anchor, positive, negative) batch indices of one category."""
+    _check_category(category)
+    margin = _check_margin(margin)
+    x = torch.as_tensor(dist_or_embeddings).detach().float()
+    lab = torch.as_tensor(labels).detach().to(x.device)
+    key, _ = _key_matrix(x, lab, metric, None)
+    same = lab.unsqueeze(0) == lab.unsqueeze(1)
+    pos = same & ~torch.eye(len(lab), dtype=torch.bool, device=x.device)
+    a_idx, p_idx = torch.nonzero(pos, as_tuple=True)
+    gen = torch.Generator().manual_seed(seed)
+    picked_a, picked_p, picked_n = [], [], []
+    # rejection-free: per sampled pair, choose among the negatives of the right category
+    perm = torch.randperm(len(a_idx), generator=gen)
+    m = torch.tensor(margin, dtype=key.dtype)
+    for j in perm.tolist():
+        a, p = int(a_idx[j]), int(p_idx[j])
+        diff = key[a] - key[a, p]
+        ok = ~same[a] & _category_mask(diff, m, category)
+        cand = torch.nonzero(ok).flatten()
+        if len(cand):
+            picked_a.append(a)
+            picked_p.append(p)
+            picked_n.append(int(cand[torch.randint(len(cand), (1,), generator=gen)]))
+            if len(picked_a) >= n:
+                break
+    return (np.array(picked_a, np.int64), np.array(picked_p, np.int64), np.array(picked_n, np.int64))
+
+
+def _category_mask(diff: Any, m: Any, category: str) -> Any:
+    """PML's rule on diff = key(a,n) - key(a,p)."""
+    if category == "easy":
+        return diff > m
+    if category == "hard":
+        return (diff <= m) & (diff <= 0)
+    return (diff <= m) & (diff > 0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# epoch census (chunked matmul + a numba kernel that buckets each anchor's negatives)
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_row(keys, labels, la, self_id, m, out_counts, out_sums):  # pragma: no cover - compiled
+    n = keys.shape[0]
+    n_neg = 0
+    n_pos = 0
+    sum_ap = 0.0
+    sum_an = 0.0
+    lo = np.inf
+    hi = -np.inf
+    for j in range(n):
+        v = keys[j]
+        if labels[j] == la:
+            if j != self_id:
+                n_pos += 1
+                sum_ap += v
+        else:
+            n_neg += 1
+            sum_an += v
+            if v < lo:
+                lo = v
+            if v > hi:
+                hi = v
+    out_counts[3] = n_pos
+    out_counts[4] = n_neg
+    out_sums[0] = sum_ap
+    out_sums[1] = sum_an
+    out_counts[0] = 0
+    out_counts[1] = 0
+    out_counts[2] = 0
+    if n_neg == 0 or n_pos == 0:
+        return
+    neg = np.empty(n_neg, np.float32)
+    pos = np.empty(n_pos, np.float32)
+    i_n = 0
+    i_p = 0
+    for j in range(n):
+        if labels[j] == la:
+            if j != self_id:
+                pos[i_p] = keys[j]
+                i_p += 1
+        else:
+            neg[i_n] = keys[j]
+            i_n += 1
+    # bucket the negatives on a uniform grid (counting sort); bin() is monotone, so ranks are exact
+    nb = n_neg // 4 + 1
+    if nb > 16384:
+        nb = 16384
+    lo64 = np.float64(lo)
+    span = np.float64(hi) - lo64
+    inv = nb / span if span > 0 else 0.0
+    start = np.zeros(nb + 1, np.int64)
+    bins = np.empty(n_neg, np.int64)
+    for j in range(n_neg):
+        b = np.int64((np.float64(neg[j]) - lo64) * inv)
+        if b >= nb:
+            b = nb - 1
+        bins[j] = b
+        start[b + 1] += 1
+    for b in range(nb):
+        start[b + 1] += start[b]
+    fill = start[:nb].copy()
+    buck = np.empty(n_neg, np.float32)
+    for j in range(n_neg):
+        b = bins[j]
+        buck[fill[b]] = neg[j]
+        fill[b] += 1
+    eps = np.float64(np.finfo(np.float32).eps)
+    tiny = np.float64(np.finfo(np.float32).tiny)
+    m64 = np.float64(m)
+    easy = 0
+    semi = 0
+    hard = 0
+    for k in range(n_pos):
+        a = pos[k]
+        a64 = np.float64(a)
+        # n_le_0: negatives with x <= a  (fl(x - a) <= 0  <=>  x <= a)
+        if a64 < lo64:
+            le0 = 0
+        elif a64 >= np.float64(hi):
+            le0 = n_neg
+        else:
+            b = np.int64((a64 - lo64) * inv)
+            if b >= nb:
+                b = nb - 1
+            le0 = start[b]
+            for j in range(start[b], start[b + 1]):
+                if buck[j] <= a:
+                    le0 += 1
+        # n_le_m: negatives with fl(x - a) <= m; bracket a + m by a few ulps, test the bracket exactly
+        t = a64 + m64
+        tol = 8.0 * eps * (abs(a64) + abs(m64) + abs(t)) + tiny
+        tl = t - tol
+        th = t + tol
+        if tl < lo64:
+            b_lo = 0
+        else:
+            b_lo = np.int64((tl - lo64) * inv)
+            if b_lo >= nb:
+                b_lo = nb - 1
+        if th < lo64:
+            b_hi = -1
+        else:
+            b_hi = np.int64((th - lo64) * inv)
+            if b_hi >= nb:
+                b_hi = nb - 1
+        if b_hi < b_lo:
+            lem = 0
+        else:
+            lem = start[b_lo]
+            for j in range(start[b_lo], start[b_hi + 1]):
+                if not (buck[j] - a > m):
+                    lem += 1
+        h = le0 if le0 < lem else lem
+        hard += h
+        semi += lem - h
+        easy += n_neg - lem
+    out_counts[0] = easy
+    out_counts[1] = semi
+    out_counts[2] = hard
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _count_chunk(sims, sq_rows, sq_all, euclid, labels, anchors, m, out_counts, out_sums):  # pragma: no cover
+    r = sims.shape[0]
+    n = sims.shape[1]
+    for i in numba.prange(r):
+        keys = np.empty(n, np.float32)
+        if euclid:
+            for j in range(n):
+                v = sq_rows[i] + sq_all[j] - np.float32(2.0) * sims[i, j]
+                keys[j] = np.sqrt(v) if v > 0 else np.float32(0.0)
+        else:
+            for j in range(n):
+                keys[j] = -sims[i, j]
+        a = anchors[i]
+        _count_row(keys, labels, labels[a], a, m, out_counts[i], out_sums[i])
+
+
+def epoch_census(
+    embeddings: Any,
+    labels: Any,
+    *,
+    margin: float,
+    metric: Metric = "cosine",
+    max_anchors: int | None = None,
+    seed: int = 0,
+    chunk: int = 512,
+    anchors: Sequence[int] | np.ndarray | None = None,
+) -> Census:
+    """Exact census of every triplet of every anchor of a split (or of a random sample of ``max_anchors``).
+
+    Distances come from row chunks of a matmul; each anchor's negatives are bucketed once and every positive's
+    easy / hard bounds are read off the buckets, so the cost is O(N^2), never O(N^3).  Explicit ``anchors``
+    (sample ids) may be given instead of sampling.
+    """
+    margin = _check_margin(margin)
+    _check_metric(metric)
+    x, y = _as_embeddings(embeddings, labels)
+    n = len(x)
+    sampled = False
+    if anchors is not None:
+        anc = np.asarray(anchors, dtype=np.int64).ravel()
+        if len(anc) and (anc.min() < 0 or anc.max() >= n):
+            raise ValueError(f"anchor ids must lie in [0, {n}), got range [{anc.min()}, {anc.max()}]")
+        sampled = len(np.unique(anc)) < n
+    elif max_anchors is not None and n > max_anchors:
+        if max_anchors < 1:
+            raise ValueError(f"max_anchors must be >= 1, got {max_anchors}")
+        anc = np.sort(np.random.default_rng(seed).choice(n, size=int(max_anchors), replace=False)).astype(np.int64)
+        sampled = True
+    else:
+        anc = np.arange(n, dtype=np.int64)
+    xp = _prepare(x, metric)
+    euclid = metric == "euclidean"
+    sq = np.einsum("ij,ij->i", xp, xp).astype(np.float32) if euclid else np.zeros(n, np.float32)
+    counts = np.zeros((len(anc), 5), np.int64)
+    sums = np.zeros((len(anc), 2), np.float64)
+    m32 = np.float32(margin)
+    chunk = max(1, int(chunk))
+    for s in range(0, len(anc), chunk):
+        rows = anc[s : s + chunk]
+        sims = xp[rows] @ xp.T
+        _count_chunk(sims, sq[rows], sq, euclid, y, rows, m32, counts[s : s + chunk], sums[s : s + chunk])
+    n_easy, n_semi, n_hard, n_pos, n_neg = (counts[:, i].copy() for i in range(5))
+    offset = 1.0 if metric == "cosine" else 0.0  # cosine keys are -cos: distance = 1 + key
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_ap = np.where(n_pos > 0, sums[:, 0] / np.maximum(n_pos, 1) + offset, np.nan)
+        mean_an = np.where(n_neg > 0, sums[:, 1] / np.maximum(n_neg, 1) + offset, np.nan)
+    census = Census(
+        margin=margin,
+        metric=metric,
+        sampled=sampled,
+        n_anchors=len(anc),
+        n_samples=n,
+        anchors=anc,
+        anchor_labels=y[anc],
+        n_easy=n_easy,
+        n_semihard=n_semi,
+        n_hard=n_hard,
+        n_pos=n_pos,
+        n_neg=n_neg,
+        mean_d_ap=mean_ap,
+        mean_d_an=mean_an,
+    )
+    total = int(n_easy.sum() + n_semi.sum() + n_hard.sum())
+    census.total_easy, census.total_semihard, census.total_hard = int(n_easy.sum()), int(n_semi.sum()), int(n_hard.sum())
+    census.total = total
+    if total:
+        census.share_easy = census.total_easy / total
+        census.share_semihard = census.total_semihard / total
+        census.share_hard = census.total_hard / total
+        w = n_pos * n_neg  # triplets per anchor
+        has = w > 0
+        census.triplet_mean_d_ap = float(np.sum(mean_ap[has] * w[has]) / total)
+        census.triplet_mean_d_an = float(np.sum(mean_an[has] * w[has]) / total)
+    return census
