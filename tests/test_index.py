@@ -1,0 +1,132 @@
+"""NeighborIndex against a brute-force numpy search written with plain loops."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from trainer.index import NeighborIndex
+
+
+def brute_knn(gallery: np.ndarray, queries: np.ndarray, k: int, metric: str, exclude=None):
+    """Plain-loop twin: distances in float64, stable sort by (distance, id)."""
+    g = gallery.astype(np.float64)
+    q = queries.astype(np.float64)
+    out_d, out_i = [], []
+    for r in range(len(q)):
+        cand = []
+        for j in range(len(g)):
+            if exclude is not None and exclude[r] == j:
+                continue
+            if metric == "cosine":
+                na, nb = np.sqrt(np.dot(q[r], q[r])), np.sqrt(np.dot(g[j], g[j]))
+                d = 1.0 - np.dot(q[r], g[j]) / (na * nb)
+            else:
+                d = np.sqrt(sum((q[r][t] - g[j][t]) ** 2 for t in range(g.shape[1])))
+            cand.append((d, j))
+        cand.sort()
+        cand = cand[:k]
+        out_d.append([c[0] for c in cand])
+        out_i.append([c[1] for c in cand])
+    return np.array(out_d), np.array(out_i, dtype=np.int64)
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(1)
+    return rng.normal(size=(60, 6)).astype(np.float32), rng.normal(size=(7, 6)).astype(np.float32)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_exact_search_equals_brute_force(data, metric):
+    gallery, queries = data
+    idx = NeighborIndex(gallery, metric=metric)
+    assert idx.is_exact and idx.recall_at_10 == 1.0
+    d, i = idx.search(queries, 5)
+    bd, bi = brute_knn(gallery, queries, 5, metric)
+    np.testing.assert_array_equal(i, bi)
+    np.testing.assert_allclose(d, bd, atol=2e-5)
+    assert d.dtype == np.float32 and i.dtype == np.int64
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_exclude_self_and_k_larger_than_n(data, metric):
+    gallery, _ = data
+    ids = np.array([0, 13, 59])
+    idx = NeighborIndex(gallery, metric=metric)
+    d, i = idx.search(gallery[ids], 100, exclude_self_ids=ids)
+    assert i.shape == (3, 59)  # k clamped to n - 1
+    bd, bi = brute_knn(gallery, gallery[ids], 100, metric, exclude=ids)
+    np.testing.assert_array_equal(i, bi)
+    np.testing.assert_allclose(d, bd, atol=2e-5)
+    assert not (i == ids[:, None]).any()
+    # without exclusion the point finds itself first at distance ~0
+    d2, i2 = idx.search(gallery[ids], 1000)
+    assert i2.shape == (3, 60)
+    np.testing.assert_array_equal(i2[:, 0], ids)
+    assert np.all(np.abs(d2[:, 0]) < 1e-3)
+
+
+def test_exclude_self_with_exact_duplicates():
+    g = np.ones((5, 3), np.float32)  # all identical: the own id may or may not come back first
+    idx = NeighborIndex(g, metric="euclidean")
+    ids = np.arange(5)
+    _, i = idx.search(g, 2, exclude_self_ids=ids)
+    for r in range(5):
+        assert r not in i[r] and len(set(i[r])) == 2
+
+
+def test_single_vector_query_and_empty_index():
+    g = np.eye(4, dtype=np.float32)
+    idx = NeighborIndex(g, metric="cosine")
+    d, i = idx.search(g[2], 2)  # 1-D query
+    assert i.shape == (1, 2) and i[0, 0] == 2
+    empty = NeighborIndex(np.zeros((0, 4), np.float32))
+    d, i = empty.search(g, 3)
+    assert d.shape == (4, 0) and i.shape == (4, 0) and len(empty) == 0
+    assert empty.measure_recall() == 1.0
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="2-D"):
+        NeighborIndex(np.zeros(5))
+    with pytest.raises(ValueError, match="NaN"):
+        NeighborIndex(np.array([[0.0, np.nan]]))
+    idx = NeighborIndex(np.zeros((3, 4)), metric="euclidean")
+    with pytest.raises(ValueError, match="dimension 3"):
+        idx.search(np.zeros((1, 3)), 1)
+    with pytest.raises(ValueError, match="metric"):
+        NeighborIndex(np.zeros((3, 4)), metric="manhattan")
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_hnsw_recall_is_measured(metric):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(20, 16))
+    g = (centers[rng.integers(0, 20, 3000)] + 0.3 * rng.normal(size=(3000, 16))).astype(np.float32)
+    idx = NeighborIndex(g, metric=metric, exact_limit=1000, recall_queries=100)
+    assert not idx.is_exact
+    # recompute the recall by hand against the brute-force twin on a few points
+    ids = np.arange(0, 3000, 300)
+    _, approx = idx.search(g[ids], 10, exclude_self_ids=ids)
+    _, exact = brute_knn(g, g[ids], 10, metric, exclude=ids)
+    manual = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    assert 0.8 <= idx.recall_at_10 <= 1.0
+    assert manual >= 0.8
+    forced = NeighborIndex(g[:200], metric=metric, approximate=True)
+    assert not forced.is_exact and 0.0 < forced.recall_at_10 <= 1.0
+
+
+def test_search_from_worker_threads(data):
+    gallery, queries = data
+    idx = NeighborIndex(gallery, metric="cosine")
+    expected = idx.search(queries, 4)[1]
+    results: list[np.ndarray] = []
+    threads = [threading.Thread(target=lambda: results.append(idx.search(queries, 4)[1])) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 and all(np.array_equal(r, expected) for r in results)

@@ -1,0 +1,165 @@
+"""Nearest-neighbour index over an epoch's embeddings, wrapping faiss.
+
+Exact (``IndexFlatIP`` on normalised rows for cosine, ``IndexFlatL2`` for euclidean) up to ``exact_limit``
+rows, HNSW above it (or when asked), with its recall@10 measured against exact search on a sample so the GUI
+can say how approximate it is.  Distances are reported as ``1 - cos`` (cosine) or the plain L2 distance.
+
+Thread safety: searches only read the index, so they may run in a worker thread; faiss parallelises with
+OpenMP, whose thread count is process-wide — pass ``threads`` to cap it (e.g. while training also runs).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+
+Metric = Literal["cosine", "euclidean"]
+
+__all__ = ["NeighborIndex"]
+
+HNSW_M = 32  # links per node
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+
+
+def _as_rows(x: Any, what: str, dim: int | None = None) -> np.ndarray:
+    """float32, C-contiguous 2-D copy (faiss needs exactly this); clear error naming ``what``."""
+    arr = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
+    if arr.ndim == 1 and dim is not None:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D array (N, D), got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(f"{what} have dimension {arr.shape[1]}, the index has {dim}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{what} must be numeric, got dtype {arr.dtype}")
+    out = np.array(arr, dtype=np.float32, order="C", copy=True)
+    if not np.isfinite(out).all():
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        raise ValueError(f"{what} contain NaN or infinite values (rows {bad[:10].tolist()})")
+    return out
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    """Unit rows in place (zero rows stay zero: cosine 0 to everything)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    np.divide(x, norms, out=x, where=norms > 0)
+    return x
+
+
+class NeighborIndex:
+    """k-nearest-neighbour search over a fixed gallery of embeddings (exact, or HNSW when large)."""
+
+    def __init__(
+        self,
+        embeddings: Any,
+        *,
+        metric: Metric = "cosine",
+        exact_limit: int = 1_000_000,
+        approximate: bool | None = None,
+        threads: int | None = None,
+        recall_queries: int = 200,
+        seed: int = 0,
+    ) -> None:
+        if metric not in ("cosine", "euclidean"):
+            raise ValueError(f"unknown metric {metric!r}; expected 'cosine' or 'euclidean'")
+        self.metric: str = metric
+        if threads is not None:
+            faiss.omp_set_num_threads(max(1, int(threads)))
+        x = _as_rows(embeddings, "embeddings")
+        if metric == "cosine":
+            _normalise(x)
+        self.n, self.dim = x.shape
+        self._x = x  # kept for exact recall measurement and brute-force fallbacks
+        self.is_exact: bool = not (approximate if approximate is not None else self.n > exact_limit)
+        self._faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+        self._index = self._build(exact=self.is_exact)
+        self.recall_at_10: float = 1.0
+        self._seed = seed
+        if not self.is_exact and self.n > 0:
+            self.recall_at_10 = self.measure_recall(k=10, n_queries=recall_queries, seed=seed)
+
+    def _build(self, *, exact: bool) -> Any:
+        d = max(self.dim, 1)
+        if exact:
+            index = faiss.IndexFlatIP(d) if self.metric == "cosine" else faiss.IndexFlatL2(d)
+        else:
+            index = faiss.IndexHNSWFlat(d, HNSW_M, self._faiss_metric)
+            index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            index.hnsw.efSearch = HNSW_EF_SEARCH
+        if self.n and self.dim:
+            index.add(self._x)
+        return index
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _to_distance(self, raw: np.ndarray) -> np.ndarray:
+        if self.metric == "cosine":
+            return (1.0 - raw).astype(np.float32)
+        return np.sqrt(np.maximum(raw, 0.0)).astype(np.float32)
+
+    def search(
+        self, queries: Any, k: int, exclude_self_ids: Any = None, *, _index: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, ids), each (Q, k'), nearest first; k' = min(k, n) (n - 1 when excluding self).
+
+        ``exclude_self_ids[i]`` is the gallery id of query i (or -1): that id is dropped from its results.
+        Missing results (HNSW may find fewer) are id -1 with distance inf.
+        """
+        q = _as_rows(queries, "queries", dim=self.dim)
+        if self.metric == "cosine":
+            _normalise(q)
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        nq = len(q)
+        excl = None
+        if exclude_self_ids is not None:
+            excl = np.asarray(exclude_self_ids, dtype=np.int64).reshape(-1)
+            if len(excl) != nq:
+                raise ValueError(f"exclude_self_ids has {len(excl)} entries for {nq} queries")
+        k_out = min(int(k), self.n - (1 if excl is not None and (excl >= 0).any() else 0))
+        k_out = max(k_out, 0)
+        if nq == 0 or k_out == 0 or self.n == 0:
+            return np.zeros((nq, k_out), np.float32), np.full((nq, k_out), -1, np.int64)
+        k_search = min(k_out + (1 if excl is not None else 0), self.n)
+        index = self._index if _index is None else _index
+        raw, ids = index.search(q, k_search)
+        dist = self._to_distance(raw)
+        ids = ids.astype(np.int64)
+        dist[ids < 0] = np.inf
+        if excl is None:
+            return dist[:, :k_out], ids[:, :k_out]
+        keep = ids != excl[:, None]
+        # kept results first, in their order; when the query's own id was not returned this drops the last one
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k_out]
+        kept = np.take_along_axis(keep, order, axis=1)
+        out_d = np.where(kept, np.take_along_axis(dist, order, axis=1), np.float32(np.inf))
+        out_i = np.where(kept, np.take_along_axis(ids, order, axis=1), -1)
+        return out_d.astype(np.float32), out_i.astype(np.int64)
+
+    def exact_search(self, queries: Any, k: int, exclude_self_ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`search` but always exact (builds a flat index on first use when this one is HNSW)."""
+        if self.is_exact:
+            return self.search(queries, k, exclude_self_ids)
+        if getattr(self, "_flat", None) is None:
+            self._flat = self._build(exact=True)
+        return self.search(queries, k, exclude_self_ids, _index=self._flat)
+
+    def measure_recall(self, k: int = 10, n_queries: int = 200, seed: int = 0) -> float:
+        """Share of the exact k nearest neighbours (self excluded) that the index returns, on sampled gallery points."""
+        if self.n <= 1:
+            return 1.0
+        rng = np.random.default_rng(seed)
+        ids = rng.choice(self.n, size=min(n_queries, self.n), replace=False)
+        q = self._x[ids]
+        _, exact = self.exact_search(q, k, exclude_self_ids=ids)
+        _, approx = self.search(q, k, exclude_self_ids=ids)
+        hits = sum(len(np.intersect1d(e[e >= 0], a[a >= 0])) for e, a in zip(exact, approx))
+        total = int((exact >= 0).sum())
+        recall = hits / total if total else 1.0
+        if k == 10:
+            self.recall_at_10 = recall
+        return recall
