@@ -1,0 +1,117 @@
+"""Application start-up: a friendly check of Qt's display libraries, QApplication, the main window, clean quit.
+
+Qt aborts the whole process with a terse "could not load the Qt platform plugin xcb" when a system library is
+missing, so on Linux we look for those libraries first and say which apt packages to install.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+ORGANIZATION = "EmbeddingExplorer"
+APPLICATION = "EmbeddingExplorer"
+STYLE_SHEET = Path(__file__).resolve().parent.parent / "resources" / "style.qss"
+
+# shared library Qt's xcb plugin loads -> the Debian/Ubuntu package that ships it
+XCB_LIBRARIES: dict[str, str] = {
+    "libxcb-cursor.so.0": "libxcb-cursor0",
+    "libxkbcommon-x11.so.0": "libxkbcommon-x11-0",
+    "libxkbcommon.so.0": "libxkbcommon0",
+    "libEGL.so.1": "libegl1",
+    "libGL.so.1": "libgl1",
+    "libfontconfig.so.1": "libfontconfig1",
+    "libdbus-1.so.3": "libdbus-1-3",
+    "libX11-xcb.so.1": "libx11-xcb1",
+    "libxcb-icccm.so.4": "libxcb-icccm4",
+    "libxcb-image.so.0": "libxcb-image0",
+    "libxcb-keysyms.so.1": "libxcb-keysyms1",
+    "libxcb-randr.so.0": "libxcb-randr0",
+    "libxcb-render-util.so.0": "libxcb-render-util0",
+    "libxcb-shape.so.0": "libxcb-shape0",
+    "libxcb-xinerama.so.0": "libxcb-xinerama0",
+    "libxcb-xkb.so.1": "libxcb-xkb1",
+}
+
+
+def missing_xcb_libraries(load: Callable[[str], object] = ctypes.CDLL) -> list[tuple[str, str]]:
+    """(library, apt package) for each library of Qt's xcb plugin that cannot be loaded here."""
+    missing = []
+    for lib, package in XCB_LIBRARIES.items():
+        try:
+            load(lib)
+        except OSError:
+            missing.append((lib, package))
+    return missing
+
+
+def display_problem(env: Mapping[str, str] | None = None, *, platform: str = sys.platform,
+                    load: Callable[[str], object] = ctypes.CDLL) -> str | None:
+    """A plain-words reason the window cannot open on this machine (None if it should open)."""
+    env = os.environ if env is None else env
+    if not platform.startswith("linux"):
+        return None
+    qpa = env.get("QT_QPA_PLATFORM", "")
+    if qpa and not qpa.startswith("xcb"):
+        return None  # offscreen, wayland, vnc...: the user chose; Qt's own message is specific enough
+    if not qpa and env.get("WAYLAND_DISPLAY"):
+        return None
+    if not env.get("DISPLAY"):
+        return ("Embedding Explorer needs a graphical display, and none was found (DISPLAY is not set).\n"
+                "Start it from a desktop session, use `ssh -X`, or train headless from the command line:\n"
+                "    python main.py train --help")
+    missing = missing_xcb_libraries(load)
+    if not missing:
+        return None
+    packages = " ".join(sorted({pkg for _, pkg in missing}))
+    libs = ", ".join(lib for lib, _ in missing)
+    return ("Qt cannot open a window: system libraries it needs are missing:\n"
+            f"    {libs}\n"
+            "On Debian or Ubuntu install them with:\n"
+            f"    sudo apt-get install {packages}\n"
+            "(Other distributions ship the same libraries under similar names.)\n"
+            "Training also works without a window: python main.py train --help")
+
+
+def create_window(app, *, demo: bool = False, folder: str | Path | None = None, run: str | Path | None = None,
+                  settings=None):
+    """Build the main window on ``app``, wire quit to stop the workers, and open what was asked for."""
+    from explorer.main_window import MainWindow
+
+    if STYLE_SHEET.is_file() and not app.styleSheet():
+        app.setStyleSheet(STYLE_SHEET.read_text(encoding="utf-8"))
+    window = MainWindow(settings=settings)
+    app.aboutToQuit.connect(window.shutdown)  # the trainer commits or drops its batch; jobs are cancelled
+    if run is not None:
+        window.open_run(run)
+    elif folder is not None:
+        window.open_folder(folder)
+    elif demo:
+        window.open_demo()
+    return window
+
+
+def run_app(argv: Sequence[str] | None = None, *, demo: bool = False, folder: str | Path | None = None,
+            run: str | Path | None = None) -> int:
+    """Start the desktop app and return its exit code (1 with an explanation if no window can open)."""
+    problem = display_problem()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(list(argv if argv is not None else sys.argv))
+    app.setOrganizationName(ORGANIZATION)
+    app.setApplicationName(APPLICATION)
+    app.setApplicationDisplayName("Embedding Explorer")
+    window = create_window(app, demo=demo, folder=folder, run=run)
+    window.show()
+    return int(app.exec())
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m explorer.app [folder]`
+    args = sys.argv[1:]
+    sys.exit(run_app(sys.argv, folder=args[0] if args else None))

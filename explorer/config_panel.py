@@ -1,0 +1,593 @@
+"""The training configuration form: backbone, loss and its parameters, miner, C x K batch, schedule, held-out split.
+
+It produces a :class:`~trainer.config.TrainConfig` and explains invalid combinations *before* Start
+(:meth:`ConfigPanel.problems`), using the loss/miner/backbone registries of the trainer.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
+                               QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
+                               QRadioButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
+
+from trainer.config import PRESETS, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
+
+CUSTOM = "Custom"
+
+
+# ---- registries (imported late: they pull in torch) -----------------------------------------------------------
+def _losses_module():
+    try:
+        from trainer import losses
+    except ImportError:
+        return None
+    return losses
+
+
+def loss_specs() -> dict[str, Any]:
+    """name -> LossSpec from trainer.losses (empty until that module exists)."""
+    mod = _losses_module()
+    return dict(getattr(mod, "LOSSES", {})) if mod else {}
+
+
+def miner_specs() -> dict[str, Any]:
+    """name -> MinerSpec from trainer.losses; "none" is always offered."""
+    mod = _losses_module()
+    miners = dict(getattr(mod, "MINERS", {})) if mod else {}
+    miners.setdefault("none", None)
+    return miners
+
+
+def backbone_specs() -> dict[str, Any]:
+    try:
+        from trainer.models import BACKBONES
+    except ImportError:
+        return {}
+    return dict(BACKBONES)
+
+
+def miner_problem(loss: str, miner: str, loss_params: dict | None = None, miner_params: dict | None = None) -> str:
+    """Why ``miner`` cannot feed ``loss`` ("" if it can), from trainer.losses.compatible."""
+    mod = _losses_module()
+    fn = getattr(mod, "compatible", None) if mod else None
+    if fn is None:
+        return ""
+    try:
+        res = fn(loss, miner, loss_params or {}, miner_params or {})
+    except (KeyError, ValueError) as exc:
+        return str(exc)
+    return res or ""  # None (or "") when the miner can feed the loss, else a sentence saying why not
+
+
+def image_size_problem(backbone: str, size: int) -> str:
+    """Why ``size`` px images do not suit ``backbone`` ("" if they do), from trainer.models.check_image_size."""
+    try:
+        from trainer.models import check_image_size
+    except ImportError:
+        return ""
+    try:
+        check_image_size(backbone, size)
+    except ValueError as exc:
+        return str(exc)
+    return ""
+
+
+def _split_counts(counts: dict[str, int], data: DataConfig) -> tuple[dict[str, int], int]:
+    """Training classes with their image counts, and the number of held-out classes, as the split will make them."""
+    names = sorted(counts)
+    if data.test_dir:
+        return dict(counts), 0
+    if data.holdout_classes:
+        held = set(data.holdout_classes)
+        return {n: counts[n] for n in names if n not in held}, len(held & set(names))
+    n_hold = int(round(data.holdout_fraction * len(names)))
+    n_train = len(names) - n_hold
+    # which classes are held out is random; a middle estimate: assume training classes of typical size
+    ordered = sorted(names, key=lambda n: counts[n])
+    lo = (len(ordered) - n_train) // 2
+    return {n: counts[n] for n in ordered[lo:lo + n_train]}, n_hold
+
+
+def config_problems(cfg: TrainConfig, class_counts: dict[str, int] | None) -> list[str]:
+    """Every reason ``cfg`` cannot (or should not) start on a folder with ``class_counts``, in plain words."""
+    out: list[str] = []
+    d, m, lo, o = cfg.data, cfg.model, cfg.loss, cfg.optim
+    if not d.data_dir:
+        out.append("Open an image folder first (File ▸ Open folder…).")
+    elif not Path(d.data_dir).is_dir():
+        out.append(f"The image folder {d.data_dir} does not exist.")
+    if d.test_dir and not Path(d.test_dir).is_dir():
+        out.append(f"The test folder {d.test_dir} does not exist.")
+    problem = image_size_problem(m.backbone, d.image_size)
+    if problem:
+        out.append(problem + ".")
+    problem = miner_problem(lo.name, lo.miner, lo.params, lo.miner_params)
+    if problem:
+        out.append(problem[0].upper() + problem[1:] + ("" if problem.endswith(".") else "."))
+    C, K = d.batch_classes, d.batch_per_class
+    if K < 2:
+        out.append(f"K = {K} image per class gives no positive pair; use K >= 2.")
+    if C < 2:
+        out.append(f"C = {C} class per batch gives no negative pair; use C >= 2.")
+    if not d.test_dir and d.holdout_classes is None and not 0.0 < d.holdout_fraction < 1.0:
+        out.append(f"The held-out fraction {d.holdout_fraction} must be between 0 and 1.")
+    if class_counts:
+        if d.holdout_classes:
+            unknown = sorted(set(d.holdout_classes) - set(class_counts))
+            if unknown:
+                out.append(f"Held-out classes not in the folder: {', '.join(unknown[:5])}.")
+        train, n_hold = _split_counts(class_counts, d)
+        n_train_images = int(sum(train.values()))
+        if len(train) < 2:
+            out.append(f"Only {len(train)} training class(es) would remain after holding classes out; "
+                       "hold out fewer classes or give a test folder.")
+        if not d.test_dir and n_hold == 1:
+            out.append("Only one held-out class: retrieval metrics need at least two; hold out more classes.")
+        if not d.test_dir and n_hold == 0:
+            out.append("No class is held out: pick held-out classes, a fraction, or a test folder.")
+        if train and C * K > n_train_images:
+            out.append(f"A batch of C x K = {C} x {K} = {C * K} images is larger than the {n_train_images} "
+                       "training images; lower C or K.")
+        if train and C > len(train):
+            out.append(f"C = {C} classes per batch, but only {len(train)} training classes; lower C.")
+        if train:
+            median = float(np.median(list(train.values())))
+            if K > median:
+                out.append(f"K = {K} images per class is larger than most classes have (median {median:g}); "
+                           "images would repeat within a batch — lower K.")
+    if o.epochs < 1:
+        out.append("Train for at least one epoch.")
+    if not (o.lr > 0 and math.isfinite(o.lr)):
+        out.append("The learning rate must be a positive number.")
+    return out
+
+
+class ConfigPanel(QWidget):
+    """Form that edits a TrainConfig; :attr:`changed` fires on every edit, :meth:`problems` says what is wrong."""
+
+    changed = Signal()
+    preset_applied = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._class_counts: dict[str, int] | None = None
+        self._loading = False
+        self._param_widgets: dict[str, QWidget] = {}
+        self._base = TrainConfig()  # fields the form does not show are carried through from here
+        self._build()
+        self.set_config(TrainConfig())
+        self._check_timer = QTimer(self)
+        self._check_timer.setSingleShot(True)
+        self._check_timer.setInterval(150)
+        self._check_timer.timeout.connect(self.refresh_problems)
+        self.changed.connect(self._check_timer.start)
+
+    # ---- layout -----------------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        def notify(*_: Any) -> None:
+            if not self._loading:
+                self.preset_combo.blockSignals(True)
+                self.preset_combo.setCurrentText(CUSTOM)
+                self.preset_combo.blockSignals(False)
+                self.changed.emit()
+
+        self._notify = notify
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItems([CUSTOM, *PRESETS])
+        self.preset_combo.setToolTip("Named starting points; editing any field turns this back to Custom")
+        self.preset_combo.currentTextChanged.connect(self._on_preset)
+
+        # model
+        self.backbone = QComboBox()
+        for name, spec in (backbone_specs() or {"small_cnn": None, "resnet18": None, "resnet50": None}).items():
+            self.backbone.addItem(getattr(spec, "title", name), name)
+        self.backbone.setToolTip("The network that turns an image into features; the head maps them to the "
+                                 "embedding")
+        self.pretrained = QCheckBox("ImageNet-pretrained weights")
+        self.pretrained.setToolTip("Start from torchvision's ImageNet weights (downloaded once); off: random start")
+        self.head_only = QCheckBox("Train the head only (backbone frozen, features cached)")
+        self.head_only.setToolTip("Much faster on a CPU: the backbone runs once per image, only the head learns")
+        self.embedding_dim = QSpinBox()
+        self.embedding_dim.setRange(2, 4096)
+        self.embedding_dim.setToolTip("Length of the embedding vector")
+        self.image_size = QSpinBox()
+        self.image_size.setRange(8, 1024)
+        self.image_size.setSingleStep(16)
+        self.image_size.setSuffix(" px")
+        self.image_size.setToolTip("Images are resized to this square size before the backbone")
+        model_box = QGroupBox("Model")
+        f = QFormLayout(model_box)
+        f.addRow("Backbone", self.backbone)
+        f.addRow("", self.pretrained)
+        f.addRow("", self.head_only)
+        f.addRow("Embedding dimension", self.embedding_dim)
+        f.addRow("Image size", self.image_size)
+
+        # loss
+        self.loss = QComboBox()
+        specs = loss_specs()
+        for name, spec in (specs or {"multi_similarity": None, "triplet_margin": None}).items():
+            self.loss.addItem(getattr(spec, "title", name), name)
+        self.loss_help = QLabel()
+        self.loss_help.setWordWrap(True)
+        self.loss_help.setObjectName("help")
+        self.params_form = QFormLayout()
+        self.miner = QComboBox()
+        for name, spec in miner_specs().items():
+            self.miner.addItem(getattr(spec, "title", name) if spec is not None else "none (use every pair)", name)
+        self.miner.setToolTip("Which pairs or triplets of a batch the loss sees")
+        loss_box = QGroupBox("Loss")
+        lv = QVBoxLayout(loss_box)
+        lf = QFormLayout()
+        lf.addRow("Loss", self.loss)
+        lv.addLayout(lf)
+        lv.addWidget(self.loss_help)
+        lv.addLayout(self.params_form)
+        mf = QFormLayout()
+        mf.addRow("Miner", self.miner)
+        lv.addLayout(mf)
+
+        # batches and schedule
+        self.batch_classes = QSpinBox()
+        self.batch_classes.setRange(1, 1024)
+        self.batch_classes.setToolTip("C: classes in each batch")
+        self.batch_per_class = QSpinBox()
+        self.batch_per_class.setRange(1, 256)
+        self.batch_per_class.setToolTip("K: images of each class in each batch")
+        ck = QHBoxLayout()
+        ck.addWidget(QLabel("C"))
+        ck.addWidget(self.batch_classes)
+        ck.addWidget(QLabel("× K"))
+        ck.addWidget(self.batch_per_class)
+        self.batch_total = QLabel()
+        ck.addWidget(self.batch_total, 1)
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 10000)
+        self.batches_per_epoch = QSpinBox()
+        self.batches_per_epoch.setRange(0, 1_000_000)
+        self.batches_per_epoch.setSpecialValueText("auto (one pass)")
+        self.batches_per_epoch.setToolTip("0 = about one pass over the training images")
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(7)
+        self.lr.setRange(1e-7, 1.0)
+        self.lr.setSingleStep(1e-5)
+        self.lr.setToolTip("Learning rate of the network (Adam)")
+        self.augment = QCheckBox("Augment training images (flip, crop, colour)")
+        sched_box = QGroupBox("Batches and schedule")
+        sf = QFormLayout(sched_box)
+        sf.addRow("Batch", ck)
+        sf.addRow("Epochs", self.epochs)
+        sf.addRow("Batches per epoch", self.batches_per_epoch)
+        sf.addRow("Learning rate", self.lr)
+        sf.addRow("", self.augment)
+
+        # held-out split
+        self.split_fraction = QRadioButton("Hold out a share of the classes")
+        self.split_pick = QRadioButton("Hold out these classes")
+        self.split_test = QRadioButton("Use a separate test folder")
+        self.split_group = QButtonGroup(self)
+        for i, b in enumerate((self.split_fraction, self.split_pick, self.split_test)):
+            self.split_group.addButton(b, i)
+        self.holdout_fraction = QDoubleSpinBox()
+        self.holdout_fraction.setRange(0.0, 1.0)
+        self.holdout_fraction.setSingleStep(0.05)
+        self.holdout_fraction.setDecimals(2)
+        self.holdout_fraction.setToolTip("Share of classes never trained on, used for the held-out metrics")
+        self.holdout_list = QListWidget()
+        self.holdout_list.setMaximumHeight(120)
+        self.holdout_list.setToolTip("Tick the classes to hold out (available after the folder scan)")
+        self.test_dir = QLineEdit()
+        self.test_dir.setPlaceholderText("folder with one sub-folder per class")
+        test_browse = QPushButton("…")
+        test_browse.setToolTip("Choose the test folder")
+        test_browse.clicked.connect(self._browse_test_dir)
+        test_row = QHBoxLayout()
+        test_row.addWidget(self.test_dir, 1)
+        test_row.addWidget(test_browse)
+        split_box = QGroupBox("Held-out evaluation")
+        hv = QVBoxLayout(split_box)
+        row = QHBoxLayout()
+        row.addWidget(self.split_fraction)
+        row.addWidget(self.holdout_fraction)
+        hv.addLayout(row)
+        hv.addWidget(self.split_pick)
+        hv.addWidget(self.holdout_list)
+        hv.addWidget(self.split_test)
+        hv.addLayout(test_row)
+
+        # where
+        self.data_dir = QLineEdit()
+        self.data_dir.setReadOnly(True)
+        self.data_dir.setPlaceholderText("open a folder with File ▸ Open folder…")
+        self.runs_root = QLineEdit()
+        runs_browse = QPushButton("…")
+        runs_browse.setToolTip("Choose where new runs are saved")
+        runs_browse.clicked.connect(self._browse_runs_root)
+        runs_row = QHBoxLayout()
+        runs_row.addWidget(self.runs_root, 1)
+        runs_row.addWidget(runs_browse)
+        where_box = QGroupBox("Data and output")
+        wf = QFormLayout(where_box)
+        wf.addRow("Images", self.data_dir)
+        wf.addRow("Runs folder", runs_row)
+
+        self.problems_label = QLabel()
+        self.problems_label.setObjectName("problems")
+        self.problems_label.setWordWrap(True)
+        self.problems_label.setTextFormat(Qt.TextFormat.RichText)
+
+        inner = QWidget()
+        v = QVBoxLayout(inner)
+        pf = QFormLayout()
+        pf.addRow("Preset", self.preset_combo)
+        v.addLayout(pf)
+        for box in (where_box, model_box, loss_box, sched_box, split_box):
+            v.addWidget(box)
+        v.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setMinimumWidth(inner.sizeHint().width() + 24)
+        scroll.setWidget(inner)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll, 1)
+        outer.addWidget(self.problems_label)
+
+        for w in (self.backbone, self.loss, self.miner):
+            w.currentIndexChanged.connect(notify)
+        self.loss.currentIndexChanged.connect(self._rebuild_params)
+        for w in (self.pretrained, self.head_only, self.augment):
+            w.toggled.connect(notify)
+        for w in (self.embedding_dim, self.image_size, self.batch_classes, self.batch_per_class, self.epochs,
+                  self.batches_per_epoch, self.lr, self.holdout_fraction):
+            w.valueChanged.connect(notify)
+        for w in (self.test_dir, self.runs_root):
+            w.textChanged.connect(notify)
+        self.split_group.idToggled.connect(notify)
+        self.split_group.idToggled.connect(self._update_enabled)
+        self.holdout_list.itemChanged.connect(notify)
+        self.batch_classes.valueChanged.connect(self._update_total)
+        self.batch_per_class.valueChanged.connect(self._update_total)
+
+    def _update_total(self, *_: Any) -> None:
+        self.batch_total.setText(f"= {self.batch_classes.value() * self.batch_per_class.value()} images")
+
+    def _update_enabled(self, *_: Any) -> None:
+        self.holdout_fraction.setEnabled(self.split_fraction.isChecked())
+        self.holdout_list.setEnabled(self.split_pick.isChecked())
+        self.test_dir.setEnabled(self.split_test.isChecked())
+
+    # ---- loss parameters --------------------------------------------------------------------------------------
+    def _rebuild_params(self, *_: Any, values: dict[str, Any] | None = None) -> None:
+        while self.params_form.rowCount():
+            self.params_form.removeRow(0)
+        self._param_widgets.clear()
+        spec = loss_specs().get(self.loss.currentData())
+        self.loss_help.setText(getattr(spec, "description", "") if spec else "")
+        if spec is None:
+            return
+        values = values or {}
+        for p in spec.params:
+            value = values.get(p.name, p.default)
+            lo = getattr(p, "minimum", None)
+            hi = getattr(p, "maximum", None)
+            choices = tuple(getattr(p, "choices", ()) or ())
+            if choices:
+                w: QWidget = QComboBox()
+                for c in choices:
+                    w.addItem(str(c), c)
+                w.setCurrentIndex(max(0, w.findData(value)))
+                w.currentIndexChanged.connect(self._notify)
+            elif isinstance(p.default, bool):
+                w = QCheckBox()
+                w.setChecked(bool(value))
+                w.toggled.connect(self._notify)
+            elif isinstance(p.default, int):
+                w = QSpinBox()
+                w.setRange(int(lo) if lo is not None else -1_000_000, int(hi) if hi is not None else 1_000_000)
+                w.setValue(int(value))
+                w.valueChanged.connect(self._notify)
+            elif isinstance(p.default, float):
+                w = QDoubleSpinBox()
+                w.setDecimals(4)
+                w.setRange(float(lo) if lo is not None else -1e6, float(hi) if hi is not None else 1e6)
+                w.setSingleStep(0.01 if abs(p.default) < 1 else 1.0)
+                w.setValue(float(value))
+                w.valueChanged.connect(self._notify)
+            else:
+                w = QLineEdit(str(value))
+                w.textChanged.connect(self._notify)
+            tip = f"{p.help} (default {p.default})"
+            w.setToolTip(tip)
+            label = QLabel(f"{p.name} <span style='color:#888'>({p.default})</span>")
+            label.setToolTip(tip)
+            self._param_widgets[p.name] = w
+            self.params_form.addRow(label, w)
+            helper = QLabel(p.help)
+            helper.setObjectName("help")
+            helper.setWordWrap(True)
+            self.params_form.addRow("", helper)
+
+    def _param_values(self) -> dict[str, Any]:
+        spec = loss_specs().get(self.loss.currentData())
+        out: dict[str, Any] = {}
+        for name, w in self._param_widgets.items():
+            if isinstance(w, QComboBox):
+                value: Any = w.currentData()
+            elif isinstance(w, QCheckBox):
+                value = w.isChecked()
+            elif isinstance(w, (QSpinBox, QDoubleSpinBox)):
+                value = w.value()
+            else:
+                value = w.text()
+            default = next((p.default for p in spec.params if p.name == name), None) if spec else None
+            if value != default:  # only what the user changed: defaults stay the library's
+                out[name] = value
+        return out
+
+    # ---- config in and out ------------------------------------------------------------------------------------
+    def config(self) -> TrainConfig:
+        """The TrainConfig the form shows (fields it does not show are kept from the last set_config)."""
+        b = self._base
+        split = self.split_group.checkedId()
+        held = tuple(self.holdout_list.item(i).text() for i in range(self.holdout_list.count())
+                     if self.holdout_list.item(i).checkState() == Qt.CheckState.Checked)
+        data = DataConfig(**{**b.data.__dict__,
+                             "data_dir": self.data_dir.text(),
+                             "test_dir": (self.test_dir.text().strip() or None) if split == 2 else None,
+                             "holdout_fraction": float(self.holdout_fraction.value()),
+                             "holdout_classes": held if split == 1 else None,
+                             "image_size": self.image_size.value(),
+                             "augment": self.augment.isChecked(),
+                             "batch_classes": self.batch_classes.value(),
+                             "batch_per_class": self.batch_per_class.value()})
+        model = ModelConfig(**{**b.model.__dict__,
+                               "backbone": self.backbone.currentData(),
+                               "pretrained": self.pretrained.isChecked(),
+                               "head_only": self.head_only.isChecked(),
+                               "embedding_dim": self.embedding_dim.value()})
+        loss = LossConfig(**{**b.loss.__dict__,
+                             "name": self.loss.currentData(),
+                             "params": self._param_values(),
+                             "miner": self.miner.currentData()})
+        bpe = self.batches_per_epoch.value()
+        optim = OptimConfig(**{**b.optim.__dict__,
+                               "epochs": self.epochs.value(),
+                               "lr": float(self.lr.value()),
+                               "batches_per_epoch": bpe or None})
+        return b.replace(data=data, model=model, loss=loss, optim=optim)
+
+    def set_config(self, cfg: TrainConfig) -> None:
+        """Show ``cfg`` in the form (values not offered by a combo box are added to it, not lost)."""
+        self._loading = True
+        try:
+            self._base = cfg
+            self.data_dir.setText(cfg.data.data_dir)
+            self._select(self.backbone, cfg.model.backbone)
+            self.pretrained.setChecked(cfg.model.pretrained)
+            self.head_only.setChecked(cfg.model.head_only)
+            self.embedding_dim.setValue(cfg.model.embedding_dim)
+            self.image_size.setValue(cfg.data.image_size)
+            self._select(self.loss, cfg.loss.name)
+            self._rebuild_params(values=cfg.loss.params)
+            self._select(self.miner, cfg.loss.miner)
+            self.batch_classes.setValue(cfg.data.batch_classes)
+            self.batch_per_class.setValue(cfg.data.batch_per_class)
+            self.epochs.setValue(cfg.optim.epochs)
+            self.batches_per_epoch.setValue(cfg.optim.batches_per_epoch or 0)
+            self.lr.setValue(cfg.optim.lr)
+            self.augment.setChecked(cfg.data.augment)
+            self.holdout_fraction.setValue(cfg.data.holdout_fraction)
+            self.test_dir.setText(cfg.data.test_dir or "")
+            if cfg.data.test_dir:
+                self.split_test.setChecked(True)
+            elif cfg.data.holdout_classes:
+                self.split_pick.setChecked(True)
+            else:
+                self.split_fraction.setChecked(True)
+            self._set_holdout_items(self._class_counts, cfg.data.holdout_classes or ())
+            self._update_total()
+            self._update_enabled()
+        finally:
+            self._loading = False
+        self.changed.emit()
+
+    @staticmethod
+    def _select(combo: QComboBox, name: str) -> None:
+        i = combo.findData(name)
+        if i < 0:
+            combo.addItem(name, name)
+            i = combo.count() - 1
+        combo.setCurrentIndex(i)
+
+    def apply_preset(self, name: str) -> None:
+        """Apply the overrides of ``PRESETS[name]`` on top of the current form (data folder and split kept)."""
+        cfg = self.config().replace(**PRESETS[name])
+        self.set_config(cfg)
+        self.preset_combo.blockSignals(True)
+        self.preset_combo.setCurrentText(name)
+        self.preset_combo.blockSignals(False)
+        self.preset_applied.emit(name)
+
+    @Slot(str)
+    def _on_preset(self, name: str) -> None:
+        if name in PRESETS:
+            self.apply_preset(name)
+
+    # ---- data -------------------------------------------------------------------------------------------------
+    def set_data_dir(self, path: str | Path) -> None:
+        """A folder was opened: train on it (its classes arrive later with :meth:`set_scan`)."""
+        if self.data_dir.text() != str(path):
+            self._class_counts = None
+            self.holdout_list.clear()
+        self.data_dir.setText(str(path))
+        self.changed.emit()
+
+    def set_scan(self, scan) -> None:
+        """The folder scan finished: class counts feed the checks, class names the held-out picker."""
+        counts = np.bincount(np.asarray(scan.labels, dtype=np.int64), minlength=len(scan.classes))
+        self._class_counts = {c: int(n) for c, n in zip(scan.classes, counts)}
+        self.data_dir.setText(str(scan.root))
+        self._set_holdout_items(self._class_counts, self.config().data.holdout_classes or ())
+        self.changed.emit()
+
+    def _set_holdout_items(self, counts: dict[str, int] | None, held: tuple[str, ...]) -> None:
+        self.holdout_list.blockSignals(True)
+        self.holdout_list.clear()
+        for name in (sorted(counts) if counts else list(held)):
+            item = QListWidgetItem(f"{name}" if counts is None else name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if name in held else Qt.CheckState.Unchecked)
+            if counts:
+                item.setToolTip(f"{counts[name]} images")
+            self.holdout_list.addItem(item)
+        self.holdout_list.blockSignals(False)
+
+    def set_runs_root(self, path: str | Path) -> None:
+        self.runs_root.setText(str(path))
+
+    def runs_root_path(self) -> Path:
+        return Path(self.runs_root.text().strip()).expanduser()
+
+    def _browse_test_dir(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Choose the test folder", self.test_dir.text())
+        if path:
+            self.test_dir.setText(path)
+            self.split_test.setChecked(True)
+
+    def _browse_runs_root(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Choose where runs are saved", self.runs_root.text())
+        if path:
+            self.runs_root.setText(path)
+
+    # ---- checks -----------------------------------------------------------------------------------------------
+    def problems(self) -> list[str]:
+        """What stops this configuration from starting, in plain words (empty when it can start)."""
+        out = config_problems(self.config(), self._class_counts)
+        if not self.runs_root.text().strip():
+            out.append("Choose a runs folder where the run will be saved.")
+        if self.split_pick.isChecked() and not self.config().data.holdout_classes:
+            out.append("Tick at least two classes to hold out.")
+        return out
+
+    @Slot()
+    def refresh_problems(self) -> list[str]:
+        """Show the current problems under the form."""
+        problems = self.problems()
+        if problems:
+            items = "".join(f"<li>{p}</li>" for p in problems)
+            self.problems_label.setText(f"<b>Cannot start yet:</b><ul style='margin:0'>{items}</ul>")
+            self.problems_label.setProperty("ok", False)
+        else:
+            self.problems_label.setText("Ready to start.")
+            self.problems_label.setProperty("ok", True)
+        self.problems_label.style().unpolish(self.problems_label)
+        self.problems_label.style().polish(self.problems_label)
+        return problems

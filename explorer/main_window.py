@@ -1,0 +1,401 @@
+"""The main window: tabs for Start, Data, Train, Map and the analysis views, menus, drag and drop, status bar.
+
+It wires the pieces (AppState, TrainingController, JobRunner, Settings) and acts on requests; the views only
+talk to the shared state.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Slot
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMenu, QMessageBox, QSplitter, QTabWidget,
+                               QWidget)
+
+from explorer.config_panel import ConfigPanel
+from explorer.dataset_view import DatasetView
+from explorer.jobs import JobRunner
+from explorer.settings import Settings
+from explorer.start_page import StartPage
+from explorer.state import AppState
+from explorer.training import TrainingController
+from explorer.views.training_view import TrainingView
+
+APP_TITLE = "Embedding Explorer"
+DEMO_JOB = "demo-folder"
+
+TRIPLET_RULES = (
+    "<p>For an anchor <i>a</i>, a positive <i>p</i> (same class) and a negative <i>n</i> (another class), with "
+    "<i>d</i> the distance and <i>m</i> the margin (pytorch-metric-learning's rules):</p>"
+    "<ul>"
+    "<li><b>easy</b>: d(a,n) &gt; d(a,p) + m — already well separated; contributes no loss.</li>"
+    "<li><b>semi-hard</b>: d(a,p) &lt; d(a,n) ≤ d(a,p) + m — right order, inside the margin.</li>"
+    "<li><b>hard</b>: d(a,n) ≤ d(a,p) — the negative is nearer than the positive.</li>"
+    "</ul>"
+    "<p>With cosine similarity the comparison is made on the distance 1 − cos.</p>"
+)
+
+
+def new_run_dir(runs_root: Path, data_dir: str | Path) -> Path:
+    """``<runs_root>/<folder-name>-<YYYYmmdd-HHMMSS>``, made unique if that name is taken."""
+    stem = f"{Path(data_dir).name or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = Path(runs_root) / stem
+    n = 2
+    while path.exists():
+        path = Path(runs_root) / f"{stem}-{n}"
+        n += 1
+    return path
+
+
+def _is_run_dir(path: Path) -> bool:
+    try:
+        from trainer.store import is_run_dir
+    except ImportError:
+        return (path / "manifest.json").is_file()
+    return bool(is_run_dir(path))
+
+
+def _demo_job(*, progress, partial, is_cancelled) -> Path:
+    from trainer.demo import ensure_demo_folder
+
+    progress(0.0, "preparing the demo images")
+    return ensure_demo_folder()
+
+
+class MainWindow(QMainWindow):
+    """Embedding Explorer's window; ``add_view(title, widget)`` lets later analysis views slot in as tabs."""
+
+    def __init__(self, state: AppState | None = None, settings: Settings | None = None, *,
+                 controller: TrainingController | None = None, jobs: JobRunner | None = None) -> None:
+        super().__init__()
+        self.setWindowTitle(APP_TITLE)
+        self.setAcceptDrops(True)
+        self.state = state or AppState(self)
+        self.settings = settings or Settings()
+        self.jobs = jobs or JobRunner(self)
+        self.controller = controller or TrainingController(self.state, self)
+        self._views: dict[str, QWidget] = {}
+        self._closing = False
+
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.setCentralWidget(self.tabs)
+        self.start_page = StartPage()
+        self.dataset_view = DatasetView(self.jobs)
+        self.config_panel = ConfigPanel()
+        self.training_view = TrainingView(self.state, self.controller)
+        train = QSplitter(Qt.Orientation.Horizontal)
+        train.addWidget(self.config_panel)
+        train.addWidget(self.training_view)
+        train.setStretchFactor(1, 1)
+        train.setSizes([480, 800])
+        self.train_page = train
+        self._build_menus()
+        self.add_view("Start", self.start_page)
+        self.add_view("Data", self.dataset_view)
+        self.add_view("Train", train)
+        self.map_view = self._make_map_view()
+        self.add_view("Map", self.map_view)
+
+        self.status_label = QLabel("")
+        self.statusBar().addWidget(self.status_label, 1)
+        self.run_label = QLabel("No run open")
+        self.statusBar().addPermanentWidget(self.run_label)
+
+        # wiring
+        self.start_page.open_folder_requested.connect(self.ask_open_folder)
+        self.start_page.open_run_requested.connect(self.ask_open_run)
+        self.start_page.open_demo_requested.connect(self.open_demo)
+        self.start_page.open_path_requested.connect(self.open_path)
+        self.dataset_view.scan_finished.connect(self._on_scan_finished)
+        self.dataset_view.scan_failed.connect(self._on_scan_failed)
+        self.training_view.start_requested.connect(self.start_training)
+        self.controller.running_changed.connect(self._on_running_changed)
+        self.controller.failed.connect(lambda e: self.show_status(f"Training failed: {e.message}"))
+        self.controller.stopped.connect(lambda e: self.show_status("Training ended"))
+        self.controller.epoch_done.connect(lambda e: self.show_status(f"Epoch {e.epoch + 1} done"))
+        self.state.run_changed.connect(self._on_run_changed)
+        self.state.epoch_changed.connect(self._on_epoch_changed)
+        self.jobs.finished.connect(self._on_job_finished)
+        self.jobs.failed.connect(self._on_job_failed)
+
+        cfg = self.settings.last_config()
+        if cfg is not None:
+            self.config_panel.set_config(cfg)
+            if self.settings.last_preset():
+                self.config_panel.preset_combo.blockSignals(True)
+                self.config_panel.preset_combo.setCurrentText(self.settings.last_preset())
+                self.config_panel.preset_combo.blockSignals(False)
+        self.config_panel.set_runs_root(self.settings.runs_root())
+        self.config_panel.preset_applied.connect(self.settings.set_last_preset)
+        self._refresh_recent()
+        geometry = self.settings.window_geometry()
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1280, 820)
+
+    # ---- views ------------------------------------------------------------------------------------------------
+    def _make_map_view(self) -> QWidget:
+        try:
+            from explorer.views.map_view import MapView
+        except ImportError:
+            label = QLabel("The embedding map is not available in this build.")
+            label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            return label
+        return MapView(self.state)
+
+    def add_view(self, title: str, widget: QWidget) -> int:
+        """Add ``widget`` as a tab called ``title`` (with a View-menu entry and Ctrl+<n> for the first nine)."""
+        index = self.tabs.addTab(widget, title)
+        self._views[title] = widget
+        action = QAction(title, self)
+        if index < 9:
+            action.setShortcut(QKeySequence(f"Ctrl+{index + 1}"))
+        action.triggered.connect(lambda _=False, w=widget: self.tabs.setCurrentWidget(w))
+        self.view_menu.insertAction(self._view_separator, action)
+        return index
+
+    def view(self, title: str) -> QWidget | None:
+        """The tab widget called ``title`` (None if absent)."""
+        return self._views.get(title)
+
+    def show_view(self, title: str) -> None:
+        widget = self._views.get(title)
+        if widget is not None:
+            self.tabs.setCurrentWidget(widget)
+
+    # ---- menus ------------------------------------------------------------------------------------------------
+    def _action(self, menu: QMenu, text: str, slot, shortcut: str | QKeySequence.StandardKey | None = None,
+                tip: str = "") -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        if tip:
+            action.setStatusTip(tip)
+            action.setToolTip(tip)
+        action.triggered.connect(lambda _=False: slot())
+        menu.addAction(action)
+        return action
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        file = bar.addMenu("&File")
+        self.open_folder_action = self._action(file, "Open &folder…", self.ask_open_folder, "Ctrl+O",
+                                               "Open an image folder with one sub-folder per class")
+        self.open_run_action = self._action(file, "Open &run…", self.ask_open_run, "Ctrl+Shift+O",
+                                            "Open a training run folder (also one the command line is writing)")
+        self.open_demo_action = self._action(file, "Open &demo", self.open_demo, None,
+                                             "The built-in digits demo folder")
+        self.recent_menu = file.addMenu("Recent")
+        file.addSeparator()
+        self.quit_action = self._action(file, "&Quit", self.close, "Ctrl+Q")
+        self.view_menu = bar.addMenu("&View")
+        self._view_separator = self.view_menu.addSeparator()
+        self._action(self.view_menu, "Full screen", self._toggle_full_screen, "F11")
+        help_menu = bar.addMenu("&Help")
+        self._action(help_menu, "Triplet rules (easy / semi-hard / hard)", self.show_triplet_rules, None,
+                     "How triplets are classified (pytorch-metric-learning's rules)")
+        self._action(help_menu, "&About", self.show_about)
+
+    def _toggle_full_screen(self) -> None:
+        self.showNormal() if self.isFullScreen() else self.showFullScreen()
+
+    def _refresh_recent(self) -> None:
+        folders, runs = self.settings.recent_folders(), self.settings.recent_runs()
+        self.start_page.set_recent(folders, runs)
+        self.recent_menu.clear()
+        for label, paths in (("Folders", folders), ("Runs", runs)):
+            if not paths:
+                continue
+            self.recent_menu.addSection(label)
+            for p in paths:
+                a = self.recent_menu.addAction(p)
+                a.triggered.connect(lambda _=False, p=p: self.open_path(p))
+        if not folders and not runs:
+            self.recent_menu.addAction("(none yet)").setEnabled(False)
+        else:
+            self.recent_menu.addSeparator()
+            clear = self.recent_menu.addAction("Clear recent")
+            clear.triggered.connect(lambda _=False: (self.settings.clear_recent(), self._refresh_recent()))
+
+    def show_about(self) -> None:
+        from trainer import __version__
+
+        QMessageBox.about(self, f"About {APP_TITLE}",
+                          f"<h3>{APP_TITLE} {__version__}</h3><p>Deep metric learning on your own image folders: "
+                          "train, watch the embedding space form, inspect mining and pick a verification "
+                          "threshold.</p><p>Built on PyTorch, pytorch-metric-learning, faiss, UMAP, PySide6 and "
+                          "pyqtgraph.</p>")
+
+    def show_triplet_rules(self) -> None:
+        QMessageBox.information(self, "Triplet rules", TRIPLET_RULES)
+
+    def show_status(self, text: str) -> None:
+        self.status_label.setText(text)
+
+    # ---- opening things ---------------------------------------------------------------------------------------
+    def ask_open_folder(self) -> None:
+        recent = self.settings.recent_folders()
+        path = QFileDialog.getExistingDirectory(self, "Open an image folder (one sub-folder per class)",
+                                                recent[0] if recent else "")
+        if path:
+            self.open_folder(path)
+
+    def ask_open_run(self) -> None:
+        recent = self.settings.recent_runs()
+        path = QFileDialog.getExistingDirectory(self, "Open a run folder",
+                                                recent[0] if recent else str(self.config_panel.runs_root_path()))
+        if path:
+            self.open_run(path)
+
+    def open_path(self, path: str | Path) -> None:
+        """Open ``path`` as a run if it is one, otherwise as an image folder."""
+        path = Path(path)
+        if not path.is_dir():
+            QMessageBox.warning(self, APP_TITLE, f"{path} is not a folder (or no longer exists).")
+            return
+        self.open_run(path) if _is_run_dir(path) else self.open_folder(path)
+
+    def open_folder(self, path: str | Path) -> None:
+        """Scan an image folder in the background and make it the training data."""
+        path = Path(path).expanduser()
+        self.settings.add_recent_folder(path)
+        self._refresh_recent()
+        self.config_panel.set_data_dir(path)
+        self.dataset_view.open_folder(path)
+        self.show_view("Data")
+        self.show_status(f"Scanning {path} …")
+
+    def open_run(self, path: str | Path) -> bool:
+        """Open a run folder read-only (and follow it, in case the command line is still writing it)."""
+        path = Path(path).expanduser()
+        if self.controller.is_running():
+            QMessageBox.warning(self, APP_TITLE, "Stop the training run before opening another run.")
+            return False
+        try:
+            from trainer.store import RunReader
+
+            reader = RunReader(path)
+        except Exception as exc:
+            QMessageBox.critical(self, APP_TITLE, f"Could not open the run {path}:\n{exc}")
+            return False
+        self.controller.note_run_opened(path)
+        self.state.set_run(reader)
+        self.controller.follow(path)
+        self.settings.add_recent_run(path)
+        self._refresh_recent()
+        self.show_view("Map")
+        for message in getattr(reader, "messages", []) or []:
+            self.training_view.append_log(message, "warning")
+        return True
+
+    def open_demo(self) -> None:
+        """Build (once) and open the digits demo folder; the building runs in the background."""
+        self.show_status("Preparing the demo folder …")
+        self.jobs.submit(DEMO_JOB, _demo_job)
+
+    @Slot(object, object)
+    def _on_job_finished(self, key, result) -> None:
+        if key == DEMO_JOB:
+            self.open_folder(result)
+
+    @Slot(object, str)
+    def _on_job_failed(self, key, message: str) -> None:
+        if key == DEMO_JOB:
+            QMessageBox.critical(self, APP_TITLE, f"Could not prepare the demo folder:\n{message.splitlines()[0]}")
+
+    @Slot(object)
+    def _on_scan_finished(self, scan) -> None:
+        self.config_panel.set_scan(scan)
+        self.show_status(f"{len(scan.paths)} images in {len(scan.classes)} classes, {len(scan.skipped)} skipped")
+
+    @Slot(str)
+    def _on_scan_failed(self, message: str) -> None:
+        self.show_status(message)
+
+    # ---- training ---------------------------------------------------------------------------------------------
+    @Slot()
+    def start_training(self) -> Path | None:
+        """Check the configuration, explain what is wrong, or start a new run; returns its folder."""
+        if self.controller.is_running():
+            return None
+        if self.dataset_view.is_scanning():
+            QMessageBox.information(self, APP_TITLE, "The folder is still being scanned; start when it is done.")
+            return None
+        problems = self.config_panel.refresh_problems()
+        if problems:
+            QMessageBox.warning(self, "Cannot start training",
+                                "Please fix these first:\n\n" + "\n".join(f"• {p}" for p in problems))
+            return None
+        cfg = self.config_panel.config()
+        runs_root = self.config_panel.runs_root_path()
+        run_dir = new_run_dir(runs_root, cfg.data.data_dir)
+        self.settings.set_last_config(cfg)
+        self.settings.set_runs_root(runs_root)
+        self.settings.add_recent_run(run_dir)
+        self._refresh_recent()
+        self.training_view.reset()
+        self.training_view.append_log(f"New run: {run_dir}")
+        self.controller.start(cfg, run_dir)
+        self.show_view("Train")
+        return run_dir
+
+    @Slot(bool)
+    def _on_running_changed(self, running: bool) -> None:
+        self.config_panel.setEnabled(not running)
+        for a in (self.open_folder_action, self.open_run_action, self.open_demo_action):
+            a.setEnabled(not running)
+        self.start_page.setEnabled(not running)
+        if running:
+            self.show_status("Training …")
+
+    @Slot(object)
+    def _on_run_changed(self, run) -> None:
+        if run is None:
+            self.run_label.setText("No run open")
+            self.setWindowTitle(APP_TITLE)
+            return
+        name = Path(str(self.controller.following or self.controller.run_dir or "")).name or "run"
+        self.run_label.setText(f"Run: {name}")
+        self.setWindowTitle(f"{name} — {APP_TITLE}")
+
+    @Slot(int)
+    def _on_epoch_changed(self, epoch: int) -> None:
+        text = self.run_label.text().split("  ·  ")[0]
+        self.run_label.setText(f"{text}  ·  epoch {epoch + 1}")
+
+    # ---- drag and drop ----------------------------------------------------------------------------------------
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
+        urls = event.mimeData().urls() if event.mimeData().hasUrls() else []
+        if urls and urls[0].isLocalFile() and Path(urls[0].toLocalFile()).is_dir():
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
+        urls = event.mimeData().urls()
+        if urls and urls[0].isLocalFile():
+            event.acceptProposedAction()
+            self.open_path(urls[0].toLocalFile())
+
+    # ---- shutting down ----------------------------------------------------------------------------------------
+    def shutdown(self, timeout: float = 30.0) -> bool:
+        """Stop the trainer (leaving a valid run) and the background jobs; True if everything ended in time."""
+        if self.controller.is_running():
+            self.training_view.append_log("Stopping the trainer before closing …")
+        ok = self.controller.shutdown(timeout)
+        ok = self.jobs.shutdown(min(timeout, 5.0)) and ok
+        return ok
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        self.settings.set_window_geometry(self.saveGeometry())
+        if not self.controller.is_running():
+            self.settings.set_last_config(self.config_panel.config())
+        self.settings.sync()
+        self._closing = True
+        self.shutdown()
+        super().closeEvent(event)
+

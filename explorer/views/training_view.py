@@ -1,0 +1,357 @@
+"""The training panel: Start / Pause / Stop, progress with ETA, live loss, miner and held-out metric curves, a log.
+
+It only draws what :class:`~explorer.training.TrainingController` reports; starting a run is asked of the main
+window through :attr:`TrainingView.start_requested` (it owns the configuration panel).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtGui import QKeySequence
+from PySide6.QtWidgets import (QGridLayout, QHBoxLayout, QLabel, QMessageBox, QPlainTextEdit, QProgressBar,
+                               QPushButton, QSplitter, QVBoxLayout, QWidget)
+
+from explorer.state import AppState
+from explorer.training import TrainingController
+from trainer import events as ev
+
+# metric keys (trainer.evaluate.retrieval_metrics) shown as curves, with the label a person reads
+METRIC_LABELS = {
+    "precision_at_1": "P@1",
+    "mean_average_precision_at_r": "MAP@R",
+    "r_precision": "R-Precision",
+    "recall_at_1": "Recall@1",
+    "recall_at_2": "Recall@2",
+    "recall_at_4": "Recall@4",
+    "recall_at_8": "Recall@8",
+    "nmi": "NMI",
+    "ami": "AMI",
+}
+_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+def format_seconds(seconds: float) -> str:
+    """'1 h 02 min', '3 min 05 s' or '12 s': a duration a person reads at a glance."""
+    if not np.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s} s"
+
+
+class _Series:
+    """A growing (x, y) series for one curve: amortised O(1) append, setData on a view of the buffer."""
+
+    def __init__(self, curve: pg.PlotDataItem, capacity: int = 1024) -> None:
+        self.curve = curve
+        self.x = np.empty(capacity, dtype=np.float64)
+        self.y = np.empty(capacity, dtype=np.float64)
+        self.n = 0
+
+    def append(self, x: float, y: float) -> None:
+        if self.n == len(self.x):
+            self.x = np.concatenate([self.x, np.empty_like(self.x)])
+            self.y = np.concatenate([self.y, np.empty_like(self.y)])
+        self.x[self.n] = x
+        self.y[self.n] = y
+        self.n += 1
+
+    def flush(self) -> None:
+        self.curve.setData(self.x[: self.n], self.y[: self.n])
+
+    def clear(self) -> None:
+        self.n = 0
+        self.curve.setData([], [])
+
+
+class TrainingView(QWidget):
+    """Buttons, progress and live curves of the trainer; also shows a followed (CLI) run's epochs."""
+
+    start_requested = Signal()  # the main window validates the config and calls controller.start
+
+    def __init__(self, state: AppState, controller: TrainingController, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.controller = controller
+        self._batches_per_epoch = 1
+        self._epochs = 1
+        self._start_epoch = 0
+        self._t0 = 0.0
+        self._batches_done = 0  # since this session's Started
+        self._epoch_t0 = 0.0
+        self._last_draw = 0.0
+        self._dirty = False
+        self._metric_series: dict[str, _Series] = {}
+        self.errors: list[str] = []  # messages shown to the user (tests read them)
+        self._build()
+        controller.started.connect(self._on_started)
+        controller.batch_done.connect(self._on_batch)
+        controller.epoch_done.connect(self._on_epoch)
+        controller.log.connect(self._on_log)
+        controller.failed.connect(self._on_failed)
+        controller.stopped.connect(self._on_stopped)
+        controller.paused.connect(self._on_paused)
+        controller.running_changed.connect(self._on_running_changed)
+        controller.snapshot_ready.connect(self._on_snapshot)
+        state.run_changed.connect(self._on_run_changed)
+        self._update_buttons()
+
+    # ---- layout -----------------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.start_button = QPushButton("Start")
+        self.start_button.setShortcut(QKeySequence("Ctrl+Return"))
+        self.start_button.setToolTip("Start training with the configuration on the left (Ctrl+Enter)")
+        self.pause_button = QPushButton("Pause")
+        self.pause_button.setCheckable(True)
+        self.pause_button.setShortcut(QKeySequence("Ctrl+P"))
+        self.pause_button.setToolTip("Pause between two batches; press again to resume (Ctrl+P)")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setShortcut(QKeySequence("Ctrl+."))
+        self.stop_button.setToolTip("Stop within one batch; the epochs already committed stay usable (Ctrl+.)")
+        self.start_button.clicked.connect(self.start_requested)
+        self.pause_button.toggled.connect(self._on_pause_toggled)
+        self.stop_button.clicked.connect(self.controller.stop)
+        self.status_label = QLabel("Idle")
+        self.status_label.setObjectName("trainingStatus")
+
+        buttons = QHBoxLayout()
+        for b in (self.start_button, self.pause_button, self.stop_button):
+            buttons.addWidget(b)
+        buttons.addWidget(self.status_label, 1)
+
+        self.epoch_progress = QProgressBar()
+        self.epoch_progress.setFormat("Epoch: %p%")
+        self.run_progress = QProgressBar()
+        self.run_progress.setFormat("Run: %p%")
+        self.epoch_eta = QLabel("")
+        self.run_eta = QLabel("")
+        self.speed_label = QLabel("")
+        progress = QGridLayout()
+        progress.addWidget(self.epoch_progress, 0, 0)
+        progress.addWidget(self.epoch_eta, 0, 1)
+        progress.addWidget(self.run_progress, 1, 0)
+        progress.addWidget(self.run_eta, 1, 1)
+        progress.addWidget(self.speed_label, 2, 0, 1, 2)
+        progress.setColumnStretch(0, 1)
+
+        pg.setConfigOptions(antialias=True)
+        self.loss_plot = pg.PlotWidget(title="Loss per batch")
+        self.loss_plot.setBackground("w")
+        self.loss_plot.setLabel("bottom", "batch")
+        self.loss_plot.showGrid(x=True, y=True, alpha=0.2)
+        self.loss_series = _Series(self.loss_plot.plot(pen=pg.mkPen("#1f77b4", width=1.5)))
+
+        self.miner_plot = pg.PlotWidget(title="Miner: triplets per batch (PML rules)")
+        self.miner_plot.setBackground("w")
+        self.miner_plot.setLabel("bottom", "batch")
+        self.miner_plot.addLegend(offset=(5, 5))
+        self.miner_series = {
+            "easy": _Series(self.miner_plot.plot(pen=pg.mkPen("#2ca02c", width=1.5), name="easy")),
+            "semi-hard": _Series(self.miner_plot.plot(pen=pg.mkPen("#ff7f0e", width=1.5), name="semi-hard")),
+            "hard": _Series(self.miner_plot.plot(pen=pg.mkPen("#d62728", width=1.5), name="hard")),
+        }
+        self.miner_plot.setToolTip("easy: d(a,n) > d(a,p) + margin; semi-hard: d(a,p) < d(a,n) <= d(a,p) + margin; "
+                                   "hard: d(a,n) <= d(a,p)")
+
+        self.metric_plot = pg.PlotWidget(title="Held-out metrics per epoch")
+        self.metric_plot.setBackground("w")
+        self.metric_plot.setLabel("bottom", "epoch")
+        self.metric_plot.showGrid(x=True, y=True, alpha=0.2)
+        self.metric_plot.addLegend(offset=(5, 5))
+
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(5000)
+        self.log_view.setPlaceholderText("Trainer messages appear here.")
+
+        plots = QSplitter(Qt.Orientation.Vertical)
+        top = QSplitter(Qt.Orientation.Horizontal)
+        top.addWidget(self.loss_plot)
+        top.addWidget(self.miner_plot)
+        plots.addWidget(top)
+        plots.addWidget(self.metric_plot)
+        plots.addWidget(self.log_view)
+        plots.setSizes([300, 250, 120])
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(buttons)
+        layout.addLayout(progress)
+        layout.addWidget(plots, 1)
+
+    # ---- buttons ----------------------------------------------------------------------------------------------
+    def _update_buttons(self) -> None:
+        running = self.controller.is_running()
+        self.start_button.setEnabled(not running)
+        self.pause_button.setEnabled(running)
+        self.stop_button.setEnabled(running)
+        if not running:
+            self.pause_button.blockSignals(True)
+            self.pause_button.setChecked(False)
+            self.pause_button.setText("Pause")
+            self.pause_button.blockSignals(False)
+
+    @Slot(bool)
+    def _on_pause_toggled(self, checked: bool) -> None:
+        self.controller.set_paused(checked)
+        self.pause_button.setText("Resume" if checked else "Pause")
+        if checked:
+            self.status_label.setText("Pausing after this batch…")
+
+    @Slot(bool)
+    def _on_running_changed(self, running: bool) -> None:
+        self._update_buttons()
+
+    # ---- events -----------------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Clear curves and progress (a new run starts)."""
+        self.loss_series.clear()
+        for s in self.miner_series.values():
+            s.clear()
+        for s in self._metric_series.values():
+            s.clear()
+        self.metric_plot.clear()
+        self.metric_plot.addLegend(offset=(5, 5))
+        self._metric_series.clear()
+        self.epoch_progress.setValue(0)
+        self.run_progress.setValue(0)
+        self.epoch_eta.setText("")
+        self.run_eta.setText("")
+        self.speed_label.setText("")
+
+    def append_log(self, message: str, level: str = "info") -> None:
+        """Add a time-stamped line to the log panel."""
+        prefix = {"warning": "WARNING ", "error": "ERROR "}.get(level, "")
+        self.log_view.appendPlainText(f"{time.strftime('%H:%M:%S')}  {prefix}{message}")
+
+    @Slot(object)
+    def _on_started(self, e: ev.Started) -> None:
+        if e.start_epoch == 0:
+            self.reset()
+        self._batches_per_epoch = max(1, int(e.batches_per_epoch))
+        self._epochs = max(1, int(e.epochs))
+        self._start_epoch = int(e.start_epoch)
+        self._t0 = self._epoch_t0 = time.monotonic()
+        self._batches_done = 0
+        self.epoch_progress.setMaximum(self._batches_per_epoch)
+        self.run_progress.setMaximum(self._epochs * self._batches_per_epoch)
+        self.run_progress.setValue(self._start_epoch * self._batches_per_epoch)
+        self.status_label.setText(f"Training on {e.device}")
+        self.append_log(f"Started: {self._epochs} epochs x {self._batches_per_epoch} batches on {e.device}"
+                        + (f", resuming at epoch {e.start_epoch}" if e.start_epoch else "")
+                        + (f" — {e.message}" if e.message else ""))
+        self._update_buttons()
+
+    @Slot(object)
+    def _on_batch(self, e: ev.BatchDone) -> None:
+        bpe = max(1, int(e.batches_per_epoch))
+        x = e.epoch * bpe + e.batch
+        self.loss_series.append(x, e.loss)
+        self.miner_series["easy"].append(x, e.n_easy)
+        self.miner_series["semi-hard"].append(x, e.n_semihard)
+        self.miner_series["hard"].append(x, e.n_hard)
+        self._batches_done += 1
+        if e.batch == 0:
+            self._epoch_t0 = time.monotonic()
+        now = time.monotonic()
+        self.epoch_progress.setMaximum(bpe)
+        self.epoch_progress.setValue(e.batch + 1)
+        self.run_progress.setValue(min(self.run_progress.maximum(), x + 1))
+        seconds_per_batch = (now - self._t0) / self._batches_done
+        left_epoch = (bpe - e.batch - 1) * seconds_per_batch
+        left_run = max(0, self._epochs * bpe - x - 1) * seconds_per_batch
+        self.epoch_eta.setText(f"epoch {e.epoch + 1}/{self._epochs}, {format_seconds(left_epoch)} left")
+        self.run_eta.setText(f"{format_seconds(left_run)} left")
+        self.speed_label.setText(f"loss {e.loss:.4f}   lr {e.lr:.2e}   {e.images_per_second:.0f} images/s   "
+                                 f"mined {e.n_tuples} tuples")
+        if not self.pause_button.isChecked():
+            self.status_label.setText("Training")
+        # redraw at most ~10 times a second: setData on a long curve is the expensive part
+        if now - self._last_draw > 0.1 or e.batch + 1 == bpe:
+            self._redraw()
+        else:
+            self._dirty = True
+
+    def _redraw(self) -> None:
+        self.loss_series.flush()
+        for s in self.miner_series.values():
+            s.flush()
+        self._last_draw = time.monotonic()
+        self._dirty = False
+
+    @Slot(object)
+    def _on_epoch(self, e: ev.EpochDone) -> None:
+        if self._dirty:
+            self._redraw()
+        self._add_metrics(e.epoch, e.metrics)
+        shown = ", ".join(f"{METRIC_LABELS.get(k, k)} {v:.3f}" for k, v in e.metrics.items()
+                          if k in METRIC_LABELS)
+        self.append_log(f"Epoch {e.epoch + 1} done in {format_seconds(e.seconds)}" + (f": {shown}" if shown else ""))
+
+    def _add_metrics(self, epoch: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            if key not in METRIC_LABELS or value is None or not np.isfinite(value):
+                continue
+            series = self._metric_series.get(key)
+            if series is None:
+                color = _PALETTE[len(self._metric_series) % len(_PALETTE)]
+                curve = self.metric_plot.plot(pen=pg.mkPen(color, width=2), symbol="o", symbolSize=5,
+                                              symbolBrush=color, symbolPen=None, name=METRIC_LABELS[key])
+                series = self._metric_series[key] = _Series(curve, 64)
+            series.append(epoch + 1, float(value))
+            series.flush()
+
+    @Slot(object)
+    def _on_log(self, e: ev.Log) -> None:
+        self.append_log(e.message, e.level)
+
+    @Slot(object)
+    def _on_failed(self, e: ev.Failed) -> None:
+        self.append_log(f"Training failed: {e.message}", "error")
+        if e.detail:
+            self.log_view.appendPlainText(e.detail.rstrip())
+        self.status_label.setText("Failed")
+        self.errors.append(e.message)
+        box = QMessageBox(QMessageBox.Icon.Critical, "Training failed", e.message, QMessageBox.StandardButton.Ok,
+                          self)
+        if e.detail:
+            box.setDetailedText(e.detail)
+        box.open()  # not exec(): the GUI keeps running and the box never blocks the event loop
+
+    @Slot(object)
+    def _on_stopped(self, e: ev.Stopped) -> None:
+        if self._dirty:
+            self._redraw()
+        last = f"last committed epoch {e.epoch + 1}" if e.epoch >= 0 else "no epoch committed"
+        what = {"finished": "Finished", "user": "Stopped"}.get(e.reason, f"Ended ({e.reason})")
+        self.status_label.setText(f"{what} — {last}")
+        self.append_log(f"{what}: {last}" + (f" in {e.run_dir}" if e.run_dir else ""))
+
+    @Slot(bool)
+    def _on_paused(self, paused: bool) -> None:
+        self.status_label.setText("Paused" if paused else "Training")
+        self.append_log("Paused" if paused else "Resumed")
+
+    @Slot(object)
+    def _on_snapshot(self, e: ev.SnapshotReady) -> None:
+        self.append_log(f"Epoch {e.epoch + 1} saved: {e.path}")
+
+    @Slot(object)
+    def _on_run_changed(self, run) -> None:
+        """An opened (or followed) run: draw its stored metric history so the curves are not empty."""
+        if run is None or self.controller.is_running():
+            return
+        self.reset()
+        try:
+            history = run.metrics_history()
+        except Exception:  # an old or partial run: curves stay empty, the map still works
+            return
+        epochs = np.asarray(history.get("epoch", []))
+        for i, epoch in enumerate(epochs):
+            self._add_metrics(int(epoch), {k: float(v[i]) for k, v in history.items() if k != "epoch"})

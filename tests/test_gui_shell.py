@@ -1,0 +1,245 @@
+"""The main window shell: start-up checks, settings, folder scan report, config checks, menus, drag and drop."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QUrl
+from PySide6.QtGui import QDropEvent
+from PySide6.QtWidgets import QLabel, QMessageBox
+
+sys.path.insert(0, str(Path(__file__).parent))
+from image_fixtures import make_class_folder  # noqa: E402
+
+from explorer.app import XCB_LIBRARIES, create_window, display_problem, missing_xcb_libraries  # noqa: E402
+from explorer.config_panel import ConfigPanel, config_problems  # noqa: E402
+from explorer.settings import MAX_RECENT, SETTINGS_VERSION, Settings  # noqa: E402
+from trainer.config import PRESETS, TrainConfig  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+
+
+@pytest.fixture
+def messages(monkeypatch) -> list[tuple[str, str, str]]:
+    """Record QMessageBox calls instead of blocking on them."""
+    got: list[tuple[str, str, str]] = []
+    for kind in ("warning", "critical", "information", "about"):
+        monkeypatch.setattr(QMessageBox, kind,
+                            staticmethod(lambda parent, title, text, *a, _k=kind, **kw: got.append((_k, title, text))))
+    return got
+
+
+@pytest.fixture
+def window(qtbot, settings, tmp_path):
+    from PySide6.QtWidgets import QApplication
+
+    win = create_window(QApplication.instance(), settings=settings)
+    qtbot.addWidget(win)
+    win.config_panel.set_runs_root(tmp_path / "runs")
+    yield win
+    win.shutdown(10)
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    root = make_class_folder(tmp_path / "data", n_classes=4, per_class=8, size=32)
+    (root / "class_1" / "broken.png").write_bytes(b"this is not a png")
+    return root
+
+
+# ---- start-up ---------------------------------------------------------------------------------------------------
+def test_missing_xcb_libraries_names_the_apt_packages():
+    absent = {"libxcb-cursor.so.0", "libEGL.so.1"}
+
+    def load(name):
+        if name in absent:
+            raise OSError(f"{name}: cannot open shared object file")
+        return object()
+
+    assert missing_xcb_libraries(load) == [("libxcb-cursor.so.0", "libxcb-cursor0"), ("libEGL.so.1", "libegl1")]
+    msg = display_problem({"DISPLAY": ":0"}, platform="linux", load=load)
+    assert "sudo apt-get install libegl1 libxcb-cursor0" in msg
+    assert "libxcb-cursor.so.0" in msg
+    assert display_problem({"DISPLAY": ":0"}, platform="linux", load=lambda n: object()) is None
+    assert display_problem({"QT_QPA_PLATFORM": "offscreen"}, platform="linux", load=load) is None
+    assert display_problem({"DISPLAY": ":0"}, platform="win32", load=load) is None
+    assert "DISPLAY" in display_problem({}, platform="linux", load=load)
+    assert set(XCB_LIBRARIES.values()) >= {"libxcb-cursor0", "libxkbcommon-x11-0", "libegl1", "libgl1"}
+
+
+# ---- settings -----------------------------------------------------------------------------------------------------
+def test_settings_recent_lists_are_deduplicated_capped_and_persist(tmp_path, settings):
+    for i in range(MAX_RECENT + 3):
+        settings.add_recent_folder(tmp_path / f"f{i}")
+    settings.add_recent_folder(tmp_path / "f5")  # reopened: moves to the front, not duplicated
+    folders = settings.recent_folders()
+    assert folders[0] == str(tmp_path / "f5")
+    assert len(folders) == MAX_RECENT and len(set(folders)) == MAX_RECENT
+    settings.add_recent_run(tmp_path / "only-run")
+    cfg = TrainConfig().replace(**{"optim.lr": 3e-4, "data.holdout_classes": ("a", "b")})
+    settings.set_last_config(cfg)
+    settings.sync()
+    again = Settings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+    assert again.recent_folders() == folders
+    assert again.recent_runs() == [str(tmp_path / "only-run")]  # a one-item list survives the INI round trip
+    assert again.last_config() == cfg
+
+
+def test_settings_of_another_version_are_dropped(tmp_path):
+    q = QSettings(str(tmp_path / "old.ini"), QSettings.Format.IniFormat)
+    q.setValue("version", SETTINGS_VERSION + 1)
+    q.setValue("recent/folders", ["/somewhere"])
+    q.setValue("train/last_config", "{not json")
+    s = Settings(q)
+    assert s.recent_folders() == [] and s.last_config() is None
+    q.setValue("train/last_config", "{not json")
+    assert s.last_config() is None  # unreadable config: defaults, no crash
+
+
+# ---- data view ----------------------------------------------------------------------------------------------------
+def test_open_folder_shows_counts_thumbnails_and_skipped_file(qtbot, window, folder):
+    with qtbot.waitSignal(window.dataset_view.scan_finished, timeout=30000):
+        window.open_folder(folder)
+    view = window.dataset_view
+    assert window.tabs.currentWidget() is view
+    assert view.class_counts() == {f"class_{c}": 8 for c in range(4)}
+    rows = view.skipped_rows()
+    assert len(rows) == 1 and rows[0][0] == "class_1/broken.png" and rows[0][1]  # a reason is given
+    assert view.issues.tabText(0) == "Skipped (1)"
+    strip = view.classes_table.cellWidget(0, 2)
+    pixmaps = [lab.pixmap() for lab in strip.findChildren(QLabel)]
+    assert len(pixmaps) == 4 and not pixmaps[0].isNull()
+    assert window.settings.recent_folders()[0] == str(folder)
+    # the scan reached the config panel: its class list feeds the held-out picker and the checks
+    assert window.config_panel.holdout_list.count() == 4
+    window.grab().save(str(folder.parent / "data_view.png"))
+
+
+def test_scan_error_names_the_folder_and_reason(qtbot, window, tmp_path):
+    lonely = tmp_path / "one_class"
+    make_class_folder(lonely, n_classes=1, per_class=3)
+    with qtbot.waitSignal(window.dataset_view.scan_failed, timeout=30000) as blocker:
+        window.open_folder(lonely)
+    message = blocker.args[0]
+    assert str(lonely) in message and "class" in message.lower()
+    assert window.dataset_view.classes_table.rowCount() == 0
+
+
+# ---- config panel -------------------------------------------------------------------------------------------------
+def _valid_cfg(folder: Path) -> TrainConfig:
+    return TrainConfig().replace(**{
+        "data.data_dir": str(folder), "data.image_size": 32, "data.batch_classes": 2, "data.batch_per_class": 4,
+        "data.holdout_fraction": 0.5, "model.backbone": "small_cnn", "model.pretrained": False,
+        "loss.name": "triplet", "loss.miner": "none"})
+
+
+def test_config_problems_explain_each_invalid_combination(folder):
+    counts = {f"class_{c}": 8 for c in range(4)}  # 2 classes train, 2 held out
+    ok = _valid_cfg(folder)
+    assert config_problems(ok, counts) == []
+    big = config_problems(ok.replace(**{"data.batch_classes": 2, "data.batch_per_class": 9}), counts)
+    assert any("C x K = 2 x 9 = 18" in p and "16 training images" in p for p in big)
+    assert any("K = 9" in p and "median 8" in p for p in big)
+    too_many_c = config_problems(ok.replace(**{"data.batch_classes": 3}), counts)
+    assert any("only 2 training classes" in p for p in too_many_c)
+    miner = config_problems(ok.replace(**{"loss.name": "proxy_anchor", "loss.miner": "batch_hard"}), counts)
+    assert any("miner" in p.lower() or "proxies" in p.lower() for p in miner), miner
+    small = config_problems(ok.replace(**{"model.backbone": "resnet18", "data.image_size": 16}), counts)
+    assert any("at least 32 px" in p for p in small)
+    held = config_problems(ok.replace(**{"data.holdout_classes": ("class_0", "class_1", "class_2")}), counts)
+    assert any("Only 1 training class" in p for p in held)
+    assert config_problems(ok.replace(**{"data.data_dir": ""}), counts)[0].startswith("Open an image folder")
+
+
+def test_config_panel_round_trips_a_config_and_applies_presets(qtbot, folder, tmp_path):
+    panel = ConfigPanel()
+    qtbot.addWidget(panel)
+    cfg = _valid_cfg(folder).replace(**{"loss.params": {"margin": 0.2}, "data.num_workers": 0, "optim.lr": 3e-4,
+                                        "data.holdout_classes": ("class_0", "class_3")})
+    panel.set_config(cfg)
+    assert panel.config() == cfg
+    # the loss parameters are widgets with their defaults shown; only changed values go into the config
+    assert "margin" in panel._param_widgets
+    name = "Quick look (CPU)"
+    panel.apply_preset(name)
+    got = panel.config()
+    for key, value in PRESETS[name].items():
+        part, field = key.split(".")
+        assert getattr(getattr(got, part), field) == value, key
+    assert got.data.data_dir == str(folder) and got.data.num_workers == 0  # data and hidden fields kept
+    panel.embedding_dim.setValue(33)
+    assert panel.preset_combo.currentText() == "Custom"
+
+
+def test_start_with_problems_explains_before_starting(qtbot, window, messages):
+    window.config_panel.set_config(TrainConfig())  # no folder opened
+    assert window.start_training() is None
+    assert not window.controller.is_running()
+    kind, title, text = messages[-1]
+    assert kind == "warning" and "Open an image folder" in text
+    assert "Cannot start" in window.config_panel.problems_label.text()
+
+
+# ---- menus, views, drag and drop, runs -----------------------------------------------------------------------------
+def test_menus_shortcuts_and_add_view(qtbot, window, messages):
+    assert window.open_folder_action.shortcut().toString() == "Ctrl+O"
+    assert window.open_run_action.shortcut().toString() == "Ctrl+Shift+O"
+    assert window.quit_action.shortcut().toString() == "Ctrl+Q"
+    titles = [window.tabs.tabText(i) for i in range(window.tabs.count())]
+    assert titles[:4] == ["Start", "Data", "Train", "Map"]
+    extra = QLabel("neighbours")
+    index = window.add_view("Neighbours", extra)
+    assert window.tabs.widget(index) is extra and window.view("Neighbours") is extra
+    action = next(a for a in window.view_menu.actions() if a.text() == "Neighbours")
+    action.trigger()
+    assert window.tabs.currentWidget() is extra
+    window.show_triplet_rules()
+    assert "semi-hard" in messages[-1][2] and "d(a,p) + m" in messages[-1][2]
+
+
+def test_dropping_a_folder_opens_it(qtbot, window, folder):
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(folder))])
+    event = QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                       Qt.KeyboardModifier.NoModifier)
+    with qtbot.waitSignal(window.dataset_view.scan_finished, timeout=30000):
+        window.dropEvent(event)
+    assert window.config_panel.config().data.data_dir == str(folder)
+
+
+def _write_run(run_dir: Path, epochs: int) -> None:
+    from trainer.store import SPLIT_HELDOUT, SPLIT_TRAIN, RunWriter, SampleTable
+
+    n = 12
+    samples = SampleTable(paths=[f"c{i % 3}/{i}.png" for i in range(n)], labels=np.arange(n) % 3,
+                          split=np.where(np.arange(n) < 8, SPLIT_TRAIN, SPLIT_HELDOUT).astype(np.int8),
+                          roots=[str(run_dir.parent)], root_index=np.zeros(n, dtype=np.int16))
+    writer = RunWriter.create(run_dir, config=TrainConfig().to_dict(), classes=["c0", "c1", "c2"], samples=samples)
+    rng = np.random.default_rng(0)
+    for e in range(epochs):
+        writer.write_epoch(e, rng.normal(size=(n, 4)).astype(np.float32), {"precision_at_1": 0.5 + e / 10})
+    writer.close()
+
+
+def test_open_run_sets_the_state_and_bad_runs_are_explained(qtbot, window, tmp_path, messages):
+    run_dir = tmp_path / "runs" / "r1"
+    _write_run(run_dir, 2)
+    with qtbot.waitSignal(window.state.run_changed, timeout=5000):
+        assert window.open_run(run_dir)
+    assert window.state.epochs == [0, 1] and window.state.epoch == 1
+    assert window.settings.recent_runs()[0] == str(run_dir)
+    assert window.controller.following == run_dir
+    # the stored metric history is drawn
+    assert window.training_view._metric_series["precision_at_1"].n == 2
+    bogus = tmp_path / "not_a_run"
+    bogus.mkdir()
+    assert not window.open_run(bogus)
+    assert messages[-1][0] == "critical" and str(bogus) in messages[-1][2]
