@@ -1,0 +1,312 @@
+"""Backbone registry (torchvision + a small CPU CNN) and the embedding head on top of it.
+
+A backbone maps images to pooled feature vectors (its ImageNet classifier removed); the head maps those
+features to the D-dimensional embedding, L2-normalised when the loss works on the unit sphere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.transforms import v2
+
+from trainer.config import ModelConfig
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What the GUI and the trainer need to know about one backbone."""
+
+    name: str
+    title: str
+    feature_dim: int  # length of the pooled feature vector the head receives
+    default_image_size: int
+    min_image_size: int
+    builder: str | None  # torchvision.models builder name; None for our own small_cnn
+    weights_enum: str | None  # torchvision weights enum class name, e.g. "ResNet18_Weights"
+    classifier: str | None  # dotted path of the ImageNet classifier that is replaced by Identity
+    fixed_image_size: bool = False  # True when the network only accepts default_image_size (ViT)
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    s.name: s
+    for s in (
+        BackboneSpec("small_cnn", "Small CNN (fast on CPU, 32-64 px)", 128, 64, 16, None, None, None),
+        BackboneSpec("resnet18", "ResNet-18", 512, 224, 32, "resnet18", "ResNet18_Weights", "fc"),
+        BackboneSpec("resnet34", "ResNet-34", 512, 224, 32, "resnet34", "ResNet34_Weights", "fc"),
+        BackboneSpec("resnet50", "ResNet-50", 2048, 224, 32, "resnet50", "ResNet50_Weights", "fc"),
+        BackboneSpec(
+            "mobilenet_v3_small", "MobileNetV3 Small", 576, 224, 32, "mobilenet_v3_small",
+            "MobileNet_V3_Small_Weights", "classifier",
+        ),
+        BackboneSpec(
+            "mobilenet_v3_large", "MobileNetV3 Large", 960, 224, 32, "mobilenet_v3_large",
+            "MobileNet_V3_Large_Weights", "classifier",
+        ),
+        BackboneSpec(
+            "efficientnet_b0", "EfficientNet-B0", 1280, 224, 32, "efficientnet_b0", "EfficientNet_B0_Weights",
+            "classifier",
+        ),
+        BackboneSpec(
+            "convnext_tiny", "ConvNeXt-Tiny", 768, 224, 32, "convnext_tiny", "ConvNeXt_Tiny_Weights",
+            "classifier.2",
+        ),
+        BackboneSpec(
+            "vit_b_16", "ViT-B/16 (224 px only)", 768, 224, 224, "vit_b_16", "ViT_B_16_Weights", "heads",
+            fixed_image_size=True,
+        ),
+    )
+}
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The spec of backbone `name`; a clear ValueError listing the known ones otherwise."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; known backbones: {', '.join(BACKBONES)}") from None
+
+
+def check_image_size(backbone: str, image_size: int) -> None:
+    """Refuse an image size the backbone cannot take (too small to pool, or ViT at anything but 224)."""
+    spec = backbone_spec(backbone)
+    if spec.fixed_image_size and image_size != spec.default_image_size:
+        raise ValueError(f"{spec.title} only accepts {spec.default_image_size} px images, not {image_size} px")
+    if image_size < spec.min_image_size:
+        raise ValueError(f"{spec.title} needs images of at least {spec.min_image_size} px, not {image_size} px")
+
+
+class SmallCNN(nn.Module):
+    """Four conv-BN-ReLU-maxpool blocks and global average pooling: ~190k parameters, for 32-64 px images."""
+
+    def __init__(self, channels: tuple[int, ...] = (32, 64, 96, 128)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 3
+        for c_out in channels:
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            c_in = c_out
+        self.body = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.body(x)), 1)
+
+
+class EmbeddingNet(nn.Module):
+    """Backbone features -> Linear(feature_dim, D) [-> BatchNorm1d] [-> L2 normalisation]."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        embedding_dim: int,
+        *,
+        head_bn: bool = False,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        if embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
+        self.backbone = backbone
+        self.feature_dim = feature_dim
+        self.embedding_dim = embedding_dim
+        self.normalize = normalize
+        head: list[nn.Module] = [nn.Linear(feature_dim, embedding_dim)]
+        if head_bn:
+            head.append(nn.BatchNorm1d(embedding_dim))
+        self.head = nn.Sequential(*head)
+        self._backbone_frozen = False
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone only: (B, 3, H, W) -> (B, feature_dim); what the head-only mode caches once."""
+        return self.backbone(x)
+
+    def embed_features(self, f: torch.Tensor) -> torch.Tensor:
+        """Head only: (B, feature_dim) -> (B, D), normalised when the loss expects the unit sphere."""
+        e = self.head(f)
+        return F.normalize(e, p=2, dim=1) if self.normalize else e
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed_features(self.features(x))
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self._backbone_frozen
+
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        """Stop (or restart) training the backbone: no gradients, and its BatchNorm statistics kept fixed."""
+        self._backbone_frozen = bool(frozen)
+        for p in self.backbone.parameters():
+            p.requires_grad_(not frozen)
+        self.backbone.train(self.training and not frozen)
+
+    def train(self, mode: bool = True) -> "EmbeddingNet":
+        super().train(mode)
+        if self._backbone_frozen:
+            self.backbone.eval()
+        return self
+
+
+def _weights_enum(spec: BackboneSpec):
+    return torchvision.models.get_weight(f"{spec.weights_enum}.DEFAULT")
+
+
+def _cached_weights_path(weights) -> Path:
+    """Where torch.hub keeps (or would keep) the downloaded weights file."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+def _download_state_dict(weights) -> dict[str, torch.Tensor]:
+    """The ImageNet state_dict from torchvision's cache, downloading it when missing."""
+    return weights.get_state_dict(progress=False)
+
+
+def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    keys = list(state)
+    if keys and all(k.startswith("module.") for k in keys):  # saved from DataParallel
+        return {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ValueError(f"weights file {path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated zip, ... are all "not a state_dict"
+        raise ValueError(f"weights file {path}: cannot be read as a torch state_dict ({e})") from e
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"weights file {path}: expected a state_dict (parameter name -> tensor), got {type(obj).__name__}")
+    return _strip_prefixes(obj)
+
+
+def _load_backbone_state(
+    net: nn.Module, state: Mapping[str, torch.Tensor], classifier: str | None, source: str
+) -> None:
+    """Load `state` into `net` strictly, ignoring the ImageNet classifier (it is replaced by Identity anyway)."""
+
+    def keep(k: str) -> bool:
+        return classifier is None or not (k == classifier or k.startswith(classifier + "."))
+
+    expected = {k: v for k, v in net.state_dict().items() if keep(k)}
+    given = {k: v for k, v in state.items() if keep(k)}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = sorted(
+        f"{k}: file {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(given)
+        if given[k].shape != expected[k].shape
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if items:
+                more = f" ... (+{len(items) - 5} more)" if len(items) > 5 else ""
+                parts.append(f"{len(items)} {what}: {', '.join(items[:5])}{more}")
+        raise ValueError(f"{source} does not match the architecture: " + "; ".join(parts))
+    net.load_state_dict(given, strict=False)
+
+
+def _replace_submodule(net: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, child = path.rpartition(".")
+    parent = net.get_submodule(parent_path) if parent_path else net
+    setattr(parent, child, new)  # Sequential children are named "0", "1", ...: setattr works for them too
+
+
+def build_backbone(
+    name: str, *, pretrained: bool, weights_file: str | os.PathLike | None = None, log: Callable[[str], None] = print
+) -> tuple[nn.Module, str]:
+    """The backbone without its classifier, and a note saying where its weights came from."""
+    spec = backbone_spec(name)
+    if spec.builder is None:
+        net: nn.Module = SmallCNN()
+        note = "random init: small_cnn has no pretrained weights; trained from scratch"
+    else:
+        net = torchvision.models.get_model(spec.builder, weights=None)
+        note = f"random init: pretrained weights not requested for {name}"
+    if weights_file is not None:
+        path = Path(weights_file)
+        _load_backbone_state(net, _read_weights_file(path), spec.classifier, f"weights file {path} ({name})")
+        note = f"weights file: {path}"
+    elif pretrained and spec.weights_enum is not None:
+        weights = _weights_enum(spec)
+        cached = _cached_weights_path(weights)
+        try:
+            state = _download_state_dict(weights)
+        except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError; corrupt files are RuntimeError
+            note = (
+                f"random init: could not download ImageNet weights for {name} ({type(e).__name__}: {e}); "
+                f"trained from scratch. To use them offline, put {cached.name} from {weights.url} into {cached.parent}"
+            )
+        else:
+            _load_backbone_state(net, state, spec.classifier, f"ImageNet weights {cached}")
+            note = f"pretrained: ImageNet ({weights.name}) from {cached}"
+    if spec.classifier is not None:
+        _replace_submodule(net, spec.classifier, nn.Identity())
+    log(note)
+    return net, note
+
+
+def build_model(
+    model_cfg: ModelConfig, *, normalize: bool = True, log: Callable[[str], None] = print
+) -> tuple[EmbeddingNet, str]:
+    """Backbone + embedding head from the config; returns the model and its weights note for the run log."""
+    spec = backbone_spec(model_cfg.backbone)
+    backbone, note = build_backbone(
+        model_cfg.backbone, pretrained=model_cfg.pretrained, weights_file=model_cfg.weights_file, log=log
+    )
+    model = EmbeddingNet(
+        backbone, spec.feature_dim, model_cfg.embedding_dim, head_bn=model_cfg.head_bn, normalize=normalize
+    )
+    if model_cfg.head_only:
+        model.freeze_backbone(True)
+    return model, note
+
+
+def default_transforms(
+    image_size: int,
+    augment: bool,
+    train: bool,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    *,
+    flip: bool = True,
+) -> v2.Compose:
+    """PIL image -> normalised float tensor (3, S, S); random crop/flip/jitter only when training with augment.
+
+    Set flip=False for data where mirroring changes the class (digits, text).
+    """
+    if image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    steps: list[nn.Module] = [v2.ToImage()]
+    if train and augment:
+        steps.append(v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True))
+        if flip:
+            steps.append(v2.RandomHorizontalFlip())
+        steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02))
+    else:
+        steps += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    return v2.Compose(steps)
