@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import time
@@ -585,12 +586,19 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict:
     path = Path(path)
     if not path.is_file():
         raise RunError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            raise RunError(f"{path} is not a checkpoint this program can load: it is not a zip archive as "
+                           f"torch.save writes")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for a foreign / damaged file
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise RunError(f"{path} is not a checkpoint this program can load safely ({type(exc).__name__}: {first})"
-                       ) from None
+    except pickle.UnpicklingError:
+        raise RunError(f"{path} is not a checkpoint this program can load safely: it holds objects other than "
+                       f"tensors and plain data, and loading those could run code") from None
+    except Exception as exc:  # torch raises many kinds for a foreign or damaged file
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+        raise RunError(f"{path} is not a checkpoint this program can load ({type(exc).__name__}"
+                       f"{': ' + first[0] if first else ''})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise RunError(f"{path} is not an Embedding Explorer checkpoint (no {CHECKPOINT_FORMAT!r} marker)")
     return state
