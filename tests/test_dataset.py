@@ -386,8 +386,11 @@ def test_reopen_uses_cache_and_reverifies_changes(tmp_path, monkeypatch):
     first = scan_folder(root, workers=2, cache_dir=cache)
     assert len(seen) == 8 and len(list((cache / "scans").glob("*.json"))) == 1
     seen.clear()
+    (cache_file,) = (cache / "scans").glob("*.json")
+    stamp = cache_file.stat().st_mtime_ns
     again = scan_folder(root, workers=2, cache_dir=cache)
     assert seen == [] and again.paths == first.paths and (again.sizes == first.sizes).all()
+    assert cache_file.stat().st_mtime_ns == stamp  # nothing changed: nothing rewritten
 
     changed = root / "class_0" / "img_001.png"
     write_truncated_jpeg(changed)  # same name, new content: now broken

@@ -12,6 +12,7 @@ File names are kept as ``str``; bytes that are not valid UTF-8 survive through P
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -338,7 +339,7 @@ def _list_folder(root: Path) -> _Listing:
             return os.stat(path)
         except OSError as exc:
             if os.path.islink(path):
-                reason = "symlink loop" if exc.errno == 40 else "broken symlink"  # 40: ELOOP
+                reason = "symlink loop" if exc.errno == errno.ELOOP else "broken symlink"
                 listing.skipped.append(SkippedFile(rel, f"{reason}: {exc.strerror}"))
             else:
                 listing.skipped.append(SkippedFile(rel, f"unreadable: {exc.strerror}"))
@@ -452,7 +453,8 @@ def scan_folder(
     """Scan ``root/<class>/**`` into usable samples and a report of every skipped file; see the module docstring.
 
     ``progress(done, total)`` is called from the calling thread with ``done`` rising to ``total``. ``workers``
-    defaults to the CPU count; 1 runs serially. Raises :class:`ScanError` for a missing root or fewer than two
+    defaults to the CPU count; 1 runs serially. ``pool="thread"`` (default) was measured faster than
+    ``"process"``, whose spawned workers re-import the main module. Raises :class:`ScanError` for a missing root or fewer than two
     classes with usable images.
     """
     root_path = Path(os.path.abspath(os.fspath(root)))
@@ -525,7 +527,8 @@ def scan_folder(
             for rel, rec in records.items()
             if not rec[1].startswith("unreadable")  # permissions may be fixed without touching mtime
         }
-        _save_cache(cache_path, root_path.resolve(), max_pixels, entries)
+        if todo or entries.keys() != cached.keys():  # reopening an unchanged folder writes nothing
+            _save_cache(cache_path, root_path.resolve(), max_pixels, entries)
 
     return _assemble(root_path, listing, records)
 
