@@ -163,3 +163,19 @@ class NeighborIndex:
         if k == 10:
             self.recall_at_10 = recall
         return recall
+
+    def range_pairs(self, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All gallery pairs (i < j) closer than ``radius`` (reported distance), exact: (i, j, distance)."""
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+        if self.n < 2 or radius <= 0:
+            return empty
+        if getattr(self, "_flat", None) is None:
+            self._flat = self._build(exact=True) if not self.is_exact else self._index
+        # faiss: IP keeps ip > r, L2 keeps squared d < r
+        r = 1.0 - radius if self.metric == "cosine" else radius * radius
+        lims, raw, ids = self._flat.range_search(self._x, float(r))
+        rows = np.repeat(np.arange(self.n, dtype=np.int64), np.diff(lims).astype(np.int64))
+        ids = ids.astype(np.int64)
+        dist = self._to_distance(raw)
+        keep = (rows < ids) & (dist < radius)
+        return rows[keep], ids[keep], dist[keep]

@@ -18,6 +18,8 @@ negative distances, exactly, including ties.  No Qt here: the GUI calls these fr
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -470,12 +472,12 @@ def _count_row(keys, labels, la, self_id, m, out_counts, out_sums):  # pragma: n
     out_counts[2] = hard
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True)
 def _count_chunk(sims, sq_rows, sq_all, euclid, labels, anchors, m, out_counts, out_sums):  # pragma: no cover
     r = sims.shape[0]
     n = sims.shape[1]
-    for i in numba.prange(r):
-        keys = np.empty(n, np.float32)
+    keys = np.empty(n, np.float32)
+    for i in range(r):
         if euclid:
             for j in range(n):
                 v = sq_rows[i] + sq_all[j] - np.float32(2.0) * sims[i, j]
@@ -528,10 +530,20 @@ def epoch_census(
     sums = np.zeros((len(anc), 2), np.float64)
     m32 = np.float32(margin)
     chunk = max(1, int(chunk))
-    for s in range(0, len(anc), chunk):
-        rows = anc[s : s + chunk]
-        sims = xp[rows] @ xp.T
-        _count_chunk(sims, sq[rows], sq, euclid, y, rows, m32, counts[s : s + chunk], sums[s : s + chunk])
+    workers = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # the kernel releases the GIL
+        for s in range(0, len(anc), chunk):
+            rows = anc[s : s + chunk]
+            sims = xp[rows] @ xp.T
+            parts = np.array_split(np.arange(len(rows)), workers)
+            jobs = [
+                pool.submit(_count_chunk, sims[p[0] : p[-1] + 1], sq[rows[p]], sq, euclid, y, rows[p], m32,
+                            counts[s + p[0] : s + p[-1] + 1], sums[s + p[0] : s + p[-1] + 1])
+                for p in parts
+                if len(p)
+            ]
+            for job in jobs:
+                job.result()
     n_easy, n_semi, n_hard, n_pos, n_neg = (counts[:, i].copy() for i in range(5))
     offset = 1.0 if metric == "cosine" else 0.0  # cosine keys are -cos: distance = 1 + key
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -565,3 +577,248 @@ def epoch_census(
         census.triplet_mean_d_ap = float(np.sum(mean_ap[has] * w[has]) / total)
         census.triplet_mean_d_an = float(np.sum(mean_an[has] * w[has]) / total)
     return census
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# example triplets for the gallery
+
+
+def _row_keys(xp: np.ndarray, rows: np.ndarray, metric: str, sq: np.ndarray | None) -> torch.Tensor:
+    """Ordering keys (larger = farther) of anchor rows against every sample, as the epoch census computes them."""
+    sims = torch.from_numpy(xp[rows] @ xp.T)
+    if metric == "cosine":
+        return -sims
+    v = torch.from_numpy(sq[rows]).unsqueeze(1) + torch.from_numpy(sq).unsqueeze(0) - 2.0 * sims
+    return torch.sqrt(torch.clamp(v, min=0.0))
+
+
+def triplet_examples(
+    embeddings: Any,
+    labels: Any,
+    category: str,
+    *,
+    margin: float,
+    metric: Metric = "cosine",
+    n: int = 32,
+    classes: Sequence[int] | None = None,
+    sort: Literal["hardest", "easiest"] = "hardest",
+    seed: int = 0,
+    max_anchors: int | None = 1024,
+    max_per_anchor: int | None = None,
+    chunk: int = 256,
+) -> TripletExamples:
+    """Up to ``n`` triplets of one category, hardest (smallest d_an - d_ap) or easiest first.
+
+    Anchors are all samples of ``classes`` (all classes if None), or a seeded random sample of ``max_anchors`` of
+    them; among those anchors' triplets the selection is exact.  Per anchor, each positive's triplets of the
+    category are a contiguous run of its sorted negatives, so only ``n`` candidates per positive are looked at.
+    """
+    _check_category(category)
+    margin = _check_margin(margin)
+    _check_metric(metric)
+    if sort not in ("hardest", "easiest"):
+        raise ValueError(f"sort must be 'hardest' or 'easiest', got {sort!r}")
+    x, y = _as_embeddings(embeddings, labels)
+    empty = TripletExamples(*(np.zeros(0, np.int64),) * 3, np.zeros(0, np.float32), np.zeros(0, np.float32))
+    if n <= 0 or len(x) == 0:
+        return empty
+    cand = np.arange(len(x), dtype=np.int64) if classes is None else np.flatnonzero(np.isin(y, np.asarray(classes)))
+    if max_anchors is not None and len(cand) > max_anchors:
+        cand = np.sort(np.random.default_rng(seed).choice(cand, size=int(max_anchors), replace=False))
+    if len(cand) == 0:
+        return empty
+    xp = _prepare(x, metric)
+    sq = np.einsum("ij,ij->i", xp, xp).astype(np.float32) if metric == "euclidean" else None
+    yt = torch.from_numpy(y)
+    per_anchor = n if max_per_anchor is None else max(1, min(n, int(max_per_anchor)))
+    best: list[tuple[torch.Tensor, ...]] = []
+    for s in range(0, len(cand), max(1, chunk)):
+        rows = torch.from_numpy(cand[s : s + chunk])
+        key = _row_keys(xp, rows.numpy(), metric, sq)  # (R, N)
+        la = yt[rows].unsqueeze(1)
+        same = yt.unsqueeze(0) == la
+        self_mask = torch.zeros_like(same)
+        self_mask[torch.arange(len(rows)), rows] = True
+        pos_mask, neg_mask = same & ~self_mask, ~same
+        n_neg = neg_mask.sum(1)
+        sorted_neg, neg_order = torch.sort(torch.where(neg_mask, key, torch.tensor(float("inf"))), dim=1)
+        n_pos = pos_mask.sum(1)
+        p_max = int(n_pos.max())
+        if p_max == 0 or int(n_neg.max()) == 0:
+            continue
+        pos_ids = torch.sort(pos_mask.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :p_max]
+        pos_keys = torch.gather(key, 1, pos_ids)
+        pos_valid = torch.arange(p_max).unsqueeze(0) < n_pos.unsqueeze(1)
+        le0 = torch.minimum(torch.searchsorted(sorted_neg, pos_keys.contiguous(), right=True), n_neg.unsqueeze(1))
+        lem = _first_true(sorted_neg, pos_keys, margin, n_neg)
+        hard_end = torch.minimum(le0, lem)
+        start, stop = {
+            "hard": (torch.zeros_like(lem), hard_end),
+            "semihard": (hard_end, lem),
+            "easy": (lem, n_neg.unsqueeze(1).expand_as(lem)),
+        }[category]
+        offs = torch.arange(per_anchor).view(1, 1, -1)
+        pos_in_run = start.unsqueeze(2) + offs if sort == "hardest" else stop.unsqueeze(2) - 1 - offs
+        ok = pos_valid.unsqueeze(2) & (pos_in_run >= start.unsqueeze(2)) & (pos_in_run < stop.unsqueeze(2))
+        pos_in_run = pos_in_run.clamp(0, key.shape[1] - 1)
+        r_, k_, o_ = torch.nonzero(ok, as_tuple=True)
+        j = pos_in_run[r_, k_, o_]
+        kan = sorted_neg[r_, j]
+        kap = pos_keys[r_, k_]
+        hardness = (kan - kap).double()
+        score = hardness if sort == "hardest" else -hardness
+        # keep at most per_anchor per anchor, then the chunk's best n
+        order = torch.argsort(score, stable=True)
+        r_sorted = r_[order]
+        rank_in_anchor = _rank_within_groups(r_sorted)
+        order = order[rank_in_anchor < per_anchor][:n]
+        best.append((rows[r_[order]], pos_ids[r_[order], k_[order]], neg_order[r_[order], j[order]],
+                     kap[order], kan[order], score[order]))
+    if not best:
+        return empty
+    a, p, ng, kap, kan, score = (torch.cat(t) for t in zip(*best))
+    order = torch.argsort(score, stable=True)[:n]
+    off = 1.0 if metric == "cosine" else 0.0
+    return TripletExamples(
+        anchor=a[order].numpy().astype(np.int64),
+        positive=p[order].numpy().astype(np.int64),
+        negative=ng[order].numpy().astype(np.int64),
+        d_ap=(kap[order].double() + off).numpy().astype(np.float32),
+        d_an=(kan[order].double() + off).numpy().astype(np.float32),
+    )
+
+
+def _rank_within_groups(groups: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... in order of appearance within each group value (groups in any order)."""
+    if len(groups) == 0:
+        return groups
+    order = torch.argsort(groups, stable=True)
+    g = groups[order]
+    idx = torch.arange(len(g))
+    first = torch.ones_like(g, dtype=torch.bool)
+    first[1:] = g[1:] != g[:-1]
+    group_start = torch.cummax(torch.where(first, idx, torch.zeros_like(idx)), 0).values
+    rank = torch.empty_like(idx)
+    rank[order] = idx - group_start
+    return rank
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# diagnostics
+
+
+def suspected_mislabels(
+    embeddings: Any, labels: Any, *, metric: Metric = "cosine", k: int = 5, index: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Samples whose k nearest neighbours (self excluded) all carry one other label: (ids, suggested label)."""
+    from trainer.index import NeighborIndex
+
+    x, y = _as_embeddings(embeddings, labels)
+    if len(x) <= k or k < 1:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    idx = index if index is not None else NeighborIndex(x, metric=metric)
+    ids = np.arange(len(x))
+    _, nb = idx.search(x, k, exclude_self_ids=ids)
+    valid = (nb >= 0).all(axis=1)
+    nb_lab = y[np.maximum(nb, 0)]
+    flagged = valid & (nb_lab == nb_lab[:, :1]).all(axis=1) & (nb_lab[:, 0] != y)
+    return ids[flagged].astype(np.int64), nb_lab[flagged, 0].astype(np.int64)
+
+
+def _sample_pair_distances(xp: np.ndarray, metric: str, n_pairs: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, len(xp), n_pairs)
+    j = rng.integers(0, len(xp), n_pairs)
+    keep = i != j
+    i, j = i[keep], j[keep]
+    if metric == "cosine":
+        return 1.0 - np.einsum("ij,ij->i", xp[i].astype(np.float64), xp[j].astype(np.float64))
+    return np.linalg.norm(xp[i].astype(np.float64) - xp[j], axis=1)
+
+
+def near_duplicates_across_classes(
+    embeddings: Any, labels: Any, *, metric: Metric = "cosine", eps: float | None = None, index: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i < j) of different labels closer than ``eps``: (i, j, distance), closest first.
+
+    ``eps`` defaults to 1e-3 x the median distance of random pairs, so it follows the embedding's scale.
+    """
+    from trainer.index import NeighborIndex
+
+    x, y = _as_embeddings(embeddings, labels)
+    if len(x) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    if eps is None:
+        eps = 1e-3 * float(np.median(_sample_pair_distances(_prepare(x, metric), metric, 4000, 0)))
+    idx = index if index is not None else NeighborIndex(x, metric=metric)
+    i, j, d = idx.range_pairs(float(eps))
+    cross = y[i] != y[j]
+    i, j, d = i[cross], j[cross], d[cross]
+    order = np.lexsort((j, i, d))
+    return i[order], j[order], d[order]
+
+
+def diagnose(
+    embeddings: Any,
+    labels: Any,
+    *,
+    margin: float,
+    metric: Metric = "cosine",
+    census: Census | None = None,
+    k: int = 5,
+    eps: float | None = None,
+    max_anchors: int = 4096,
+) -> list[Diagnostic]:
+    """Plain-language findings about an epoch: collapse, overlap, all-easy triplets, label problems."""
+    from trainer.index import NeighborIndex
+
+    x, y = _as_embeddings(embeddings, labels)
+    out: list[Diagnostic] = []
+    if len(x) < 2:
+        return [Diagnostic("info", "Too few samples", f"{len(x)} embedding(s): nothing to diagnose.")]
+    xp = _prepare(x, metric)
+    d = _sample_pair_distances(xp, metric, 20000, 0)
+    # scale of the space: cosine distances live in [0, 2]; euclidean ones are compared with the vectors' size
+    scale = 1.0 if metric == "cosine" else max(float(np.median(np.linalg.norm(x, axis=1))), 1e-30)
+    if float(np.percentile(d, 99)) < 1e-3 * scale:
+        out.append(Diagnostic(
+            "warning", "Embeddings collapsed",
+            f"99% of random pairs lie within {np.percentile(d, 99):.3g} of each other ({metric}), tiny for this "
+            "space: the network maps every image to about the same point.",
+        ))
+    if census is None:
+        census = epoch_census(x, y, margin=margin, metric=metric, max_anchors=max_anchors)
+    if census.total:
+        auc = 1.0 - census.share_hard  # P(d_an > d_ap) over triplets, ties counted as failures
+        if auc < 0.6:
+            out.append(Diagnostic(
+                "warning", "Positives and negatives overlap",
+                f"a negative is farther than a positive in only {auc:.1%} of triplets (0.5 is chance): "
+                "the embedding does not separate the classes yet.",
+            ))
+        if census.share_easy > 0.99:
+            out.append(Diagnostic(
+                "warning", "Nearly all triplets are easy",
+                f"{census.share_easy:.2%} of triplets satisfy d(a,n) > d(a,p) + {census.margin:g}: a triplet "
+                "loss at this margin is about zero; raise the margin or mine harder negatives.",
+            ))
+    else:
+        out.append(Diagnostic("info", "No triplets", "no anchor has both a positive and a negative."))
+    index = NeighborIndex(x, metric=metric)
+    ids, suggested = suspected_mislabels(x, y, metric=metric, k=k, index=index)
+    if len(ids):
+        out.append(Diagnostic(
+            "warning", f"{len(ids)} suspected label problem(s)",
+            f"these images' {k} nearest neighbours all belong to one other class "
+            f"(e.g. sample {ids[0]} labelled {y[ids[0]]} looks like class {suggested[0]}).",
+            ids,
+        ))
+    i, j, dist = near_duplicates_across_classes(x, y, metric=metric, eps=eps, index=index)
+    if len(i):
+        out.append(Diagnostic(
+            "warning", f"{len(i)} near-duplicate pair(s) across classes",
+            f"images of different classes with almost the same embedding (e.g. samples {i[0]} and {j[0]}, "
+            f"distance {dist[0]:.2g}): duplicates filed under two labels, or a collapsed embedding.",
+            np.unique(np.concatenate([i, j])),
+        ))
+    return out
