@@ -1,17 +1,959 @@
-"""The live embedding map (placeholder; being built out)."""
+"""The live embedding map: a 2-D UMAP/PCA/t-SNE layout of each committed epoch, stable from epoch to epoch.
+
+After each committed epoch a background job loads the embeddings and projects them, warm-started from the map on
+screen (trainer.projection), so points move only as far as their embeddings changed. Drawing: with few points in
+view the points are pyqtgraph symbols (one shared ScatterPlotItem, shared brushes, cached symbol pixmaps); with many
+points in view they are splatted into one RGBA image at screen resolution (numpy), re-rendered when the view range
+settles, which keeps pan/zoom fluid with a million points. Hover shows the image, click/shift-drag selects, the
+selection and highlights are shared with the other views through the AppState.
+"""
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+import time
+from pathlib import Path
 
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QColor, QIcon, QKeySequence, QPixmap, QShortcut
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMenu,
+    QProgressBar,
+    QSlider,
+    QSplitter,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+    QGraphicsRectItem,
+)
+
+from explorer.jobs import JobRunner
 from explorer.state import AppState
+from explorer.thumbnails import ThumbnailCache
+from trainer import projection
+
+__all__ = ["MapView", "PALETTE", "splat_points", "map_job"]
+
+# Points in view above which the map is drawn as a raster image instead of symbols.
+SYMBOL_MAX = 20_000
+# Largest map that is animated from the old to the new layout (setData per frame costs ~N).
+ANIMATE_MAX = 20_000
+ANIMATE_MS = 300
+HOVER_RADIUS_PX = 8.0
+METHOD_TITLES = {"umap": "UMAP", "pca": "PCA", "tsne": "t-SNE"}
+
+# Colour-blind-friendly-ish categorical palette (Tableau 20 order: strong colours first).
+PALETTE = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+    (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
+    (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
+    (219, 219, 141), (158, 218, 229),
+]
+SPLIT_SYMBOLS = ("o", "t1")  # train: circle, held-out: upward triangle
+SPLIT_NAMES = ("train", "held-out")
+# Disk of radius ~1.5 px used by the raster splat.
+_SPLAT_OFFSETS = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1)]
+
+
+def class_colour(i: int) -> tuple[int, int, int]:
+    """Colour of class ``i`` (the palette repeats after 20 classes)."""
+    return PALETTE[int(i) % len(PALETTE)]
+
+
+def splat_points(xy: np.ndarray, rgba: np.ndarray, x_range: tuple[float, float], y_range: tuple[float, float],
+                 width: int, height: int, offsets=_SPLAT_OFFSETS) -> np.ndarray:
+    """Draw points as small dots into a (height, width, 4) uint8 image; row 0 is ``y_range[0]``; later points win.
+
+    ``rgba`` is (N, 4) uint8 per point. Vectorised: one fancy-indexed assignment per dot offset.
+    """
+    img = np.zeros((height, width, 4), np.uint8)
+    if len(xy) == 0 or width <= 0 or height <= 0:
+        return img
+    x0, x1 = x_range
+    y0, y1 = y_range
+    sx = width / max(x1 - x0, 1e-30)
+    sy = height / max(y1 - y0, 1e-30)
+    px = np.floor((xy[:, 0] - x0) * sx).astype(np.int64)
+    py = np.floor((xy[:, 1] - y0) * sy).astype(np.int64)
+    near = (px >= -1) & (px <= width) & (py >= -1) & (py <= height)
+    px, py, col = px[near], py[near], rgba[near]
+    for dx, dy in offsets:
+        qx, qy = px + dx, py + dy
+        ok = (qx >= 0) & (qx < width) & (qy >= 0) & (qy < height)
+        img[qy[ok], qx[ok]] = col[ok]
+    return img
+
+
+def map_job(run, epoch: int, method: str, projector: projection.Projector, labels: np.ndarray | None,
+            pca_first: bool, *, progress, partial, is_cancelled):
+    """Background job: load one epoch and project it; a quick PCA map comes first as a partial result if asked."""
+    progress(0.0, f"loading epoch {epoch}")
+    data = run.load_epoch(epoch)
+    emb = np.asarray(data.embeddings, dtype=np.float32)
+    ids = np.arange(len(emb), dtype=np.int64)
+    if is_cancelled():
+        return None
+    if pca_first and method != "pca":
+        quick = projection.project(emb, "pca", ids=ids, seed=projector.seed, metric=projector.metric)
+        quick.note = (f"quick PCA preview while {METHOD_TITLES.get(method, method)} "
+                      f"{'compiles' if not projection.is_warm() else 'runs'}")
+        partial((epoch, quick))
+    layout = projector.project(emb, ids=ids, labels=labels, method=method, is_cancelled=is_cancelled,
+                               progress=lambda f, t="": progress(0.1 + 0.9 * f, t))
+    return epoch, layout
+
+
+def _warm_up_job(*, progress, partial, is_cancelled) -> float:
+    return projection.warm_up()
+
+
+class _MapViewBox(pg.ViewBox):
+    """ViewBox whose shift-drag draws a selection box instead of panning."""
+
+    sigBoxSelected = Signal(object, bool)  # QRectF in data coordinates, additive (ctrl held)
+
+    def __init__(self) -> None:
+        super().__init__(enableMenu=False)
+        self.setAspectLocked(True)
+        self._band = QGraphicsRectItem()
+        self._band.setPen(pg.mkPen((40, 40, 40), width=1, style=Qt.PenStyle.DashLine, cosmetic=True))
+        self._band.setBrush(pg.mkBrush(40, 120, 220, 40))
+        self._band.setZValue(1e9)
+        self._band.hide()
+        self.addItem(self._band, ignoreBounds=True)
+
+    def mouseDragEvent(self, ev, axis=None) -> None:  # noqa: N802 - Qt naming
+        if ev.button() == Qt.MouseButton.LeftButton and ev.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+            ev.accept()
+            p0 = self.mapToView(ev.buttonDownPos())
+            p1 = self.mapToView(ev.pos())
+            rect = QRectF(p0, p1).normalized()
+            if ev.isFinish():
+                self._band.hide()
+                additive = bool(ev.modifiers() & Qt.KeyboardModifier.ControlModifier)
+                self.sigBoxSelected.emit(rect, additive)
+            else:
+                self._band.setRect(rect)
+                self._band.show()
+            return
+        super().mouseDragEvent(ev, axis)
 
 
 class MapView(QWidget):
     """2-D map of an epoch's embeddings, coloured by class; selection is shared through the AppState."""
 
-    def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
+    map_ready = Signal(int)  # epoch whose final map is now on screen (tests and the status bar wait on it)
+
+    def __init__(self, state: AppState, parent: QWidget | None = None, *, jobs: JobRunner | None = None,
+                 thumbnails: ThumbnailCache | None = None, method: str = "umap", warm_up: bool = True) -> None:
         super().__init__(parent)
         self.state = state
-        lay = QVBoxLayout(self)
-        lay.addWidget(QLabel("Embedding map: waiting for the first epoch"))
+        self.jobs = jobs or JobRunner(self)
+        self.thumbnails = thumbnails or ThumbnailCache(self)
+        self.projector = projection.Projector(method)
+        self._job_key = ("map", id(self))
+        self.method = method
+        self.run = None
+        self.layout: projection.Layout | None = None
+        self.shown_epoch = -1
+        self._pending_epoch = -1
+        self._layouts: dict[tuple[str, int], projection.Layout] = {}
+        self.xy = np.zeros((0, 2), np.float32)
+        self.labels = np.zeros(0, np.int64)
+        self.split = np.zeros(0, np.int8)
+        self.classes: list[str] = []
+        self.paths: list[str] = []
+        self._visible = np.zeros(0, bool)
+        self._hidden: set[int] = set()
+        self._draw_order = np.zeros(0, np.int64)
+        self.render_mode = "symbols"
+        self.hover_id = -1
+        self._anim_from = self._anim_to = None
+        self._anim_t0 = 0.0
+        self._last_render = 0.0
+        self._build_ui()
+        self._connect()
+        if warm_up and method == "umap" and not projection.is_warm():
+            self.jobs.submit(("umap-warm-up", id(self)), _warm_up_job)
+        if state.run is not None:
+            self._on_run_changed(state.run)
+            self._on_epochs_available(state.epochs)
+            if state.epoch >= 0:
+                self._on_epoch_changed(state.epoch)
+
+    # ------------------------------------------------------------------------------------------------- UI
+    def _build_ui(self) -> None:
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(4, 4, 4, 4)
+        outer.setSpacing(4)
+
+        bar = QHBoxLayout()
+        self.method_combo = QComboBox()
+        for key in projection.METHODS:
+            self.method_combo.addItem(METHOD_TITLES[key], key)
+        self.method_combo.setCurrentIndex(projection.METHODS.index(self.method))
+        self.method_combo.setToolTip("How the embeddings are laid out in 2-D. UMAP keeps neighbourhoods, PCA is "
+                                     "linear and instant, t-SNE is slow but separates clusters sharply.")
+        bar.addWidget(QLabel("Layout:"))
+        bar.addWidget(self.method_combo)
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Select by class or file name…  (Ctrl+F)")
+        self.search.setClearButtonEnabled(True)
+        self.search.setToolTip("Type part of a class or file name and press Enter: matching images are selected")
+        bar.addWidget(self.search, 1)
+        self.fit_button = QToolButton()
+        self.fit_button.setText("Fit")
+        self.fit_button.setToolTip("Zoom to show every point (Ctrl+0)")
+        bar.addWidget(self.fit_button)
+        self.export_button = QToolButton()
+        self.export_button.setText("Export")
+        self.export_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        menu = QMenu(self.export_button)
+        self.export_png_action = menu.addAction("Export map as PNG…", self._ask_export_png)
+        self.export_svg_action = menu.addAction("Export map as SVG…", self._ask_export_svg)
+        self.export_button.setMenu(menu)
+        self.export_button.setToolTip("Save the map as an image (Ctrl+Shift+E)")
+        bar.addWidget(self.export_button)
+        outer.addLayout(bar)
+
+        split = QSplitter(Qt.Orientation.Horizontal)
+        self.viewbox = _MapViewBox()
+        self.plot = pg.PlotWidget(viewBox=self.viewbox, background="w")
+        self.plot.hideAxis("left")
+        self.plot.hideAxis("bottom")
+        self.plot.setMenuEnabled(False)
+        self.plot.setToolTip("")
+        self.plot.setMinimumSize(320, 240)
+        self.image = pg.ImageItem(axisOrder="row-major")
+        self.image.setZValue(0)
+        self.viewbox.addItem(self.image, ignoreBounds=True)
+        self.scatter = pg.ScatterPlotItem(pxMode=True, useCache=True, pen=None, size=7, hoverable=False)
+        self.scatter.setZValue(1)
+        self.viewbox.addItem(self.scatter)
+        self.highlight_lines = pg.PlotCurveItem(connect="pairs", pen=pg.mkPen((20, 20, 20, 200), width=1.5))
+        self.highlight_lines.setZValue(2)
+        self.viewbox.addItem(self.highlight_lines, ignoreBounds=True)
+        self.highlight_item = pg.ScatterPlotItem(pxMode=True, size=15, pen=pg.mkPen("k", width=1.5))
+        self.highlight_item.setZValue(3)
+        self.viewbox.addItem(self.highlight_item, ignoreBounds=True)
+        self.selection_item = pg.ScatterPlotItem(pxMode=True, size=13, brush=None,
+                                                 pen=pg.mkPen((0, 0, 0), width=2))
+        self.selection_item.setZValue(4)
+        self.viewbox.addItem(self.selection_item, ignoreBounds=True)
+        self.placeholder = pg.TextItem("The map appears after the first epoch is committed.",
+                                       color=(110, 110, 110), anchor=(0.5, 0.5))
+        self.viewbox.addItem(self.placeholder, ignoreBounds=True)
+
+        self.hover_label = QLabel(self.plot)
+        self.hover_label.setFrameShape(QFrame.Shape.StyledPanel)
+        self.hover_label.setStyleSheet("QLabel { background: #fffff4; color: #202020; border: 1px solid #888;"
+                                       " padding: 4px; }")
+        self.hover_label.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        self.hover_label.hide()
+        self.hover_text = ""
+        split.addWidget(self.plot)
+
+        side = QWidget()
+        side_lay = QVBoxLayout(side)
+        side_lay.setContentsMargins(0, 0, 0, 0)
+        side_lay.addWidget(QLabel("Classes (tick to show; double-click: only this)"))
+        self.legend = QListWidget()
+        self.legend.setToolTip("Tick or untick a class to show or hide its points; double-click shows only it")
+        self.legend.setMinimumWidth(150)
+        side_lay.addWidget(self.legend, 1)
+        self.marker_note = QLabel("● train   ▲ held-out")
+        self.marker_note.setToolTip("Marker shape: circles are training images, triangles held-out images")
+        side_lay.addWidget(self.marker_note)
+        split.addWidget(side)
+        split.setStretchFactor(0, 4)
+        split.setStretchFactor(1, 1)
+        split.setSizes([700, 180])
+        outer.addWidget(split, 1)
+
+        hist = QHBoxLayout()
+        self.play_button = QToolButton()
+        self.play_button.setCheckable(True)
+        self.play_button.setText("▶")
+        self.play_button.setToolTip("Play the run's history epoch by epoch (Alt+P)")
+        hist.addWidget(self.play_button)
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setEnabled(False)
+        self.slider.setToolTip("Go back through the run's epochs (Alt+Left / Alt+Right)")
+        self.slider.setPageStep(1)
+        hist.addWidget(self.slider, 1)
+        self.epoch_label = QLabel("no epoch")
+        self.epoch_label.setMinimumWidth(110)
+        hist.addWidget(self.epoch_label)
+        outer.addLayout(hist)
+
+        status = QHBoxLayout()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        status.addWidget(self.status, 1)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setMaximumWidth(180)
+        self.progress.setTextVisible(False)
+        self.progress.hide()
+        status.addWidget(self.progress)
+        outer.addLayout(status)
+
+        self._render_timer = QTimer(self)
+        self._render_timer.setSingleShot(True)
+        self._render_timer.setInterval(60)
+        self._render_timer.timeout.connect(self._render)
+        self._anim_timer = QTimer(self)
+        self._anim_timer.setInterval(16)
+        self._anim_timer.timeout.connect(self._anim_step)
+        self._play_timer = QTimer(self)
+        self._play_timer.setInterval(700)
+        self._play_timer.timeout.connect(self._play_step)
+        self._search_timer = QTimer(self)
+        self._search_timer.setSingleShot(True)
+        self._search_timer.setInterval(300)
+        self._search_timer.timeout.connect(self.apply_search)
+
+        for seq, slot in (("Ctrl+F", self._focus_search), ("Escape", lambda: self.state.set_selection([])),
+                          ("Ctrl+0", self.fit_view), ("Alt+Left", lambda: self.step_epoch(-1)),
+                          ("Alt+Right", lambda: self.step_epoch(1)), ("Alt+P", self.play_button.toggle),
+                          ("Ctrl+Shift+E", self._ask_export_png)):
+            sc = QShortcut(QKeySequence(seq), self)
+            sc.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            sc.activated.connect(slot)
+
+    def _connect(self) -> None:
+        st = self.state
+        st.run_changed.connect(self._on_run_changed)
+        st.epochs_available.connect(self._on_epochs_available)
+        st.epoch_changed.connect(self._on_epoch_changed)
+        st.selection_changed.connect(self._on_selection_changed)
+        st.highlight_changed.connect(self._on_highlight_changed)
+        self.jobs.finished.connect(self._on_job_finished)
+        self.jobs.partial.connect(self._on_job_partial)
+        self.jobs.progress.connect(self._on_job_progress)
+        self.jobs.failed.connect(self._on_job_failed)
+        self.thumbnails.ready.connect(self._on_thumbnail)
+        self.thumbnails.failed.connect(self._on_thumbnail_failed)
+        self.method_combo.currentIndexChanged.connect(self._on_method_changed)
+        self.search.returnPressed.connect(self.apply_search)
+        self.search.textEdited.connect(lambda _t: self._search_timer.start())
+        self.fit_button.clicked.connect(self.fit_view)
+        self.slider.valueChanged.connect(self._on_slider)
+        self.play_button.toggled.connect(self._on_play_toggled)
+        self.legend.itemChanged.connect(self._on_legend_item_changed)
+        self.legend.itemDoubleClicked.connect(self._on_legend_double_clicked)
+        self.viewbox.sigRangeChanged.connect(self._on_range_changed)
+        self.viewbox.sigBoxSelected.connect(self._on_box_selected)
+        scene = self.plot.scene()
+        self._hover_proxy = pg.SignalProxy(scene.sigMouseMoved, rateLimit=30, slot=self._on_mouse_moved)
+        scene.sigMouseClicked.connect(self._on_mouse_clicked)
+
+    # ------------------------------------------------------------------------------------------- run/epochs
+    @Slot(object)
+    def _on_run_changed(self, run) -> None:
+        self.jobs.cancel(self._job_key)
+        self.run = run
+        self.projector.reset()
+        self._layouts.clear()
+        self.layout = None
+        self.shown_epoch = self._pending_epoch = -1
+        self._hidden.clear()
+        self._anim_timer.stop()
+        self.play_button.setChecked(False)
+        self.hover_label.hide()
+        self.hover_id = -1
+        if run is None:
+            self.classes, self.paths = [], []
+            self.labels = np.zeros(0, np.int64)
+            self.split = np.zeros(0, np.int8)
+            self.thumbnails.set_samples(None)
+        else:
+            s = run.samples
+            self.classes = list(run.classes)
+            self.paths = list(s.paths)
+            self.labels = np.asarray(s.labels, dtype=np.int64)
+            self.split = np.asarray(s.split, dtype=np.int8)
+            self.thumbnails.set_samples(s)
+            metric = "euclidean"
+            try:
+                from trainer.losses import LOSSES
+
+                spec = LOSSES.get(run.config.get("loss", {}).get("name", ""))
+                if spec is not None and spec.metric == "cosine":
+                    metric = "cosine"
+            except Exception:  # an unknown loss or old config: Euclidean is a safe default
+                pass
+            self.projector.metric = metric
+        self.xy = np.zeros((0, 2), np.float32)
+        self._brushes = [pg.mkBrush(*class_colour(i), 230) for i in range(max(1, len(self.classes)))]
+        self._rgba = np.array([(*class_colour(i), 255) for i in range(max(1, len(self.classes)))], np.uint8)
+        self._build_legend()
+        self._update_visible()
+        self.scatter.clear()
+        self.image.clear()
+        self.selection_item.clear()
+        self.highlight_item.clear()
+        self.highlight_lines.clear()
+        self.placeholder.setVisible(True)
+        self.status.setText("" if run is None else "Waiting for the first committed epoch…")
+
+    def _build_legend(self) -> None:
+        self.legend.blockSignals(True)
+        self.legend.clear()
+        counts = np.bincount(self.labels, minlength=len(self.classes)) if len(self.labels) else []
+        for i, name in enumerate(self.classes):
+            item = QListWidgetItem(f"{name}  ({int(counts[i]) if len(counts) else 0})")
+            pm = QPixmap(12, 12)
+            pm.fill(QColor(*class_colour(i)))
+            item.setIcon(QIcon(pm))
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked)
+            item.setData(Qt.ItemDataRole.UserRole, i)
+            item.setToolTip(f"{name}: {int(counts[i]) if len(counts) else 0} images")
+            self.legend.addItem(item)
+        self.legend.blockSignals(False)
+
+    @Slot(list)
+    def _on_epochs_available(self, epochs: list) -> None:
+        self._epochs = list(epochs)
+        self.slider.blockSignals(True)
+        self.slider.setRange(0, max(0, len(epochs) - 1))
+        if self.state.epoch in self._epochs:
+            self.slider.setValue(self._epochs.index(self.state.epoch))
+        self.slider.setEnabled(len(epochs) > 1)
+        self.slider.blockSignals(False)
+        self._update_epoch_label()
+
+    def _update_epoch_label(self) -> None:
+        epochs = getattr(self, "_epochs", [])
+        if not epochs or self.state.epoch < 0:
+            self.epoch_label.setText("no epoch")
+        else:
+            self.epoch_label.setText(f"epoch {self.state.epoch} / {epochs[-1]}")
+
+    @Slot(int)
+    def _on_epoch_changed(self, epoch: int) -> None:
+        epochs = getattr(self, "_epochs", [])
+        if epoch in epochs:
+            self.slider.blockSignals(True)
+            self.slider.setValue(epochs.index(epoch))
+            self.slider.blockSignals(False)
+        self._update_epoch_label()
+        self.request_map(epoch)
+
+    def request_map(self, epoch: int, method: str | None = None) -> None:
+        """Show ``epoch``'s map: from the cache, or computed in a background job (the old job is cancelled)."""
+        if self.run is None or epoch < 0:
+            return
+        method = method or self.method
+        cached = self._layouts.get((method, epoch))
+        if cached is not None:
+            self.jobs.cancel(self._job_key)
+            self.progress.hide()
+            self._show_layout(epoch, cached, final=True)
+            return
+        self._pending_epoch = epoch
+        pca_first = self.layout is None and method != "pca"
+        self.jobs.submit(self._job_key, map_job, self.run, epoch, method, self.projector, self.labels, pca_first)
+        self.progress.setValue(0)
+        self.progress.show()
+
+    def _on_method_changed(self, _index: int) -> None:
+        self.method = self.method_combo.currentData()
+        self.projector.method = self.method
+        self.request_map(self.state.epoch)
+
+    def step_epoch(self, delta: int) -> bool:
+        """Show the epoch ``delta`` steps away in the run's history; False at either end."""
+        epochs = getattr(self, "_epochs", [])
+        if not epochs:
+            return False
+        i = epochs.index(self.state.epoch) if self.state.epoch in epochs else len(epochs) - 1
+        j = i + delta
+        if not 0 <= j < len(epochs):
+            return False
+        self.state.set_epoch(epochs[j])
+        return True
+
+    def _on_slider(self, value: int) -> None:
+        epochs = getattr(self, "_epochs", [])
+        if 0 <= value < len(epochs):
+            self.state.set_epoch(epochs[value])
+
+    def _on_play_toggled(self, on: bool) -> None:
+        self.play_button.setText("⏸" if on else "▶")
+        if on:
+            epochs = getattr(self, "_epochs", [])
+            if epochs and self.state.epoch == epochs[-1]:
+                self.state.set_epoch(epochs[0])  # start from the beginning
+            self._play_timer.start()
+        else:
+            self._play_timer.stop()
+
+    def _play_step(self) -> None:
+        if self.jobs.is_running(self._job_key) or self._anim_timer.isActive():
+            return  # wait for the current map before moving on
+        if not self.step_epoch(1):
+            self.play_button.setChecked(False)
+
+    # ------------------------------------------------------------------------------------------------ jobs
+    def _on_job_partial(self, key, result) -> None:
+        if key != self._job_key or result is None:
+            return
+        epoch, layout = result
+        self._show_layout(epoch, layout, final=False)
+
+    def _on_job_finished(self, key, result) -> None:
+        if key != self._job_key or result is None:
+            return
+        epoch, layout = result
+        self.progress.hide()
+        self._layouts[(layout.method, epoch)] = layout
+        self._show_layout(epoch, layout, final=True)
+
+    def _on_job_progress(self, key, fraction: float, text: str) -> None:
+        if key != self._job_key:
+            return
+        self.progress.setValue(int(1000 * max(0.0, min(1.0, fraction))))
+        self.progress.setToolTip(text)
+        if text:
+            self.status.setText(f"Epoch {self._pending_epoch}: {text}…")
+
+    def _on_job_failed(self, key, message: str) -> None:
+        if key != self._job_key:
+            return
+        self.progress.hide()
+        first = message.splitlines()[0] if message else "unknown error"
+        self.status.setText(f"Could not compute the map of epoch {self._pending_epoch}: {first}")
+        self.status.setToolTip(message)
+
+    # --------------------------------------------------------------------------------------------- drawing
+    def _show_layout(self, epoch: int, layout: projection.Layout, *, final: bool) -> None:
+        xy = np.asarray(layout.xy, np.float32)
+        first = self.layout is None or len(self.xy) != len(xy)
+        self.layout = layout
+        self.shown_epoch = epoch
+        if len(self._draw_order) != len(xy):
+            self._draw_order = np.random.default_rng(0).permutation(len(xy))
+        self.placeholder.setVisible(False)
+        title = METHOD_TITLES.get(layout.method, layout.method)
+        parts = [f"Epoch {epoch} · {title} of {len(xy):,} images"]
+        if layout.note:
+            parts.append(layout.note)
+        if final:
+            parts.append(f"{layout.seconds:.1f} s")
+        self.status.setText(" · ".join(parts))
+        self.status.setToolTip("")
+        if not first and len(xy) <= ANIMATE_MAX and len(self.xy) == len(xy):
+            self._anim_from = self.xy.copy()
+            self._anim_to = xy
+            self._anim_t0 = time.perf_counter()
+            self._anim_timer.start()
+        else:
+            self._anim_timer.stop()
+            self.xy = xy
+            self._render()
+            if first:
+                self.fit_view()
+        self._on_selection_changed(self.state.selection)
+        self._on_highlight_changed(self.state.highlight)
+        if final:
+            self.map_ready.emit(epoch)
+
+    def _anim_step(self) -> None:
+        t = (time.perf_counter() - self._anim_t0) * 1000.0 / ANIMATE_MS
+        if t >= 1.0 or self._anim_from is None:
+            self._anim_timer.stop()
+            self.xy = self._anim_to if self._anim_to is not None else self.xy
+            self._anim_from = self._anim_to = None
+        else:
+            e = t * t * (3 - 2 * t)  # smoothstep
+            self.xy = (self._anim_from + (self._anim_to - self._anim_from) * e).astype(np.float32)
+        self._render()
+        self._on_selection_changed(self.state.selection)
+        self._on_highlight_changed(self.state.highlight)
+
+    def _update_visible(self) -> None:
+        if len(self.labels) == 0:
+            self._visible = np.zeros(0, bool)
+            return
+        hidden = np.zeros(max(1, len(self.classes)), bool)
+        for h in self._hidden:
+            if h < len(hidden):
+                hidden[h] = True
+        self._visible = ~hidden[self.labels]
+
+    def _view_pixels(self) -> tuple[int, int]:
+        r = self.viewbox.sceneBoundingRect()
+        dpr = self.plot.devicePixelRatioF() if hasattr(self.plot, "devicePixelRatioF") else 1.0
+        return max(1, int(r.width() * dpr)), max(1, int(r.height() * dpr))
+
+    def _on_range_changed(self, *_args) -> None:
+        if len(self.xy) <= SYMBOL_MAX:
+            return  # all points are symbols already; pyqtgraph just redraws them
+        # Throttled re-render: the current image/symbols follow the view until the new one is ready.
+        if not self._render_timer.isActive():
+            self._render_timer.start()
+
+    def _render(self) -> None:
+        """Draw the visible points as symbols (few in view) or as one raster image (many in view)."""
+        self._last_render = time.perf_counter()
+        n = len(self.xy)
+        if n == 0 or len(self._visible) != n:
+            self.scatter.clear()
+            self.image.clear()
+            return
+        order = self._draw_order
+        vis = self._visible[order]
+        rows = order[vis]
+        if n > SYMBOL_MAX:
+            (x0, x1), (y0, y1) = self.viewbox.viewRange()
+            p = self.xy[rows]
+            inview = (p[:, 0] >= x0) & (p[:, 0] <= x1) & (p[:, 1] >= y0) & (p[:, 1] <= y1)
+            in_rows = rows[inview]
+        else:
+            in_rows = rows
+        if len(in_rows) > SYMBOL_MAX:
+            self.render_mode = "raster"
+            (x0, x1), (y0, y1) = self.viewbox.viewRange()
+            w, h = self._view_pixels()
+            img = splat_points(self.xy[in_rows], self._rgba[self.labels[in_rows]], (x0, x1), (y0, y1), w, h)
+            self.scatter.clear()
+            self.image.setImage(img, autoLevels=False)
+            self.image.setRect(QRectF(x0, y0, x1 - x0, y1 - y0))
+            self.image.show()
+        else:
+            self.render_mode = "symbols"
+            self.image.hide()
+            p = self.xy[in_rows]
+            brushes = np.array(self._brushes, dtype=object)[self.labels[in_rows] % len(self._brushes)]
+            symbols = np.array(SPLIT_SYMBOLS, dtype=object)[np.clip(self.split[in_rows], 0, 1)]
+            self.scatter.setData(x=p[:, 0], y=p[:, 1], brush=brushes, symbol=symbols, pen=None, data=in_rows)
+
+    def fit_view(self) -> None:
+        """Zoom to show every visible point."""
+        if len(self.xy) == 0:
+            return
+        p = self.xy[self._visible] if self._visible.any() else self.xy
+        lo, hi = p.min(0).astype(float).tolist(), p.max(0).astype(float).tolist()
+        pad = 0.04 * max(hi[0] - lo[0], hi[1] - lo[1], 1e-6)
+        self.viewbox.setRange(xRange=(lo[0] - pad, hi[0] + pad), yRange=(lo[1] - pad, hi[1] + pad), padding=0)
+        self._render()
+
+    # -------------------------------------------------------------------------------------- class filter
+    def _on_legend_item_changed(self, item: QListWidgetItem) -> None:
+        i = int(item.data(Qt.ItemDataRole.UserRole))
+        self.set_class_visible(i, item.checkState() == Qt.CheckState.Checked, _from_legend=True)
+
+    def _on_legend_double_clicked(self, item: QListWidgetItem) -> None:
+        keep = int(item.data(Qt.ItemDataRole.UserRole))
+        self._hidden = {i for i in range(len(self.classes)) if i != keep}
+        self._sync_legend()
+        self._update_visible()
+        self._render()
+
+    def _sync_legend(self) -> None:
+        self.legend.blockSignals(True)
+        for row in range(self.legend.count()):
+            it = self.legend.item(row)
+            i = int(it.data(Qt.ItemDataRole.UserRole))
+            it.setCheckState(Qt.CheckState.Unchecked if i in self._hidden else Qt.CheckState.Checked)
+        self.legend.blockSignals(False)
+
+    def set_class_visible(self, class_index: int, visible: bool, *, _from_legend: bool = False) -> None:
+        """Show or hide the points of one class (hidden points cannot be hovered or selected)."""
+        if visible:
+            self._hidden.discard(int(class_index))
+        else:
+            self._hidden.add(int(class_index))
+        if not _from_legend:
+            self._sync_legend()
+        self._update_visible()
+        self._render()
+
+    def visible_ids(self) -> np.ndarray:
+        """Sample ids whose class is shown."""
+        return np.flatnonzero(self._visible)
+
+    # ----------------------------------------------------------------------------------- hover & select
+    def nearest_point(self, x: float, y: float, radius_px: float = HOVER_RADIUS_PX) -> int:
+        """Sample id of the visible point nearest to view position (x, y) within ``radius_px`` screen pixels, or -1."""
+        if len(self.xy) == 0 or not self._visible.any():
+            return -1
+        px, py = self.viewbox.viewPixelSize()
+        px, py = max(px, 1e-30), max(py, 1e-30)
+        dx = (self.xy[:, 0] - x) / px
+        dy = (self.xy[:, 1] - y) / py
+        d2 = dx * dx + dy * dy
+        d2 = np.where(self._visible, d2, np.inf)
+        i = int(np.argmin(d2))
+        return i if d2[i] <= radius_px * radius_px else -1
+
+    def point_view_pos(self, sample_id: int) -> QPointF:
+        """Where sample ``sample_id`` is drawn, in view (data) coordinates."""
+        x, y = self.xy[int(sample_id)]
+        return QPointF(float(x), float(y))
+
+    def _on_mouse_moved(self, args) -> None:
+        pos = args[0]
+        if not self.viewbox.sceneBoundingRect().contains(pos):
+            self.hide_hover()
+            return
+        p = self.viewbox.mapSceneToView(pos)
+        self.hover_at(p.x(), p.y(), widget_pos=self.plot.mapFromScene(pos))
+
+    def hover_at(self, x: float, y: float, widget_pos=None) -> int:
+        """Show the thumbnail card of the point under view position (x, y); returns its id or -1."""
+        sid = self.nearest_point(x, y)
+        if sid < 0:
+            self.hide_hover()
+            return -1
+        if widget_pos is None:
+            widget_pos = self.plot.mapFromScene(self.viewbox.mapViewToScene(QPointF(x, y)))
+        self._hover_pos = widget_pos
+        if sid != self.hover_id:
+            self.hover_id = sid
+            self._fill_hover(self.thumbnails.request(sid))
+        self._place_hover()
+        return sid
+
+    def hide_hover(self) -> None:
+        """Hide the hover card."""
+        self.hover_id = -1
+        self.hover_label.hide()
+
+    def _hover_caption(self, sid: int) -> str:
+        cls = self.classes[self.labels[sid]] if 0 <= self.labels[sid] < len(self.classes) else "?"
+        split = SPLIT_NAMES[int(self.split[sid])] if 0 <= int(self.split[sid]) < 2 else "?"
+        return f"{self.paths[sid]}\nclass: {cls} · {split}"
+
+    def _fill_hover(self, pixmap: QPixmap | None) -> None:
+        sid = self.hover_id
+        if sid < 0:
+            return
+        caption = self._hover_caption(sid)
+        err = self.thumbnails.error(sid)
+        self.hover_text = caption + (f"\n⚠ {err}" if err else "" if pixmap is not None else "\n(loading…)")
+        self.hover_pixmap = pixmap
+        if pixmap is not None:
+            self.hover_label.setPixmap(pixmap)
+            self._hover_caption_label().setText(self.hover_text)
+        else:
+            self.hover_label.setText(self.hover_text)
+            self._hover_caption_label().setText("")
+        self.hover_label.adjustSize()
+        self.hover_label.show()
+        self.hover_label.raise_()
+
+    def _hover_caption_label(self) -> QLabel:
+        lab = getattr(self, "_caption_label", None)
+        if lab is None:
+            lab = QLabel(self.plot)
+            lab.setStyleSheet("QLabel { background: #fffff4; color: #202020; border: 1px solid #888;"
+                              " padding: 2px 4px; }")
+            lab.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+            self._caption_label = lab
+        return lab
+
+    def _place_hover(self) -> None:
+        if self.hover_id < 0:
+            return
+        pos = getattr(self, "_hover_pos", None)
+        if pos is None:
+            return
+        cap = self._hover_caption_label()
+        x, y = int(pos.x()) + 16, int(pos.y()) + 16
+        w = self.hover_label.width()
+        cap.setVisible(bool(cap.text()))
+        cap.adjustSize()
+        total_h = self.hover_label.height() + (cap.height() if cap.isVisible() else 0)
+        if x + max(w, cap.width()) > self.plot.width():
+            x = int(pos.x()) - 16 - max(w, cap.width())
+        if y + total_h > self.plot.height():
+            y = max(0, int(pos.y()) - 16 - total_h)
+        self.hover_label.move(max(0, x), y)
+        cap.move(max(0, x), y + self.hover_label.height())
+        cap.raise_()
+
+    def _on_thumbnail(self, sid: int, pixmap: QPixmap) -> None:
+        if sid == self.hover_id:
+            self._fill_hover(pixmap)
+            self._place_hover()
+
+    def _on_thumbnail_failed(self, sid: int, message: str) -> None:
+        if sid == self.hover_id:
+            self._fill_hover(None)
+            self._place_hover()
+
+    def hideEvent(self, ev) -> None:  # noqa: N802 - Qt naming
+        self.hide_hover()
+        super().hideEvent(ev)
+
+    def _on_mouse_clicked(self, ev) -> None:
+        if ev.button() != Qt.MouseButton.LeftButton or ev.double():
+            return
+        if not self.viewbox.sceneBoundingRect().contains(ev.scenePos()):
+            return
+        p = self.viewbox.mapSceneToView(ev.scenePos())
+        additive = bool(ev.modifiers() & Qt.KeyboardModifier.ControlModifier)
+        self.select_at(p.x(), p.y(), add=additive)
+
+    def select_at(self, x: float, y: float, *, add: bool = False) -> int:
+        """Click at view position (x, y): select the point there (Ctrl: toggle it); empty space clears."""
+        sid = self.nearest_point(x, y)
+        if sid < 0:
+            if not add:
+                self.state.set_selection([])
+            return -1
+        if add:
+            sel = set(self.state.selection.tolist())
+            sel.symmetric_difference_update({sid})
+            self.state.set_selection(sorted(sel))
+        else:
+            self.state.set_selection([sid])
+        return sid
+
+    def _on_box_selected(self, rect: QRectF, additive: bool) -> None:
+        self.select_in_rect(rect.left(), rect.right(), rect.top(), rect.bottom(), add=additive)
+
+    def select_in_rect(self, x0: float, x1: float, y0: float, y1: float, *, add: bool = False) -> np.ndarray:
+        """Select the visible points inside the box (view coordinates); ``add`` keeps the old selection."""
+        if len(self.xy) == 0:
+            return np.zeros(0, np.int64)
+        xlo, xhi = sorted((x0, x1))
+        ylo, yhi = sorted((y0, y1))
+        p = self.xy
+        inside = (p[:, 0] >= xlo) & (p[:, 0] <= xhi) & (p[:, 1] >= ylo) & (p[:, 1] <= yhi) & self._visible
+        ids = np.flatnonzero(inside)
+        if add:
+            ids = np.union1d(ids, self.state.selection)
+        self.state.set_selection(ids)
+        return ids
+
+    def _focus_search(self) -> None:
+        self.search.setFocus()
+        self.search.selectAll()
+
+    def apply_search(self) -> np.ndarray:
+        """Select the images whose class or file name contains the search text (case-insensitive)."""
+        self._search_timer.stop()
+        text = self.search.text().strip().lower()
+        if not text or len(self.labels) == 0:
+            return np.zeros(0, np.int64)
+        cls_hit = np.array([text in c.lower() for c in self.classes] or [False], bool)
+        by_class = cls_hit[self.labels] if len(cls_hit) == len(self.classes) else np.zeros(len(self.labels), bool)
+        by_file = np.fromiter((text in p.lower() for p in self.paths), bool, count=len(self.paths))
+        ids = np.flatnonzero(by_class | by_file)
+        self.state.set_selection(ids)
+        n_cls = int(cls_hit.sum()) if len(self.classes) else 0
+        self.status.setText(f"“{self.search.text().strip()}”: {len(ids):,} images selected "
+                            f"({n_cls} matching classes, {int(by_file.sum()):,} matching file names)")
+        return ids
+
+    @Slot(object)
+    def _on_selection_changed(self, ids) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        ids = ids[(ids >= 0) & (ids < len(self.xy))]
+        if len(ids) == 0:
+            self.selection_item.clear()
+            return
+        p = self.xy[ids]
+        self.selection_item.setData(x=p[:, 0], y=p[:, 1], brush=None, pen=pg.mkPen((0, 0, 0), width=2),
+                                    size=13 if len(ids) < 2000 else 9)
+
+    @Slot(object)
+    def _on_highlight_changed(self, ids) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        ids = ids[(ids >= 0) & (ids < len(self.xy))]
+        if len(ids) == 0:
+            self.highlight_item.clear()
+            self.highlight_lines.clear()
+            return
+        p = self.xy[ids]
+        brushes = [self._brushes[int(self.labels[i]) % len(self._brushes)] for i in ids]
+        symbols = [SPLIT_SYMBOLS[int(np.clip(self.split[i], 0, 1))] for i in ids]
+        sizes = np.full(len(ids), 13.0)
+        sizes[0] = 17.0  # the anchor / query point
+        self.highlight_item.setData(x=p[:, 0], y=p[:, 1], brush=brushes, symbol=symbols, size=sizes,
+                                    pen=pg.mkPen("k", width=1.5))
+        if len(ids) > 1:
+            seg = np.empty((2 * (len(ids) - 1), 2), np.float32)
+            seg[0::2] = p[0]
+            seg[1::2] = p[1:]
+            self.highlight_lines.setData(x=seg[:, 0], y=seg[:, 1])
+        else:
+            self.highlight_lines.clear()
+
+    # ------------------------------------------------------------------------------------------- export
+    def export_png(self, path: str | Path, width: int | None = None) -> Path:
+        """Save the map as a PNG image (``width`` pixels wide; default: as on screen)."""
+        from pyqtgraph.exporters import ImageExporter
+
+        self.hide_hover()
+        exp = ImageExporter(self.plot.plotItem)
+        if width:
+            exp.parameters()["width"] = int(width)
+        exp.export(str(path))
+        return Path(path)
+
+    def export_svg(self, path: str | Path) -> Path:
+        """Save the map as an SVG (vector symbols when few points are in view, else the embedded raster).
+
+        pyqtgraph's SVGExporter cannot parse the path syntax Qt >= 6.8 writes (a bare ``Z``), so the plot's scene
+        is painted straight into Qt's own QSvgGenerator.
+        """
+        from PySide6.QtCore import QSize
+        from PySide6.QtGui import QPainter
+        from PySide6.QtSvg import QSvgGenerator
+
+        self.hide_hover()
+        rect = self.plot.plotItem.sceneBoundingRect()
+        gen = QSvgGenerator()
+        gen.setFileName(str(path))
+        gen.setSize(QSize(int(rect.width()), int(rect.height())))
+        gen.setViewBox(QRectF(0, 0, rect.width(), rect.height()))
+        gen.setTitle("Embedding map")
+        gen.setDescription(self.status.text())
+        painter = QPainter()
+        if not painter.begin(gen):
+            raise OSError(f"{path}: cannot open for writing")
+        try:
+            painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+            self.plot.scene().render(painter, QRectF(0, 0, rect.width(), rect.height()), rect)
+        finally:
+            painter.end()
+        if not Path(path).exists() or Path(path).stat().st_size == 0:
+            raise OSError(f"{path}: the SVG could not be written")
+        return Path(path)
+
+    def _ask_export(self, suffix: str) -> None:
+        name = f"map_epoch{max(self.shown_epoch, 0):04d}.{suffix}"
+        path, _ = QFileDialog.getSaveFileName(self, f"Export map as {suffix.upper()}", name,
+                                              f"{suffix.upper()} image (*.{suffix})")
+        if not path:
+            return
+        try:
+            (self.export_png if suffix == "png" else self.export_svg)(path)
+            self.status.setText(f"Saved {path}")
+        except Exception as exc:  # disk full, no permission: say so
+            self.status.setText(f"Could not save {path}: {exc}")
+
+    def _ask_export_png(self) -> None:
+        self._ask_export("png")
+
+    def _ask_export_svg(self) -> None:
+        self._ask_export("svg")
+
+    def resizeEvent(self, ev) -> None:  # noqa: N802 - Qt naming
+        super().resizeEvent(ev)
+        if self.render_mode == "raster":
+            self._render_timer.start()
