@@ -578,3 +578,12 @@ def test_format_md_snippet_reads_a_run_with_plain_h5py(tmp_path: Path, capsys: p
     assert ns["nearest"] == best
     out = capsys.readouterr().out
     assert repr(ns["files"][best]) in out and repr(ns["files"][q]) in out
+
+
+def test_reading_a_run_does_not_import_torch_or_qt(tmp_path: Path) -> None:
+    make_run(tmp_path, n=10, d=3, epochs=1)
+    code = ("import sys; from trainer.store import RunReader; r = RunReader(sys.argv[1]); r.load_epoch(0); "
+            "bad = [m for m in ('torch', 'PySide6', 'pyqtgraph') if m in sys.modules]; assert not bad, bad")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+    assert res.returncode == 0, res.stderr
