@@ -6,7 +6,8 @@ random rows, with
   - np.save:   numpy's .npy (no fsync), np.load, and np.load(mmap_mode="r")[ids] for the rows
   - h5py:      plain h5py dataset write without our fsync/atomic steps, read, fancy-indexed rows
 and prints seconds, MB/s and the ratio ours / baseline (> 1 means ours is slower). Each figure is the median of
-several repeats; reads are from the page cache (the file was just written), as they are in the app.
+several repeats; each repeated write goes to a new file (one file per epoch, for all three); reads are from the
+page cache (the file was just written), as they are in the app.
 
     python bench/bench_store.py [--quick] [--repeats R]
 """
@@ -74,16 +75,27 @@ def main() -> None:
         t_ours_rows, rows = timed(lambda: r.rows(last, ids), args.repeats)
         assert np.array_equal(rows, emb[ids])
 
+        # like the run, each repeat writes a new file (one file per epoch)
+        np_count = iter(range(10_000))
         npy = tmp_path / "emb.npy"
-        t_np_w, _ = timed(lambda: np.save(npy, emb), args.repeats)
+
+        def np_write() -> None:
+            nonlocal npy
+            npy = tmp_path / f"emb_{next(np_count)}.npy"
+            np.save(npy, emb)
+
+        t_np_w, _ = timed(np_write, args.repeats)
         t_np_r, got = timed(lambda: np.load(npy), args.repeats)
         assert np.array_equal(got, emb)
         t_np_rows, rows = timed(lambda: np.asarray(np.load(npy, mmap_mode="r")[ids]), args.repeats)
         assert np.array_equal(rows, emb[ids])
 
+        h5_count = iter(range(10_000))
         h5 = tmp_path / "plain.h5"
 
         def h5_write() -> None:
+            nonlocal h5
+            h5 = tmp_path / f"plain_{next(h5_count)}.h5"
             with h5py.File(h5, "w") as f:
                 f.create_dataset("embeddings", data=emb)
 
