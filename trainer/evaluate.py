@@ -22,6 +22,7 @@ truncated to int32 in a reusable buffer and counted with ``torch.bincount``. Mem
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -144,7 +145,7 @@ def retrieval_metrics(
         include=("precision_at_1", "r_precision", "mean_average_precision_at_r", "NMI", "AMI"),
         k=num_k,
         device=torch.device("cpu"),
-        kmeans_func=FaissKMeans(niter=20, seed=int(seed), min_points_per_centroid=1),
+        kmeans_func=FaissKMeans(niter=20, nredo=5, seed=int(seed), min_points_per_centroid=1),
     )
     calc.k_values = k_values
     # Euclidean k-NN (faiss IndexFlatL2) on L2-normalised rows ranks exactly as cosine similarity does.
@@ -208,6 +209,23 @@ def _distance_range(x: np.ndarray, metric: str, max_distance: float | None) -> f
     radius = float(np.sqrt(((x - centre) ** 2).sum(axis=1)).max())
     hi = 2.0 * radius * (1 + 1e-6)
     return hi if hi > 0 else 1.0
+
+
+_TILE = 128
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _bincount(flat: torch.Tensor, length: int) -> torch.Tensor:
+    """torch.bincount is single-threaded; count the halves in two threads (torch releases the GIL)."""
+    global _POOL
+    if torch.get_num_threads() < 2 or len(flat) < 2**20:
+        return torch.bincount(flat, minlength=length)
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate-bincount")
+    half = len(flat) // 2
+    job = _POOL.submit(torch.bincount, flat[:half], None, length)
+    out = torch.bincount(flat[half:], minlength=length)
+    return out + job.result()
 
 
 def _block_rows(n: int, block_bytes: int) -> int:
@@ -289,14 +307,18 @@ def _grouped_counts(
                     ca, cb = max(r0, gstart[h]) - r0, gend[h] - r0
                     if cb > ca:
                         idx[ra:rb, ca:cb] += pair_id(int(g), h) * pair_stride
-        near = int(max(r1, end_of[r1 - 1])) - r0  # columns that may hold genuine or lower-triangle entries
-        ii = torch.arange(r0, r1).unsqueeze(1)
-        jj = torch.arange(r0, r0 + near).unsqueeze(0)
-        sub = idx[:, :near]
-        genuine = (jj > ii) & (jj < end_t[r0:r1].unsqueeze(1))
-        sub += genuine.to(torch.int32) * kind_stride
-        sub.masked_fill_(jj <= ii, trash)
-        total += torch.bincount(idx.view(-1), minlength=trash + 1)
+        for s in range(r0, r1, _TILE):  # diagonal tiles: the only places with genuine or j <= i entries
+            e = min(r1, s + _TILE)
+            cn = int(max(e, end_of[e - 1]))
+            if s > r0:
+                idx[s - r0 : e - r0, : s - r0].fill_(trash)  # strictly below the diagonal
+            tile = idx[s - r0 : e - r0, s - r0 : cn - r0]
+            ii = torch.arange(s, e).unsqueeze(1)
+            jj = torch.arange(s, cn).unsqueeze(0)
+            genuine = (jj > ii) & (jj < end_t[s:e].unsqueeze(1))
+            tile += genuine.to(torch.int32) * kind_stride
+            tile.masked_fill_(jj <= ii, trash)
+        total += _bincount(idx.view(-1), trash + 1)
     counts = total[:trash].numpy().reshape(n_pairs, 2, kind_stride)[:, :, ::-1]
     # reversed: position m holds d-bin m - 1; fold d-bin -1 (d <= 0) into 0 and d-bin `bins` (rounding) into bins-1
     d = np.ascontiguousarray(counts[:, :, 1 : bins + 1]).astype(np.int64)
@@ -486,6 +508,14 @@ def _group_pair_histograms(x, y, metric, bins, hi, group_of_class: np.ndarray, n
     return _grouped_counts(x, y, metric, bins, hi, groups=groups, n_groups=n_groups)
 
 
+def _plateau_middle(score: np.ndarray) -> int:
+    """Index in the middle of the first run of maximal scores (generalises better than the run's first edge)."""
+    ks = np.flatnonzero(score == score.max())
+    gaps = np.flatnonzero(np.diff(ks) > 1)
+    run = ks[: gaps[0] + 1] if len(gaps) else ks
+    return int(run[len(run) // 2])
+
+
 def best_accuracy_threshold_cv(
     embeddings,
     labels,
@@ -497,16 +527,18 @@ def best_accuracy_threshold_cv(
     bins: int = DEFAULT_BINS,
 ) -> dict[str, object]:
     """LFW-style threshold: classes are split into ``folds``; the best-accuracy threshold on the pairs within the
-    other folds is scored on the pairs within the held-out fold. Pairs across folds are used by neither.
+    other folds is scored on the pairs within the held-out fold. Pairs across folds are used by neither. When
+    several thresholds tie for the best training accuracy, the middle of that run of edges is taken.
 
     ``balanced=True`` scores (TAR + TRR) / 2, i.e. accuracy on equal numbers of genuine and impostor pairs as in
-    LFW; ``False`` uses plain accuracy over all pairs (dominated by impostors).
+    LFW; ``False`` uses plain accuracy over all pairs (dominated by impostors). ``folds`` is lowered to
+    n_classes // 2 when needed so every held-out fold has impostor pairs.
     """
     x, y = _check_inputs(embeddings, labels, metric)
     n_classes = int(y.max()) + 1
-    folds = min(int(folds), n_classes)
+    folds = min(int(folds), n_classes // 2)  # each held-out fold needs >= 2 classes to have impostor pairs
     if folds < 2:
-        raise ValueError(f"cross-validation needs at least 2 classes, got {n_classes}")
+        raise ValueError(f"cross-validation needs at least 4 classes (2 folds of 2), got {n_classes}")
     rng = np.random.default_rng(seed)
     group_of_class = np.empty(n_classes, dtype=np.int64)
     for f, part in enumerate(np.array_split(rng.permutation(n_classes), folds)):
@@ -526,7 +558,7 @@ def best_accuracy_threshold_cv(
         else:
             score = (np.pad(np.cumsum(tg), (1, 0)) + ti.sum() - np.pad(np.cumsum(ti), (1, 0))) / (tg.sum() + ti.sum())
         score = np.nan_to_num(score, nan=-1.0)
-        k = int(np.argmax(score))
+        k = _plateau_middle(score)
         hf = PairHistograms(metric, edges, gen[diag[f]], imp[diag[f]])
         op = operating_point(hf, edges[k])
         accs.append(op["balanced_accuracy"] if balanced else op["accuracy"])
