@@ -196,6 +196,19 @@ def knn_graph(x: np.ndarray, k: int, *, queries: np.ndarray | None = None) -> tu
     return ind.astype(np.int64), np.sqrt(np.maximum(dist, 0)).astype(np.float32)
 
 
+def _import_umap():
+    """Import umap-learn without its ImportWarning about TensorFlow (ParametricUMAP is not used here)."""
+    import sys
+    import warnings
+
+    if "umap" in sys.modules:
+        return sys.modules["umap"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Tensorflow not installed", category=ImportWarning)
+        import umap
+    return umap
+
+
 def _weighted_place(anchor_xy: np.ndarray, nbr_idx: np.ndarray, nbr_dist: np.ndarray) -> np.ndarray:
     """Position = inverse-distance-weighted mean of the neighbours' positions (the umap transform's init)."""
     w = 1.0 / (nbr_dist.astype(np.float64) + 1e-6)
@@ -344,23 +357,30 @@ def project(
                 init[~c_f] = np.where(w_sum > 0, placed, centre)
         t0 = time.perf_counter()
         if method == "umap":
-            import umap
-
+            umap = _import_umap()
             if n_epochs is None:
                 n_epochs = (60 if nf > 10_000 else 100) if warm else None  # umap default: 200/500 epochs
             say(0.15, "UMAP (warm start)" if warm else "UMAP")
+            u_init = _scale_for_umap(init) if init is not None else "spectral"
             reducer = umap.UMAP(
                 n_components=2,
                 n_neighbors=k,
                 random_state=seed,
                 n_jobs=1,
-                init=_scale_for_umap(init) if init is not None else "spectral",
+                init=u_init,
                 n_epochs=n_epochs,
+                # a warm start is already a good layout: a gentle step keeps points where they were
+                learning_rate=0.2 if init is not None else 1.0,
                 precomputed_knn=(knn_i, knn_d),
                 low_memory=True,
                 verbose=False,
             )
             xy_fit = reducer.fit_transform(xf).astype(np.float32)
+            if init is not None:
+                # umap-learn rescales each axis of the start layout to [0, 10] on its own; undo that stretch so
+                # the map keeps its aspect ratio (Procrustes below only handles one uniform scale)
+                span = np.ptp(u_init, axis=0).astype(np.float64)
+                xy_fit = (xy_fit * np.where(span > 0, span / 10.0, 1.0)).astype(np.float32)
             method_used = "umap"
         else:
             from sklearn.manifold import TSNE
