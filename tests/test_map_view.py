@@ -1,0 +1,151 @@
+"""MapView on a real run written with RunWriter: map appears, click/box/search select, hover card, class filter,
+history slider, export, and the raster splat against a plain-loop twin."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from explorer.state import AppState
+from explorer.views import map_view as mv_mod
+from explorer.views.map_view import MapView, splat_points
+from trainer.store import RunReader, RunWriter, SampleTable
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    classes = ["cat", "dog", "owl", "yak"]
+    data = tmp_path / "data"
+    paths, labels = [], []
+    for c, name in enumerate(classes):
+        (data / name).mkdir(parents=True)
+        for i in range(30):
+            p = f"{name}/{name}_{i:02d}.png"
+            Image.fromarray(np.full((20, 24, 3), 60 * c, np.uint8)).save(data / p)
+            paths.append(p)
+            labels.append(c)
+    labels = np.array(labels, np.int64)
+    samples = SampleTable(paths=paths, labels=labels, split=(labels >= 3).astype(np.int8), roots=[str(data)],
+                          root_index=np.zeros(len(paths), np.int16))
+    rd = tmp_path / "run"
+    w = RunWriter.create(rd, config={}, classes=classes, samples=samples)
+    centres = rng.normal(size=(4, 8)) * 5
+    for e in range(3):
+        w.write_epoch(e, (centres[labels] + rng.normal(size=(len(labels), 8))).astype(np.float32), {"m": 0.0})
+    w.close()
+    return rd
+
+
+def _open(qtbot, run_dir, method="pca"):
+    state = AppState()
+    view = MapView(state, method=method, warm_up=False)
+    qtbot.addWidget(view)
+    view.resize(800, 560)
+    view.show()
+    with qtbot.waitSignal(view.map_ready, timeout=60_000):
+        state.set_run(RunReader(run_dir))
+    return state, view
+
+
+def test_map_click_hover_and_search(qtbot, run_dir, tmp_path):
+    state, view = _open(qtbot, run_dir)
+    assert view.shown_epoch == 2 and view.xy.shape == (120, 2) and view.render_mode == "symbols"
+    p = view.point_view_pos(37)
+    assert view.select_at(p.x(), p.y()) == 37
+    assert state.selection.tolist() == [37]
+    assert view.selection_item.data["x"][0] == pytest.approx(p.x())  # ring drawn at the point
+    # a real mouse click on the viewport at the point's screen position selects it too
+    from PySide6.QtCore import Qt
+
+    q = view.point_view_pos(5)
+    widget_pos = view.plot.mapFromScene(view.viewbox.mapViewToScene(q))
+    qtbot.mouseClick(view.plot.viewport(), Qt.MouseButton.LeftButton, pos=widget_pos)
+    qtbot.waitUntil(lambda: state.selection.tolist() == [5], timeout=3000)
+    # hover: the card shows file, class and (once loaded) the thumbnail
+    assert view.hover_at(p.x(), p.y()) == 37
+    qtbot.waitUntil(lambda: view.hover_label.pixmap() is not None and not view.hover_label.pixmap().isNull(),
+                    timeout=5000)
+    assert "dog/dog_07.png" in view.hover_text and "class: dog" in view.hover_text
+    assert view.hover_label.pixmap().width() == 24  # the real image's thumbnail
+    # empty space clears; box select; search by class and by file name
+    (x0, x1), (y0, y1) = view.viewbox.viewRange()
+    assert view.select_at(x1 + 1e6, y1 + 1e6) == -1 and len(state.selection) == 0
+    box = view.select_in_rect(x0, x1, y0, y1)
+    assert len(box) == 120
+    view.search.setText("owl")
+    assert view.apply_search().tolist() == list(range(60, 90))
+    view.search.setText("cat_1")
+    assert view.apply_search().tolist() == list(range(10, 20))
+    # highlight draws a star from the first id
+    state.set_highlight([0, 40, 80])
+    assert len(view.highlight_item.data) == 3 and len(view.highlight_lines.xData) == 4
+
+
+def test_class_hide_history_and_export(qtbot, run_dir, tmp_path):
+    state, view = _open(qtbot, run_dir)
+    view.set_class_visible(1, False)
+    assert view.legend.item(1).checkState().name == "Unchecked"
+    assert 35 not in view.scatter.data["data"].tolist() and len(view.scatter.data) == 90
+    p = view.point_view_pos(35)
+    assert view.nearest_point(p.x(), p.y()) != 35  # hidden points cannot be picked
+    view.legend.item(1).setCheckState(view.legend.item(0).checkState())
+    assert len(view.scatter.data) == 120
+    # history: step back an epoch; the map of epoch 1 is computed, aligned with the one on screen
+    before = view.xy.copy()
+    with qtbot.waitSignal(view.map_ready, timeout=30_000) as blocker:
+        assert view.step_epoch(-1)
+    assert blocker.args == [1] and view.slider.value() == 1
+    qtbot.waitUntil(lambda: not view._anim_timer.isActive(), timeout=3000)
+    span = np.ptp(before, axis=0).max()
+    assert np.median(np.linalg.norm(view.xy - before, axis=1)) < 0.3 * span
+    png, svg = view.export_png(tmp_path / "m.png"), view.export_svg(tmp_path / "m.svg")
+    assert png.stat().st_size > 1000 and svg.stat().st_size > 1000
+    with Image.open(png) as im:
+        assert im.size[0] > 100
+    assert b"<svg" in svg.read_bytes()[:400]
+
+
+def test_many_points_switch_to_raster(qtbot, run_dir, monkeypatch):
+    monkeypatch.setattr(mv_mod, "SYMBOL_MAX", 50)
+    state, view = _open(qtbot, run_dir)
+    assert view.render_mode == "raster" and view.image.image is not None
+    assert len(view.scatter.data) == 0
+    # zoom onto one class: few points in view -> symbols again
+    pts = view.xy[view.labels == 0]
+    lo, hi = pts.min(0), pts.max(0)
+    view.viewbox.setRange(xRange=(float(lo[0]), float(hi[0])), yRange=(float(lo[1]), float(hi[1])), padding=0)
+    view._render()
+    assert view.render_mode == "symbols" and 0 < len(view.scatter.data) <= 50
+
+
+def test_splat_matches_plain_loops():
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(-1, 11, size=(400, 2)).astype(np.float32)
+    rgba = rng.integers(0, 255, size=(400, 4)).astype(np.uint8)
+    offs = [(0, 0), (1, 0), (0, -1)]
+    img = splat_points(xy, rgba, (0.0, 10.0), (0.0, 5.0), 37, 23, offsets=offs)
+    ref = np.zeros((23, 37, 4), np.uint8)
+    for dx, dy in offs:  # same draw order: all points for one offset, then the next offset
+        for i in range(len(xy)):
+            px = int(np.floor((xy[i, 0] - 0.0) * (37 / 10.0))) + dx
+            py = int(np.floor((xy[i, 1] - 0.0) * (23 / 5.0))) + dy
+            if 0 <= px < 37 and 0 <= py < 23:
+                ref[py, px] = rgba[i]
+    assert np.array_equal(img, ref)
+
+
+@pytest.mark.filterwarnings("ignore:Graph is not fully connected:UserWarning")
+def test_umap_map_with_pca_preview(qtbot, run_dir):
+    state = AppState()
+    view = MapView(state, method="umap", warm_up=False)
+    qtbot.addWidget(view)
+    methods = []
+    view.jobs.partial.connect(lambda k, r: methods.append(r[1].method))
+    with qtbot.waitSignal(view.map_ready, timeout=120_000):
+        state.set_run(RunReader(run_dir))
+    assert methods == ["pca"] and view.layout.method == "umap"
+    assert np.isfinite(view.xy).all()
