@@ -436,6 +436,22 @@ def test_progress_monotonic_up_to_total(tmp_path):
     assert all(t == 15 for _, t in calls)
 
 
+def test_progress_raising_cancels_promptly(tmp_path, monkeypatch):
+    root = make_class_folder(tmp_path / "data", n_classes=2, per_class=40, size=8)
+    seen = count_verifications(monkeypatch)
+
+    class Cancelled(Exception):
+        pass
+
+    def progress(done: int, total: int) -> None:
+        if done > 0:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        scan_folder(root, workers=2, use_cache=False, progress=progress)
+    assert 0 < len(seen) < 80  # queued chunks were dropped, not decoded
+
+
 def assert_same_result(a: ScanResult, b: ScanResult) -> None:
     assert a.classes == b.classes and a.paths == b.paths
     np.testing.assert_array_equal(a.labels, b.labels)

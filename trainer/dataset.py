@@ -454,7 +454,8 @@ def scan_folder(
 
     ``progress(done, total)`` is called from the calling thread with ``done`` rising to ``total``. ``workers``
     defaults to the CPU count; 1 runs serially. ``pool="thread"`` (default) was measured faster than
-    ``"process"``, whose spawned workers re-import the main module. Raises :class:`ScanError` for a missing root or fewer than two
+    ``"process"``, whose spawned workers re-import the main module. An exception raised by ``progress`` (e.g. to
+    cancel) stops the scan promptly and propagates; the cache is left as it was. Raises :class:`ScanError` for a missing root or fewer than two
     classes with usable images.
     """
     root_path = Path(os.path.abspath(os.fspath(root)))
@@ -510,7 +511,7 @@ def scan_folder(
             executor = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"))
         else:
             executor = ThreadPoolExecutor(n_workers, thread_name_prefix="scan")
-        with executor:
+        try:
             futures = {executor.submit(_verify_chunk, items, max_pixels): start for start, items in _chunks(jobs, chunk)}
             for fut in as_completed(futures):
                 start = futures[fut]
@@ -519,6 +520,8 @@ def scan_folder(
                     records[todo[start + offset][0]] = rec
                 done += len(results)
                 report(force=done == total)
+        finally:  # on an exception (e.g. progress raising to cancel) drop the queued work instead of finishing it
+            executor.shutdown(wait=True, cancel_futures=True)
     report(force=True)
 
     if cache_path is not None:
