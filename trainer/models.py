@@ -7,6 +7,7 @@ features to the D-dimensional embedding, L2-normalised when the loss works on th
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,13 +254,18 @@ def build_backbone(
     elif pretrained and spec.weights_enum is not None:
         weights = _weights_enum(spec)
         cached = _cached_weights_path(weights)
+        was_cached = cached.is_file()
         try:
             state = _download_state_dict(weights)
-        except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError; corrupt files are RuntimeError
-            note = (
-                f"random init: could not download ImageNet weights for {name} ({type(e).__name__}: {e}); "
-                f"trained from scratch. To use them offline, put {cached.name} from {weights.url} into {cached.parent}"
-            )
+        except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
+            # URLError is an OSError; a truncated or corrupt cached file raises RuntimeError / UnpicklingError
+            if was_cached:
+                what = f"could not read the cached ImageNet weights {cached} for {name}"
+                fix = "delete that file to download it again"
+            else:
+                what = f"could not download ImageNet weights for {name}"
+                fix = f"to use them offline, put {cached.name} from {weights.url} into {cached.parent}"
+            note = f"random init: {what} ({type(e).__name__}: {e}); trained from scratch. To fix: {fix}"
         else:
             _load_backbone_state(net, state, spec.classifier, f"ImageNet weights {cached}")
             note = f"pretrained: ImageNet ({weights.name}) from {cached}"
