@@ -1,0 +1,436 @@
+"""Tests of the verification threshold studio (explorer/views/roc_view.py) and trainer/verification_extra.py.
+
+A small run is written with trainer.store.RunWriter (clustered synthetic embeddings, some classes held out, tiny
+PNG files so thumbnails load); the view must show numbers equal to a brute-force count over all held-out pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainer import evaluate as ev
+from trainer.store import SPLIT_HELDOUT, SPLIT_TRAIN, RunReader, RunWriter, SampleTable
+from trainer.verification_extra import (coarsen, rates_ci_at_threshold, snap_threshold, threshold_grid,
+                                        write_json_atomic)
+
+N_TRAIN_CLASSES = 5
+N_HELDOUT_CLASSES = 6
+PER_CLASS = 12
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# brute force twins (plain loops)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def brute_distance(a: np.ndarray, b: np.ndarray, metric: str) -> float:
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    if metric == "cosine":
+        return 1.0 - float(a @ b) / (math.sqrt(float(a @ a)) * math.sqrt(float(b @ b)))
+    return math.sqrt(float(((a - b) ** 2).sum()))
+
+
+def brute_pairs(x: np.ndarray, y: np.ndarray, metric: str) -> list[tuple[int, int, float, bool]]:
+    out = []
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            out.append((i, j, brute_distance(x[i], x[j], metric), bool(y[i] == y[j])))
+    return out
+
+
+def brute_rates(pairs, t: float) -> dict[str, int]:
+    fa = fr = ng = ni = 0
+    for _, _, d, same in pairs:
+        if same:
+            ng += 1
+            fr += d > t
+        else:
+            ni += 1
+            fa += d <= t
+    return {"fa": fa, "fr": fr, "ng": ng, "ni": ni}
+
+
+def gap_threshold(pairs, lo: float, hi: float, step: float = 1e-4) -> float:
+    """A grid threshold in [lo, hi] with no pair distance within 2e-5 of it (float32 rounding cannot flip a pair)."""
+    d = np.sort(np.array([p[2] for p in pairs]))
+    for k in range(int(lo / step), int(hi / step)):
+        t = round(k * step, 4)
+        m = np.searchsorted(d, t)
+        near = [abs(d[q] - t) for q in (m - 1, m) if 0 <= q < len(d)]
+        if min(near) > 2e-5:
+            return t
+    raise AssertionError("no clean threshold found")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a small run on disk
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def make_run(root: Path, *, loss: str = "multi_similarity", seed: int = 0, epochs: int = 2,
+             heldout_classes: int = N_HELDOUT_CLASSES) -> Path:
+    """Write images + a run: classes 0..4 trained, the rest held out; epoch e has spread shrinking with e."""
+    rng = np.random.default_rng(seed)
+    n_classes = N_TRAIN_CLASSES + heldout_classes
+    classes = [f"class_{c:02d}" for c in range(n_classes)]
+    data = root / "data"
+    paths, labels, split = [], [], []
+    for c in range(n_classes):
+        (data / classes[c]).mkdir(parents=True)
+        colour = tuple(int(v) for v in rng.integers(0, 255, 3))
+        for k in range(PER_CLASS):
+            rel = f"{classes[c]}/img_{k:02d}.png"
+            Image.new("RGB", (12, 12), colour).save(data / rel)
+            paths.append(rel)
+            labels.append(c)
+            split.append(SPLIT_TRAIN if c < N_TRAIN_CLASSES else SPLIT_HELDOUT)
+    labels_a = np.array(labels, dtype=np.int64)
+    # interleave train and held-out samples so that held-out positions are not a simple range
+    perm = rng.permutation(len(paths))
+    samples = SampleTable(paths=[paths[p] for p in perm], labels=labels_a[perm],
+                          split=np.array(split, dtype=np.int8)[perm], roots=[str(data)],
+                          root_index=np.zeros(len(paths), dtype=np.int16))
+    run_dir = root / "run"
+    w = RunWriter.create(run_dir, config={"loss": {"name": loss}}, classes=classes, samples=samples)
+    centres = rng.normal(size=(n_classes, 16))
+    for e in range(epochs):
+        emb = centres[samples.labels] + (1.1 - 0.2 * e) * rng.normal(size=(len(perm), 16))
+        w.write_epoch(e, emb.astype(np.float32), {"precision_at_1": 0.5})
+        w.write_checkpoint(e, {"format": "embedding-explorer-checkpoint", "epoch": e})
+    return run_dir
+
+
+def heldout(run_dir: Path, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r = RunReader(run_dir)
+    ids = np.flatnonzero(r.samples.split == SPLIT_HELDOUT)
+    return ids, r.load_epoch(epoch).embeddings[ids], r.samples.labels[ids]
+
+
+@pytest.fixture
+def view(qtbot, tmp_path):
+    from explorer.jobs import JobRunner
+    from explorer.state import AppState
+    from explorer.views.roc_view import RocView
+
+    state = AppState()
+    jobs = JobRunner()
+    v = RocView(state, jobs)
+    qtbot.addWidget(v)
+    v.resize(1300, 900)
+    v.show()
+    yield v
+    jobs.shutdown()
+    v.thumbs.shutdown()
+
+
+def open_run(qtbot, v, run_dir: Path) -> None:
+    v.state.set_run(RunReader(run_dir))
+    wait_idle(qtbot, v)
+
+
+def wait_idle(qtbot, v, timeout: int = 20000) -> None:
+    qtbot.waitUntil(lambda: not v.is_busy(), timeout=timeout)
+
+
+def shown_counts(v) -> dict[str, int]:
+    """Parse 'x of N impostor pairs accepted' / 'y of M genuine pairs rejected' from the readout labels."""
+    far = re.search(r"([\d,]+) of ([\d,]+) impostor pairs accepted", v.lbl["far"].text())
+    frr = re.search(r"([\d,]+) of ([\d,]+) genuine pairs rejected", v.lbl["frr"].text())
+    assert far and frr, (v.lbl["far"].text(), v.lbl["frr"].text())
+    n = [int(s.replace(",", "")) for s in far.groups() + frr.groups()]
+    return {"fa": n[0], "ni": n[1], "fr": n[2], "ng": n[3]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# verification_extra against brute force
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_grid_edges_are_round_and_histograms_exact(metric):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 5)).astype(np.float32)
+    y = rng.integers(0, 6, 60)
+    bins, hi, step = threshold_grid(x, metric)
+    assert step == 1e-4 and abs(hi - bins * step) < 1e-12
+    h = ev.pair_histograms(x, y, metric=metric, bins=bins, max_distance=hi if metric == "euclidean" else None)
+    np.testing.assert_allclose(h.edges, np.arange(bins + 1) * step, atol=1e-12)
+    pairs = brute_pairs(x, y, metric)
+    assert max(p[2] for p in pairs) <= hi
+    t = gap_threshold(pairs, 0.3 * hi / 2, hi / 2)
+    assert snap_threshold(h, t) == pytest.approx(t, abs=1e-12)
+    op = ev.operating_point(h, snap_threshold(h, t))
+    b = brute_rates(pairs, t)
+    assert (op["impostor_accepted"], op["genuine_rejected"]) == (b["fa"], b["fr"])
+
+
+def test_grid_step_grows_for_a_wide_range():
+    x = np.array([[0.0, 0.0], [3000.0, 0.0]], dtype=np.float32)
+    bins, hi, step = threshold_grid(x, "euclidean", max_bins=1000)
+    assert bins <= 1000 and hi >= 3000.0 and step == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="unknown metric"):
+        threshold_grid(x, "manhattan")
+
+
+def test_snap_threshold_picks_the_nearest_edge_by_loop():
+    h = ev.PairHistograms("cosine", np.linspace(0, 2, 21), np.ones(20, np.int64), np.ones(20, np.int64))
+    for t in np.linspace(-0.3, 2.4, 97):
+        best = min(h.edges, key=lambda e: (abs(e - t), e))
+        assert snap_threshold(h, float(t)) == pytest.approx(best)
+    with pytest.raises(ValueError, match="finite"):
+        snap_threshold(h, float("nan"))
+
+
+def test_coarsen_matches_loop_sum():
+    rng = np.random.default_rng(2)
+    bins = 1000
+    gen = np.zeros(bins, np.int64)
+    imp = np.zeros(bins, np.int64)
+    gen[300:420] = rng.integers(0, 5, 120)
+    imp[350:777] = rng.integers(0, 9, 427)
+    h = ev.PairHistograms("cosine", np.linspace(0, 2, bins + 1), gen, imp)
+    edges, g, i = coarsen(h, 50)
+    assert len(g) <= 50 and g.sum() == gen.sum() and i.sum() == imp.sum()
+    for b in range(len(g)):  # loop twin: every fine bin whose centre lies in the coarse bin
+        lo, hi = edges[b], edges[b + 1]
+        sg = si = 0
+        for k in range(bins):
+            c = 0.5 * (h.edges[k] + h.edges[k + 1])
+            if lo < c < hi:
+                sg += gen[k]
+                si += imp[k]
+        assert (g[b], i[b]) == (sg, si)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_rates_ci_estimate_matches_brute_force_and_brackets_it(metric):
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(8, 6))
+    y = np.repeat(np.arange(8), 9)
+    x = (centres[y] + 0.9 * rng.normal(size=(len(y), 6))).astype(np.float32)
+    pairs = brute_pairs(x, y, metric)
+    d = np.array([p[2] for p in pairs])
+    t = float(np.median(d)) * 0.6
+    b = brute_rates(pairs, t)
+    ci = rates_ci_at_threshold(x, y, t, metric=metric, n_boot=200, max_groups=8, block_bytes=4096)
+    assert ci["far"]["estimate"] == pytest.approx(b["fa"] / b["ni"], abs=1e-12)
+    assert ci["frr"]["estimate"] == pytest.approx(b["fr"] / b["ng"], abs=1e-12)
+    for k in ("far", "frr"):
+        assert ci[k]["low"] <= ci[k]["estimate"] <= ci[k]["high"]
+        assert ci[k]["high"] > ci[k]["low"]
+
+
+def test_rates_ci_one_replicate_equals_loop_over_resampled_classes():
+    """Bootstrap weights: a replicate drawing class c m_c times counts m_c copies of its genuine pairs and
+    m_c * m_d of the impostor pairs between c and d (copies of one class are not paired) -- checked by loops."""
+    rng = np.random.default_rng(4)
+    y = np.repeat(np.arange(4), 5)
+    x = rng.normal(size=(20, 3)).astype(np.float32)
+    t = 1.0
+    n_boot = 1
+    ci = rates_ci_at_threshold(x, y, t, metric="cosine", n_boot=n_boot, seed=7, max_groups=4)
+    # reproduce the single replicate's draw
+    rg = np.random.default_rng(7)
+    perm = rg.permutation(4)
+    group_of_class = np.empty(4, np.int64)
+    for k, part in enumerate(np.array_split(perm, 4)):
+        group_of_class[part] = k
+    m = rg.multinomial(4, np.full(4, 0.25), size=1)[0]
+    fa = ni = fr = ng = 0
+    for i in range(20):
+        for j in range(i + 1, 20):
+            d = brute_distance(x[i], x[j], "cosine")
+            gi, gj = group_of_class[y[i]], group_of_class[y[j]]
+            if y[i] == y[j]:
+                ng += m[gi]
+                fr += m[gi] * (d > t)
+            else:
+                w = m[gi] if gi == gj else m[gi] * m[gj]
+                ni += w
+                fa += w * (d <= t)
+    # with one replicate the percentile interval collapses onto that replicate's value
+    assert ci["far"]["low"] == pytest.approx(fa / ni)
+    assert ci["frr"]["low"] == pytest.approx(fr / ng)
+
+
+def test_write_json_atomic(tmp_path):
+    p = write_json_atomic(tmp_path / "t.json", {"a": 1.5, "b": None})
+    assert json.loads(p.read_text()) == {"a": 1.5, "b": None}
+    assert not (tmp_path / "t.json.tmp").exists()
+    with pytest.raises(ValueError, match="t2.json"):
+        write_json_atomic(tmp_path / "t2.json", {"a": float("nan")})
+    with pytest.raises(FileNotFoundError, match="missing"):
+        write_json_atomic(tmp_path / "missing" / "t.json", {})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the view
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_view_numbers_match_brute_force_on_heldout_only(qtbot, view, tmp_path):
+    run_dir = make_run(tmp_path)
+    open_run(qtbot, view, run_dir)
+    ids, x, y = heldout(run_dir, 1)
+    assert view.data is not None and view.data.epoch == 1
+    np.testing.assert_array_equal(np.sort(view.data.ids), ids)
+    pairs = brute_pairs(x, y, "cosine")
+    nh = len(ids)
+    assert view.data.hist.n_genuine + view.data.hist.n_impostor == nh * (nh - 1) // 2
+    t = gap_threshold(pairs, 0.3, 0.7)
+    view.spin.setValue(t)  # typed
+    b = brute_rates(pairs, t)
+    assert shown_counts(view) == b
+    assert view.state.threshold == pytest.approx(t, abs=1e-12)
+    assert f"{t:.4f}" in view.lbl["rule"].text()
+    far_shown = float(re.match(r"([\d.]+) %", view.lbl["far"].text()).group(1)) / 100
+    assert far_shown == pytest.approx(b["fa"] / b["ni"], rel=1e-2)
+
+
+def test_moving_the_threshold_updates_labels(qtbot, view, tmp_path):
+    run_dir = make_run(tmp_path)
+    open_run(qtbot, view, run_dir)
+    _, x, y = heldout(run_dir, 1)
+    pairs = brute_pairs(x, y, "cosine")
+    seen = []
+    view.state.threshold_changed.connect(seen.append)
+    t1 = gap_threshold(pairs, 0.2, 0.5)
+    view.line.setValue(t1)  # as if dragged
+    assert shown_counts(view) == brute_rates(pairs, t1)
+    assert view.spin.value() == pytest.approx(t1)
+    t2 = gap_threshold(pairs, 0.6, 0.9)
+    view.state.set_threshold(t2)  # from another view
+    assert shown_counts(view) == brute_rates(pairs, t2)
+    assert view.line.value() == pytest.approx(t2)
+    assert view.spin.value() == pytest.approx(t2)
+    assert seen[0] == pytest.approx(t1) and seen[-1] == pytest.approx(t2)
+    # the ROC marker sits on the operating point
+    mx, my = view.op_marker.getData()
+    b = brute_rates(pairs, t2)
+    assert my[0] == pytest.approx(1 - b["fr"] / b["ng"])
+
+
+def test_pick_far_and_insufficient_pairs(qtbot, view, tmp_path):
+    run_dir = make_run(tmp_path)
+    open_run(qtbot, view, run_dir)
+    _, x, y = heldout(run_dir, 1)
+    pairs = brute_pairs(x, y, "cosine")
+    idx = view.pick.findText("FAR = 1e-2")
+    view.pick.setCurrentIndex(idx)
+    view.pick.activated.emit(idx)
+    t = view.threshold
+    b = brute_rates(pairs, t)
+    assert b["fa"] / b["ni"] <= 1e-2
+    # the largest such edge: one step further would exceed 1e-2 (or accept no more impostors)
+    b_next = brute_rates(pairs, t + view.data.step)
+    assert b_next["fa"] / b_next["ni"] > 1e-2 or b_next["fa"] == b["fa"]
+    assert view.rule.startswith("FAR")
+    # the summary: 1e-6 needs 10 million impostor pairs; this run has a few thousand
+    texts = {view.summary.item(r, 0).text(): view.summary.item(r, 1).text() for r in range(view.summary.rowCount())}
+    assert texts["TAR @ FAR = 1e-6"] == "insufficient pairs"
+    assert texts["TAR @ FAR = 1e-1"] != "insufficient pairs"
+
+
+def test_eer_and_cv_picks(qtbot, view, tmp_path):
+    run_dir = make_run(tmp_path)
+    open_run(qtbot, view, run_dir)
+    assert view.cv is not None and view.boot is not None
+    view.pick.activated.emit(view.pick.findData("eer"))
+    p = view.point
+    assert abs(p["far"] - p["frr"]) < 0.1
+    view.pick.activated.emit(view.pick.findData("cv"))
+    assert view.threshold == pytest.approx(view.cv["threshold_mean"], abs=view.data.step / 2 + 1e-12)
+    assert "CV" in view.rule
+
+
+def test_pairs_tables_and_highlight_global_ids(qtbot, view, tmp_path):
+    run_dir = make_run(tmp_path)
+    open_run(qtbot, view, run_dir)
+    ids, x, y = heldout(run_dir, 1)
+    pairs = brute_pairs(x, y, "cosine")
+    t = gap_threshold(pairs, 0.4, 0.8)
+    view.spin.setValue(t)
+    wait_idle(qtbot, view)
+    assert view.errors is not None and view.errors["threshold"] == view.threshold
+    fa = sorted((abs(d - t), i, j) for i, j, d, same in pairs if not same and d <= t)
+    assert view.fa_table.rowCount() == min(12, len(fa)) > 0
+    highlights = []
+    view.state.highlight_changed.connect(lambda a: highlights.append(list(a)))
+    view.fa_table.selectRow(0)
+    _, i0, j0 = fa[0]
+    assert highlights[-1] == [int(ids[i0]), int(ids[j0])]
+    d0 = next(d for i, j, d, _ in pairs if (i, j) == (i0, j0))
+    assert float(view.fa_table.item(0, 2).text()) == pytest.approx(d0, abs=1e-4)
+    # thumbnails arrive from the run's image files
+    qtbot.waitUntil(lambda: not view.fa_table.item(0, 0).icon().isNull(), timeout=10000)
+    # class table: false rejects per held-out class, counted by loops
+    classes = RunReader(run_dir).classes
+    fr_by_class = {}
+    for i, j, d, same in pairs:
+        if same and d > t:
+            fr_by_class[classes[y[i]]] = fr_by_class.get(classes[y[i]], 0) + 1
+    shown = {view.class_table.item(r, 0).text(): int(view.class_table.item(r, 2).text())
+             for r in range(view.class_table.rowCount())}
+    for name, n in fr_by_class.items():
+        assert shown[name] == n
+    assert all(name.startswith("class_") and int(name[-2:]) >= N_TRAIN_CLASSES for name in shown)
+
+
+def test_export_threshold_json_and_plots(qtbot, view, tmp_path):
+    run_dir = make_run(tmp_path, loss="triplet")  # a Euclidean loss
+    open_run(qtbot, view, run_dir)
+    _, x, y = heldout(run_dir, 1)
+    pairs = brute_pairs(x, y, "euclidean")
+    t = gap_threshold(pairs, 3.0, 6.0)
+    view.spin.setValue(t)
+    wait_idle(qtbot, view)
+    path = view.export_threshold()
+    assert path == run_dir / "thresholds.json"
+    rec = json.loads(path.read_text())
+    b = brute_rates(pairs, t)
+    assert rec["threshold"] == pytest.approx(t) and rec["metric"] == "euclidean"
+    assert "smaller = more alike" in rec["direction"]
+    assert rec["epoch"] == 1 and Path(rec["run"]) == run_dir
+    assert rec["checkpoint"].endswith("epoch_0001.pt")
+    assert rec["at_threshold"]["far"] == pytest.approx(b["fa"] / b["ni"])
+    assert rec["at_threshold"]["frr"] == pytest.approx(b["fr"] / b["ng"])
+    lo, hi = rec["at_threshold"]["far_ci95"]
+    assert lo <= rec["at_threshold"]["far"] <= hi
+    assert rec["curve"]["auc_ci95"][0] <= rec["curve"]["auc"] <= rec["curve"]["auc_ci95"][1]
+    assert rec["curve"]["tar_at_far"]["1e-6"]["sufficient_pairs"] is False
+    assert rec["curve"]["tar_at_far"]["1e-6"]["tar"] is None
+    files = view.export_plots(tmp_path)
+    assert len(files) == 4
+    for f in files:
+        assert f.stat().st_size > 1000
+        if f.suffix == ".png":
+            with Image.open(f) as im:
+                assert im.size[0] >= 800
+        else:
+            assert "<svg" in f.read_text()[:2000]
+
+
+def test_new_epoch_replaces_result_and_no_heldout_message(qtbot, view, tmp_path):
+    run_dir = make_run(tmp_path)
+    open_run(qtbot, view, run_dir)
+    auc1 = view.data.roc.auc
+    view.state.set_epoch(0)
+    view.state.set_epoch(1)
+    view.state.set_epoch(0)  # the older jobs are cancelled; only epoch 0's answer arrives
+    wait_idle(qtbot, view)
+    assert view.data.epoch == 0
+    ids, x, y = heldout(run_dir, 0)
+    assert view.data.roc.auc < auc1  # epoch 0 is more spread out
+    other = tmp_path / "other"
+    other.mkdir()
+    open_run(qtbot, view, make_run(other, heldout_classes=1))
+    assert "at least two classes" in view.title.text()
+    assert not view.save_btn.isEnabled()

@@ -1,0 +1,208 @@
+"""Small pure helpers for the verification threshold studio that trainer.evaluate does not provide.
+
+* :func:`threshold_grid` picks histogram bins whose edges are round numbers (multiples of 1e-4 by default), so a
+  threshold typed with four decimals IS a bin edge and the rates read from the histograms are exact for it.
+* :func:`snap_threshold` rounds any threshold to the nearest edge; :func:`coarsen` sums fine bins for display.
+* :func:`rates_ci_at_threshold` gives class-bootstrap intervals of FAR / FRR at one threshold (evaluate's
+  :func:`~trainer.evaluate.bootstrap_ci` covers AUC, EER and TAR@FAR, not a fixed threshold).
+* :func:`write_json_atomic` writes a side file into a run (tmp + fsync + os.replace) when only a read-only
+  RunReader is at hand.
+
+Direction convention as in trainer.evaluate: distances, smaller = more alike, accept a pair when d <= t.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.evaluate import METRICS, PairHistograms
+
+__all__ = ["threshold_grid", "snap_threshold", "coarsen", "rates_ci_at_threshold", "write_json_atomic"]
+
+
+def threshold_grid(embeddings: np.ndarray, metric: str, *, step: float = 1e-4,
+                   max_bins: int = 2**18) -> tuple[int, float, float]:
+    """(bins, max_distance, step) for pair_histograms so that edge k is k * step: typed thresholds are edges.
+
+    Cosine distances lie in [0, 2]; Euclidean ones are bounded by twice the largest distance to the centroid. The
+    step grows by powers of ten when the range would need more than ``max_bins`` bins.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    if not step > 0:
+        raise ValueError(f"step must be positive, got {step}")
+    if metric == "cosine":
+        hi = 2.0
+    else:
+        x = np.asarray(embeddings, dtype=np.float64)
+        if x.ndim != 2 or len(x) == 0:
+            raise ValueError(f"embeddings: expected a non-empty (N, D) array, got shape {x.shape}")
+        radius = float(np.sqrt(((x - x.mean(axis=0)) ** 2).sum(axis=1)).max())
+        hi = max(2.0 * radius * (1 + 1e-6), step)
+    while math.ceil(hi / step - 1e-9) > max_bins:
+        step *= 10.0
+    bins = max(2, int(math.ceil(hi / step - 1e-9)))
+    return bins, bins * step, step
+
+
+def snap_threshold(h: PairHistograms, threshold: float) -> float:
+    """The bin edge nearest to ``threshold`` (clipped to the histogram range; a tie goes to the smaller, stricter
+    edge): the threshold the rates are exact for."""
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold}")
+    k = int(np.clip(math.ceil((threshold - h.edges[0]) / h.bin_width - 0.5), 0, h.bins))
+    return float(h.edges[k])
+
+
+def coarsen(h: PairHistograms, max_bins: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(edges, genuine, impostor) with groups of fine bins summed so at most ``max_bins`` remain (for plotting).
+
+    The range is cut to the occupied bins (plus one empty group either side) so the plot is not mostly empty.
+    """
+    total = h.genuine + h.impostor
+    nz = np.flatnonzero(total)
+    if len(nz) == 0:
+        lo_bin, hi_bin = 0, h.bins
+    else:
+        lo_bin, hi_bin = int(nz[0]), int(nz[-1]) + 1
+    span = hi_bin - lo_bin
+    factor = max(1, int(math.ceil(span / max(1, max_bins - 2))))
+    lo_bin = max(0, (lo_bin // factor - 1) * factor)
+    n_groups = int(math.ceil((min(h.bins, hi_bin + factor) - lo_bin) / factor))
+    stop = min(h.bins, lo_bin + n_groups * factor)
+    pad = lo_bin + n_groups * factor - stop
+
+    def group(a: np.ndarray) -> np.ndarray:
+        part = np.concatenate([a[lo_bin:stop], np.zeros(pad, dtype=a.dtype)])
+        return part.reshape(n_groups, factor).sum(axis=1)
+
+    idx = lo_bin + factor * np.arange(n_groups + 1)
+    edges = h.edges[0] + idx * h.bin_width
+    return edges, group(h.genuine), group(h.impostor)
+
+
+def _group_accept_counts(x: torch.Tensor, g: np.ndarray, y: np.ndarray, metric: str, threshold: float,
+                         n_groups: int, block_rows: int) -> tuple[np.ndarray, ...]:
+    """Per (group, group) pair counts over i < j: impostor pairs, accepted impostors; per group: genuine pairs,
+    accepted genuine. Groups are constant within a class."""
+    n = len(x)
+    gg = torch.from_numpy(g)
+    yy = torch.from_numpy(y)
+    cells = n_groups * n_groups
+    imp_all = torch.zeros(cells + 1, dtype=torch.int64)
+    imp_acc = torch.zeros(cells + 1, dtype=torch.int64)
+    gen_all = torch.zeros(n_groups, dtype=torch.int64)
+    gen_acc = torch.zeros(n_groups, dtype=torch.int64)
+    sq = (x * x).sum(dim=1)
+    for r0 in range(0, n, block_rows):
+        r1 = min(n, r0 + block_rows)
+        s = x[r0:r1] @ x.T
+        d = 1.0 - s if metric == "cosine" else (sq[r0:r1, None] + sq[None, :] - 2.0 * s).clamp_(min=0.0).sqrt_()
+        upper = torch.arange(n).unsqueeze(0) > torch.arange(r0, r1).unsqueeze(1)
+        same = yy[r0:r1, None] == yy[None, :]
+        acc = d <= threshold
+        cell = gg[r0:r1, None] * n_groups + gg[None, :]
+        imp = upper & ~same
+        imp_all += torch.bincount(torch.where(imp, cell, cells).view(-1), minlength=cells + 1)
+        imp_acc += torch.bincount(torch.where(imp & acc, cell, cells).view(-1), minlength=cells + 1)
+        gen = upper & same
+        gen_all += torch.bincount(gg[r0:r1], weights=gen.sum(dim=1).double(), minlength=n_groups).long()
+        gen_acc += torch.bincount(gg[r0:r1], weights=(gen & acc).sum(dim=1).double(), minlength=n_groups).long()
+    ia = imp_all[:cells].view(n_groups, n_groups).numpy()
+    ic = imp_acc[:cells].view(n_groups, n_groups).numpy()
+    # fold (g, h) and (h, g) into one symmetric count per unordered group pair
+    ia = np.triu(ia + ia.T) - np.diag(np.diag(ia))
+    ic = np.triu(ic + ic.T) - np.diag(np.diag(ic))
+    return ia, ic, gen_all.numpy(), gen_acc.numpy()
+
+
+def rates_ci_at_threshold(embeddings, labels, threshold: float, *, metric: str = "cosine", n_boot: int = 500,
+                          seed: int = 0, confidence: float = 0.95, max_groups: int = 64,
+                          block_bytes: int = 64 * 2**20) -> dict[str, dict[str, float]]:
+    """FAR and FRR at ``threshold`` (accept d <= t) with percentile class-bootstrap intervals.
+
+    Classes (not pairs) are resampled, as in :func:`trainer.evaluate.bootstrap_ci`: classes are dealt into at most
+    ``max_groups`` groups, whole groups are drawn with replacement, pairs between two copies of a group are left
+    out. Returns ``{"far": {...}, "frr": {...}}`` each with estimate, low, high, std (NaN where undefined).
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    x = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"embeddings: expected a non-empty (N, D) array, got shape {x.shape}")
+    lab = np.asarray(labels)
+    if lab.shape != (len(x),):
+        raise ValueError(f"labels must be 1-D with one entry per row ({len(x)}), got shape {lab.shape}")
+    if metric == "cosine":
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise ValueError("embeddings: a row is all zeros; cosine distance is undefined for it")
+        x = x / norms
+    else:
+        x = x - x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    _, y = np.unique(lab, return_inverse=True)
+    y = y.reshape(-1).astype(np.int64)
+    n_classes = int(y.max()) + 1
+    n_groups = min(int(max_groups), n_classes)
+    rng = np.random.default_rng(seed)
+    group_of_class = np.empty(n_classes, dtype=np.int64)
+    for k, part in enumerate(np.array_split(rng.permutation(n_classes), n_groups)):
+        group_of_class[part] = k
+    rows = int(max(1, min(len(x), block_bytes // (4 * len(x) * 4))))
+    ia, ic, ga, gc = _group_accept_counts(torch.from_numpy(np.ascontiguousarray(x)), group_of_class[y], y, metric,
+                                          float(threshold), n_groups, rows)
+    m = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=int(n_boot)).astype(np.float64)
+    # within a group: weight m_g (copies are not paired with each other); across groups g < h: m_g * m_h
+    w = m[:, :, None] * m[:, None, :]
+    idx = np.arange(n_groups)
+    w[:, idx, idx] = m
+    boot_ia = np.einsum("bgh,gh->b", w, ia.astype(np.float64))
+    boot_ic = np.einsum("bgh,gh->b", w, ic.astype(np.float64))
+    boot_ga = m @ ga.astype(np.float64)
+    boot_gc = m @ gc.astype(np.float64)
+    alpha = (1.0 - confidence) / 2.0
+
+    def summary(num_full: float, den_full: float, num: np.ndarray, den: np.ndarray) -> dict[str, float]:
+        est = num_full / den_full if den_full else float("nan")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            vals = num / den
+        vals = vals[np.isfinite(vals)]
+        if len(vals) == 0 or not math.isfinite(est):
+            return {"estimate": est, "low": float("nan"), "high": float("nan"), "std": float("nan")}
+        lo, hi = np.quantile(vals, [alpha, 1.0 - alpha])
+        return {"estimate": float(est), "low": float(lo), "high": float(hi), "std": float(vals.std())}
+
+    far = summary(float(ic.sum()), float(ia.sum()), boot_ic, boot_ia)
+    frr = summary(float(ga.sum() - gc.sum()), float(ga.sum()), boot_ga - boot_gc, boot_ga)
+    return {"far": far, "frr": frr}
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as strict JSON to ``path`` crash-safely: a ``.tmp`` file, fsync, os.replace, fsync the folder."""
+    path = Path(path)
+    try:
+        data = json.dumps(obj, indent=1, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"cannot save {path}: {exc}") from None
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot save {path}: the folder {path.parent} does not exist")
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if os.name == "posix":
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return path
