@@ -209,18 +209,16 @@ def _first_true(sorted_keys: torch.Tensor, a: torch.Tensor, margin: float, n_val
     """
     dtype = sorted_keys.dtype
     m = torch.tensor(margin, dtype=dtype)
-    t = a.double() + float(m)
-    eps = torch.finfo(dtype).eps
-    tol = 8 * eps * (a.double().abs() + abs(float(m)) + t.abs()) + torch.finfo(dtype).tiny
-    s64 = sorted_keys.double()
-    lo = torch.searchsorted(s64, (t - tol).contiguous(), right=True)
-    hi = torch.searchsorted(s64, (t + tol).contiguous(), right=True)
+    t = a + m
+    # generous bound on the rounding of t and of (x - a): 16 ulps of the magnitudes involved
+    tol = 16 * torch.finfo(dtype).eps * (a.abs() + m.abs() + t.abs()) + torch.finfo(dtype).tiny
+    lo = torch.searchsorted(sorted_keys, t - tol, right=True)
+    hi = torch.searchsorted(sorted_keys, t + tol, right=True)
     width = sorted_keys.shape[1]
     while bool((hi > lo).any()):
         mid = (lo + hi) // 2
         vals = torch.gather(sorted_keys, 1, mid.clamp(max=width - 1))
-        q = (vals - a) > m
-        q |= mid >= width
+        q = ((vals - a) > m) | (mid >= width)
         open_ = hi > lo
         hi = torch.where(open_ & q, mid, hi)
         lo = torch.where(open_ & ~q, mid + 1, lo)
@@ -230,33 +228,30 @@ def _first_true(sorted_keys: torch.Tensor, a: torch.Tensor, margin: float, n_val
 def _count_from_keys(
     key: torch.Tensor, labels: torch.Tensor, margin: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-anchor (easy, semihard, hard) counts and per-anchor key sums, from a (B, B) key matrix."""
+    """Per-anchor (easy, semihard, hard) counts and triplet-weighted key sums, from a (B, B) key matrix.
+
+    Every column is looked up in the anchor's sorted negatives (B^2 binary searches, no B^3 mask); the counts
+    are then kept for the positive columns only.
+    """
     b = key.shape[0]
     same = labels.unsqueeze(0) == labels.unsqueeze(1)
-    eye = torch.eye(b, dtype=torch.bool, device=key.device)
-    pos_mask = same & ~eye
+    pos_mask = same.clone()
+    pos_mask.fill_diagonal_(False)
     neg_mask = ~same
     n_neg = neg_mask.sum(1)
-    inf = torch.tensor(float("inf"), dtype=key.dtype, device=key.device)
-    sorted_neg = torch.sort(torch.where(neg_mask, key, inf), dim=1).values
-    # positives of each anchor, padded; padding slots are masked out of the sums
     n_pos = pos_mask.sum(1)
-    p_max = int(n_pos.max()) if b else 0
-    order = torch.sort(pos_mask.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :p_max]
-    pos_keys = torch.gather(key, 1, order)
-    pos_valid = torch.arange(p_max, device=key.device).unsqueeze(0) < n_pos.unsqueeze(1)
-    n_le_0 = torch.minimum(torch.searchsorted(sorted_neg, pos_keys.contiguous(), right=True), n_neg.unsqueeze(1))
-    n_le_m = _first_true(sorted_neg, pos_keys, margin, n_neg)
+    sorted_neg = torch.sort(key.masked_fill(same, float("inf")), dim=1).values
+    n_le_0 = torch.minimum(torch.searchsorted(sorted_neg, key, right=True), n_neg.unsqueeze(1))
+    n_le_m = _first_true(sorted_neg, key, margin, n_neg)
     hard = torch.minimum(n_le_0, n_le_m)
-    semi = n_le_m - hard
-    easy = n_neg.unsqueeze(1) - n_le_m
-    zero = torch.zeros((), dtype=torch.long, device=key.device)
-    easy = torch.where(pos_valid, easy, zero).sum(1)
-    semi = torch.where(pos_valid, semi, zero).sum(1)
-    hard = torch.where(pos_valid, hard, zero).sum(1)
-    sum_ap = torch.where(pos_valid, pos_keys.double(), torch.zeros((), dtype=torch.float64)).sum(1)
-    sum_an = torch.where(neg_mask, key.double(), torch.zeros((), dtype=torch.float64)).sum(1)
-    return easy, semi, hard, sum_ap * n_neg, sum_an * n_pos
+    pos_l = pos_mask.long()
+    hard_sum = (hard * pos_l).sum(1)
+    le_m_sum = (n_le_m * pos_l).sum(1)
+    easy = n_neg * n_pos - le_m_sum
+    semi = le_m_sum - hard_sum
+    sum_ap = (key.double() * pos_mask).sum(1)
+    sum_an = (key.double() * neg_mask).sum(1)
+    return easy, semi, hard_sum, sum_ap * n_neg, sum_an * n_pos
 
 
 @torch.no_grad()
@@ -283,6 +278,7 @@ def batch_census(
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
     key, inverted = _key_matrix(x, lab, metric, distance)
+    key = key.contiguous()
     if key.shape[0] == 0:
         return TripletCounts(0, 0, 0, 0, float("nan"), float("nan"))
     if not bool(torch.isfinite(key).all()):
