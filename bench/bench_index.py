@@ -1,0 +1,87 @@
+"""Neighbour search speed: NeighborIndex (faiss) vs sklearn brute-force NearestNeighbors and plain numpy.
+
+    python bench/bench_index.py [--quick] [--hnsw-n N]
+
+Single queries (one at a time, as the GUI asks when a point is clicked) on a 100,000-image gallery (D=128;
+10,000 with --quick), cosine; ids must agree with the numpy search.  Then an HNSW index on ``--hnsw-n`` images
+(default 200,000; 20,000 with --quick): build time, recall@10 against exact search and single-query time.
+Timings are medians; the machine is shared, so expect noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sklearn.neighbors import NearestNeighbors  # noqa: E402
+
+from trainer.index import NeighborIndex  # noqa: E402
+
+
+def gallery(n: int, dim: int = 128, classes: int = 500, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(classes, dim)).astype(np.float32)
+    return centers[rng.integers(0, classes, n)] + 0.7 * rng.normal(size=(n, dim)).astype(np.float32)
+
+
+def per_query(fn, queries: np.ndarray) -> tuple[float, list]:
+    times, out = [], []
+    for q in queries:
+        t = time.perf_counter()
+        out.append(fn(q[None, :]))
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--hnsw-n", type=int, default=None)
+    args = ap.parse_args()
+    n = 10_000 if args.quick else 100_000
+    k = 10
+    x = gallery(n)
+    queries = x[np.random.default_rng(1).choice(n, 50, replace=False)] + 0.01
+    print(f"== single-query k={k} search, gallery {n} x 128, cosine, median of {len(queries)} queries")
+    t = time.perf_counter()
+    index = NeighborIndex(x, metric="cosine")
+    print(f"  NeighborIndex build {time.perf_counter() - t:.2f} s (exact={index.is_exact})")
+    t_ours, res_ours = per_query(lambda q: index.search(q, k)[1][0], queries)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def numpy_search(q):
+        qn = q[0] / np.linalg.norm(q[0])
+        d = 1.0 - xn @ qn
+        part = np.argpartition(d, k)[:k]
+        return part[np.argsort(d[part], kind="stable")]
+
+    t_np, res_np = per_query(numpy_search, queries)
+    nn = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="cosine").fit(x)
+    t_sk, res_sk = per_query(lambda q: nn.kneighbors(q, return_distance=True)[1][0], queries)
+    agree_np = np.mean([len(set(a) & set(b)) / k for a, b in zip(res_ours, res_np)])
+    agree_sk = np.mean([len(set(a) & set(b)) / k for a, b in zip(res_ours, res_sk)])
+    print(f"  NeighborIndex.search {t_ours * 1e3:7.2f} ms/query")
+    print(f"  numpy argpartition   {t_np * 1e3:7.2f} ms/query  (ours is x{t_np / t_ours:.1f} faster; id overlap {agree_np:.3f})")
+    print(f"  sklearn brute        {t_sk * 1e3:7.2f} ms/query  (ours is x{t_sk / t_ours:.1f} faster; id overlap {agree_sk:.3f})")
+
+    hn = args.hnsw_n or (20_000 if args.quick else 200_000)
+    xh = gallery(hn, seed=2)
+    print(f"== HNSW (M=32, efSearch=128), gallery {hn} x 128, cosine")
+    t = time.perf_counter()
+    h = NeighborIndex(xh, metric="cosine", approximate=True, recall_queries=200)
+    print(f"  build + recall measurement {time.perf_counter() - t:.1f} s; recall@10 vs exact {h.recall_at_10:.3f}")
+    qh = xh[:50] + 0.01
+    t_h, _ = per_query(lambda q: h.search(q, k), qh)
+    t_e, _ = per_query(lambda q: h.exact_search(q, k), qh)
+    print(f"  HNSW {t_h * 1e3:.2f} ms/query vs exact flat {t_e * 1e3:.2f} ms/query (x{t_e / t_h:.1f})")
+
+
+if __name__ == "__main__":
+    main()
