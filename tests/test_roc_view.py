@@ -316,6 +316,7 @@ def test_moving_the_threshold_updates_labels(qtbot, view, tmp_path):
     mx, my = view.op_marker.getData()
     b = brute_rates(pairs, t2)
     assert my[0] == pytest.approx(1 - b["fr"] / b["ng"])
+    assert 10 ** mx[0] == pytest.approx(b["fa"] / b["ni"])  # the FAR axis is log-mapped
 
 
 def test_pick_far_and_insufficient_pairs(qtbot, view, tmp_path):
@@ -377,10 +378,12 @@ def test_pairs_tables_and_highlight_global_ids(qtbot, view, tmp_path):
     for i, j, d, same in pairs:
         if same and d > t:
             fr_by_class[classes[y[i]]] = fr_by_class.get(classes[y[i]], 0) + 1
-    shown = {view.class_table.item(r, 0).text(): int(view.class_table.item(r, 2).text())
+    shown = {view.class_table.item(r, 0).text(): int(view.class_table.item(r, 3).text())
              for r in range(view.class_table.rowCount())}
     for name, n in fr_by_class.items():
         assert shown[name] == n
+    totals = [int(view.class_table.item(r, 1).text()) for r in range(view.class_table.rowCount())]
+    assert totals == sorted(totals, reverse=True)  # most errors first
     assert all(name.startswith("class_") and int(name[-2:]) >= N_TRAIN_CLASSES for name in shown)
 
 

@@ -305,12 +305,11 @@ class RocView(QWidget):
         rp.showGrid(x=True, y=True, alpha=0.2)
         rp.addLegend(offset=(-10, -10))
         self.roc_curve = rp.plot([], [], pen=pg.mkPen((31, 119, 180), width=2), name="ROC")
-        self.eer_marker = pg.ScatterPlotItem(size=9, symbol="s", brush=pg.mkBrush(120, 120, 120), pen=None,
-                                             name="EER")
-        self.op_marker = pg.ScatterPlotItem(size=14, symbol="o", brush=pg.mkBrush(255, 140, 0),
-                                            pen=pg.mkPen((30, 30, 30), width=1.5), name="threshold")
-        rp.addItem(self.eer_marker)
-        rp.addItem(self.op_marker)
+        # markers are PlotDataItems (not bare ScatterPlotItems) so the plot's log FAR axis maps them too
+        self.eer_marker = rp.plot([], [], pen=None, symbol="s", symbolSize=9, symbolBrush=(120, 120, 120),
+                                  symbolPen=None, name="EER")
+        self.op_marker = rp.plot([], [], pen=None, symbol="o", symbolSize=14, symbolBrush=(255, 140, 0),
+                                 symbolPen=pg.mkPen((30, 30, 30), width=1.5), name="threshold")
         rp.setYRange(0, 1.02, padding=0)
 
         plots = QSplitter(Qt.Orientation.Horizontal)
@@ -385,6 +384,7 @@ class RocView(QWidget):
         self.summary = QTableWidget(0, 3)
         self.summary.setHorizontalHeaderLabels(["Whole curve", "Value", "95 % interval (class bootstrap)"])
         self.summary.verticalHeader().hide()
+        self.summary.verticalHeader().setDefaultSectionSize(24)
         self.summary.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.summary.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.summary.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
@@ -398,9 +398,11 @@ class RocView(QWidget):
         # error inspection
         self.fa_table = self._pair_table()
         self.fr_table = self._pair_table()
-        self.class_table = QTableWidget(0, 4)
-        self.class_table.setHorizontalHeaderLabels(["Class", "False accepts", "False rejects", "Genuine pairs"])
+        self.class_table = QTableWidget(0, 5)
+        self.class_table.setHorizontalHeaderLabels(["Class", "Errors", "False accepts", "False rejects",
+                                                    "Genuine pairs"])
         self.class_table.verticalHeader().hide()
+        self.class_table.verticalHeader().setDefaultSectionSize(24)
         self.class_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.class_table.setSortingEnabled(True)
         self.class_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
@@ -825,7 +827,7 @@ class RocView(QWidget):
                     pm = self.thumbs.request(gid) if self.thumbs is not None else None
                     if pm is not None:
                         item.setIcon(QIcon(pm))
-                dist_item = QTableWidgetItem(f"{dist[r]:.4f}")
+                dist_item = QTableWidgetItem(f"{dist[r]:.5f}")
                 dist_item.setToolTip(f"{DIRECTION}; threshold {self.threshold:.4f}")
                 table.setItem(r, 2, dist_item)
                 table.setItem(r, 3, QTableWidgetItem(f"{cname(int(d.labels[i[r]]))}  ·  {cname(int(d.labels[j[r]]))}"))
@@ -839,11 +841,14 @@ class RocView(QWidget):
         self.class_table.setRowCount(len(worst))
         for r, k in enumerate(worst):
             self.class_table.setItem(r, 0, QTableWidgetItem(cname(int(ce["classes"][k]))))
-            for c, key in ((1, "false_accepts"), (2, "false_rejects"), (3, "genuine_pairs")):
+            values = (int(ce["false_accepts"][k] + ce["false_rejects"][k]), int(ce["false_accepts"][k]),
+                      int(ce["false_rejects"][k]), int(ce["genuine_pairs"][k]))
+            for c, val in enumerate(values, start=1):
                 item = QTableWidgetItem()
-                item.setData(Qt.ItemDataRole.DisplayRole, int(ce[key][k]))
+                item.setData(Qt.ItemDataRole.DisplayRole, val)
                 self.class_table.setItem(r, c, item)
         self.class_table.setSortingEnabled(True)
+        self.class_table.sortItems(1, Qt.SortOrder.DescendingOrder)
         n_fa, n_fr = len(e["false_accept"][0]), len(e["false_reject"][0])
         self.errors_note.setText(f"At t = {self.threshold:.4f}: the {n_fa} false accepts and {n_fr} false rejects "
                                  f"nearest the threshold; click a pair to mark it in the map.")
