@@ -115,7 +115,7 @@ class MainWindow(QMainWindow):
         self.controller.running_changed.connect(self._on_running_changed)
         self.controller.failed.connect(lambda e: self.show_status(f"Training failed: {e.message}"))
         self.controller.stopped.connect(lambda e: self.show_status("Training ended"))
-        self.controller.epoch_done.connect(lambda e: self.show_status(f"Epoch {e.epoch + 1} done"))
+        self.controller.epoch_done.connect(lambda e: self.show_status(f"Epoch {e.epoch} done"))
         self.state.run_changed.connect(self._on_run_changed)
         self.state.epoch_changed.connect(self._on_epoch_changed)
         self.jobs.finished.connect(self._on_job_finished)
@@ -145,7 +145,10 @@ class MainWindow(QMainWindow):
             label = QLabel("The embedding map is not available in this build.")
             label.setAlignment(Qt.AlignmentFlag.AlignCenter)
             return label
-        return MapView(self.state)
+        try:  # share the window's job runner, so quitting cancels the map's UMAP jobs too
+            return MapView(self.state, jobs=self.jobs)
+        except TypeError:
+            return MapView(self.state)
 
     def add_view(self, title: str, widget: QWidget) -> int:
         """Add ``widget`` as a tab called ``title`` (with a View-menu entry and Ctrl+<n> for the first nine)."""
@@ -365,7 +368,7 @@ class MainWindow(QMainWindow):
     @Slot(int)
     def _on_epoch_changed(self, epoch: int) -> None:
         text = self.run_label.text().split("  ·  ")[0]
-        self.run_label.setText(f"{text}  ·  epoch {epoch + 1}")
+        self.run_label.setText(f"{text}  ·  epoch {epoch}")
 
     # ---- drag and drop ----------------------------------------------------------------------------------------
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override

@@ -22,6 +22,23 @@ from trainer.config import PRESETS, TrainConfig  # noqa: E402
 pytestmark = pytest.mark.gui
 
 
+@pytest.fixture(autouse=True)
+def plain_map(request, monkeypatch):
+    """The map view (tested on its own) warms up UMAP in the background; most tests here do not need it."""
+    if "real_map" in request.fixturenames:
+        return
+    from PySide6.QtWidgets import QLabel
+
+    from explorer.main_window import MainWindow
+
+    monkeypatch.setattr(MainWindow, "_make_map_view", lambda self: QLabel("map"))
+
+
+@pytest.fixture
+def real_map() -> None:
+    """Requested by a test that wants the real map view in the window (an integration check)."""
+
+
 @pytest.fixture
 def settings(tmp_path) -> Settings:
     return Settings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))

@@ -30,7 +30,20 @@ METRIC_LABELS = {
     "recall_at_8": "Recall@8",
     "nmi": "NMI",
     "ami": "AMI",
+    "auc": "ROC AUC",
 }
+# the trainer prefixes metrics with their split ("heldout/precision_at_1"); an unprefixed key is held-out
+
+
+def metric_label(key: str) -> str | None:
+    """The curve label for a metric key, or None when the key is not drawn (train P@1 is, as an overfit hint)."""
+    split, _, base = key.rpartition("/")
+    split = split or "heldout"
+    if split == "heldout" and base in METRIC_LABELS:
+        return METRIC_LABELS[base]
+    if split == "train" and base == "precision_at_1":
+        return "train P@1"
+    return None
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
@@ -89,6 +102,7 @@ class TrainingView(QWidget):
         self._last_draw = 0.0
         self._dirty = False
         self._metric_series: dict[str, _Series] = {}
+        self._live = False  # between running_changed(True) and (False): curves come from events, not the store
         self.errors: list[str] = []  # messages shown to the user (tests read them)
         self._build()
         controller.started.connect(self._on_started)
@@ -206,6 +220,7 @@ class TrainingView(QWidget):
 
     @Slot(bool)
     def _on_running_changed(self, running: bool) -> None:
+        self._live = running
         self._update_buttons()
 
     # ---- events -----------------------------------------------------------------------------------------------
@@ -241,7 +256,7 @@ class TrainingView(QWidget):
         self._batches_done = 0
         self.epoch_progress.setMaximum(self._batches_per_epoch)
         self.run_progress.setMaximum(self._epochs * self._batches_per_epoch)
-        self.run_progress.setValue(self._start_epoch * self._batches_per_epoch)
+        self.run_progress.setValue(max(0, self._start_epoch - 1) * self._batches_per_epoch)
         self.status_label.setText(f"Training on {e.device}")
         self.append_log(f"Started: {self._epochs} epochs x {self._batches_per_epoch} batches on {e.device}"
                         + (f", resuming at epoch {e.start_epoch}" if e.start_epoch else "")
@@ -251,7 +266,7 @@ class TrainingView(QWidget):
     @Slot(object)
     def _on_batch(self, e: ev.BatchDone) -> None:
         bpe = max(1, int(e.batches_per_epoch))
-        x = e.epoch * bpe + e.batch
+        x = max(0, e.epoch - 1) * bpe + e.batch  # training epochs count from 1 (epoch 0 is the untrained net)
         self.loss_series.append(x, e.loss)
         self.miner_series["easy"].append(x, e.n_easy)
         self.miner_series["semi-hard"].append(x, e.n_semihard)
@@ -266,7 +281,7 @@ class TrainingView(QWidget):
         seconds_per_batch = (now - self._t0) / self._batches_done
         left_epoch = (bpe - e.batch - 1) * seconds_per_batch
         left_run = max(0, self._epochs * bpe - x - 1) * seconds_per_batch
-        self.epoch_eta.setText(f"epoch {e.epoch + 1}/{self._epochs}, {format_seconds(left_epoch)} left")
+        self.epoch_eta.setText(f"epoch {e.epoch}/{self._epochs}, {format_seconds(left_epoch)} left")
         self.run_eta.setText(f"{format_seconds(left_run)} left")
         self.speed_label.setText(f"loss {e.loss:.4f}   lr {e.lr:.2e}   {e.images_per_second:.0f} images/s   "
                                  f"mined {e.n_tuples} tuples")
@@ -290,21 +305,23 @@ class TrainingView(QWidget):
         if self._dirty:
             self._redraw()
         self._add_metrics(e.epoch, e.metrics)
-        shown = ", ".join(f"{METRIC_LABELS.get(k, k)} {v:.3f}" for k, v in e.metrics.items()
-                          if k in METRIC_LABELS)
-        self.append_log(f"Epoch {e.epoch + 1} done in {format_seconds(e.seconds)}" + (f": {shown}" if shown else ""))
+        shown = ", ".join(f"{metric_label(k)} {v:.3f}" for k, v in e.metrics.items() if metric_label(k))
+        what = f"Epoch {e.epoch} done" if e.epoch > 0 else "Untrained network evaluated"
+        self.append_log(f"{what} in {format_seconds(e.seconds)}" + (f": {shown}" if shown else ""))
 
     def _add_metrics(self, epoch: int, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
-            if key not in METRIC_LABELS or value is None or not np.isfinite(value):
+            label = metric_label(key)
+            if label is None or value is None or not np.isfinite(value):
                 continue
             series = self._metric_series.get(key)
             if series is None:
                 color = _PALETTE[len(self._metric_series) % len(_PALETTE)]
-                curve = self.metric_plot.plot(pen=pg.mkPen(color, width=2), symbol="o", symbolSize=5,
-                                              symbolBrush=color, symbolPen=None, name=METRIC_LABELS[key])
+                style = Qt.PenStyle.DashLine if key.startswith("train/") else Qt.PenStyle.SolidLine
+                curve = self.metric_plot.plot(pen=pg.mkPen(color, width=2, style=style), symbol="o", symbolSize=5,
+                                              symbolBrush=color, symbolPen=None, name=label)
                 series = self._metric_series[key] = _Series(curve, 64)
-            series.append(epoch + 1, float(value))
+            series.append(epoch, float(value))
             series.flush()
 
     @Slot(object)
@@ -328,7 +345,7 @@ class TrainingView(QWidget):
     def _on_stopped(self, e: ev.Stopped) -> None:
         if self._dirty:
             self._redraw()
-        last = f"last committed epoch {e.epoch + 1}" if e.epoch >= 0 else "no epoch committed"
+        last = f"last committed epoch {e.epoch}" if e.epoch >= 0 else "no epoch committed"
         what = {"finished": "Finished", "user": "Stopped"}.get(e.reason, f"Ended ({e.reason})")
         self.status_label.setText(f"{what} — {last}")
         self.append_log(f"{what}: {last}" + (f" in {e.run_dir}" if e.run_dir else ""))
@@ -340,12 +357,12 @@ class TrainingView(QWidget):
 
     @Slot(object)
     def _on_snapshot(self, e: ev.SnapshotReady) -> None:
-        self.append_log(f"Epoch {e.epoch + 1} saved: {e.path}")
+        self.append_log(f"Epoch {e.epoch} saved: {e.path}")
 
     @Slot(object)
     def _on_run_changed(self, run) -> None:
         """An opened (or followed) run: draw its stored metric history so the curves are not empty."""
-        if run is None or self.controller.is_running():
+        if run is None or self._live:
             return
         self.reset()
         try:

@@ -1,0 +1,291 @@
+"""Point-and-click training: the controller's thread and signals, pause/resume/stop, close while training, errors."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QSettings
+from PySide6.QtWidgets import QApplication, QMessageBox
+
+sys.path.insert(0, str(Path(__file__).parent))
+from image_fixtures import make_class_folder  # noqa: E402
+
+from explorer.app import create_window  # noqa: E402
+from explorer.settings import Settings  # noqa: E402
+from explorer.state import AppState  # noqa: E402
+from explorer.training import TrainingController  # noqa: E402
+from trainer import events as ev  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.store import RunReader  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(autouse=True)
+def plain_map(request, monkeypatch):
+    """The map view (tested on its own) warms up UMAP in the background; most tests here do not need it."""
+    if "real_map" in request.fixturenames:
+        return
+    from PySide6.QtWidgets import QLabel
+
+    from explorer.main_window import MainWindow
+
+    monkeypatch.setattr(MainWindow, "_make_map_view", lambda self: QLabel("map"))
+
+
+@pytest.fixture
+def real_map() -> None:
+    """Requested by a test that wants the real map view in the window (an integration check)."""
+
+
+class _RecordingBox:
+    """Stands in for QMessageBox in the training view: records instead of showing."""
+
+    shown: list[tuple[str, str]] = []
+
+    Icon = QMessageBox.Icon
+    StandardButton = QMessageBox.StandardButton
+
+    def __init__(self, icon, title, text, buttons=None, parent=None) -> None:
+        self.title, self.text = title, text
+
+    def setDetailedText(self, text: str) -> None:  # noqa: N802 - Qt name
+        self.detail = text
+
+    def open(self) -> None:
+        _RecordingBox.shown.append((self.title, self.text))
+
+
+@pytest.fixture
+def boxes(monkeypatch) -> list[tuple[str, str]]:
+    _RecordingBox.shown = []
+    monkeypatch.setattr("explorer.views.training_view.QMessageBox", _RecordingBox)
+    return _RecordingBox.shown
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return make_class_folder(tmp_path_factory.mktemp("data") / "colours", n_classes=4, per_class=8, size=32)
+
+
+def _cfg(folder: Path, **changes) -> TrainConfig:
+    cfg = TrainConfig().replace(**{
+        "data.data_dir": str(folder), "data.image_size": 32, "data.augment": False, "data.batch_classes": 2,
+        "data.batch_per_class": 4, "data.num_workers": 0, "data.holdout_fraction": 0.5,
+        "model.backbone": "small_cnn", "model.pretrained": False, "model.embedding_dim": 8,
+        "optim.epochs": 1, "optim.batches_per_epoch": 2, "optim.lr": 1e-3,
+        "loss.name": "triplet", "loss.miner": "none", "device": "cpu", "amp": "off"})
+    return cfg.replace(**changes) if changes else cfg
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, folder):
+    settings = Settings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+    win = create_window(QApplication.instance(), settings=settings)
+    qtbot.addWidget(win)
+    with qtbot.waitSignal(win.dataset_view.scan_finished, timeout=30000):
+        win.open_folder(folder)
+    win.config_panel.set_runs_root(tmp_path / "runs")
+    yield win
+    win.shutdown(20)
+
+
+# ---- the controller on its own, with a stand-in trainer ------------------------------------------------------------
+class _FakeTrainer:
+    """Emits the event sequence of a one-epoch run, honouring pause and stop like the real loop."""
+
+    def __init__(self, cfg, run_dir, *, emit, stop, pause, resume, batches=3):
+        self.emit, self.stop, self.pause, self.run_dir, self.batches = emit, stop, pause, Path(run_dir), batches
+        self.thread_name = ""
+
+    def run(self) -> None:
+        self.thread_name = threading.current_thread().name
+        self.emit(ev.Started(self.run_dir, epochs=1, batches_per_epoch=self.batches, device="cpu"))
+        self.emit(ev.EpochDone(0, {"heldout/precision_at_1": 0.5}, seconds=0.1))  # epoch 0: the untrained net
+        self.emit(ev.SnapshotReady(self.run_dir, 0, self.run_dir / "epochs" / "epoch_0000.h5"))
+        for b in range(self.batches):
+            self.emit(ev.BatchDone(1, b, self.batches, loss=1.0 / (b + 1), lr=1e-3, images_per_second=10.0,
+                                   n_tuples=5, n_easy=1, n_semihard=2, n_hard=3, mean_d_ap=0.1, mean_d_an=0.2))
+        self.emit(ev.EpochDone(1, {"heldout/precision_at_1": 0.75}, seconds=0.1))
+        self.emit(ev.SnapshotReady(self.run_dir, 1, self.run_dir / "epochs" / "epoch_0001.h5"))
+        self.emit(ev.Stopped(1, "finished", self.run_dir))
+
+
+class _FakeReader:
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+        self.epochs = [0]
+        self.refreshed = 0
+
+    def refresh(self):
+        self.refreshed += 1
+        return []
+
+
+def test_controller_reemits_events_in_order_on_the_gui_thread(qtbot, tmp_path):
+    state = AppState()
+    made: list[_FakeTrainer] = []
+
+    def factory(cfg, run_dir, **kw):
+        made.append(_FakeTrainer(cfg, run_dir, **kw))
+        return made[-1]
+
+    ctl = TrainingController(state, trainer_factory=factory, reader_factory=_FakeReader)
+    received: list[type] = []
+    ctl.event.connect(lambda e: received.append(type(e)))
+    gui_thread = threading.current_thread().name
+    threads: list[str] = []
+    ctl.batch_done.connect(lambda e: threads.append(threading.current_thread().name))
+    with qtbot.waitSignal(ctl.stopped, timeout=5000):
+        ctl.start(TrainConfig(), tmp_path / "run")
+    qtbot.waitUntil(lambda: not ctl.is_running(), timeout=5000)
+    assert received == [ev.Started, ev.EpochDone, ev.SnapshotReady, *[ev.BatchDone] * 3, ev.EpochDone,
+                        ev.SnapshotReady, ev.Stopped]
+    assert made[0].thread_name != gui_thread and set(threads) == {gui_thread}
+    assert isinstance(state.run, _FakeReader) and state.run.run_dir == tmp_path / "run"
+    assert state.epochs == [0, 1] and state.epoch == 1
+    assert state.run.refreshed == 1  # the first snapshot opened the reader, the second refreshed it
+
+
+def test_a_trainer_that_raises_becomes_failed_and_the_thread_ends(qtbot, tmp_path):
+    def broken(cfg, run_dir, **kw):
+        raise RuntimeError("boom in construction")
+
+    ctl = TrainingController(AppState(), trainer_factory=broken)
+    running: list[bool] = []
+    ctl.running_changed.connect(running.append)
+    with qtbot.waitSignal(ctl.failed, timeout=5000) as blocker:
+        ctl.start(TrainConfig(), tmp_path / "run")
+    assert "boom in construction" in blocker.args[0].message and "RuntimeError" in blocker.args[0].detail
+    qtbot.waitUntil(lambda: running == [True, False], timeout=5000)
+    assert not ctl.is_running()
+
+
+def test_a_silent_end_is_reported_as_stopped(qtbot, tmp_path):
+    class Quiet:
+        def run(self):
+            return None
+
+    ctl = TrainingController(AppState(), trainer_factory=lambda *a, **k: Quiet())
+    with qtbot.waitSignal(ctl.stopped, timeout=5000) as blocker:
+        ctl.start(TrainConfig(), tmp_path / "run")
+    assert blocker.args[0].reason == "ended"
+
+
+def view_idle(win) -> bool:
+    return win.training_view.start_button.isEnabled()
+
+
+# ---- the real trainer through the window ---------------------------------------------------------------------------
+def test_one_epoch_from_the_window(qtbot, real_map, window, folder, boxes):
+    window.config_panel.set_config(_cfg(folder))
+    assert window.config_panel.problems() == []
+    ctl = window.controller
+    with qtbot.waitSignal(ctl.snapshot_ready, timeout=60000) as snap:
+        run_dir = window.start_training()
+        assert run_dir is not None and run_dir.parent == window.config_panel.runs_root_path()
+        assert not window.config_panel.isEnabled()  # the form is locked while training
+    assert snap.args[0].epoch == 0  # epoch 0 is the untrained network
+    assert window.state.run is not None and window.state.epochs == [0] and window.state.epoch == 0
+    qtbot.waitUntil(lambda: not ctl.is_running() and view_idle(window), timeout=30000)
+    assert window.state.epochs == [0, 1] and window.state.epoch == 1
+    view = window.training_view
+    assert view.loss_series.n == 2 and np.isfinite(view.loss_series.y[:2]).all()
+    assert view.miner_series["hard"].n == 2
+    assert view.run_progress.value() == view.run_progress.maximum()
+    assert list(view._metric_series["heldout/precision_at_1"].x[:2]) == [0, 1]
+    assert "Finished" in view.status_label.text()
+    assert window.config_panel.isEnabled() and view.start_button.isEnabled()
+    assert RunReader(run_dir).epochs == [0, 1]
+    assert window.settings.last_config() == _cfg(folder)
+    assert boxes == []
+    window.show_view("Train")
+    window.grab().save(str(run_dir.parent / "train_view.png"))
+
+
+def test_pause_resume_and_stop(qtbot, window, folder):
+    window.config_panel.set_config(_cfg(folder, **{"optim.epochs": 50, "optim.batches_per_epoch": 400}))
+    ctl, view = window.controller, window.training_view
+    with qtbot.waitSignal(ctl.batch_done, timeout=60000):
+        run_dir = window.start_training()
+    assert view.pause_button.isEnabled() and view.stop_button.isEnabled() and not view.start_button.isEnabled()
+    with qtbot.waitSignal(ctl.paused, timeout=10000, check_params_cb=lambda p: p is True):
+        view.pause_button.click()
+    assert view.pause_button.text() == "Resume" and view.status_label.text() == "Paused"
+    n = view.loss_series.n
+    qtbot.wait(300)
+    assert view.loss_series.n == n  # no batch while paused
+    with qtbot.waitSignal(ctl.paused, timeout=10000, check_params_cb=lambda p: p is False):
+        view.pause_button.click()
+    with qtbot.waitSignal(ctl.batch_done, timeout=10000):
+        pass
+    with qtbot.waitSignal(ctl.stopped, timeout=20000) as blocker:
+        view.stop_button.click()
+    assert blocker.args[0].reason == "user"
+    qtbot.waitUntil(lambda: not ctl.is_running() and view.start_button.isEnabled(), timeout=10000)
+    assert not ctl.is_running() and view.start_button.isEnabled() and not view.pause_button.isChecked()
+    assert RunReader(run_dir).config["data"]["data_dir"] == str(folder)  # what is on disk is a valid run
+
+
+def test_closing_the_window_while_training_stops_cleanly(qtbot, tmp_path, folder):
+    settings = Settings(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    win = create_window(QApplication.instance(), settings=settings)
+    win.config_panel.set_runs_root(tmp_path / "runs")
+    win.config_panel.set_config(_cfg(folder, **{"optim.epochs": 50, "optim.batches_per_epoch": 400}))
+    with qtbot.waitSignal(win.controller.batch_done, timeout=60000):
+        run_dir = win.start_training()
+    thread = win.controller._thread
+    assert thread.is_alive()
+    win.close()  # joins the trainer (with a timeout) before the window goes
+    assert not thread.is_alive()
+    reader = RunReader(run_dir)
+    assert reader.classes == [f"class_{c}" for c in range(4)]
+    win.deleteLater()
+
+
+def test_a_trainer_error_reaches_the_user(qtbot, window, folder, boxes, monkeypatch):
+    import trainer.engine
+
+    def failing_run(self):
+        self.emit(ev.Log("about to fail", "info"))
+        self.emit(ev.Failed("CUDA out of memory (pretend)", detail="Traceback: pretend"))
+
+    monkeypatch.setattr(trainer.engine.Trainer, "run", failing_run)
+    window.config_panel.set_config(_cfg(folder))
+    with qtbot.waitSignal(window.controller.failed, timeout=20000):
+        window.start_training()
+    qtbot.waitUntil(lambda: window.training_view.start_button.isEnabled(), timeout=5000)
+    assert boxes == [("Training failed", "CUDA out of memory (pretend)")]
+    log = window.training_view.log_view.toPlainText()
+    assert "ERROR Training failed: CUDA out of memory (pretend)" in log and "Traceback: pretend" in log
+    assert window.training_view.status_label.text() == "Failed"
+    assert window.training_view.start_button.isEnabled()
+
+
+def test_following_a_run_written_elsewhere(qtbot, tmp_path):
+    from trainer.store import SPLIT_HELDOUT, SPLIT_TRAIN, RunWriter, SampleTable
+
+    n = 9
+    samples = SampleTable(paths=[f"c{i % 3}/{i}.png" for i in range(n)], labels=np.arange(n) % 3,
+                          split=np.where(np.arange(n) < 6, SPLIT_TRAIN, SPLIT_HELDOUT).astype(np.int8),
+                          roots=[str(tmp_path)], root_index=np.zeros(n, dtype=np.int16))
+    run_dir = tmp_path / "cli-run"
+    writer = RunWriter.create(run_dir, config=TrainConfig().to_dict(), classes=["c0", "c1", "c2"], samples=samples)
+    state = AppState()
+    ctl = TrainingController(state, poll_interval_ms=50)
+    ctl.follow(run_dir)
+    qtbot.waitUntil(lambda: state.run is not None, timeout=5000)
+    assert state.epochs == []
+    emb = np.zeros((n, 4), dtype=np.float32)
+    with qtbot.waitSignal(state.epochs_available, timeout=5000, check_params_cb=lambda e: e == [0]):
+        writer.write_epoch(0, emb, {"precision_at_1": 0.5})
+    with qtbot.waitSignal(state.epoch_changed, timeout=5000, check_params_cb=lambda e: e == 1):
+        writer.write_epoch(1, emb + 1, {"precision_at_1": 0.6})
+    writer.close()
+    assert state.epochs == [0, 1]
+    ctl.shutdown()
+    assert ctl._timer.isActive() is False
