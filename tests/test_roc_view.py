@@ -430,7 +430,6 @@ def test_new_epoch_replaces_result_and_no_heldout_message(qtbot, view, tmp_path)
     view.state.set_epoch(0)  # the older jobs are cancelled; only epoch 0's answer arrives
     wait_idle(qtbot, view)
     assert view.data.epoch == 0
-    ids, x, y = heldout(run_dir, 0)
     assert view.data.roc.auc < auc1  # epoch 0 is more spread out
     other = tmp_path / "other"
     other.mkdir()
