@@ -260,3 +260,14 @@ def test_open_run_sets_the_state_and_bad_runs_are_explained(qtbot, window, tmp_p
     bogus.mkdir()
     assert not window.open_run(bogus)
     assert messages[-1][0] == "critical" and str(bogus) in messages[-1][2]
+
+
+def test_run_app_explains_a_missing_display_instead_of_crashing(monkeypatch, capsys):
+    from explorer.app import run_app
+
+    for var in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert run_app(["embedding-explorer"]) == 1
+    err = capsys.readouterr().err
+    assert "DISPLAY is not set" in err and "python main.py train" in err

@@ -18,6 +18,7 @@ from explorer.app import create_window  # noqa: E402
 from explorer.settings import Settings  # noqa: E402
 from explorer.state import AppState  # noqa: E402
 from explorer.training import TrainingController  # noqa: E402
+from explorer.views.training_view import TrainingView, format_seconds  # noqa: E402
 from trainer import events as ev  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.store import RunReader  # noqa: E402
@@ -277,15 +278,24 @@ def test_following_a_run_written_elsewhere(qtbot, tmp_path):
     writer = RunWriter.create(run_dir, config=TrainConfig().to_dict(), classes=["c0", "c1", "c2"], samples=samples)
     state = AppState()
     ctl = TrainingController(state, poll_interval_ms=50)
+    view = TrainingView(state, ctl)
+    qtbot.addWidget(view)
     ctl.follow(run_dir)
     qtbot.waitUntil(lambda: state.run is not None, timeout=5000)
     assert state.epochs == []
     emb = np.zeros((n, 4), dtype=np.float32)
     with qtbot.waitSignal(state.epochs_available, timeout=5000, check_params_cb=lambda e: e == [0]):
-        writer.write_epoch(0, emb, {"precision_at_1": 0.5})
+        writer.write_epoch(0, emb, {"heldout/precision_at_1": 0.5})
     with qtbot.waitSignal(state.epoch_changed, timeout=5000, check_params_cb=lambda e: e == 1):
-        writer.write_epoch(1, emb + 1, {"precision_at_1": 0.6})
+        writer.write_epoch(1, emb + 1, {"heldout/precision_at_1": 0.6})
     writer.close()
     assert state.epochs == [0, 1]
+    series = view._metric_series["heldout/precision_at_1"]  # the followed run's curve grows with it
+    assert list(series.y[:series.n]) == pytest.approx([0.5, 0.6])
     ctl.shutdown()
     assert ctl._timer.isActive() is False
+
+
+def test_format_seconds_reads_at_a_glance():
+    assert [format_seconds(s) for s in (0, 12.4, 65, 3600 + 125)] == ["0 s", "12 s", "1 min 05 s", "1 h 02 min"]
+    assert format_seconds(float("nan")) == "?" and format_seconds(-1) == "?"

@@ -24,12 +24,7 @@ METRIC_LABELS = {
     "precision_at_1": "P@1",
     "mean_average_precision_at_r": "MAP@R",
     "r_precision": "R-Precision",
-    "recall_at_1": "Recall@1",
-    "recall_at_2": "Recall@2",
     "recall_at_4": "Recall@4",
-    "recall_at_8": "Recall@8",
-    "nmi": "NMI",
-    "ami": "AMI",
     "auc": "ROC AUC",
 }
 # the trainer prefixes metrics with their split ("heldout/precision_at_1"); an unprefixed key is held-out
@@ -115,6 +110,7 @@ class TrainingView(QWidget):
         controller.running_changed.connect(self._on_running_changed)
         controller.snapshot_ready.connect(self._on_snapshot)
         state.run_changed.connect(self._on_run_changed)
+        state.epochs_available.connect(self._on_epochs_available)
         self._update_buttons()
 
     # ---- layout -----------------------------------------------------------------------------------------------
@@ -178,7 +174,7 @@ class TrainingView(QWidget):
         self.metric_plot.setBackground("w")
         self.metric_plot.setLabel("bottom", "epoch")
         self.metric_plot.showGrid(x=True, y=True, alpha=0.2)
-        self.metric_plot.addLegend(offset=(5, 5))
+        self.metric_plot.addLegend(offset=(5, 5), colCount=3)
 
         self.log_view = QPlainTextEdit()
         self.log_view.setReadOnly(True)
@@ -232,7 +228,7 @@ class TrainingView(QWidget):
         for s in self._metric_series.values():
             s.clear()
         self.metric_plot.clear()
-        self.metric_plot.addLegend(offset=(5, 5))
+        self.metric_plot.addLegend(offset=(5, 5), colCount=3)
         self._metric_series.clear()
         self.epoch_progress.setValue(0)
         self.run_progress.setValue(0)
@@ -372,3 +368,9 @@ class TrainingView(QWidget):
         epochs = np.asarray(history.get("epoch", []))
         for i, epoch in enumerate(epochs):
             self._add_metrics(int(epoch), {k: float(v[i]) for k, v in history.items() if k != "epoch"})
+
+    @Slot(list)
+    def _on_epochs_available(self, epochs: list) -> None:
+        """A followed run (the command line training) committed epochs: redraw its metric history."""
+        if not self._live and self.state.run is not None and epochs:
+            self._on_run_changed(self.state.run)
