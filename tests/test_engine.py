@@ -44,7 +44,7 @@ def tiny_config(data_dir: Path, **changes) -> TrainConfig:
         "data.batch_per_class": 4, "data.num_workers": 0, "data.holdout_fraction": 0.34,
         "model.backbone": "small_cnn", "model.pretrained": False, "model.embedding_dim": 16,
         "optim.epochs": 2, "optim.batches_per_epoch": 3, "optim.lr": 1e-3,
-        "loss.name": "triplet", "loss.miner": "semihard", "device": "cpu", "amp": "off", "seed": 3,
+        "loss.name": "triplet", "loss.miner": "semihard_triplets", "device": "cpu", "amp": "off", "seed": 3,
     })
     return cfg.replace(**changes) if changes else cfg
 
@@ -172,7 +172,7 @@ def _cli_train(data: Path, out: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "main.py"), "train", str(data), "--out", str(out), "--backbone", "small_cnn",
            "--no-pretrained", "--image-size", "24", "--embedding-dim", "16", "--batch-classes", "3",
            "--batch-per-class", "4", "--batches-per-epoch", "3", "--lr", "1e-3", "--loss", "triplet", "--miner",
-           "semihard", "--device", "cpu", "--amp", "off", "--seed", "3", "--workers", "0", "--no-augment",
+           "semihard_triplets", "--device", "cpu", "--amp", "off", "--seed", "3", "--workers", "0", "--no-augment",
            "--holdout-fraction", "0.34", "--quiet", *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)

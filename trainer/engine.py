@@ -154,7 +154,13 @@ class Trainer:
             self.cfg = saved.replace(
                 device=cfg.device, amp=cfg.amp, **{"optim.epochs": cfg.optim.epochs, "data.num_workers": cfg.data.num_workers}
             )
-            start = (writer.last_epoch if writer else reader.epochs[-1] if reader.epochs else -1) + 1
+            # continue after the last epoch that has a checkpoint; a later epoch committed without one (killed
+            # between the two writes) is trained again and rewritten
+            done = reader.checkpoints
+            start = done[-1] + 1 if done else 0
+            later = [e for e in reader.epochs if e >= start]
+            if later:
+                self._log(f"epochs {later} have no checkpoint and will be trained again", "warning")
             return _Setup(reader.samples, reader.classes, writer, start)
 
         def progress(done: int, total: int) -> None:
