@@ -1,0 +1,255 @@
+"""Tests of the neighbour query panel (explorer/views/neighbors_view.py).
+
+A small run is written with trainer.store.RunWriter (clustered synthetic embeddings, some classes held out, tiny
+PNG files so thumbnails load); the neighbours shown must equal a brute-force loop over every gallery sample.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainer.store import SPLIT_HELDOUT, SPLIT_TRAIN, RunReader, RunWriter, SampleTable
+
+N_CLASSES = 6  # classes 0..2 trained, 3..5 held out
+PER_CLASS = 6
+DIM = 8
+MISLABELLED = 1  # sample id whose embedding sits in another class's cluster (a diagnostics target)
+
+
+def make_run(root: Path, *, loss: str = "triplet", epochs: int = 3, seed: int = 0, params: dict | None = None) -> Path:
+    """Images + a run whose spread shrinks with the epoch; telemetry with per-batch counts and mined tuples."""
+    rng = np.random.default_rng(seed)
+    classes = [f"class_{c}" for c in range(N_CLASSES)]
+    data = root / "data"
+    paths, labels, split = [], [], []
+    for c in range(N_CLASSES):
+        (data / classes[c]).mkdir(parents=True)
+        colour = tuple(int(v) for v in rng.integers(0, 255, 3))
+        for k in range(PER_CLASS):
+            rel = f"{classes[c]}/img_{k}.png"
+            Image.new("RGB", (10, 10), colour).save(data / rel)
+            paths.append(rel)
+            labels.append(c)
+            split.append(SPLIT_TRAIN if c < 3 else SPLIT_HELDOUT)
+    perm = rng.permutation(len(paths))
+    samples = SampleTable(paths=[paths[p] for p in perm], labels=np.array(labels, np.int64)[perm],
+                          split=np.array(split, np.int8)[perm], roots=[str(data)],
+                          root_index=np.zeros(len(paths), np.int16))
+    run_dir = root / "run"
+    cfg = {"loss": {"name": loss, "params": params or {}}}
+    w = RunWriter.create(run_dir, config=cfg, classes=classes, samples=samples)
+    centres = 3.0 * rng.normal(size=(N_CLASSES, DIM))
+    y = samples.labels
+    other = int(np.flatnonzero((samples.split == samples.split[MISLABELLED]) & (y != y[MISLABELLED]))[0])
+    for e in range(epochs):
+        emb = centres[y] + (1.6 - 0.5 * e) * rng.normal(size=(len(y), DIM))
+        emb[MISLABELLED] = centres[y[other]] + 0.05 * rng.normal(size=DIM)
+        n_b = 5
+        mined_b = np.repeat([3, 4], 6)
+        a = rng.integers(0, len(y), 12)
+        p = rng.integers(0, len(y), 12)
+        n = rng.integers(0, len(y), 12)
+        p[[2, 8]] = -1
+        n[[5]] = -1
+        tel = {"loss": rng.random(n_b), "lr": np.full(n_b, 1e-3), "n_tuples": rng.integers(10, 50, n_b),
+               "n_easy": rng.integers(0, 100, n_b), "n_semihard": rng.integers(0, 50, n_b),
+               "n_hard": rng.integers(0, 20, n_b), "mean_d_ap": rng.random(n_b), "mean_d_an": rng.random(n_b),
+               "mined_batch": mined_b, "mined_anchor": a, "mined_positive": p, "mined_negative": n}
+        w.write_epoch(e, emb.astype(np.float32), {"precision_at_1": 0.5}, tel)
+    return run_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# brute force twins (plain loops)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def brute_distance(a: np.ndarray, b: np.ndarray, metric: str) -> float:
+    a = [float(v) for v in a]
+    b = [float(v) for v in b]
+    if metric == "cosine":
+        dot = sum(u * v for u, v in zip(a, b))
+        return 1.0 - dot / (math.sqrt(sum(u * u for u in a)) * math.sqrt(sum(v * v for v in b)))
+    return math.sqrt(sum((u - v) ** 2 for u, v in zip(a, b)))
+
+
+def brute_neighbours(x: np.ndarray, query: int, gallery: list[int], k: int, metric: str) -> list[tuple[float, int]]:
+    out = []
+    for j in gallery:
+        if j != query:
+            out.append((brute_distance(x[query], x[j], metric), j))
+    out.sort()
+    return out[:k]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fixtures
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("nbrun"))
+
+
+@pytest.fixture
+def view(qtbot):
+    from explorer.jobs import JobRunner
+    from explorer.state import AppState
+    from explorer.views.neighbors_view import NeighborsView
+
+    state = AppState()
+    jobs = JobRunner()
+    v = NeighborsView(state, jobs)
+    qtbot.addWidget(v)
+    v.resize(1200, 800)
+    v.show()
+    yield v
+    jobs.shutdown()
+    v.thumbs.shutdown()
+
+
+def wait_idle(qtbot, v, timeout: int = 30000) -> None:
+    qtbot.waitUntil(lambda: not v.is_busy(), timeout=timeout)
+
+
+def open_run(qtbot, v, run_dir: Path) -> RunReader:
+    r = RunReader(run_dir)
+    v.state.set_run(r)
+    wait_idle(qtbot, v)
+    return r
+
+
+def select(qtbot, v, sid: int) -> None:
+    v.state.set_selection([sid])
+    wait_idle(qtbot, v)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tests
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_selected_point_neighbours_equal_brute_force(qtbot, view, run_dir):
+    r = open_run(qtbot, view, run_dir)
+    assert view.distance_metric == "euclidean"  # the triplet loss works with plain L2 distances
+    x = r.load_epoch(r.epochs[-1]).embeddings
+    for q in (0, 7, 20):
+        select(qtbot, view, q)
+        want = brute_neighbours(x, q, list(range(len(x))), 12, "euclidean")
+        assert view.shown_ids().tolist() == [j for _, j in want]
+        np.testing.assert_allclose(view.result.distances, [d for d, _ in want], rtol=1e-4, atol=1e-4)
+        same = sum(int(r.samples.labels[j] == r.samples.labels[q]) for _, j in want)
+        assert view.result.precision_at_k == pytest.approx(same / 12)
+        assert f"P@12 = <b>{same / 12:.3f}</b>" in view.query_label.text()
+
+
+def test_k_and_gallery_change_the_answer(qtbot, view, run_dir):
+    r = open_run(qtbot, view, run_dir)
+    x = r.load_epoch(r.epochs[-1]).embeddings
+    select(qtbot, view, 3)
+    view.k_spin.setValue(5)
+    wait_idle(qtbot, view)
+    assert view.shown_ids().tolist() == [j for _, j in brute_neighbours(x, 3, list(range(len(x))), 5, "euclidean")]
+    view.gallery_combo.setCurrentIndex(view.gallery_combo.findData("heldout"))
+    wait_idle(qtbot, view)
+    held = np.flatnonzero(r.samples.split == SPLIT_HELDOUT).tolist()
+    assert view.shown_ids().tolist() == [j for _, j in brute_neighbours(x, 3, held, 5, "euclidean")]
+    assert view.result.n_gallery == len(held)
+    assert "held-out only (18 samples)" in view.info.text() and "exact search" in view.info.text()
+
+
+def test_show_in_map_highlights_query_and_neighbours(qtbot, view, run_dir):
+    open_run(qtbot, view, run_dir)
+    got = []
+    view.state.highlight_changed.connect(lambda ids: got.append(np.asarray(ids).tolist()))
+    select(qtbot, view, 5)
+    view.map_button.click()
+    assert got[-1] == [5] + view.shown_ids().tolist()
+    view._on_grid_click(view.grid.item(2))
+    assert got[-1] == [5, int(view.shown_ids()[2])]
+
+
+def test_epoch_switch_marks_new_neighbours(qtbot, view, run_dir):
+    r = open_run(qtbot, view, run_dir)
+    select(qtbot, view, 9)
+    view.state.set_epoch(1)
+    wait_idle(qtbot, view)
+    all_ids = list(range(len(r.samples.paths)))
+    now = [j for _, j in brute_neighbours(r.load_epoch(1).embeddings, 9, all_ids, 12, "euclidean")]
+    before = [j for _, j in brute_neighbours(r.load_epoch(0).embeddings, 9, all_ids, 12, "euclidean")]
+    assert view.shown_ids().tolist() == now
+    assert view.result.prev_epoch == 0
+    new = [j for j in now if j not in before]
+    assert view.shown_ids()[view.result.new_mask].tolist() == new
+    assert f"Since epoch 0: {12 - len(new)} of 12 neighbours kept, {len(new)} new." in view.info.text()
+
+
+def test_sample_list_search_and_row_query(qtbot, view, run_dir):
+    r = open_run(qtbot, view, run_dir)
+    view.search.setText("class_4 held-out")
+    qtbot.waitUntil(lambda: view.model.rowCount() == PER_CLASS, timeout=5000)
+    wait_idle(qtbot, view)
+    rows = [view.model.sample_id(i) for i in range(view.model.rowCount())]
+    assert sorted(rows) == np.flatnonzero(r.samples.labels == 4).tolist()
+    view.table.selectRow(2)
+    wait_idle(qtbot, view)
+    assert view.result.query.sample_id == rows[2]
+    view.search.setText("no such thing")
+    qtbot.waitUntil(lambda: view.model.rowCount() == 0, timeout=5000)
+
+
+def test_cosine_loss_uses_cosine_distance(qtbot, view, tmp_path):
+    run_dir = make_run(tmp_path, loss="multi_similarity", epochs=1, seed=2)
+    r = open_run(qtbot, view, run_dir)
+    assert view.distance_metric == "cosine"
+    select(qtbot, view, 4)
+    x = r.load_epoch(0).embeddings
+    want = brute_neighbours(x, 4, list(range(len(x))), 12, "cosine")
+    assert view.shown_ids().tolist() == [j for _, j in want]
+    np.testing.assert_allclose(view.result.distances, [d for d, _ in want], atol=1e-5)
+    assert "cosine distance" in view.info.text()
+
+
+def test_missing_file_names_it(qtbot, view, run_dir, tmp_path):
+    open_run(qtbot, view, run_dir)
+    missing = tmp_path / "nope.png"
+    view.query_file(missing)
+    assert str(missing) in view.info.text()
+
+
+def test_grab_png(qtbot, view, run_dir, tmp_path):
+    open_run(qtbot, view, run_dir)
+    select(qtbot, view, 11)
+    qtbot.waitUntil(lambda: all(view.thumbs.get(int(s)) is not None for s in view.shown_ids()), timeout=10000)
+    out = tmp_path / "neighbours.png"
+    assert view.grab().save(str(out))
+    assert out.stat().st_size > 1000
+
+
+def test_external_image_query_finds_itself(qtbot, view, tmp_path):
+    from test_engine import make_folder, tiny_config
+
+    from trainer.engine import Trainer
+
+    folder = make_folder(tmp_path / "data", n_classes=4, per_class=6)
+    run_dir = tmp_path / "run"
+    Trainer(tiny_config(folder, **{"optim.epochs": 1, "optim.batches_per_epoch": 2}), run_dir,
+            emit=lambda e: None).run()
+    r = open_run(qtbot, view, run_dir)
+    assert r.epochs[-1] == 1
+    sid = 5
+    path = Path(r.samples.roots[int(r.samples.root_index[sid])]) / r.samples.paths[sid]
+    view.query_file(path)
+    qtbot.waitUntil(lambda: view.result is not None and view.result.query.kind == "file", timeout=60000)
+    wait_idle(qtbot, view)
+    res = view.result
+    assert res.query.sample_id == sid and res.query.label == int(r.samples.labels[sid])
+    assert int(res.ids[0]) == sid
+    assert res.distances[0] == pytest.approx(0.0, abs=1e-3)
+    assert "image file" in view.query_label.text()
