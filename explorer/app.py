@@ -37,6 +37,26 @@ XCB_LIBRARIES: dict[str, str] = {
 }
 
 
+_NONE_GUARD = 1 << 40
+
+
+def protect_none_refcount() -> bool:
+    """Work around shiboken6 6.12 returning ``None`` (and ``True``/``False``) without a new reference (Python < 3.12).
+
+    Every void Qt call (``setPen``, ``drawLine``, ``setObjectName``...) then drops one reference to ``None``; a
+    plotting GUI spends the ~65,000 references a process holds within minutes and CPython aborts with
+    "none_dealloc: deallocating None". From Python 3.12 ``None`` is immortal and nothing is done. Here we add
+    2**40 references to each once (never released), which no session can spend. Returns True if it acted.
+    """
+    if sys.version_info >= (3, 12) or getattr(protect_none_refcount, "done", False):
+        return False
+    for singleton in (None, True, False):  # bool-returning methods drop references to True/False the same way
+        refcnt = ctypes.c_ssize_t.from_address(id(singleton))  # ob_refcnt is PyObject's first field
+        refcnt.value += _NONE_GUARD
+    protect_none_refcount.done = True  # type: ignore[attr-defined]
+    return True
+
+
 def missing_xcb_libraries(load: Callable[[str], object] = ctypes.CDLL) -> list[tuple[str, str]]:
     """(library, apt package) for each library of Qt's xcb plugin that cannot be loaded here."""
     missing = []
@@ -81,6 +101,7 @@ def create_window(app, *, demo: bool = False, folder: str | Path | None = None, 
     """Build the main window on ``app``, wire quit to stop the workers, and open what was asked for."""
     from explorer.main_window import MainWindow
 
+    protect_none_refcount()
     if STYLE_SHEET.is_file() and not app.styleSheet():
         app.setStyleSheet(STYLE_SHEET.read_text(encoding="utf-8"))
     window = MainWindow(settings=settings)
@@ -103,6 +124,7 @@ def run_app(argv: Sequence[str] | None = None, *, demo: bool = False, folder: st
         return 1
     from PySide6.QtWidgets import QApplication
 
+    protect_none_refcount()
     app = QApplication.instance() or QApplication(list(argv if argv is not None else sys.argv))
     app.setOrganizationName(ORGANIZATION)
     app.setApplicationName(APPLICATION)

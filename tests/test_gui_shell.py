@@ -14,7 +14,10 @@ from PySide6.QtWidgets import QLabel, QMessageBox
 sys.path.insert(0, str(Path(__file__).parent))
 from image_fixtures import make_class_folder  # noqa: E402
 
-from explorer.app import XCB_LIBRARIES, create_window, display_problem, missing_xcb_libraries  # noqa: E402
+from explorer.app import (XCB_LIBRARIES, create_window, display_problem, missing_xcb_libraries,  # noqa: E402
+                          protect_none_refcount)
+
+protect_none_refcount()  # shiboken6 6.12 on Python 3.11 drops a reference to None per void Qt call
 from explorer.config_panel import ConfigPanel, config_problems  # noqa: E402
 from explorer.settings import MAX_RECENT, SETTINGS_VERSION, Settings  # noqa: E402
 from trainer.config import PRESETS, TrainConfig  # noqa: E402
@@ -271,3 +274,20 @@ def test_run_app_explains_a_missing_display_instead_of_crashing(monkeypatch, cap
     assert run_app(["embedding-explorer"]) == 1
     err = capsys.readouterr().err
     assert "DISPLAY is not set" in err and "python main.py train" in err
+
+
+def test_many_void_qt_calls_do_not_exhaust_none(tmp_path):
+    """shiboken6 6.12 + Python 3.11: each void Qt call drops a reference to None; the guard must outlast that."""
+    import subprocess
+
+    code = ("import sys\nfrom PySide6.QtCore import QObject\n"
+            "n = max(sys.getrefcount(None), sys.getrefcount(True)) + 10_000  # enough to crash without the guard\n"
+            "from explorer.app import protect_none_refcount; protect_none_refcount()\n"
+            "o = QObject()\n"
+            "for _ in range(n): o.setObjectName('x'); o.signalsBlocked()\n"
+            "print('ok', n)\n")
+    env = {**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("ok")

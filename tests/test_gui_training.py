@@ -14,7 +14,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 sys.path.insert(0, str(Path(__file__).parent))
 from image_fixtures import make_class_folder  # noqa: E402
 
-from explorer.app import create_window  # noqa: E402
+from explorer.app import create_window, protect_none_refcount  # noqa: E402
 from explorer.settings import Settings  # noqa: E402
 from explorer.state import AppState  # noqa: E402
 from explorer.training import TrainingController  # noqa: E402
@@ -24,6 +24,7 @@ from trainer.config import TrainConfig  # noqa: E402
 from trainer.store import RunReader  # noqa: E402
 
 pytestmark = pytest.mark.gui
+protect_none_refcount()  # shiboken6 6.12 on Python 3.11 drops a reference to None per void Qt call
 
 
 @pytest.fixture(autouse=True)

@@ -96,6 +96,7 @@ class TrainingView(QWidget):
         self._epoch_t0 = 0.0
         self._last_draw = 0.0
         self._dirty = False
+        self._last_batch: ev.BatchDone | None = None
         self._metric_series: dict[str, _Series] = {}
         self._live = False  # between running_changed(True) and (False): curves come from events, not the store
         self.errors: list[str] = []  # messages shown to the user (tests read them)
@@ -151,7 +152,6 @@ class TrainingView(QWidget):
         progress.addWidget(self.speed_label, 2, 0, 1, 2)
         progress.setColumnStretch(0, 1)
 
-        pg.setConfigOptions(antialias=True)
         self.loss_plot = pg.PlotWidget(title="Loss per batch")
         self.loss_plot.setBackground("w")
         self.loss_plot.setLabel("bottom", "batch")
@@ -222,6 +222,7 @@ class TrainingView(QWidget):
     # ---- events -----------------------------------------------------------------------------------------------
     def reset(self) -> None:
         """Clear curves and progress (a new run starts)."""
+        self._last_batch = None
         self.loss_series.clear()
         for s in self.miner_series.values():
             s.clear()
@@ -268,8 +269,17 @@ class TrainingView(QWidget):
         self.miner_series["semi-hard"].append(x, e.n_semihard)
         self.miner_series["hard"].append(x, e.n_hard)
         self._batches_done += 1
-        if e.batch == 0:
-            self._epoch_t0 = time.monotonic()
+        self._last_batch = e
+        now = time.monotonic()
+        # widgets and curves are redrawn at most ~10 times a second: painting, not the data, is the cost
+        if now - self._last_draw > 0.1 or e.batch + 1 == bpe:
+            self._redraw()
+        else:
+            self._dirty = True
+
+    def _update_progress(self, e: ev.BatchDone) -> None:
+        bpe = max(1, int(e.batches_per_epoch))
+        x = max(0, e.epoch - 1) * bpe + e.batch
         now = time.monotonic()
         self.epoch_progress.setMaximum(bpe)
         self.epoch_progress.setValue(e.batch + 1)
@@ -283,13 +293,10 @@ class TrainingView(QWidget):
                                  f"mined {e.n_tuples} tuples")
         if not self.pause_button.isChecked():
             self.status_label.setText("Training")
-        # redraw at most ~10 times a second: setData on a long curve is the expensive part
-        if now - self._last_draw > 0.1 or e.batch + 1 == bpe:
-            self._redraw()
-        else:
-            self._dirty = True
 
     def _redraw(self) -> None:
+        if self._last_batch is not None:
+            self._update_progress(self._last_batch)
         self.loss_series.flush()
         for s in self.miner_series.values():
             s.flush()
@@ -348,6 +355,8 @@ class TrainingView(QWidget):
 
     @Slot(bool)
     def _on_paused(self, paused: bool) -> None:
+        if self._dirty:
+            self._redraw()
         self.status_label.setText("Paused" if paused else "Training")
         self.append_log("Paused" if paused else "Resumed")
 
