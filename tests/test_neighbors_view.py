@@ -227,6 +227,9 @@ def test_grab_png(qtbot, view, run_dir, tmp_path):
     open_run(qtbot, view, run_dir)
     select(qtbot, view, 11)
     qtbot.waitUntil(lambda: all(view.thumbs.get(int(s)) is not None for s in view.shown_ids()), timeout=10000)
+    view.state.set_epoch(1)
+    wait_idle(qtbot, view)
+    qtbot.waitUntil(lambda: all(view.thumbs.get(int(s)) is not None for s in view.shown_ids()), timeout=10000)
     out = tmp_path / "neighbours.png"
     assert view.grab().save(str(out))
     assert out.stat().st_size > 1000

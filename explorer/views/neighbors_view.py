@@ -470,6 +470,8 @@ class NeighborsView(QWidget):
         self.table.verticalHeader().hide()
         self.table.verticalHeader().setDefaultSectionSize(20)
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        for col in (1, 2):
+            self.table.horizontalHeader().setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         self.table.setToolTip("Click a sample to query with it")
         self.table.selectionModel().currentRowChanged.connect(self._on_table_row)
         ll.addWidget(self.table)

@@ -1,0 +1,747 @@
+"""Triplet inspection view (issue #5): easy / semi-hard / hard census of an epoch, example triplets, what the miner
+chose in the last batches, and plain-language diagnostics.
+
+All counting is trainer.triplets (exact, PML's rules); this module only schedules it in background jobs, caches
+the per-epoch shares for the chart, and shows the results. Clicking a triplet, a mined tuple or a diagnostic
+highlights its samples in the map (AppState.set_highlight).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QSize, Qt, QTimer, Slot
+from PySide6.QtGui import QColor, QIcon, QPixmap
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QGridLayout, QGroupBox, QHBoxLayout,
+                               QHeaderView, QLabel, QListView, QListWidget, QListWidgetItem, QProgressBar, QSplitter,
+                               QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
+
+from explorer.jobs import JobRunner
+from explorer.state import AppState
+from explorer.views.neighbors_view import (OTHER, QUERY, SAME, SPLIT_HELDOUT, SPLIT_TRAIN, framed_pixmap, metric_words,
+                                           run_margin, run_metric)
+
+__all__ = ["TripletsView", "CensusResult", "census_job", "history_job", "examples_job", "mined_distances",
+           "pair_distances", "RULES_TEXT"]
+
+RULES_TEXT = ("PML rules, d = distance: easy d(a,n) > d(a,p)+m; semi-hard d(a,p) < d(a,n) <= d(a,p)+m; "
+              "hard d(a,n) <= d(a,p)")
+CATEGORY_TITLES = {"easy": "Easy", "semihard": "Semi-hard", "hard": "Hard"}
+COLOURS = {"easy": (44, 160, 44), "semihard": (255, 127, 14), "hard": (214, 39, 40)}
+SPLITS = {"heldout": ("Held-out", SPLIT_HELDOUT), "train": ("Train", SPLIT_TRAIN)}
+HISTORY_MAX_ANCHORS = 4096  # the chart samples anchors of large splits (the current epoch's census never does)
+N_EXAMPLES = 40
+MAX_MINED_ROWS = 400
+THUMB = 56
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# background work (plain functions, no widgets)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def pair_distances(x: np.ndarray, a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    """Distances between rows x[a] and x[b] (1 - cos, or L2); NaN where a or b is -1."""
+    a = np.asarray(a, np.int64)
+    b = np.asarray(b, np.int64)
+    out = np.full(len(a), np.nan, np.float64)
+    ok = (a >= 0) & (b >= 0)
+    if not ok.any():
+        return out
+    xa = x[a[ok]].astype(np.float64)
+    xb = x[b[ok]].astype(np.float64)
+    if metric == "cosine":
+        na = np.linalg.norm(xa, axis=1)
+        nb = np.linalg.norm(xb, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cos = np.einsum("ij,ij->i", xa, xb) / (na * nb)
+        out[ok] = 1.0 - np.where((na > 0) & (nb > 0), cos, 0.0)
+    else:
+        out[ok] = np.linalg.norm(xa - xb, axis=1)
+    return out
+
+
+def mined_distances(x: np.ndarray, telemetry: dict[str, np.ndarray], metric: str) -> dict[str, np.ndarray]:
+    """The mined tuples of the telemetry with d(a,p) and d(a,n) from the epoch's embeddings (NaN where absent)."""
+    keys = ("mined_batch", "mined_anchor", "mined_positive", "mined_negative")
+    if not all(k in telemetry for k in keys):
+        return {k: np.zeros(0, np.int64) for k in ("batch", "anchor", "positive", "negative")} | {
+            "d_ap": np.zeros(0), "d_an": np.zeros(0)}
+    b, a, p, n = (np.asarray(telemetry[k], np.int64) for k in keys)
+    return {"batch": b, "anchor": a, "positive": p, "negative": n,
+            "d_ap": pair_distances(x, a, p, metric), "d_an": pair_distances(x, a, n, metric)}
+
+
+@dataclass
+class CensusResult:
+    """Everything the view shows for one (epoch, split, margin)."""
+
+    epoch: int
+    split: str
+    margin: float
+    metric: str
+    ids: np.ndarray  # global sample ids of the split (row i of x)
+    x: np.ndarray  # embeddings of the split
+    labels: np.ndarray
+    census: Any  # trainer.triplets.Census (anchors are row indices into ids)
+    diagnostics: list = field(default_factory=list)  # trainer.triplets.Diagnostic, sample_ids made global
+    telemetry: dict = field(default_factory=dict)
+    mined: dict = field(default_factory=dict)
+    problem: str = ""
+    seconds: float = 0.0
+
+
+def census_job(run, epoch: int, split: str, margin: float, metric: str, *, progress, partial,
+               is_cancelled) -> CensusResult:
+    """Census of every anchor of ``split`` at ``margin``, diagnostics, and the miner's tuples with distances."""
+    from dataclasses import replace
+
+    from trainer.triplets import diagnose, epoch_census
+
+    t0 = time.perf_counter()
+    progress(0.05, f"reading epoch {epoch}")
+    ed = run.load_epoch(epoch)
+    want = SPLITS[split][1]
+    ids = np.flatnonzero(np.asarray(run.samples.split) == want).astype(np.int64)
+    x = np.asarray(ed.embeddings[ids], np.float32)
+    y = np.asarray(run.samples.labels, np.int64)[ids]
+    out = CensusResult(int(epoch), split, float(margin), metric, ids, x, y, None, telemetry=dict(ed.telemetry))
+    out.mined = mined_distances(ed.embeddings, ed.telemetry, metric)
+    if len(np.unique(y)) < 2:
+        out.problem = (f"The {SPLITS[split][0].lower()} split of epoch {epoch} has {len(np.unique(y))} class(es) and "
+                       f"{len(ids)} sample(s): a triplet needs two classes.")
+        return out
+    progress(0.15, f"counting the triplets of {len(ids):,} anchors")
+    out.census = epoch_census(x, y, margin=margin, metric=metric)
+    if is_cancelled():
+        return out
+    partial(out)
+    progress(0.7, "diagnostics")
+    diags = diagnose(x, y, margin=margin, metric=metric, census=out.census)
+    out.diagnostics = [replace(d, sample_ids=ids[np.asarray(d.sample_ids, np.int64)]) for d in diags]
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def history_job(run, epochs: list[int], split: str, margin: float, metric: str, done: dict, *, progress, partial,
+                is_cancelled) -> dict:
+    """Shares of easy / semi-hard / hard for each epoch not in ``done``; each epoch is sent as a partial result."""
+    from trainer.triplets import epoch_census
+
+    want = SPLITS[split][1]
+    ids = np.flatnonzero(np.asarray(run.samples.split) == want).astype(np.int64)
+    y = np.asarray(run.samples.labels, np.int64)[ids]
+    out = dict(done)
+    todo = [e for e in epochs if e not in done]
+    for i, e in enumerate(todo):
+        if is_cancelled():
+            break
+        progress(i / max(len(todo), 1), f"census of epoch {e} ({i + 1} of {len(todo)})")
+        if len(np.unique(y)) < 2:
+            out[e] = (math.nan, math.nan, math.nan, False)
+        else:
+            c = epoch_census(run.rows(e, ids), y, margin=margin, metric=metric, max_anchors=HISTORY_MAX_ANCHORS)
+            out[e] = (c.share_easy, c.share_semihard, c.share_hard, c.sampled)
+        partial({e: out[e]})
+    return out
+
+
+def examples_job(x: np.ndarray, labels: np.ndarray, ids: np.ndarray, category: str, margin: float, metric: str,
+                 class_id: int | None, sort: str, n: int, *, progress, partial, is_cancelled):
+    """Example triplets of one category (global sample ids), hardest or easiest first, optionally of one class."""
+    from trainer.triplets import TripletExamples, triplet_examples
+
+    progress(0.1, f"finding {CATEGORY_TITLES[category].lower()} triplets")
+    ex = triplet_examples(x, labels, category, margin=margin, metric=metric, n=n,
+                          classes=None if class_id is None else [class_id], sort=sort, max_anchors=2048,
+                          max_per_anchor=3)
+    return TripletExamples(ids[ex.anchor], ids[ex.positive], ids[ex.negative], ex.d_ap, ex.d_an)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# widgets
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _Num(QTableWidgetItem):
+    """A table cell that sorts by its number."""
+
+    def __init__(self, value: float, text: str | None = None) -> None:
+        super().__init__(text if text is not None else ("" if not math.isfinite(value) else f"{value:.4f}"))
+        self.value = float(value) if math.isfinite(value) else math.inf
+        self.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+
+    def __lt__(self, other) -> bool:
+        return self.value < getattr(other, "value", math.inf)
+
+
+class TripletsView(QWidget):
+    """Triplet census of an epoch with examples, the miner's choices and diagnostics, all linked to the map."""
+
+    def __init__(self, state: AppState, jobs: JobRunner | None = None, thumbnails=None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.jobs = jobs if jobs is not None else JobRunner(self)
+        if thumbnails is None:
+            from explorer.thumbnails import ThumbnailCache
+
+            thumbnails = ThumbnailCache(self, size_px=96)
+        self.thumbs = thumbnails
+        self._key = f"triplets-{id(self)}"
+        self.run = None
+        self.distance_metric = "cosine"
+        self.result: CensusResult | None = None
+        self.examples = None
+        self.history: dict[tuple[str, float], dict[int, tuple]] = {}
+        self._thumb_cells: dict[int, list[tuple[Any, int, int]]] = {}
+        self._build()
+        self._restart = QTimer(self, singleShot=True, interval=250)
+        self._restart.timeout.connect(self.recompute)
+
+        state.run_changed.connect(self._on_run)
+        state.epoch_changed.connect(self._on_epoch)
+        state.epochs_available.connect(self._on_epochs)
+        self.jobs.finished.connect(self._on_job_finished)
+        self.jobs.partial.connect(self._on_job_partial)
+        self.jobs.progress.connect(self._on_job_progress)
+        self.jobs.failed.connect(self._on_job_failed)
+        self.thumbs.ready.connect(self._on_thumb)
+        if state.run is not None:
+            self._on_run(state.run)
+            self._on_epoch(state.epoch)
+
+    # ---- layout -------------------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(6, 6, 6, 6)
+        bar = QHBoxLayout()
+        self.title = QLabel("Triplets: open a run")
+        self.title.setStyleSheet("font-weight: bold")
+        bar.addWidget(self.title)
+        bar.addSpacing(12)
+        bar.addWidget(QLabel("Anchors of:"))
+        self.split_combo = QComboBox()
+        for key, (text, _) in SPLITS.items():
+            self.split_combo.addItem(text, key)
+        self.split_combo.setToolTip("Count the triplets whose anchor, positive and negative lie in this split")
+        self.split_combo.currentIndexChanged.connect(lambda _i: self._restart.start())
+        bar.addWidget(self.split_combo)
+        bar.addWidget(QLabel("Margin m:"))
+        self.margin_spin = QDoubleSpinBox()
+        self.margin_spin.setDecimals(4)
+        self.margin_spin.setRange(0.0, 100.0)
+        self.margin_spin.setSingleStep(0.01)
+        self.margin_spin.setValue(0.1)
+        self.margin_spin.setToolTip("The margin of the census; defaults to the loss's margin")
+        self.margin_spin.valueChanged.connect(lambda _v: self._restart.start())
+        bar.addWidget(self.margin_spin)
+        self.metric_label = QLabel("")
+        bar.addWidget(self.metric_label)
+        bar.addStretch(1)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setMaximumWidth(260)
+        self.progress.hide()
+        bar.addWidget(self.progress)
+        lay.addLayout(bar)
+        self.rules_label = QLabel(RULES_TEXT)
+        self.rules_label.setToolTip("Categories exactly as pytorch-metric-learning's TripletMarginMiner assigns them; "
+                                    "for cosine the distance is 1 − cos")
+        self.rules_label.setStyleSheet("color: #444")
+        lay.addWidget(self.rules_label)
+
+        top = QSplitter(Qt.Orientation.Horizontal)
+        box = QGroupBox("Census of the epoch")
+        bl = QVBoxLayout(box)
+        self.census_table = QTableWidget(3, 3)
+        self.census_table.setHorizontalHeaderLabels(["category", "triplets", "share"])
+        self.census_table.verticalHeader().hide()
+        self.census_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.census_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        for r, cat in enumerate(CATEGORY_TITLES):
+            it = QTableWidgetItem(CATEGORY_TITLES[cat])
+            it.setForeground(QColor(*COLOURS[cat]))
+            self.census_table.setItem(r, 0, it)
+        self.census_table.setMaximumHeight(120)
+        bl.addWidget(self.census_table)
+        self.census_label = QLabel("")
+        self.census_label.setWordWrap(True)
+        bl.addWidget(self.census_label)
+        bl.addStretch(1)
+        top.addWidget(box)
+        self.share_plot = pg.PlotWidget(background="w")
+        sp = self.share_plot.getPlotItem()
+        sp.setTitle("Share of triplets per epoch")
+        sp.setLabel("bottom", "epoch")
+        sp.setLabel("left", "share of triplets")
+        sp.showGrid(x=True, y=True, alpha=0.2)
+        sp.setYRange(0, 1)
+        sp.addLegend(offset=(-10, 10))
+        self.share_curves = {cat: sp.plot([], [], name=CATEGORY_TITLES[cat], pen=pg.mkPen(COLOURS[cat], width=2),
+                                          symbol="o", symbolSize=6, symbolBrush=COLOURS[cat])
+                             for cat in CATEGORY_TITLES}
+        self.epoch_line = pg.InfiniteLine(angle=90, pen=pg.mkPen((120, 120, 120), style=Qt.PenStyle.DashLine))
+        sp.addItem(self.epoch_line)
+        top.addWidget(self.share_plot)
+        top.setSizes([380, 700])
+
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self._build_examples(), "Examples")
+        self.tabs.addTab(self._build_miner(), "What the miner chose")
+        self.tabs.addTab(self._build_diagnostics(), "Diagnostics")
+        main = QSplitter(Qt.Orientation.Vertical)
+        main.addWidget(top)
+        main.addWidget(self.tabs)
+        main.setSizes([240, 560])
+        lay.addWidget(main, 1)
+
+    def _triplet_table(self, extra: list[str]) -> QTableWidget:
+        t = QTableWidget(0, 3 + len(extra))
+        t.setHorizontalHeaderLabels(["anchor", "positive", "negative"] + extra)
+        t.setIconSize(QSize(THUMB, THUMB))
+        t.verticalHeader().setDefaultSectionSize(THUMB + 6)
+        t.verticalHeader().hide()
+        for c in range(3):
+            t.setColumnWidth(c, THUMB + 90)
+        t.horizontalHeader().setStretchLastSection(True)
+        t.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)  # the job's order until a header click
+        t.horizontalHeader().setSortIndicatorClearable(True)
+        t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        t.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        t.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        t.setToolTip("Click a row to highlight its three points in the map")
+        t.currentCellChanged.connect(lambda r, _c, _pr, _pc, table=t: self._on_triplet_row(table, r))
+        return t
+
+    def _build_examples(self) -> QWidget:
+        w = QWidget()
+        lay = QVBoxLayout(w)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Category:"))
+        self.category_combo = QComboBox()
+        for cat in ("hard", "semihard", "easy"):
+            self.category_combo.addItem(CATEGORY_TITLES[cat], cat)
+        self.category_combo.setToolTip("Which kind of triplet to show")
+        row.addWidget(self.category_combo)
+        row.addWidget(QLabel("Class:"))
+        self.class_combo = QComboBox()
+        self.class_combo.addItem("All classes", None)
+        self.class_combo.setToolTip("Only triplets whose anchor has this class")
+        row.addWidget(self.class_combo)
+        row.addWidget(QLabel("Order:"))
+        self.sort_combo = QComboBox()
+        self.sort_combo.addItem("Hardest first (smallest d(a,n) − d(a,p))", "hardest")
+        self.sort_combo.addItem("Easiest first", "easiest")
+        row.addWidget(self.sort_combo)
+        row.addStretch(1)
+        self.examples_label = QLabel("")
+        row.addWidget(self.examples_label)
+        lay.addLayout(row)
+        for combo in (self.category_combo, self.class_combo, self.sort_combo):
+            combo.currentIndexChanged.connect(lambda _i: self.start_examples())
+        self.examples_table = self._triplet_table(["d(a,p)", "d(a,n)", "d(a,n) − d(a,p)"])
+        self.examples_table.setSortingEnabled(True)
+        lay.addWidget(self.examples_table)
+        return w
+
+    def _build_miner(self) -> QWidget:
+        w = QWidget()
+        lay = QVBoxLayout(w)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        self.miner_plot = pg.PlotWidget(background="w")
+        mp = self.miner_plot.getPlotItem()
+        mp.setTitle("Per-batch triplet census during the epoch")
+        mp.setLabel("bottom", "batch")
+        mp.setLabel("left", "triplets in the batch")
+        mp.showGrid(x=True, y=True, alpha=0.2)
+        mp.addLegend(offset=(-10, 10))
+        self.miner_curves = {cat: mp.plot([], [], name=CATEGORY_TITLES[cat], pen=pg.mkPen(COLOURS[cat], width=2))
+                             for cat in CATEGORY_TITLES}
+        split.addWidget(self.miner_plot)
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Batch:"))
+        self.batch_combo = QComboBox()
+        self.batch_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.batch_combo.setToolTip("Mined tuples are kept for the last batches of each epoch")
+        self.batch_combo.currentIndexChanged.connect(lambda _i: self._fill_mined())
+        row.addWidget(self.batch_combo)
+        row.addStretch(1)
+        self.miner_label = QLabel("")
+        self.miner_label.setWordWrap(True)
+        row.addWidget(self.miner_label, 2)
+        rl.addLayout(row)
+        self.mined_table = self._triplet_table(["d(a,p)", "d(a,n)", "kind"])
+        self.mined_table.setSortingEnabled(True)
+        rl.addWidget(self.mined_table)
+        split.addWidget(right)
+        split.setSizes([420, 700])
+        lay.addWidget(split)
+        return w
+
+    def _build_diagnostics(self) -> QWidget:
+        w = QWidget()
+        lay = QVBoxLayout(w)
+        self.diag_list = QListWidget()
+        self.diag_list.setWordWrap(True)
+        self.diag_list.setToolTip("Click a finding to highlight its samples in the map")
+        self.diag_list.currentRowChanged.connect(self._on_diag_row)
+        lay.addWidget(self.diag_list, 1)
+        self.diag_images = QListWidget()
+        self.diag_images.setViewMode(QListView.ViewMode.IconMode)
+        self.diag_images.setIconSize(QSize(72, 72))
+        self.diag_images.setGridSize(QSize(96, 104))
+        self.diag_images.setResizeMode(QListView.ResizeMode.Adjust)
+        self.diag_images.setMovement(QListView.Movement.Static)
+        self.diag_images.setMaximumHeight(230)
+        self.diag_images.hide()  # shown with the images of a finding that names samples
+        lay.addWidget(self.diag_images)
+        return w
+
+    # ---- public API ---------------------------------------------------------------------------------------------
+    @property
+    def split(self) -> str:
+        return str(self.split_combo.currentData())
+
+    @property
+    def margin(self) -> float:
+        return float(self.margin_spin.value())
+
+    def is_busy(self) -> bool:
+        """True while any of this view's background jobs has not delivered (tests, status bar)."""
+        return any(self.jobs.is_running((self._key, p)) for p in ("census", "history", "examples")) or \
+            self._restart.isActive()
+
+    def recompute(self) -> None:
+        """Start the census of the epoch shown (and the missing epochs of the shares chart)."""
+        self._restart.stop()
+        if self.run is None or self.state.epoch < 0:
+            return
+        self.jobs.submit((self._key, "census"), census_job, self.run, self.state.epoch, self.split, self.margin,
+                         self.distance_metric)
+        self._start_history()
+
+    def start_examples(self) -> None:
+        """Find example triplets of the chosen category / class / order for the current census."""
+        r = self.result
+        if r is None or r.census is None:
+            return
+        self.jobs.submit((self._key, "examples"), examples_job, r.x, r.labels, r.ids,
+                         str(self.category_combo.currentData()), r.margin, r.metric, self.class_combo.currentData(),
+                         str(self.sort_combo.currentData()), N_EXAMPLES)
+
+    # ---- state --------------------------------------------------------------------------------------------------
+    @Slot(object)
+    def _on_run(self, run) -> None:
+        for p in ("census", "history", "examples"):
+            self.jobs.cancel((self._key, p))
+        self.run = run
+        self.result = self.examples = None
+        self.history.clear()
+        self._clear()
+        if run is None:
+            self.title.setText("Triplets: open a run")
+            return
+        if getattr(self.thumbs, "_samples", None) is not run.samples:
+            self.thumbs.set_samples(run.samples)
+        self.distance_metric = run_metric(run.config)
+        self.margin_spin.blockSignals(True)
+        self.margin_spin.setValue(run_margin(run.config))
+        self.margin_spin.blockSignals(False)
+        self.metric_label.setText(f"  d = {metric_words(self.distance_metric)}")
+        has_heldout = bool((np.asarray(run.samples.split) == SPLIT_HELDOUT).any())
+        self.split_combo.blockSignals(True)
+        self.split_combo.setCurrentIndex(0 if has_heldout else 1)
+        self.split_combo.blockSignals(False)
+        self.title.setText("Triplets")
+
+    @Slot(int)
+    def _on_epoch(self, epoch: int) -> None:
+        if self.run is not None and epoch >= 0:
+            self.recompute()
+
+    @Slot(list)
+    def _on_epochs(self, epochs: list) -> None:
+        if self.run is not None and self.result is not None:
+            self._start_history()
+
+    def _start_history(self) -> None:
+        done = self.history.setdefault((self.split, self.margin), {})
+        self._draw_history()
+        epochs = list(self.run.epochs)
+        if any(e not in done for e in epochs):
+            self.jobs.submit((self._key, "history"), history_job, self.run, epochs, self.split, self.margin,
+                             self.distance_metric, dict(done))
+
+    def _clear(self) -> None:
+        for r in range(3):
+            for c in (1, 2):
+                self.census_table.setItem(r, c, QTableWidgetItem(""))
+        self.census_label.setText("")
+        for curve in list(self.share_curves.values()) + list(self.miner_curves.values()):
+            curve.setData([], [])
+        self.examples_table.setRowCount(0)
+        self.mined_table.setRowCount(0)
+        self.batch_combo.clear()
+        self.diag_list.clear()
+        self.diag_images.clear()
+        self._thumb_cells.clear()
+        self.class_combo.blockSignals(True)
+        while self.class_combo.count() > 1:
+            self.class_combo.removeItem(1)
+        self.class_combo.blockSignals(False)
+
+    # ---- jobs ---------------------------------------------------------------------------------------------------
+    def _mine(self, key) -> str | None:
+        return key[1] if isinstance(key, tuple) and len(key) == 2 and key[0] == self._key else None
+
+    @Slot(object, object)
+    def _on_job_finished(self, key, result) -> None:
+        part = self._mine(key)
+        if part is None:
+            return
+        if not any(self.jobs.is_running((self._key, p)) for p in ("census", "history", "examples")):
+            self.progress.hide()
+        if part == "census":
+            self._show_census(result)
+        elif part == "history":
+            self.history.setdefault((self.split, self.margin), {}).update(result)
+            self._draw_history()
+        elif part == "examples":
+            self._show_examples(result)
+
+    @Slot(object, object)
+    def _on_job_partial(self, key, result) -> None:
+        part = self._mine(key)
+        if part == "history":
+            self.history.setdefault((self.split, self.margin), {}).update(result)
+            self._draw_history()
+        elif part == "census" and result.census is not None and self.result is None:
+            self._show_census(result, partial=True)
+
+    @Slot(object, float, str)
+    def _on_job_progress(self, key, fraction: float, text: str) -> None:
+        if self._mine(key) is None:
+            return
+        self.progress.show()
+        self.progress.setValue(int(100 * fraction))
+        self.progress.setFormat(text or "%p%")
+
+    @Slot(object, str)
+    def _on_job_failed(self, key, message: str) -> None:
+        if self._mine(key) is None:
+            return
+        self.progress.hide()
+        self.census_label.setText("Failed: " + message.splitlines()[0])
+        self.census_label.setToolTip(message)
+
+    # ---- showing results ----------------------------------------------------------------------------------------
+    def _class_name(self, c: int) -> str:
+        classes = self.run.classes if self.run is not None else []
+        return classes[c] if 0 <= c < len(classes) else str(c)
+
+    def _show_census(self, r: CensusResult, partial: bool = False) -> None:
+        new_key = self.result is None or (self.result.epoch, self.result.split, self.result.margin) != \
+            (r.epoch, r.split, r.margin)
+        self.result = r
+        split_name = SPLITS[r.split][0].lower()
+        self.title.setText(f"Triplets of epoch {r.epoch}, {split_name} anchors")
+        c = r.census
+        if c is None:
+            self.census_label.setText(r.problem)
+            for row in range(3):
+                for col in (1, 2):
+                    self.census_table.setItem(row, col, QTableWidgetItem("–"))
+        else:
+            for row, cat in enumerate(CATEGORY_TITLES):
+                n = getattr(c, f"total_{cat}")
+                share = getattr(c, f"share_{cat}")
+                self.census_table.setItem(row, 1, _Num(n, f"{n:,}"))
+                self.census_table.setItem(row, 2, _Num(share, f"{share:.2%}" if math.isfinite(share) else "–"))
+            self.census_label.setText(
+                f"{c.n_anchors:,} anchors ({len(np.unique(r.labels))} classes) of the {split_name} split, "
+                f"{c.total:,} triplets, margin m = {r.margin:g}. Mean over triplets: d(a,p) = "
+                f"{c.triplet_mean_d_ap:.4f}, d(a,n) = {c.triplet_mean_d_an:.4f}."
+                + ("" if not partial else " Diagnostics…"))
+            # the current point of the chart is exactly this census
+            self.history.setdefault((r.split, r.margin), {})[r.epoch] = (c.share_easy, c.share_semihard,
+                                                                         c.share_hard, c.sampled)
+            self._draw_history()
+        if new_key:
+            self.class_combo.blockSignals(True)
+            keep = self.class_combo.currentData()
+            while self.class_combo.count() > 1:
+                self.class_combo.removeItem(1)
+            for cl in np.unique(r.labels):
+                self.class_combo.addItem(self._class_name(int(cl)), int(cl))
+            i = self.class_combo.findData(keep)
+            self.class_combo.setCurrentIndex(max(i, 0))
+            self.class_combo.blockSignals(False)
+            self._show_miner(r)
+            self.start_examples()
+        if not partial:
+            self._show_diagnostics(r)
+
+    def _draw_history(self) -> None:
+        done = self.history.get((self.split, self.margin), {})
+        epochs = sorted(e for e, v in done.items() if math.isfinite(v[0]))
+        for i, cat in enumerate(CATEGORY_TITLES):
+            self.share_curves[cat].setData(epochs, [done[e][i] for e in epochs])
+        if self.state.epoch >= 0:
+            self.epoch_line.setValue(self.state.epoch)
+        sampled = any(done[e][3] for e in epochs)
+        self.share_plot.getPlotItem().setTitle(
+            "Share of triplets per epoch" + (f" (large split: {HISTORY_MAX_ANCHORS:,} sampled anchors per past epoch)"
+                                             if sampled else ""))
+
+    def history_points(self) -> dict[int, tuple]:
+        """Epoch -> (share easy, semi-hard, hard, sampled) of the current split and margin (the chart's data)."""
+        return dict(self.history.get((self.split, self.margin), {}))
+
+    def _thumb_icon(self, sid: int, colour: QColor) -> QIcon:
+        return QIcon(framed_pixmap(self.thumbs.request(sid), colour, THUMB + 8, width=3))
+
+    def _thumb_item(self, table: QTableWidget, row: int, col: int, sid: int, colour: QColor) -> None:
+        if sid < 0:
+            table.setItem(row, col, QTableWidgetItem("—"))
+            return
+        it = _Num(sid, f"{self._class_name(int(self.run.samples.labels[sid]))}\n#{sid}")
+        it.setIcon(self._thumb_icon(sid, colour))
+        it.setData(Qt.ItemDataRole.UserRole, (sid, colour.name()))
+        it.setToolTip(f"sample {sid}: {self.run.samples.paths[sid]}")
+        table.setItem(row, col, it)
+        self._thumb_cells.setdefault(sid, []).append((table, it))
+
+    def _show_examples(self, ex) -> None:
+        self.examples = ex
+        t = self.examples_table
+        t.setSortingEnabled(False)
+        t.setRowCount(len(ex))
+        for row in range(len(ex)):
+            a, p, n = int(ex.anchor[row]), int(ex.positive[row]), int(ex.negative[row])
+            self._thumb_item(t, row, 0, a, QUERY)
+            self._thumb_item(t, row, 1, p, SAME)
+            self._thumb_item(t, row, 2, n, OTHER)
+            t.setItem(row, 3, _Num(float(ex.d_ap[row])))
+            t.setItem(row, 4, _Num(float(ex.d_an[row])))
+            t.setItem(row, 5, _Num(float(ex.d_an[row]) - float(ex.d_ap[row])))
+        t.setSortingEnabled(True)
+        cat = CATEGORY_TITLES[str(self.category_combo.currentData())].lower()
+        self.examples_label.setText(f"{len(ex)} {cat} triplet(s)" if len(ex) else f"no {cat} triplets here")
+
+    def _show_miner(self, r: CensusResult) -> None:
+        tel = r.telemetry
+        x = np.arange(len(tel.get("n_easy", [])))
+        for cat in CATEGORY_TITLES:
+            y = np.asarray(tel.get(f"n_{cat}", []), float)
+            self.miner_curves[cat].setData(x[: len(y)], y)
+        m = r.mined
+        batches = np.unique(m["batch"]) if len(m.get("batch", [])) else np.zeros(0, np.int64)
+        self.batch_combo.blockSignals(True)
+        self.batch_combo.clear()
+        for b in batches[::-1]:
+            self.batch_combo.addItem(f"batch {int(b)} ({int((m['batch'] == b).sum())} tuples)", int(b))
+        self.batch_combo.blockSignals(False)
+        if len(batches):
+            self.miner_label.setText(f"The miner's tuples of the last {len(batches)} batches of epoch {r.epoch}; "
+                                     "distances from the epoch's stored embeddings (after the epoch's updates).")
+        else:
+            self.miner_label.setText("This epoch's telemetry holds no mined tuples (epoch 0 is the untrained net, "
+                                     "or the loss uses no miner).")
+        self._fill_mined()
+
+    def _fill_mined(self) -> None:
+        t = self.mined_table
+        t.setSortingEnabled(False)
+        t.setRowCount(0)
+        r = self.result
+        if r is None or self.batch_combo.currentData() is None:
+            return
+        m = r.mined
+        rows = np.flatnonzero(m["batch"] == int(self.batch_combo.currentData()))[:MAX_MINED_ROWS]
+        t.setRowCount(len(rows))
+        for i, j in enumerate(rows):
+            a, p, n = int(m["anchor"][j]), int(m["positive"][j]), int(m["negative"][j])
+            self._thumb_item(t, i, 0, a, QUERY)
+            self._thumb_item(t, i, 1, p, SAME)
+            self._thumb_item(t, i, 2, n, OTHER)
+            t.setItem(i, 3, _Num(float(m["d_ap"][j])))
+            t.setItem(i, 4, _Num(float(m["d_an"][j])))
+            kind = "triplet" if p >= 0 and n >= 0 else ("positive pair" if p >= 0 else "negative pair")
+            t.setItem(i, 5, QTableWidgetItem(kind))
+        t.setSortingEnabled(True)
+
+    def _show_diagnostics(self, r: CensusResult) -> None:
+        self.diag_list.blockSignals(True)
+        self.diag_list.clear()
+        self.diag_images.clear()
+        for d in r.diagnostics:
+            mark = "⚠" if d.level == "warning" else "ℹ"
+            it = QListWidgetItem(f"{mark} {d.title}: {d.detail}")
+            it.setData(Qt.ItemDataRole.UserRole, np.asarray(d.sample_ids, np.int64))
+            if d.level == "warning":
+                it.setForeground(QColor(170, 60, 0))
+            n = len(d.sample_ids)
+            it.setToolTip(f"{n} sample(s): click to highlight them in the map" if n else d.detail)
+            self.diag_list.addItem(it)
+        if not r.diagnostics:
+            self.diag_list.addItem(QListWidgetItem("✓ Nothing to report for this epoch."))
+        self.diag_list.blockSignals(False)
+
+    # ---- clicks -------------------------------------------------------------------------------------------------
+    def _row_ids(self, table: QTableWidget, row: int) -> list[int]:
+        ids = []
+        for c in range(3):
+            it = table.item(row, c)
+            data = it.data(Qt.ItemDataRole.UserRole) if it is not None else None
+            if data is not None:
+                ids.append(int(data[0]))
+        return ids
+
+    def _on_triplet_row(self, table: QTableWidget, row: int) -> None:
+        if row >= 0:
+            ids = self._row_ids(table, row)
+            if ids:
+                self.state.set_highlight(np.asarray(ids, np.int64))
+
+    def _on_diag_row(self, row: int) -> None:
+        self.diag_images.clear()
+        self.diag_images.hide()
+        it = self.diag_list.item(row) if row >= 0 else None
+        ids = it.data(Qt.ItemDataRole.UserRole) if it is not None else None
+        if ids is None or len(ids) == 0:
+            return
+        self.state.set_highlight(np.asarray(ids, np.int64))
+        self.diag_images.show()
+        for sid in np.asarray(ids)[:60]:
+            sid = int(sid)
+            img = QListWidgetItem(f"{self._class_name(int(self.run.samples.labels[sid]))}\n#{sid}")
+            img.setIcon(QIcon(framed_pixmap(self.thumbs.request(sid), OTHER, 80, width=3)))
+            img.setData(Qt.ItemDataRole.UserRole, (sid, OTHER.name()))
+            img.setToolTip(f"sample {sid}: {self.run.samples.paths[sid]}")
+            self.diag_images.addItem(img)
+            self._thumb_cells.setdefault(sid, []).append((self.diag_images, img))
+
+    @Slot(int, QPixmap)
+    def _on_thumb(self, sid: int, pm: QPixmap) -> None:
+        alive = []
+        for owner, it in self._thumb_cells.get(int(sid), []):
+            try:
+                data = it.data(Qt.ItemDataRole.UserRole)
+            except RuntimeError:  # the item was deleted with its table contents
+                continue
+            size = 80 if owner is self.diag_images else THUMB + 8
+            it.setIcon(QIcon(framed_pixmap(pm, QColor(data[1]), size, width=3)))
+            alive.append((owner, it))
+        if alive:
+            self._thumb_cells[int(sid)] = alive
+        else:
+            self._thumb_cells.pop(int(sid), None)
