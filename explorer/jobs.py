@@ -107,6 +107,18 @@ class JobRunner(QObject):
         self._alive: dict[tuple[Hashable, int], _Runnable] = {}
         self._min_interval = min_progress_interval
         self._closed = False
+        self._projection_worker = None
+
+    def projection_worker(self):
+        """The shared UMAP/t-SNE child process (trainer.projection.ProjectionWorker), started and warmed up on the
+        first call; :meth:`shutdown` stops it. Keeps numba's GIL out of the GUI process."""
+        from trainer.projection import ProjectionWorker
+
+        if self._closed:
+            raise RuntimeError("JobRunner is shut down")
+        if self._projection_worker is None:
+            self._projection_worker = ProjectionWorker(warm=True)
+        return self._projection_worker
 
     # ---- public API -------------------------------------------------------------------------------------------
     def submit(self, key: Hashable, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
@@ -149,6 +161,8 @@ class JobRunner(QObject):
         for key in list(self._current):
             self.cancel(key)
         self._pool.clear()  # jobs not started yet never start
+        if self._projection_worker is not None:  # before waiting: a worker thread may be blocked on the child
+            self._projection_worker.close(timeout=min(timeout, 2.0))
         return bool(self._pool.waitForDone(int(timeout * 1000)))
 
     # ---- delivery (GUI thread) ---------------------------------------------------------------------------------

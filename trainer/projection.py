@@ -10,6 +10,7 @@ the weighted mean of their nearest sampled neighbours. No Qt here: the GUI runs 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,11 +30,13 @@ __all__ = [
     "knn_graph",
     "ensure_numba_cache",
     "warm_up",
+    "ProjectionWorker",
 ]
 
 METHODS = ("umap", "pca", "tsne")
 MAX_FIT_DEFAULT = 50_000
 UMAP_NEIGHBORS = 15
+COLD_EPOCHS = 200
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
@@ -209,6 +212,30 @@ def _import_umap():
     return umap
 
 
+class _EpochWatch:
+    """File-like sink for umap's tqdm epoch bar: reports the fraction done and lets a cancel stop the fit."""
+
+    def __init__(self, check: Callable[[], None], report: Callable[[float], None]) -> None:
+        self._check, self._report, self._dead = check, report, False
+
+    def write(self, text: str) -> int:
+        if self._dead:  # after a cancel tqdm still closes its bar: stay quiet
+            return len(text)
+        try:
+            self._check()
+        except ProjectionCancelled:
+            self._dead = True
+            raise
+        done = re.findall(r"(\d+)/(\d+)", text)
+        if done:
+            n, total = map(int, done[-1])
+            self._report(n / max(total, 1))
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing buffered."""
+
+
 def _weighted_place(anchor_xy: np.ndarray, nbr_idx: np.ndarray, nbr_dist: np.ndarray) -> np.ndarray:
     """Position = inverse-distance-weighted mean of the neighbours' positions (the umap transform's init)."""
     w = 1.0 / (nbr_dist.astype(np.float64) + 1e-6)
@@ -359,9 +386,12 @@ def project(
         if method == "umap":
             umap = _import_umap()
             if n_epochs is None:
-                n_epochs = (60 if nf > 10_000 else 100) if warm else None  # umap default: 200/500 epochs
+                # umap's default is 500 epochs up to 10k points and 200 above: 200 is plenty from a PCA start
+                n_epochs = (60 if nf > 10_000 else 100) if warm else COLD_EPOCHS
             say(0.15, "UMAP (warm start)" if warm else "UMAP")
-            u_init = _scale_for_umap(init) if init is not None else "spectral"
+            # cold start: PCA init. umap's spectral init costs seconds at 10k and, on a graph with several
+            # components (one per well-separated class), compiles a fresh numba metric for each new run
+            u_init = _scale_for_umap(init) if init is not None else "pca"
             reducer = umap.UMAP(
                 n_components=2,
                 n_neighbors=k,
@@ -374,6 +404,9 @@ def project(
                 precomputed_knn=(knn_i, knn_d),
                 low_memory=True,
                 verbose=False,
+                # umap's per-epoch tqdm bar goes to a sink that reports progress and stops a cancelled fit
+                tqdm_kwds={"disable": False, "file": _EpochWatch(check, lambda f: say(0.15 + 0.8 * f, "UMAP")),
+                           "bar_format": "{n}/{total}", "mininterval": 0.1},
             )
             xy_fit = reducer.fit_transform(xf).astype(np.float32)
             if init is not None:
@@ -422,7 +455,7 @@ class Projector:
     """Keeps the last layout per method so each new epoch's map starts from (and is aligned to) the previous one."""
 
     def __init__(self, method: str = "umap", *, seed: int = 0, metric: str = "euclidean",
-                 max_fit: int = MAX_FIT_DEFAULT) -> None:
+                 max_fit: int = MAX_FIT_DEFAULT, worker: "ProjectionWorker | None" = None) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown projection method {method!r}; choose one of {', '.join(METHODS)}")
         self.method = method
@@ -431,6 +464,7 @@ class Projector:
         self.max_fit = max_fit
         self._last: dict[str, Layout] = {}
         self._lock = threading.Lock()
+        self.worker = worker  # when set, UMAP / t-SNE run in its child process; PCA stays here (it is instant)
 
     def previous(self, method: str | None = None) -> Layout | None:
         """The last layout computed with ``method`` (default: this projector's method)."""
@@ -454,10 +488,12 @@ class Projector:
         method = method or self.method
         with self._lock:
             prev = self._last.get(method) or next(iter(self._last.values()), None)
-        layout = project(embeddings, method, previous=None if prev is None else prev.xy,
-                         previous_ids=None if prev is None else prev.ids, ids=ids, seed=self.seed,
-                         progress=progress, is_cancelled=is_cancelled, labels=labels, metric=self.metric,
-                         max_fit=self.max_fit)
+        worker = self.worker
+        fn = worker.project if worker is not None and not worker.closed and method != "pca" else project
+        layout = fn(embeddings, method, previous=None if prev is None else prev.xy,
+                    previous_ids=None if prev is None else prev.ids, ids=ids, seed=self.seed,
+                    progress=progress, is_cancelled=is_cancelled, labels=labels, metric=self.metric,
+                    max_fit=self.max_fit)
         self.remember(layout)
         return layout
 
@@ -465,3 +501,223 @@ class Projector:
     def warm_up() -> float:
         """Compile umap's numba kernels (see :func:`warm_up`)."""
         return warm_up()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A long-lived child process for UMAP / t-SNE
+# ---------------------------------------------------------------------------------------------------------------
+def _worker_main(conn) -> None:
+    """Child process loop: requests ``(rid, op, kwargs)`` in, ``(kind, rid, payload)`` out, until EOF or None.
+
+    Runs UMAP/t-SNE here so numba never holds the GUI process's GIL. A reader thread takes ``(rid, "cancel",
+    target)`` messages while a fit runs, and the fit stops at its next epoch. Imports nothing but numpy,
+    umap-learn, faiss and this module (spawned children re-import only what they unpickle).
+    """
+    import queue
+
+    requests: "queue.Queue" = queue.Queue()
+    cancelled: set[int] = set()
+    send_lock = threading.Lock()
+
+    def send(msg) -> None:
+        with send_lock:
+            conn.send(msg)
+
+    def reader() -> None:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                msg = None
+            if msg is None:
+                requests.put(None)
+                return
+            if msg[1] == "cancel":
+                cancelled.add(msg[2])
+            else:
+                requests.put(msg)
+
+    threading.Thread(target=reader, name="requests", daemon=True).start()
+    while True:
+        msg = requests.get()
+        if msg is None:
+            return
+        rid, op, kwargs = msg
+
+        def progress(fraction: float, text: str = "", _rid=rid) -> None:
+            send(("progress", _rid, (float(fraction), str(text))))
+
+        try:
+            if rid in cancelled:
+                raise ProjectionCancelled()
+            if op == "warm_up":
+                result = warm_up()
+            elif op == "project":
+                result = project(progress=progress, is_cancelled=lambda _rid=rid: _rid in cancelled, **kwargs)
+            elif op == "ping":
+                result = os.getpid()
+            else:
+                raise ValueError(f"unknown request {op!r}")
+            send(("ok", rid, result))
+        except ProjectionCancelled:
+            send(("cancelled", rid, None))
+        except Exception as exc:  # reported to the caller, the process lives on
+            import traceback
+
+            send(("error", rid, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"))
+        cancelled.discard(rid)
+
+
+def _stop_process(proc, conn, timeout: float) -> None:
+    """Ask the child to exit, then terminate / kill it if it does not within ``timeout`` seconds."""
+    try:
+        conn.send(None)
+    except (OSError, ValueError, BrokenPipeError):
+        pass
+    proc.join(min(timeout, 0.2))
+    if proc.is_alive():  # busy in a long fit: it cannot read the request
+        proc.terminate()
+        proc.join(timeout)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(1.0)
+    try:
+        conn.close()
+    except OSError:
+        pass
+
+
+class ProjectionWorker:
+    """UMAP / t-SNE in one long-lived ``spawn`` child process, compiled (warmed up) once when it starts.
+
+    :meth:`project` blocks the calling (background) thread, not the GUI: the child holds its own GIL. A cancelled
+    call returns at once; the child finishes the abandoned fit and its late answer is dropped. Thread-safe.
+    """
+
+    def __init__(self, *, warm: bool = True, start: bool = True) -> None:
+        self._warm_on_start = warm
+        self._lock = threading.Lock()  # one caller talks to the pipe at a time
+        self._proc = None
+        self._conn = None
+        self._next_id = 0
+        self._abandoned: set[int] = set()
+        self._warmed = threading.Event()
+        self._finalizer = None
+        self.closed = False
+        if start:
+            self.start()
+
+    # ---- life cycle ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Spawn the child (if not running) and queue its warm-up, which runs while the caller goes on."""
+        import multiprocessing as mp
+        import weakref
+
+        if self.closed:
+            raise RuntimeError("ProjectionWorker is closed")
+        if self._proc is not None and self._proc.is_alive():
+            return
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=True)
+        proc = ctx.Process(target=_worker_main, args=(child,), name="embedding-explorer-projection", daemon=True)
+        proc.start()
+        child.close()
+        self._proc, self._conn = proc, parent
+        self._abandoned.clear()
+        self._warmed.clear()
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _stop_process, proc, parent, 1.0)
+        if self._warm_on_start:
+            self._abandoned.add(self._send("warm_up", {}))  # nobody waits for it; the reply marks it warm
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the child promptly (terminated if it is in the middle of a fit); safe to call twice."""
+        self.closed = True
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if self._proc is not None:
+            _stop_process(self._proc, self._conn, timeout)
+        self._proc = self._conn = None
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None when not running)."""
+        return None if self._proc is None else self._proc.pid
+
+    def is_alive(self) -> bool:
+        """True while the child process runs."""
+        return self._proc is not None and self._proc.is_alive()
+
+    def is_warm(self) -> bool:
+        """True once the child has reported its warm-up done."""
+        return self._warmed.is_set()
+
+    # ---- calls ---------------------------------------------------------------------------------------------
+    def _send(self, op: str, kwargs) -> int:
+        self._next_id += 1
+        self._conn.send((self._next_id, op, kwargs))
+        return self._next_id
+
+    def call(self, op: str, kwargs: dict | None = None, *, progress: ProgressFn | None = None,
+             is_cancelled: CancelFn | None = None, timeout: float | None = None):
+        """Run request ``op`` in the child and return its result; raises ProjectionCancelled when cancelled."""
+        cancelled = is_cancelled or (lambda: False)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._lock.acquire(timeout=0.05):
+            if cancelled():
+                raise ProjectionCancelled()
+        try:
+            if self.closed:
+                raise RuntimeError("the projection process was shut down")
+            if not self.is_alive():
+                self.start()
+            rid = self._send(op, kwargs or {})
+            while True:
+                if cancelled():
+                    self._abandoned.add(rid)
+                    self._send("cancel", rid)  # the child stops the fit at its next epoch
+                    raise ProjectionCancelled()
+                if deadline is not None and time.monotonic() > deadline:
+                    self._abandoned.add(rid)
+                    raise TimeoutError(f"the projection process did not answer {op!r} within {timeout} s")
+                try:
+                    ready = self._conn.poll(0.05)
+                    if not ready:
+                        if not self._proc.is_alive():
+                            raise EOFError
+                        continue
+                    kind, got, payload = self._conn.recv()
+                except (EOFError, OSError, BrokenPipeError):
+                    code = self._proc.exitcode if self._proc is not None else None
+                    self._proc = None
+                    raise RuntimeError(f"the projection process ended unexpectedly (exit code {code}); "
+                                       "it is restarted on the next map") from None
+                if kind == "ok" and got in self._abandoned and isinstance(payload, float):
+                    self._warmed.set()  # only warm_up answers with a float
+                if got != rid:  # a late message of an abandoned request
+                    if kind != "progress":
+                        self._abandoned.discard(got)
+                    continue
+                if kind == "progress":
+                    if progress is not None:
+                        progress(*payload)
+                    continue
+                if kind == "error":
+                    raise RuntimeError(payload)
+                return payload
+        finally:
+            self._lock.release()
+
+    def warm_up(self, timeout: float | None = None) -> float:
+        """Block until the child is compiled (its warm-up done); returns the seconds its warm-up took."""
+        secs = self.call("warm_up", timeout=timeout)
+        self._warmed.set()
+        return float(secs)
+
+    def project(self, embeddings: np.ndarray, method: str = "umap", *, progress: ProgressFn | None = None,
+                is_cancelled: CancelFn | None = None, **kwargs) -> Layout:
+        """:func:`project` in the child process (same arguments); the result is the same Layout."""
+        kwargs = dict(kwargs, embeddings=np.ascontiguousarray(embeddings, dtype=np.float32), method=method)
+        return self.call("project", kwargs, progress=progress, is_cancelled=is_cancelled)

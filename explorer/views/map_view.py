@@ -104,8 +104,9 @@ def map_job(run, epoch: int, method: str, projector: projection.Projector, label
         return None
     if pca_first and method != "pca":
         quick = projection.project(emb, "pca", ids=ids, seed=projector.seed, metric=projector.metric)
-        quick.note = (f"quick PCA preview while {METHOD_TITLES.get(method, method)} "
-                      f"{'compiles' if not projection.is_warm() else 'runs'}")
+        worker = projector.worker
+        warm = worker.is_warm() if worker is not None else projection.is_warm()
+        quick.note = f"quick PCA preview while {METHOD_TITLES.get(method, method)} {'runs' if warm else 'compiles'}"
         partial((epoch, quick))
     layout = projector.project(emb, ids=ids, labels=labels, method=method, is_cancelled=is_cancelled,
                                progress=lambda f, t="": progress(0.1 + 0.9 * f, t))
@@ -154,9 +155,11 @@ class MapView(QWidget):
     map_ready = Signal(int)  # epoch whose final map is now on screen (tests and the status bar wait on it)
 
     def __init__(self, state: AppState, parent: QWidget | None = None, *, jobs: JobRunner | None = None,
-                 thumbnails: ThumbnailCache | None = None, method: str = "umap", warm_up: bool = True) -> None:
+                 thumbnails: ThumbnailCache | None = None, method: str = "umap", warm_up: bool = True,
+                 process: bool | None = None) -> None:
         super().__init__(parent)
         self.state = state
+        self._owns_jobs = jobs is None
         self.jobs = jobs or JobRunner(self)
         self.thumbnails = thumbnails or ThumbnailCache(self)
         self.projector = projection.Projector(method)
@@ -182,7 +185,12 @@ class MapView(QWidget):
         self._last_render = 0.0
         self._build_ui()
         self._connect()
-        if warm_up and method == "umap" and not projection.is_warm():
+        # UMAP / t-SNE run in the job runner's long-lived child process (warmed up there now), so numba never
+        # holds this process's GIL; process=False keeps them in a worker thread (tests, benchmarks)
+        self.use_process = warm_up if process is None else bool(process)
+        if self.use_process:
+            self.projector.worker = self.jobs.projection_worker()
+        elif warm_up and method == "umap" and not projection.is_warm():
             self.jobs.submit(("umap-warm-up", id(self)), _warm_up_job)
         if state.run is not None:
             self._on_run_changed(state.run)
@@ -793,6 +801,11 @@ class MapView(QWidget):
         if sid == self.hover_id:
             self._fill_hover(None)
             self._place_hover()
+
+    def closeEvent(self, ev) -> None:  # noqa: N802 - Qt naming
+        if self._owns_jobs:  # a map with its own runner stops its jobs and projection process itself
+            self.jobs.shutdown(2.0)
+        super().closeEvent(ev)
 
     def hideEvent(self, ev) -> None:  # noqa: N802 - Qt naming
         self.hide_hover()
