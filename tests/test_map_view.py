@@ -149,3 +149,63 @@ def test_umap_map_with_pca_preview(qtbot, run_dir):
         state.set_run(RunReader(run_dir))
     assert methods == ["pca"] and view.layout.method == "umap"
     assert np.isfinite(view.xy).all()
+
+
+def _brute_inside(x, y, poly):
+    """Winding number, point by point (a different rule from the even-odd crossing count; same for simple polygons)."""
+    wn = 0
+    n = len(poly)
+    for i in range(n):
+        x0, y0 = poly[i]
+        x1, y1 = poly[(i + 1) % n]
+        cross = (x1 - x0) * (y - y0) - (x - x0) * (y1 - y0)
+        if y0 <= y < y1 and cross > 0:
+            wn += 1
+        elif y1 <= y < y0 and cross < 0:
+            wn -= 1
+    return wn != 0
+
+
+def test_points_in_polygon_matches_plain_loops():
+    rng = np.random.default_rng(7)
+    ang = np.sort(rng.uniform(0, 2 * np.pi, 40))
+    rad = rng.uniform(1.0, 3.0, 40)  # a star-shaped, non-convex, simple lasso
+    poly = np.c_[rad * np.cos(ang), rad * np.sin(ang)]
+    xy = rng.uniform(-3.5, 3.5, size=(3000, 2))
+    got = mv_mod.points_in_polygon(xy, poly)
+    ref = np.array([_brute_inside(x, y, poly) for x, y in xy])
+    assert 300 < ref.sum() < 2700 and np.array_equal(got, ref)
+    assert not mv_mod.points_in_polygon(xy, poly[:2]).any()  # a degenerate lasso selects nothing
+
+
+def test_lasso_selects_one_class_and_respects_hidden_and_add(qtbot, run_dir):
+    state, view = _open(qtbot, run_dir)
+    view.lasso_button.click()
+    assert view.viewbox.lasso_mode
+    pts = view.xy[view.labels == 2]
+    c, r = pts.mean(0), np.linalg.norm(pts - pts.mean(0), axis=1).max() * 1.01
+    t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    circle = np.c_[c[0] + r * np.cos(t), c[1] + r * np.sin(t)]
+    ids = view.select_in_polygon(circle)
+    inside = [i for i in range(len(view.xy)) if _brute_inside(*view.xy[i], circle)]
+    assert ids.tolist() == inside and set(range(60, 90)) <= set(ids.tolist())
+    view.set_class_visible(2, False)
+    assert len(view.select_in_polygon(circle)) == len(set(inside) - set(range(60, 90)))
+    state.set_selection([0])
+    view.set_class_visible(2, True)
+    assert set(view.select_in_polygon(circle, add=True).tolist()) == set(inside) | {0}
+
+
+def test_raster_follows_the_view_and_rerenders_at_rest(qtbot, run_dir, monkeypatch):
+    monkeypatch.setattr(mv_mod, "SYMBOL_MAX", 50)
+    state, view = _open(qtbot, run_dir)
+    assert view.render_mode == "raster"
+    rect = view.image.mapRectToParent(view.image.boundingRect())
+    (x0, x1), (y0, y1) = view.viewbox.viewRange()
+    assert rect.left() < x0 and rect.right() > x1 and rect.top() < y0 and rect.bottom() > y1  # drawn with a margin
+    last = view._last_render
+    for _ in range(5):  # moving: the raster is transformed, not re-splatted
+        view.viewbox.translateBy(x=0.01 * (x1 - x0))
+        qtbot.wait(10)
+    assert view._last_render == last
+    qtbot.waitUntil(lambda: view._last_render > last, timeout=3000)  # at rest: re-rendered

@@ -41,13 +41,16 @@ from explorer.state import AppState
 from explorer.thumbnails import ThumbnailCache
 from trainer import projection
 
-__all__ = ["MapView", "PALETTE", "splat_points", "map_job"]
+__all__ = ["MapView", "PALETTE", "splat_points", "points_in_polygon", "map_job"]
 
 # Points in view above which the map is drawn as a raster image instead of symbols.
 SYMBOL_MAX = 20_000
 # Largest map that is animated from the old to the new layout (setData per frame costs ~N).
 ANIMATE_MAX = 20_000
 ANIMATE_MS = 300
+# Raster maps re-render this long after the view stops moving; the raster covers this many view sizes around it.
+RENDER_REST_MS = 120
+RASTER_MARGIN = 0.35
 HOVER_RADIUS_PX = 8.0
 METHOD_TITLES = {"umap": "UMAP", "pca": "PCA", "tsne": "t-SNE"}
 
@@ -93,6 +96,31 @@ def splat_points(xy: np.ndarray, rgba: np.ndarray, x_range: tuple[float, float],
     return img
 
 
+def points_in_polygon(xy: np.ndarray, poly: np.ndarray) -> np.ndarray:
+    """Boolean mask of the points inside the closed polygon ``poly`` (M, 2) by the even-odd rule (lasso select).
+
+    Vectorised over points: one pass per polygon edge, counting crossings of a ray going right from each point.
+    """
+    xy = np.asarray(xy, dtype=np.float64)
+    poly = np.asarray(poly, dtype=np.float64)
+    inside = np.zeros(len(xy), bool)
+    if len(poly) < 3 or len(xy) == 0:
+        return inside
+    lo, hi = poly.min(0), poly.max(0)
+    cand = np.flatnonzero((xy[:, 0] >= lo[0]) & (xy[:, 0] <= hi[0]) & (xy[:, 1] >= lo[1]) & (xy[:, 1] <= hi[1]))
+    px, py = xy[cand, 0], xy[cand, 1]
+    odd = np.zeros(len(cand), bool)
+    xj, yj = poly[-1]
+    for xi, yi in poly:
+        straddles = (yi > py) != (yj > py)
+        if straddles.any():
+            x_cross = xi + (py - yi) * (xj - xi) / ((yj - yi) if yj != yi else 1e-300)
+            odd ^= straddles & (px < x_cross)
+        xj, yj = xi, yi
+    inside[cand] = odd
+    return inside
+
+
 def map_job(run, epoch: int, method: str, projector: projection.Projector, labels: np.ndarray | None,
             pca_first: bool, *, progress, partial, is_cancelled):
     """Background job: load one epoch and project it; a quick PCA map comes first as a partial result if asked."""
@@ -118,9 +146,10 @@ def _warm_up_job(*, progress, partial, is_cancelled) -> float:
 
 
 class _MapViewBox(pg.ViewBox):
-    """ViewBox whose shift-drag draws a selection box instead of panning."""
+    """ViewBox whose shift-drag draws a selection box and alt-drag (or lasso mode) a free-hand lasso, not a pan."""
 
     sigBoxSelected = Signal(object, bool)  # QRectF in data coordinates, additive (ctrl held)
+    sigLassoSelected = Signal(object, bool)  # (M, 2) polygon in data coordinates, additive (ctrl held)
 
     def __init__(self) -> None:
         super().__init__(enableMenu=False)
@@ -131,8 +160,33 @@ class _MapViewBox(pg.ViewBox):
         self._band.setZValue(1e9)
         self._band.hide()
         self.addItem(self._band, ignoreBounds=True)
+        self.lasso_mode = False  # plain left-drag draws a lasso (toolbar toggle)
+        self._lasso_pts: list[tuple[float, float]] = []
+        self._lasso = pg.PlotCurveItem(pen=pg.mkPen((40, 40, 40), width=1.5, style=Qt.PenStyle.DashLine),
+                                       fillLevel=None, brush=None)
+        self._lasso.setZValue(1e9)
+        self._lasso.hide()
+        self.addItem(self._lasso, ignoreBounds=True)
 
     def mouseDragEvent(self, ev, axis=None) -> None:  # noqa: N802 - Qt naming
+        mods = ev.modifiers()
+        if ev.button() == Qt.MouseButton.LeftButton and (
+                mods & Qt.KeyboardModifier.AltModifier or (self.lasso_mode and not mods & Qt.KeyboardModifier.ShiftModifier)):
+            ev.accept()
+            if ev.isStart():
+                p0 = self.mapToView(ev.buttonDownPos())
+                self._lasso_pts = [(p0.x(), p0.y())]
+            p = self.mapToView(ev.pos())
+            self._lasso_pts.append((p.x(), p.y()))
+            pts = np.array(self._lasso_pts + self._lasso_pts[:1], np.float64)
+            if ev.isFinish():
+                self._lasso.hide()
+                self.sigLassoSelected.emit(pts[:-1].copy(), bool(mods & Qt.KeyboardModifier.ControlModifier))
+                self._lasso_pts = []
+            else:
+                self._lasso.setData(x=pts[:, 0], y=pts[:, 1])
+                self._lasso.show()
+            return
         if ev.button() == Qt.MouseButton.LeftButton and ev.modifiers() & Qt.KeyboardModifier.ShiftModifier:
             ev.accept()
             p0 = self.mapToView(ev.buttonDownPos())
@@ -218,6 +272,12 @@ class MapView(QWidget):
         self.search.setClearButtonEnabled(True)
         self.search.setToolTip("Type part of a class or file name and press Enter: matching images are selected")
         bar.addWidget(self.search, 1)
+        self.lasso_button = QToolButton()
+        self.lasso_button.setText("Lasso")
+        self.lasso_button.setCheckable(True)
+        self.lasso_button.setToolTip("Lasso select: drag around points to select them (L). Without it: Alt+drag "
+                                     "draws a lasso, Shift+drag a box; add Ctrl to add to the selection")
+        bar.addWidget(self.lasso_button)
         self.fit_button = QToolButton()
         self.fit_button.setText("Fit")
         self.fit_button.setToolTip("Zoom to show every point (Ctrl+0)")
@@ -317,7 +377,7 @@ class MapView(QWidget):
 
         self._render_timer = QTimer(self)
         self._render_timer.setSingleShot(True)
-        self._render_timer.setInterval(60)
+        self._render_timer.setInterval(RENDER_REST_MS)
         self._render_timer.timeout.connect(self._render)
         self._anim_timer = QTimer(self)
         self._anim_timer.setInterval(16)
@@ -331,7 +391,7 @@ class MapView(QWidget):
         self._search_timer.timeout.connect(self.apply_search)
 
         for seq, slot in (("Ctrl+F", self._focus_search), ("Escape", lambda: self.state.set_selection([])),
-                          ("Ctrl+0", self.fit_view), ("Alt+Left", lambda: self.step_epoch(-1)),
+                          ("Ctrl+0", self.fit_view), ("L", self.lasso_button.toggle), ("Alt+Left", lambda: self.step_epoch(-1)),
                           ("Alt+Right", lambda: self.step_epoch(1)), ("Alt+P", self.play_button.toggle),
                           ("Ctrl+Shift+E", self._ask_export_png)):
             sc = QShortcut(QKeySequence(seq), self)
@@ -361,6 +421,8 @@ class MapView(QWidget):
         self.legend.itemDoubleClicked.connect(self._on_legend_double_clicked)
         self.viewbox.sigRangeChanged.connect(self._on_range_changed)
         self.viewbox.sigBoxSelected.connect(self._on_box_selected)
+        self.viewbox.sigLassoSelected.connect(lambda poly, add: self.select_in_polygon(poly, add=add))
+        self.lasso_button.toggled.connect(self._on_lasso_toggled)
         scene = self.plot.scene()
         self._hover_proxy = pg.SignalProxy(scene.sigMouseMoved, rateLimit=30, slot=self._on_mouse_moved)
         scene.sigMouseClicked.connect(self._on_mouse_clicked)
@@ -608,9 +670,9 @@ class MapView(QWidget):
     def _on_range_changed(self, *_args) -> None:
         if len(self.xy) <= SYMBOL_MAX:
             return  # all points are symbols already; pyqtgraph just redraws them
-        # Throttled re-render: the current image/symbols follow the view until the new one is ready.
-        if not self._render_timer.isActive():
-            self._render_timer.start()
+        # Re-render at rest: while the view moves, the last raster (drawn with a margin around the view) just
+        # follows it as a transformed image, so a frame costs no splat; the new raster comes once motion stops.
+        self._render_timer.start()
 
     def _render(self) -> None:
         """Draw the visible points as symbols (few in view) or as one raster image (many in view)."""
@@ -634,6 +696,12 @@ class MapView(QWidget):
             self.render_mode = "raster"
             (x0, x1), (y0, y1) = self.viewbox.viewRange()
             w, h = self._view_pixels()
+            # a margin of RASTER_MARGIN view sizes on each side: panning shows drawn points before the re-render
+            mx, my = RASTER_MARGIN * (x1 - x0), RASTER_MARGIN * (y1 - y0)
+            x0, x1, y0, y1 = x0 - mx, x1 + mx, y0 - my, y1 + my
+            w, h = int(round(w * (1 + 2 * RASTER_MARGIN))), int(round(h * (1 + 2 * RASTER_MARGIN)))
+            p = self.xy[rows]
+            in_rows = rows[(p[:, 0] >= x0) & (p[:, 0] <= x1) & (p[:, 1] >= y0) & (p[:, 1] <= y1)]
             img = splat_points(self.xy[in_rows], self._rgba[self.labels[in_rows]], (x0, x1), (y0, y1), w, h)
             self.scatter.clear()
             self.image.setImage(img, autoLevels=False)
@@ -850,6 +918,21 @@ class MapView(QWidget):
         if add:
             ids = np.union1d(ids, self.state.selection)
         self.state.set_selection(ids)
+        return ids
+
+    def _on_lasso_toggled(self, on: bool) -> None:
+        self.viewbox.lasso_mode = on
+        self.plot.setCursor(Qt.CursorShape.CrossCursor if on else Qt.CursorShape.ArrowCursor)
+
+    def select_in_polygon(self, poly: np.ndarray, *, add: bool = False) -> np.ndarray:
+        """Select the visible points inside the lasso polygon (view coordinates); ``add`` keeps the old selection."""
+        if len(self.xy) == 0:
+            return np.zeros(0, np.int64)
+        ids = np.flatnonzero(points_in_polygon(self.xy, poly) & self._visible)
+        if add:
+            ids = np.union1d(ids, self.state.selection)
+        self.state.set_selection(ids)
+        self.status.setText(f"Lasso: {len(ids):,} images selected")
         return ids
 
     def _focus_search(self) -> None:
