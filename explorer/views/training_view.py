@@ -157,6 +157,9 @@ class TrainingView(QWidget):
         self.loss_plot.setLabel("bottom", "batch")
         self.loss_plot.showGrid(x=True, y=True, alpha=0.2)
         self.loss_series = _Series(self.loss_plot.plot(pen=pg.mkPen("#1f77b4", width=1.5)))
+        for plot in (self.loss_plot,):  # long per-batch curves: draw about one point per pixel
+            plot.setDownsampling(auto=True, mode="peak")
+            plot.setClipToView(True)
 
         self.miner_plot = pg.PlotWidget(title="Miner: triplets per batch (PML rules)")
         self.miner_plot.setBackground("w")
@@ -167,6 +170,8 @@ class TrainingView(QWidget):
             "semi-hard": _Series(self.miner_plot.plot(pen=pg.mkPen("#ff7f0e", width=1.5), name="semi-hard")),
             "hard": _Series(self.miner_plot.plot(pen=pg.mkPen("#d62728", width=1.5), name="hard")),
         }
+        self.miner_plot.setDownsampling(auto=True, mode="peak")
+        self.miner_plot.setClipToView(True)
         self.miner_plot.setToolTip("easy: d(a,n) > d(a,p) + margin; semi-hard: d(a,p) < d(a,n) <= d(a,p) + margin; "
                                    "hard: d(a,n) <= d(a,p)")
 
