@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed
 from . import events as ev
 from .config import TrainConfig
 from .data import (
@@ -29,7 +30,7 @@ from .data import (
     sample_files,
     seed_everything,
 )
-from .store import SPLIT_HELDOUT, SPLIT_TRAIN, RunReader, RunWriter, SampleTable
+from .store import SPLIT_HELDOUT, SPLIT_TRAIN, RunReader, RunWriter, SampleTable, is_run_dir
 
 CHECKPOINT_FORMAT = "embedding-explorer-checkpoint"
 MINED_BATCHES_KEPT = 20  # mined tuples of the last batches of each epoch kept in telemetry
@@ -109,13 +110,19 @@ class Trainer:
         self.resume = resume
         self.rank = rank
         self.world_size = world_size
+        self.dist = distributed.DistInfo()
         self.last_committed = -1
+        if rank != 0:  # the other ranks of a torchrun job speak only when something goes wrong
+            self.emit = _quiet_rank_emit(self.emit, rank)
 
     # ------------------------------------------------------------------ public
     def run(self) -> None:
         """Train; report through ``emit``; never raise (a failure becomes a :class:`Failed` event)."""
         try:
             self._run()
+        except distributed.DistributedError as exc:
+            self.emit(ev.Log(str(exc), level="error"))
+            self.emit(ev.Failed(str(exc)))
         except _Stop:
             self.emit(ev.Stopped(epoch=self.last_committed, reason="user", run_dir=self.run_dir))
         except TrainingError as exc:
@@ -125,6 +132,9 @@ class Trainer:
             detail = traceback.format_exc()
             self.emit(ev.Log(f"{type(exc).__name__}: {exc}", level="error"))
             self.emit(ev.Failed(f"{type(exc).__name__}: {exc}", detail=detail))
+        finally:
+            if self.dist.active:
+                distributed.shutdown()
 
     # ------------------------------------------------------------------ internals
     def _log(self, message: str, level: str = "info") -> None:
@@ -146,6 +156,7 @@ class Trainer:
         cfg = self.cfg
         if self.resume:
             writer = RunWriter.open(self.run_dir) if self.rank == 0 else None
+            distributed.barrier(self.dist)  # rank 0 has cleaned leftovers before the others read the run
             reader = RunReader(self.run_dir)
             for m in (writer.messages if writer else reader.messages):
                 self._log(m, "warning")
@@ -162,6 +173,11 @@ class Trainer:
             if later:
                 self._log(f"epochs {later} have no checkpoint and will be trained again", "warning")
             return _Setup(reader.samples, reader.classes, writer, start)
+
+        if self.rank != 0:  # rank 0 scans and creates the run; the others read its sample table
+            distributed.barrier(self.dist)
+            reader = RunReader(self.run_dir)
+            return _Setup(reader.samples, reader.classes, None, 0)
 
         def progress(done: int, total: int) -> None:
             if done == total or done % 500 == 0:
@@ -203,6 +219,9 @@ class Trainer:
         writer = None
         if self.rank == 0:
             writer = RunWriter.create(self.run_dir, config=cfg.to_dict(), classes=classes, samples=samples)
+            if self.dist.active:
+                distributed.record_world_size(self.dist, writer)
+            distributed.barrier(self.dist)
         n_train = int((split == SPLIT_TRAIN).sum())
         self._log(
             f"{len(paths)} images in {len(classes)} classes: {n_train} for training, "
@@ -216,10 +235,14 @@ class Trainer:
         from .models import build_model, default_transforms
         from .triplets import batch_census
 
+        if self.resume and is_run_dir(self.run_dir):  # refuse before joining the group: no rank waits on it
+            distributed.check_resume_world_size(self.run_dir, self.world_size)
+        device = pick_device(self.cfg.device)  # the device is the caller's choice, also on resume
+        self.dist = distributed.init(self.rank, self.world_size, device)
+        device = distributed.local_device(device, self.dist)
         setup = self._prepare_data()
         cfg = self.cfg  # may have been replaced by the saved config on resume
         seed_everything(cfg.seed)
-        device = pick_device(cfg.device)
         amp_dtype = pick_amp(cfg.amp, device)
         samples, classes, writer = setup.samples, setup.classes, setup.writer
         n_classes = len(classes)
@@ -233,6 +256,8 @@ class Trainer:
         model, weights_note = build_model(cfg.model, normalize=spec.normalized, log=self._log)
         self._log(f"backbone {cfg.model.backbone}: {weights_note}")
         model.to(device)
+        if self.dist.active and device.type == "cuda":  # BN statistics over the global batch, as one process
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         loss_fn = build_loss(cfg.loss.name, dict(cfg.loss.params), embedding_dim=cfg.model.embedding_dim,
                              num_classes=n_classes).to(device)
         miner = build_miner(cfg.loss.miner, dict(cfg.loss.miner_params), metric=spec.metric)
@@ -288,8 +313,13 @@ class Trainer:
             scheduler.load_state_dict(state["scheduler"])
             self._log(f"resumed from the checkpoint of epoch {start_epoch - 1}")
         if cfg.model.head_only:
+            if self.rank != 0:  # rank 0 computes and caches the features; the others read them
+                distributed.barrier(self.dist)
             features = self._head_only_features(model, eval_ds, device, workers, amp_dtype, writer)
+            if self.rank == 0:
+                distributed.barrier(self.dist)
             model.freeze_backbone(True)
+        forward, forward_frozen = None, None  # DDP is rebuilt when the set of trained parameters changes
 
         self.emit(ev.Started(run_dir=self.run_dir, epochs=cfg.optim.epochs, batches_per_epoch=batches_per_epoch,
                              device=str(device), start_epoch=start_epoch,
@@ -312,17 +342,20 @@ class Trainer:
                 model.train()
                 if frozen:
                     model.backbone.eval()
+                if forward is None or forward_frozen != frozen:
+                    forward = distributed.wrap_model(_Forward(model, features is not None), self.dist, device)
+                    forward_frozen = frozen
                 t_batch = time.perf_counter()
                 for b, (x, ids) in enumerate(self._batches(sampler, train_idx, train_ds, features, workers, epoch)):
                     self._check_control()
-                    idx = ids.numpy()
-                    y = labels_all[idx].to(device)
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        if features is not None:
-                            emb = model.embed_features(x.to(device))
-                        else:
-                            emb = model(x.to(device, non_blocking=True))
+                        emb = forward(x.to(device, non_blocking=True))
                     emb = emb.float()
+                    if self.dist.active:  # mine the global batch: every rank's rows, in the sampler's order
+                        order = distributed.batch_order(self.rank, self.world_size, len(ids), sampler.per_class)
+                        emb, ids = distributed.gather_batch(emb, ids, order, self.dist)
+                    idx = ids.cpu().numpy()
+                    y = labels_all[idx].to(device)
                     tuples = miner(emb, y) if miner is not None else None
                     loss = loss_fn(emb, y, tuples) if tuples is not None else loss_fn(emb, y)
                     if not torch.isfinite(loss):
@@ -331,6 +364,7 @@ class Trainer:
                             f"epoch was not saved. Try a lower learning rate (now {cfg.optim.lr:g}).")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    distributed.average_gradients(extra, self.dist)  # proxies / classifier weights stay in sync
                     optimizer.step()
                     scheduler.step()
                     with torch.no_grad():
@@ -354,28 +388,32 @@ class Trainer:
                         mean_d_ap=float(counts.mean_d_ap), mean_d_an=float(counts.mean_d_an),
                         seconds_elapsed=now - t_run))
             self._check_control()
-            embeddings = self._embed_all(model, eval_ds, features, device, workers, amp_dtype)
-            if not np.isfinite(embeddings).all():
-                raise TrainingError(f"the embeddings of epoch {epoch} contain NaN or Inf: this epoch was not saved. "
-                                    f"Try a lower learning rate (now {cfg.optim.lr:g}).")
-            metrics = self._evaluate(embeddings, samples, spec.metric, retrieval_metrics, verification_metrics)
-            if telemetry["loss"]:
-                metrics["train_loss"] = float(np.mean(telemetry["loss"]))
-            metrics["epoch_seconds"] = time.perf_counter() - t_epoch
-            if self.rank == 0 and writer is not None:
-                tel = {k: np.asarray(v, dtype=np.float32 if k in ("loss", "lr", "mean_d_ap", "mean_d_an")
-                                     else np.int64) for k, v in telemetry.items()}
-                if mined:
-                    rows = np.concatenate(mined)
-                    for j, k in enumerate(("mined_batch", "mined_anchor", "mined_positive", "mined_negative")):
-                        tel[k] = rows[:, j].copy()
-                path = writer.write_epoch(epoch, embeddings, metrics, tel)
-                writer.write_checkpoint(epoch, self._checkpoint_state(
-                    epoch, model, loss_fn, optimizer, scheduler, sampler, classes))
-                self.last_committed = epoch
-                self.emit(ev.SnapshotReady(run_dir=self.run_dir, epoch=epoch, path=Path(path)))
-            self.emit(ev.EpochDone(epoch=epoch, metrics=metrics, seconds=time.perf_counter() - t_epoch))
-            self._log(_metrics_line(epoch, metrics))
+            if self.rank == 0:  # rank 0 embeds every image, evaluates and commits; the others wait for it
+                embeddings = self._embed_all(model, eval_ds, features, device, workers, amp_dtype)
+                if not np.isfinite(embeddings).all():
+                    raise TrainingError(f"the embeddings of epoch {epoch} contain NaN or Inf: this epoch was not "
+                                        f"saved. Try a lower learning rate (now {cfg.optim.lr:g}).")
+                metrics = self._evaluate(embeddings, samples, spec.metric, retrieval_metrics, verification_metrics)
+                if telemetry["loss"]:
+                    metrics["train_loss"] = float(np.mean(telemetry["loss"]))
+                metrics["epoch_seconds"] = time.perf_counter() - t_epoch
+                if writer is not None:
+                    tel = {k: np.asarray(v, dtype=np.float32 if k in ("loss", "lr", "mean_d_ap", "mean_d_an")
+                                         else np.int64) for k, v in telemetry.items()}
+                    if mined:
+                        rows = np.concatenate(mined)
+                        for j, k in enumerate(("mined_batch", "mined_anchor", "mined_positive", "mined_negative")):
+                            tel[k] = rows[:, j].copy()
+                    path = writer.write_epoch(epoch, embeddings, metrics, tel)
+                    writer.write_checkpoint(epoch, self._checkpoint_state(
+                        epoch, model, loss_fn, optimizer, scheduler, sampler, classes))
+                    self.last_committed = epoch
+                    self.emit(ev.SnapshotReady(run_dir=self.run_dir, epoch=epoch, path=Path(path)))
+                self.emit(ev.EpochDone(epoch=epoch, metrics=metrics, seconds=time.perf_counter() - t_epoch))
+                self._log(_metrics_line(epoch, metrics))
+            distributed.barrier(self.dist)
+            if self.rank != 0:
+                self.last_committed = epoch  # rank 0 has committed it
         self.emit(ev.Stopped(epoch=self.last_committed, reason="finished", run_dir=self.run_dir))
 
     # ------------------------------------------------------------------ helpers
@@ -461,6 +499,7 @@ class Trainer:
             "scheduler": scheduler.state_dict(),
             "sampler": sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "world_size": self.world_size,
         }
 
     def _load_checkpoint(self, epoch: int, *, n_classes: int, dim: int) -> dict:
@@ -470,6 +509,10 @@ class Trainer:
             raise TrainingError(f"cannot resume: the run has no checkpoint for epoch {epoch}")
         state = load_checkpoint(path)
         check_checkpoint(state, path, classes=reader.classes, dim=dim)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world_size:
+            raise TrainingError(f"cannot resume from {path}: it was written by a job of {saved_world} process(es), "
+                                f"this one has {self.world_size}; resume with the same number of processes")
         return state
 
 
@@ -496,6 +539,29 @@ def check_checkpoint(state: dict, path: Path | str, *, classes: list[str] | None
     if dim is not None and int(state.get("embedding_dim", -1)) != int(dim):
         raise TrainingError(f"checkpoint {path} has embedding dimension {state.get('embedding_dim')}, "
                             f"this run uses {dim}")
+
+
+class _Forward(torch.nn.Module):
+    """The training forward (images, or cached backbone features in head-only mode) as one module for DDP."""
+
+    def __init__(self, net: torch.nn.Module, from_features: bool) -> None:
+        super().__init__()
+        self.net, self.from_features = net, from_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.embed_features(x) if self.from_features else self.net(x)
+
+
+def _quiet_rank_emit(emit: Callable[[ev.Event], None], rank: int) -> Callable[[ev.Event], None]:
+    """The emit of a rank other than 0: only failures, the end, and warnings/errors (prefixed with the rank)."""
+
+    def quiet(e: ev.Event) -> None:
+        if isinstance(e, (ev.Failed, ev.Stopped)):
+            emit(e)
+        elif isinstance(e, ev.Log) and e.level in ("warning", "error"):
+            emit(ev.Log(f"rank {rank}: {e.message}", level=e.level))
+
+    return quiet
 
 
 class _GlobalBatches:
