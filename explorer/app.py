@@ -50,6 +50,13 @@ def protect_none_refcount() -> bool:
     """
     if sys.version_info >= (3, 12) or getattr(protect_none_refcount, "done", False):
         return False
+    try:  # only the affected release: pyproject.toml excludes it, but a user may have it installed anyway
+        import shiboken6
+
+        if not str(getattr(shiboken6, "__version__", "")).startswith("6.12.0"):
+            return False
+    except ImportError:
+        return False
     for singleton in (None, True, False):  # bool-returning methods drop references to True/False the same way
         refcnt = ctypes.c_ssize_t.from_address(id(singleton))  # ob_refcnt is PyObject's first field
         refcnt.value += _NONE_GUARD
