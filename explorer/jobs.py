@@ -122,9 +122,12 @@ class JobRunner(QObject):
 
     # ---- public API -------------------------------------------------------------------------------------------
     def submit(self, key: Hashable, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
-        """Run ``fn(*args, progress=, partial=, is_cancelled=, **kwargs)`` in the pool; cancel ``key``'s old job."""
+        """Run ``fn(*args, progress=, partial=, is_cancelled=, **kwargs)`` in the pool; cancel ``key``'s old job.
+
+        After :meth:`shutdown` (the window is closing) a late request, e.g. from a debounce timer, is dropped: -1.
+        """
         if self._closed:
-            raise RuntimeError("JobRunner is shut down")
+            return -1
         self.cancel(key)
         gen = self._generation.get(key, 0) + 1
         self._generation[key] = gen

@@ -96,8 +96,26 @@ class MainWindow(QMainWindow):
         self.add_view("Start", self.start_page)
         self.add_view("Data", self.dataset_view)
         self.add_view("Train", train)
+        from explorer.thumbnails import ThumbnailCache
+        from explorer.views.neighbors_view import NeighborsView
+        from explorer.views.roc_view import RocView
+        from explorer.views.triplets_view import TripletsView
+
+        self.thumbnails = ThumbnailCache(self)
         self.map_view = self._make_map_view()
-        self.add_view("Map", self.map_view)
+        self.neighbors_view = NeighborsView(self.state, jobs=self.jobs, thumbnails=self.thumbnails)
+        explore = QSplitter(Qt.Orientation.Horizontal)  # the map and the neighbours of what is clicked in it
+        explore.addWidget(self.map_view)
+        explore.addWidget(self.neighbors_view)
+        explore.setStretchFactor(0, 3)
+        explore.setStretchFactor(1, 2)
+        explore.setSizes([760, 520])
+        self.explore_page = explore
+        self.add_view("Map", explore)
+        self.triplets_view = TripletsView(self.state, jobs=self.jobs, thumbnails=self.thumbnails)
+        self.add_view("Triplets", self.triplets_view)
+        self.roc_view = RocView(self.state, jobs=self.jobs, thumbnails=self.thumbnails)
+        self.add_view("Threshold", self.roc_view)
 
         self.status_label = QLabel("")
         self.statusBar().addWidget(self.status_label, 1)
@@ -145,10 +163,8 @@ class MainWindow(QMainWindow):
             label = QLabel("The embedding map is not available in this build.")
             label.setAlignment(Qt.AlignmentFlag.AlignCenter)
             return label
-        try:  # share the window's job runner, so quitting cancels the map's UMAP jobs too
-            return MapView(self.state, jobs=self.jobs)
-        except TypeError:
-            return MapView(self.state)
+        # share the window's job runner and thumbnails, so quitting cancels the map's UMAP jobs too
+        return MapView(self.state, jobs=self.jobs, thumbnails=self.thumbnails)
 
     def add_view(self, title: str, widget: QWidget) -> int:
         """Add ``widget`` as a tab called ``title`` (with a View-menu entry and Ctrl+<n> for the first nine)."""
@@ -391,6 +407,7 @@ class MainWindow(QMainWindow):
             self.training_view.append_log("Stopping the trainer before closing …")
         ok = self.controller.shutdown(timeout)
         ok = self.jobs.shutdown(min(timeout, 5.0)) and ok
+        self.thumbnails.shutdown(wait=False)
         return ok
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
