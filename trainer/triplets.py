@@ -379,7 +379,7 @@ def _category_mask(diff: Any, m: Any, category: str) -> Any:
 _F32_INF = np.float32(np.inf)
 _F32_NINF = np.float32(-np.inf)
 _STRUCT_BUDGET = 256 * 1024 * 1024  # bytes of per-anchor threshold tables held at once
-_GRID_PER_THRESHOLD = 1  # grid cells per threshold
+_GRID_PER_THRESHOLD = 4  # grid cells per threshold: most cells hold none, so most look-ups need no comparison
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -486,21 +486,30 @@ def _build_tables(keys, self_col, slots, m, toff, coff, goff, gsize, lo, hi, inv
 
 
 @numba.njit(cache=True, nogil=True)
-def _band(sims, rpos, c0, j0, j1, sym, euclid, sq, lab, slot, nthr, toff, coff, goff, gsize, lo, hi, inv, thr, cum,
-          first, acc_h, acc_m, acc_d):  # pragma: no cover - compiled
-    """Count the cross-class entries of sims[:, j0:j1] (row i at position rpos[i], column j at c0 + j) for the row
-    anchors and, when ``sym``, for the column anchors too (then only pairs whose column lies past the row)."""
-    for i in range(sims.shape[0]):
+def _band(sims, rpos, c0, sym, euclid, sq, lab, slot, nthr, toff, coff, goff, gsize, lo, hi, inv, thr, cum, first,
+          acc_h, acc_m, acc_d):  # pragma: no cover - compiled
+    """Count the cross-class entries of a tile (row i at position rpos[i], column j at c0 + j) for its row anchors
+    and, when ``sym``, for its column anchors too (then only pairs whose column lies past the row).
+
+    Rows are counted row by row and columns column by column, so one anchor's tables stay in cache at a time.
+    """
+    r_n, c_n = sims.shape
+    for i in range(r_n):
         pi = rpos[i]
         li = lab[pi]
         si = slot[pi]
-        js = j0
+        if si < 0:
+            continue
+        js = 0
         if sym and pi - c0 + 1 > js:
             js = pi - c0 + 1
+        g0 = goff[si]
+        t0 = toff[si]
+        cb = coff[si]
         sh = 0
         sm = 0
         sd = 0.0
-        for j in range(js, j1):
+        for j in range(js, c_n):
             pj = c0 + j
             if lab[pj] == li:
                 continue
@@ -509,48 +518,69 @@ def _band(sims, rpos, c0, j0, j1, sym, euclid, sq, lab, slot, nthr, toff, coff, 
                 x = np.sqrt(v) if v > 0 else np.float32(0.0)
             else:
                 x = -sims[i, j]
-            if si >= 0:
-                if x < lo[si]:
-                    k = 0
-                elif x >= hi[si]:
-                    k = nthr[si]
-                else:  # grid cell (same arithmetic as in _build_tables), then exact comparisons inside it
-                    c = np.int64((np.float64(x) - np.float64(lo[si])) * inv[si])
-                    if c >= gsize[si]:
-                        c = gsize[si] - 1
-                    k = first[goff[si] + c]
-                    ke = first[goff[si] + c + 1]
-                    t0 = toff[si]
-                    while k < ke and thr[t0 + k] <= x:
-                        k += 1
-                ch = cum[coff[si] + k]
-                sh += ch
-                sm += k - ch
-                sd += x
-            if sym:
-                sj = slot[pj]
-                if sj >= 0:
-                    if x < lo[sj]:
-                        k = 0
-                    elif x >= hi[sj]:
-                        k = nthr[sj]
-                    else:  # grid cell (same arithmetic as in _build_tables), then exact comparisons inside it
-                        c = np.int64((np.float64(x) - np.float64(lo[sj])) * inv[sj])
-                        if c >= gsize[sj]:
-                            c = gsize[sj] - 1
-                        k = first[goff[sj] + c]
-                        ke = first[goff[sj] + c + 1]
-                        t0 = toff[sj]
-                        while k < ke and thr[t0 + k] <= x:
-                            k += 1
-                    ch = cum[coff[sj] + k]
-                    acc_h[sj] += ch
-                    acc_m[sj] += k - ch
-                    acc_d[sj] += x
-        if si >= 0:
-            acc_h[si] += sh
-            acc_m[si] += sm
-            acc_d[si] += sd
+            if x < lo[si]:
+                k = 0
+            elif x >= hi[si]:
+                k = nthr[si]
+            else:  # grid cell (same arithmetic as in _build_tables), then exact comparisons inside it
+                c = np.int64((np.float64(x) - np.float64(lo[si])) * inv[si])
+                if c >= gsize[si]:
+                    c = gsize[si] - 1
+                k = first[g0 + c]
+                ke = first[g0 + c + 1]
+                while k < ke and thr[t0 + k] <= x:
+                    k += 1
+            ch = cum[cb + k]
+            sh += ch
+            sm += k - ch
+            sd += x
+        acc_h[si] += sh
+        acc_m[si] += sm
+        acc_d[si] += sd
+    if not sym:
+        return
+    for j in range(c_n):
+        pj = c0 + j
+        sj = slot[pj]
+        if sj < 0:
+            continue
+        lj = lab[pj]
+        g0 = goff[sj]
+        t0 = toff[sj]
+        cb = coff[sj]
+        sh = 0
+        sm = 0
+        sd = 0.0
+        for i in range(r_n):
+            pi = rpos[i]
+            if pi >= pj:
+                break
+            if lab[pi] == lj:
+                continue
+            if euclid:
+                v = sq[pi] + sq[pj] - np.float32(2.0) * sims[i, j]
+                x = np.sqrt(v) if v > 0 else np.float32(0.0)
+            else:
+                x = -sims[i, j]
+            if x < lo[sj]:
+                k = 0
+            elif x >= hi[sj]:
+                k = nthr[sj]
+            else:  # grid cell (same arithmetic as in _build_tables), then exact comparisons inside it
+                c = np.int64((np.float64(x) - np.float64(lo[sj])) * inv[sj])
+                if c >= gsize[sj]:
+                    c = gsize[sj] - 1
+                k = first[g0 + c]
+                ke = first[g0 + c + 1]
+                while k < ke and thr[t0 + k] <= x:
+                    k += 1
+            ch = cum[cb + k]
+            sh += ch
+            sm += k - ch
+            sd += x
+        acc_h[sj] += sh
+        acc_m[sj] += sm
+        acc_d[sj] += sd
 
 
 def _class_keys(xs: torch.Tensor, sq: np.ndarray, rows: np.ndarray, c0: int, c1: int, euclid: bool) -> np.ndarray:
@@ -562,10 +592,35 @@ def _class_keys(xs: torch.Tensor, sq: np.ndarray, rows: np.ndarray, c0: int, c1:
     return np.sqrt(np.maximum(v, np.float32(0.0)), dtype=np.float32)
 
 
+def _run_split(tasks: list, costs: list[float], workers: int, fn: Any) -> None:
+    """Run ``fn(task, w)`` for every task on ``workers`` threads, each thread w taking a cost-balanced share."""
+    shares: list[list] = [[] for _ in range(workers)]
+    load = [0.0] * workers
+    for i in np.argsort(-np.asarray(costs, np.float64), kind="stable"):
+        w = int(np.argmin(load))
+        shares[w].append(tasks[i])
+        load[w] += costs[i]
+
+    def run(w: int) -> None:
+        for task in shares[w]:
+            fn(task, w)
+
+    if workers == 1:
+        run(0)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for job in [pool.submit(run, w) for w in range(workers)]:
+            job.result()
+
+
 def _census_counts(
     xp: np.ndarray, y: np.ndarray, anc: np.ndarray, m32: np.float32, euclid: bool, chunk: int, workers: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per unique anchor of ``anc`` (returned in ``anc`` order): (A, 5) int64 easy/semi/hard/n_pos/n_neg, (A, 2) sums."""
+    """Per anchor of ``anc`` (in ``anc`` order): (A, 5) int64 easy/semi/hard/n_pos/n_neg and (A, 2) key sums.
+
+    Every thread multiplies its own tiles on one BLAS thread and counts them at once (no thread barriers: on a
+    shared, oversubscribed box a multi-threaded GEMM waits on its slowest thread).
+    """
     n = len(xp)
     order = np.argsort(y, kind="stable")
     pos_of = np.empty(n, np.int64)
@@ -584,13 +639,14 @@ def _census_counts(
     n_neg = (n - csize[a_cls]).astype(np.int64)
     nthr_all = 2 * n_pos
     gsize_all = np.maximum(1, _GRID_PER_THRESHOLD * nthr_all)
-    nbytes = 4 * (2 * nthr_all + gsize_all + 3)
-    group = np.cumsum(nbytes) // _STRUCT_BUDGET
-    acc = np.zeros((n_anc, 3), np.float64)  # S_h, S_m (exact in float64 below 2**53), sum of negative keys
-    acc_i = np.zeros((n_anc, 2), np.int64)
+    group = np.cumsum(4 * (2 * nthr_all + gsize_all + 3)) // _STRUCT_BUDGET
+    s_h = np.zeros(n_anc, np.int64)
+    s_m = np.zeros(n_anc, np.int64)
+    sum_an = np.zeros(n_anc, np.float64)
     sum_ap = np.zeros(n_anc, np.float64)
-    symmetric = n_anc == n and group[-1] == 0 if n_anc else False
-    with ThreadPoolExecutor(max_workers=workers) as pool, _torch_threads(workers):
+    symmetric = n_anc == n and group[-1] == 0
+    width = max(chunk, 2048)
+    with _torch_threads(1):
         for g in np.unique(group):
             sl = np.flatnonzero(group == g)
             gpos = apos[sl]
@@ -610,40 +666,43 @@ def _census_counts(
             inv = np.empty(k, np.float64)
             sap = np.zeros(k, np.float64)
             g_cls = a_cls[sl]
-            for c in np.unique(g_cls):
+            cls_list = np.unique(g_cls)
+
+            def tables(c: int, w: int) -> None:
                 idx = np.flatnonzero(g_cls == c)
                 rows = gpos[idx]
                 c0, c1 = int(cstart[c]), int(cstart[c] + csize[c])
                 keys = _class_keys(xs, sq, rows, c0, c1, euclid)
                 _build_tables(keys, rows - c0, idx, m32, toff, coff, goff, gsize, lo, hi, inv, thr, cum, first, sap)
+
+            _run_split(list(cls_list), [float(np.sum(g_cls == c)) * csize[c] for c in cls_list], workers, tables)
             sum_ap[sl] = sap
             acc_h = np.zeros((workers, k), np.int64)
             acc_m = np.zeros((workers, k), np.int64)
             acc_d = np.zeros((workers, k), np.float64)
+            tiles = []  # (row positions, first row if a contiguous band else -1, column start, column stop)
             if symmetric:
-                bands = [(np.arange(r0, min(r0 + chunk, n), dtype=np.int64), r0) for r0 in range(0, n, chunk)]
+                for r0 in range(0, n, chunk):
+                    rpos = np.arange(r0, min(r0 + chunk, n), dtype=np.int64)
+                    tiles += [(rpos, r0, c0, min(c0 + width, n)) for c0 in range(r0, n, width)]
             else:
-                bands = [(gpos[s : s + chunk], 0) for s in range(0, k, chunk)]
-            for rpos, c0 in bands:
-                if symmetric:
-                    sims = torch.mm(xs[c0 : c0 + len(rpos)], xs[c0:].t()).numpy()
-                else:
-                    sims = torch.mm(xs[torch.from_numpy(rpos)], xs.t()).numpy()
-                cols = np.linspace(0, sims.shape[1], workers + 1).astype(np.int64)
-                jobs = [
-                    pool.submit(_band, sims, rpos, c0, int(cols[w]), int(cols[w + 1]), symmetric, euclid, sq, lab,
-                                slot, nthr, toff, coff, goff, gsize, lo, hi, inv, thr, cum, first,
-                                acc_h[w], acc_m[w], acc_d[w])
-                    for w in range(workers)
-                ]
-                for job in jobs:
-                    job.result()
-            acc_i[sl, 0] = acc_h.sum(0)
-            acc_i[sl, 1] = acc_m.sum(0)
-            acc[sl, 2] = acc_d.sum(0)
-    s_h, s_m = acc_i[:, 0], acc_i[:, 1]
+                for s0 in range(0, k, chunk):
+                    rpos = gpos[s0 : s0 + chunk]
+                    tiles += [(rpos, -1, c0, min(c0 + width, n)) for c0 in range(0, n, width)]
+
+            def count(tile: tuple, w: int) -> None:
+                rpos, r0, c0, c1 = tile
+                rows = xs[r0 : r0 + len(rpos)] if r0 >= 0 else xs[torch.from_numpy(rpos)]
+                sims = torch.mm(rows, xs[c0:c1].t()).numpy()
+                _band(sims, rpos, c0, symmetric, euclid, sq, lab, slot, nthr, toff, coff, goff, gsize,
+                      lo, hi, inv, thr, cum, first, acc_h[w], acc_m[w], acc_d[w])
+
+            _run_split(tiles, [float(len(t[0]) * (t[3] - t[2])) for t in tiles], workers, count)
+            s_h[sl] = acc_h.sum(0)
+            s_m[sl] = acc_m.sum(0)
+            sum_an[sl] = acc_d.sum(0)
     counts = np.stack([s_m, s_h - s_m, n_pos * n_neg - s_h, n_pos, n_neg], 1)
-    sums = np.stack([sum_ap, acc[:, 2]], 1)
+    sums = np.stack([sum_ap, sum_an], 1)
     back = np.searchsorted(apos, pos_of[uniq])[inverse]
     return counts[back], sums[back]
 
