@@ -109,7 +109,7 @@ class MainWindow(QMainWindow):
         explore.addWidget(self.neighbors_view)
         explore.setStretchFactor(0, 3)
         explore.setStretchFactor(1, 2)
-        explore.setSizes([760, 520])
+        explore.setSizes([900, 480])
         self.explore_page = explore
         self.add_view("Map", explore)
         self.triplets_view = TripletsView(self.state, jobs=self.jobs, thumbnails=self.thumbnails)
@@ -409,6 +409,13 @@ class MainWindow(QMainWindow):
         ok = self.jobs.shutdown(min(timeout, 5.0)) and ok
         self.thumbnails.shutdown(wait=False)
         return ok
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        if not getattr(self, "_split_sized", False):  # first show: the map gets most of the width
+            self._split_sized = True
+            width = max(self.explore_page.width(), 900)
+            self.explore_page.setSizes([int(width * 0.62), int(width * 0.38)])
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
         self.settings.set_window_geometry(self.saveGeometry())

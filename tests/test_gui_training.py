@@ -228,7 +228,7 @@ def test_pause_resume_and_stop(qtbot, window, folder):
     with qtbot.waitSignal(ctl.stopped, timeout=20000) as blocker:
         view.stop_button.click()
     assert blocker.args[0].reason == "user"
-    qtbot.waitUntil(lambda: not ctl.is_running() and view.start_button.isEnabled(), timeout=10000)
+    qtbot.waitUntil(lambda: not ctl.is_running() and view.start_button.isEnabled(), timeout=30000)
     assert not ctl.is_running() and view.start_button.isEnabled() and not view.pause_button.isChecked()
     assert RunReader(run_dir).config["data"]["data_dir"] == str(folder)  # what is on disk is a valid run
 

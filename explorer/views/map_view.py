@@ -337,6 +337,7 @@ class MapView(QWidget):
         self.legend = QListWidget()
         self.legend.setToolTip("Tick or untick a class to show or hide its points; double-click shows only it")
         self.legend.setMinimumWidth(150)
+        self.legend.setMaximumWidth(240)
         side_lay.addWidget(self.legend, 1)
         self.marker_note = QLabel("● train   ▲ held-out")
         self.marker_note.setToolTip("Marker shape: circles are training images, triangles held-out images")
@@ -609,7 +610,8 @@ class MapView(QWidget):
     # --------------------------------------------------------------------------------------------- drawing
     def _show_layout(self, epoch: int, layout: projection.Layout, *, final: bool) -> None:
         xy = np.asarray(layout.xy, np.float32)
-        first = self.layout is None or len(self.xy) != len(xy)
+        # a new run, or another kind of layout (the PCA preview giving way to UMAP): its scale is new, so refit
+        first = self.layout is None or len(self.xy) != len(xy) or self.layout.method != layout.method
         self.layout = layout
         self.shown_epoch = epoch
         if len(self._draw_order) != len(xy):

@@ -506,6 +506,7 @@ class NeighborsView(QWidget):
                         "<span style='color:#d62728'>■</span> other class &nbsp; "
                         "<span style='background:#ff8c00;color:white'>&nbsp;NEW&nbsp;</span> not a neighbour in "
                         "the previous epoch &nbsp; — click: highlight in map, double-click: query with it")
+        legend.setWordWrap(True)
         rl.addWidget(legend)
         split.addWidget(right)
         split.setSizes([330, 900])
