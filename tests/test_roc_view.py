@@ -436,3 +436,25 @@ def test_new_epoch_replaces_result_and_no_heldout_message(qtbot, view, tmp_path)
     open_run(qtbot, view, make_run(other, heldout_classes=1))
     assert "at least two classes" in view.title.text()
     assert not view.save_btn.isEnabled()
+
+
+def test_beyond_the_exact_range_pairs_are_sampled_by_class_and_said(tmp_path, monkeypatch):
+    """Past EXACT_LIMIT held-out images the studio counts a class-stratified pair sample and says so."""
+    import explorer.views.roc_view as rv
+    from trainer.store import RunReader
+
+    run_dir = make_run(tmp_path)
+    run = RunReader(run_dir)
+    noop = dict(progress=lambda *a: None, partial=lambda *a: None, is_cancelled=lambda: False)
+    exact = rv.compute_roc(run, 1, **noop)
+    assert exact.pairs_note == "all counted exactly"
+    monkeypatch.setattr(rv, "EXACT_LIMIT", 10)
+    import trainer.sampling as sampling
+
+    real = sampling.stratified_pair_sample
+    monkeypatch.setattr(sampling, "stratified_pair_sample",
+                        lambda labels, **kw: real(labels, max_genuine=50, max_impostor=200, seed=0))
+    sampled = rv.compute_roc(run, 1, **noop)
+    assert "sampled" in sampled.pairs_note and "stratified by class" in sampled.pairs_note
+    assert sampled.hist.n_genuine + sampled.hist.n_impostor < exact.hist.n_genuine + exact.hist.n_impostor
+    assert 0.0 <= sampled.roc.auc <= 1.0
