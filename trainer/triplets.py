@@ -12,8 +12,9 @@ For a similarity PML flips the comparison (``diff = s(a,p) - s(a,n)``).  Our cen
 ``diff`` is bit-for-bit PML's ``s(a,p) - s(a,n)`` and the categories equal PML with ``CosineSimilarity()``.
 ``metric="euclidean"`` is the plain (not normalised) L2 distance, PML's ``LpDistance(normalize_embeddings=False)``.
 
-Nothing here materialises the B^3 / N^3 triplet mask: per anchor, triplets are counted from sorted (or bucketed)
-negative distances, exactly, including ties.  No Qt here: the GUI calls these from worker threads.
+Nothing here materialises the B^3 / N^3 triplet mask: per anchor, triplets are counted from sorted negative distances
+(batch) or from each anchor's sorted thresholds (epoch), exactly, including ties.  No Qt here: the GUI calls these
+from worker threads.
 """
 
 from __future__ import annotations
@@ -364,347 +365,145 @@ def _category_mask(diff: Any, m: Any, category: str) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# epoch census
-#
-# For an anchor with positive keys k_p (P of them) and negative keys x, PML's rules give per positive
-#   hard = #{x : x < Th_p},   hard + semi-hard = #{x : x < Tm_p},
-# where Tm_p is the smallest float32 with fl32(Tm_p - k_p) > m (the predicate is monotone in x, so the float32
-# search is exact, ties included) and Th_p = min(nextup(k_p), Tm_p).  Each anchor therefore gets its 2P sorted
-# thresholds (from its own class block only) and a uniform grid over them; one negative key then costs one grid
-# look-up plus the exact comparisons inside its cell.  No per-anchor sorting of negatives is needed, so every
-# cross-class distance is computed once (upper-triangle bands of a float32 matmul) and counted for both of its
-# ends.  Sums over negatives give (with S_h = sum_x #{Th_p <= x}, S_m = sum_x #{Tm_p <= x}):
-#   easy = S_m,   semi-hard = S_h - S_m,   hard = P * n_neg - S_h.
-
-_F32_INF = np.float32(np.inf)
-_F32_NINF = np.float32(-np.inf)
-_STRUCT_BUDGET = 256 * 1024 * 1024  # bytes of per-anchor threshold tables held at once
-_GRID_PER_THRESHOLD = 4  # grid cells per threshold: most cells hold none, so most look-ups need no comparison
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _f32_at(o, fb, ib):  # pragma: no cover - compiled
-    """The float32 at position ``o`` of the ordered float32 line (inverse of _f32_pos)."""
-    ib[0] = np.int32(o if o >= 0 else -2147483648 - o - 1)
-    return fb[0]
+# epoch census (chunked matmul + a numba kernel that buckets each anchor's negatives)
 
 
 @numba.njit(cache=True, nogil=True)
-def _threshold_m(a, m, fb, ib):  # pragma: no cover - compiled
-    """Smallest float32 t with fl32(t - a) > m (every float32 x >= t passes, every x < t fails).
-
-    The predicate is monotone along the ordered float32 line, so gallop from fl32(a + m) to a bracket and bisect
-    it on the integer positions (``fb``/``ib``: a float32[1] buffer and its int32 view).
-    """
-    g = a + m
-    if g == _F32_INF:
-        return g
-    fb[0] = g
-    i = np.int64(ib[0])
-    o = i if i >= 0 else -2147483648 - i - 1
-    lowest = np.int64(-2139095041)  # position of -inf
-    highest = np.int64(2139095040)  # position of +inf
-    step = np.int64(1)
-    if _f32_at(o, fb, ib) - a > m:  # pred(o) true: walk down to a false position
-        hi = o
-        lo = o - step
-        while lo > lowest and _f32_at(lo, fb, ib) - a > m:
-            hi = lo
-            step *= 2
-            lo = max(o - step, lowest)
-    else:
-        lo = o
-        hi = o + step
-        while hi < highest and not (_f32_at(hi, fb, ib) - a > m):
-            lo = hi
-            step *= 2
-            hi = min(o + step, highest)
-    while hi - lo > 1:  # pred(lo) false, pred(hi) true
-        mid = (lo + hi) // 2
-        if _f32_at(mid, fb, ib) - a > m:
-            hi = mid
+def _count_row(keys, labels, la, self_id, m, out_counts, out_sums):  # pragma: no cover - compiled
+    n = keys.shape[0]
+    n_neg = 0
+    n_pos = 0
+    sum_ap = 0.0
+    sum_an = 0.0
+    lo = np.inf
+    hi = -np.inf
+    for j in range(n):
+        v = keys[j]
+        if labels[j] == la:
+            if j != self_id:
+                n_pos += 1
+                sum_ap += v
         else:
-            lo = mid
-    return _f32_at(hi, fb, ib)
+            n_neg += 1
+            sum_an += v
+            if v < lo:
+                lo = v
+            if v > hi:
+                hi = v
+    out_counts[3] = n_pos
+    out_counts[4] = n_neg
+    out_sums[0] = sum_ap
+    out_sums[1] = sum_an
+    out_counts[0] = 0
+    out_counts[1] = 0
+    out_counts[2] = 0
+    if n_neg == 0 or n_pos == 0:
+        return
+    neg = np.empty(n_neg, np.float32)
+    pos = np.empty(n_pos, np.float32)
+    i_n = 0
+    i_p = 0
+    for j in range(n):
+        if labels[j] == la:
+            if j != self_id:
+                pos[i_p] = keys[j]
+                i_p += 1
+        else:
+            neg[i_n] = keys[j]
+            i_n += 1
+    # bucket the negatives on a uniform grid (counting sort); bin() is monotone, so ranks are exact
+    nb = n_neg // 4 + 1
+    if nb > 16384:
+        nb = 16384
+    lo64 = np.float64(lo)
+    span = np.float64(hi) - lo64
+    inv = nb / span if span > 0 else 0.0
+    start = np.zeros(nb + 1, np.int64)
+    bins = np.empty(n_neg, np.int64)
+    for j in range(n_neg):
+        b = np.int64((np.float64(neg[j]) - lo64) * inv)
+        if b >= nb:
+            b = nb - 1
+        bins[j] = b
+        start[b + 1] += 1
+    for b in range(nb):
+        start[b + 1] += start[b]
+    fill = start[:nb].copy()
+    buck = np.empty(n_neg, np.float32)
+    for j in range(n_neg):
+        b = bins[j]
+        buck[fill[b]] = neg[j]
+        fill[b] += 1
+    eps = np.float64(np.finfo(np.float32).eps)
+    tiny = np.float64(np.finfo(np.float32).tiny)
+    m64 = np.float64(m)
+    easy = 0
+    semi = 0
+    hard = 0
+    for k in range(n_pos):
+        a = pos[k]
+        a64 = np.float64(a)
+        # n_le_0: negatives with x <= a  (fl(x - a) <= 0  <=>  x <= a)
+        if a64 < lo64:
+            le0 = 0
+        elif a64 >= np.float64(hi):
+            le0 = n_neg
+        else:
+            b = np.int64((a64 - lo64) * inv)
+            if b >= nb:
+                b = nb - 1
+            le0 = start[b]
+            for j in range(start[b], start[b + 1]):
+                if buck[j] <= a:
+                    le0 += 1
+        # n_le_m: negatives with fl(x - a) <= m; bracket a + m by a few ulps, test the bracket exactly
+        t = a64 + m64
+        tol = 8.0 * eps * (abs(a64) + abs(m64) + abs(t)) + tiny
+        tl = t - tol
+        th = t + tol
+        if tl < lo64:
+            b_lo = 0
+        else:
+            b_lo = np.int64((tl - lo64) * inv)
+            if b_lo >= nb:
+                b_lo = nb - 1
+        if th < lo64:
+            b_hi = -1
+        else:
+            b_hi = np.int64((th - lo64) * inv)
+            if b_hi >= nb:
+                b_hi = nb - 1
+        if b_hi < b_lo:
+            lem = 0
+        else:
+            lem = start[b_lo]
+            for j in range(start[b_lo], start[b_hi + 1]):
+                if not (buck[j] - a > m):
+                    lem += 1
+        h = le0 if le0 < lem else lem
+        hard += h
+        semi += lem - h
+        easy += n_neg - lem
+    out_counts[0] = easy
+    out_counts[1] = semi
+    out_counts[2] = hard
 
 
 @numba.njit(cache=True, nogil=True)
-def _build_tables(keys, self_col, slots, m, toff, coff, goff, gsize, lo, hi, inv, thr, cum, first, sum_ap):  # pragma: no cover
-    """Thresholds, cumulative 'Th' counts and grid of each row anchor, from its keys to its class (self excluded)."""
-    r_n, c_n = keys.shape
-    n_thr = 2 * (c_n - 1)
-    buf = np.empty(n_thr, np.float32)
-    tag = np.empty(n_thr, np.int32)
-    fb = np.empty(1, np.float32)
-    ib = fb.view(np.int32)
-    for r in range(r_n):
-        s = slots[r]
-        k = 0
-        sap = 0.0
-        for j in range(c_n):
-            if j == self_col[r]:
-                continue
-            a = keys[r, j]
-            sap += a
-            tm = _threshold_m(a, m, fb, ib)
-            th = np.nextafter(a, _F32_INF)
-            if tm < th:
-                th = tm
-            buf[k] = th
-            tag[k] = 1
-            buf[k + 1] = tm
-            tag[k + 1] = 0
-            k += 2
-        sum_ap[s] = sap
-        order = np.argsort(buf[:k], kind="mergesort")
-        t0 = toff[s]
-        c0 = coff[s]
-        cum[c0] = 0
-        for i in range(k):
-            thr[t0 + i] = buf[order[i]]
-            cum[c0 + i + 1] = cum[c0 + i] + tag[order[i]]
-        g = gsize[s]
-        g0 = goff[s]
-        for c in range(g + 1):
-            first[g0 + c] = 0
-        if k == 0:
-            lo[s] = _F32_INF
-            hi[s] = _F32_INF
-            inv[s] = 0.0
-            continue
-        lo[s] = thr[t0]
-        hi[s] = thr[t0 + k - 1]
-        span = np.float64(hi[s]) - np.float64(lo[s])
-        inv[s] = g / span if span > 0 else 0.0
-        for i in range(k):  # first[c] = number of thresholds in cells < c (cell arithmetic as in _band)
-            c = np.int64((np.float64(thr[t0 + i]) - np.float64(lo[s])) * inv[s])
-            if c >= g:
-                c = g - 1
-            first[g0 + c + 1] += 1
-        for c in range(g):
-            first[g0 + c + 1] += first[g0 + c]
-
-
-@numba.njit(cache=True, nogil=True)
-def _band(sims, rpos, c0, sym, euclid, sq, lab, slot, nthr, toff, coff, goff, gsize, lo, hi, inv, thr, cum, first,
-          acc_h, acc_m, acc_d):  # pragma: no cover - compiled
-    """Count the cross-class entries of a tile (row i at position rpos[i], column j at c0 + j) for its row anchors
-    and, when ``sym``, for its column anchors too (then only pairs whose column lies past the row).
-
-    Rows are counted row by row and columns column by column, so one anchor's tables stay in cache at a time.
-    """
-    r_n, c_n = sims.shape
-    for i in range(r_n):
-        pi = rpos[i]
-        li = lab[pi]
-        si = slot[pi]
-        if si < 0:
-            continue
-        js = 0
-        if sym and pi - c0 + 1 > js:
-            js = pi - c0 + 1
-        g0 = goff[si]
-        t0 = toff[si]
-        cb = coff[si]
-        sh = 0
-        sm = 0
-        sd = 0.0
-        for j in range(js, c_n):
-            pj = c0 + j
-            if lab[pj] == li:
-                continue
-            if euclid:
-                v = sq[pi] + sq[pj] - np.float32(2.0) * sims[i, j]
-                x = np.sqrt(v) if v > 0 else np.float32(0.0)
-            else:
-                x = -sims[i, j]
-            if x < lo[si]:
-                k = 0
-            elif x >= hi[si]:
-                k = nthr[si]
-            else:  # grid cell (same arithmetic as in _build_tables), then exact comparisons inside it
-                c = np.int64((np.float64(x) - np.float64(lo[si])) * inv[si])
-                if c >= gsize[si]:
-                    c = gsize[si] - 1
-                k = first[g0 + c]
-                ke = first[g0 + c + 1]
-                while k < ke and thr[t0 + k] <= x:
-                    k += 1
-            ch = cum[cb + k]
-            sh += ch
-            sm += k - ch
-            sd += x
-        acc_h[si] += sh
-        acc_m[si] += sm
-        acc_d[si] += sd
-    if not sym:
-        return
-    for j in range(c_n):
-        pj = c0 + j
-        sj = slot[pj]
-        if sj < 0:
-            continue
-        lj = lab[pj]
-        g0 = goff[sj]
-        t0 = toff[sj]
-        cb = coff[sj]
-        sh = 0
-        sm = 0
-        sd = 0.0
-        for i in range(r_n):
-            pi = rpos[i]
-            if pi >= pj:
-                break
-            if lab[pi] == lj:
-                continue
-            if euclid:
-                v = sq[pi] + sq[pj] - np.float32(2.0) * sims[i, j]
-                x = np.sqrt(v) if v > 0 else np.float32(0.0)
-            else:
-                x = -sims[i, j]
-            if x < lo[sj]:
-                k = 0
-            elif x >= hi[sj]:
-                k = nthr[sj]
-            else:  # grid cell (same arithmetic as in _build_tables), then exact comparisons inside it
-                c = np.int64((np.float64(x) - np.float64(lo[sj])) * inv[sj])
-                if c >= gsize[sj]:
-                    c = gsize[sj] - 1
-                k = first[g0 + c]
-                ke = first[g0 + c + 1]
-                while k < ke and thr[t0 + k] <= x:
-                    k += 1
-            ch = cum[cb + k]
-            sh += ch
-            sm += k - ch
-            sd += x
-        acc_h[sj] += sh
-        acc_m[sj] += sm
-        acc_d[sj] += sd
-
-
-def _class_keys(xs: torch.Tensor, sq: np.ndarray, rows: np.ndarray, c0: int, c1: int, euclid: bool) -> np.ndarray:
-    """float32 keys (larger = farther) of the rows against positions c0..c1, as the band kernel computes them."""
-    sims = torch.mm(xs[torch.from_numpy(rows)], xs[c0:c1].t()).numpy()
-    if not euclid:
-        return np.ascontiguousarray(-sims)
-    v = sq[rows][:, None] + sq[None, c0:c1] - np.float32(2.0) * sims
-    return np.sqrt(np.maximum(v, np.float32(0.0)), dtype=np.float32)
-
-
-def _run_split(tasks: list, costs: list[float], workers: int, fn: Any) -> None:
-    """Run ``fn(task, w)`` for every task on ``workers`` threads, each thread w taking a cost-balanced share."""
-    shares: list[list] = [[] for _ in range(workers)]
-    load = [0.0] * workers
-    for i in np.argsort(-np.asarray(costs, np.float64), kind="stable"):
-        w = int(np.argmin(load))
-        shares[w].append(tasks[i])
-        load[w] += costs[i]
-
-    def run(w: int) -> None:
-        for task in shares[w]:
-            fn(task, w)
-
-    if workers == 1:
-        run(0)
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for job in [pool.submit(run, w) for w in range(workers)]:
-            job.result()
-
-
-def _census_counts(
-    xp: np.ndarray, y: np.ndarray, anc: np.ndarray, m32: np.float32, euclid: bool, chunk: int, workers: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per anchor of ``anc`` (in ``anc`` order): (A, 5) int64 easy/semi/hard/n_pos/n_neg and (A, 2) key sums.
-
-    Every thread multiplies its own tiles on one BLAS thread and counts them at once (no thread barriers: on a
-    shared, oversubscribed box a multi-threaded GEMM waits on its slowest thread).
-    """
-    n = len(xp)
-    order = np.argsort(y, kind="stable")
-    pos_of = np.empty(n, np.int64)
-    pos_of[order] = np.arange(n)
-    xs_np = np.ascontiguousarray(xp[order])
-    xs = torch.from_numpy(xs_np)
-    lab = np.ascontiguousarray(y[order])
-    sq = np.einsum("ij,ij->i", xs_np, xs_np).astype(np.float32) if euclid else np.zeros(n, np.float32)
-    _, cstart, csize = np.unique(lab, return_index=True, return_counts=True)
-    cls_of_pos = np.repeat(np.arange(len(cstart)), csize)
-    uniq, inverse = np.unique(anc, return_inverse=True)
-    apos = np.sort(pos_of[uniq])
-    n_anc = len(apos)
-    a_cls = cls_of_pos[apos]
-    n_pos = (csize[a_cls] - 1).astype(np.int64)
-    n_neg = (n - csize[a_cls]).astype(np.int64)
-    nthr_all = 2 * n_pos
-    gsize_all = np.maximum(1, _GRID_PER_THRESHOLD * nthr_all)
-    group = np.cumsum(4 * (2 * nthr_all + gsize_all + 3)) // _STRUCT_BUDGET
-    s_h = np.zeros(n_anc, np.int64)
-    s_m = np.zeros(n_anc, np.int64)
-    sum_an = np.zeros(n_anc, np.float64)
-    sum_ap = np.zeros(n_anc, np.float64)
-    symmetric = n_anc == n and group[-1] == 0
-    width = max(chunk, 2048)
-    with _torch_threads(1):
-        for g in np.unique(group):
-            sl = np.flatnonzero(group == g)
-            gpos = apos[sl]
-            k = len(sl)
-            slot = np.full(n, -1, np.int64)
-            slot[gpos] = np.arange(k)
-            nthr = np.ascontiguousarray(nthr_all[sl])
-            gsize = np.ascontiguousarray(gsize_all[sl])
-            toff = np.concatenate([[0], np.cumsum(nthr)]).astype(np.int64)
-            coff = np.concatenate([[0], np.cumsum(nthr + 1)]).astype(np.int64)
-            goff = np.concatenate([[0], np.cumsum(gsize + 1)]).astype(np.int64)
-            thr = np.empty(max(1, toff[-1]), np.float32)
-            cum = np.zeros(max(1, coff[-1]), np.int32)
-            first = np.zeros(max(1, goff[-1]), np.int32)
-            lo = np.empty(k, np.float32)
-            hi = np.empty(k, np.float32)
-            inv = np.empty(k, np.float64)
-            sap = np.zeros(k, np.float64)
-            g_cls = a_cls[sl]
-            cls_list = np.unique(g_cls)
-
-            def tables(c: int, w: int) -> None:
-                idx = np.flatnonzero(g_cls == c)
-                rows = gpos[idx]
-                c0, c1 = int(cstart[c]), int(cstart[c] + csize[c])
-                keys = _class_keys(xs, sq, rows, c0, c1, euclid)
-                _build_tables(keys, rows - c0, idx, m32, toff, coff, goff, gsize, lo, hi, inv, thr, cum, first, sap)
-
-            _run_split(list(cls_list), [float(np.sum(g_cls == c)) * csize[c] for c in cls_list], workers, tables)
-            sum_ap[sl] = sap
-            acc_h = np.zeros((workers, k), np.int64)
-            acc_m = np.zeros((workers, k), np.int64)
-            acc_d = np.zeros((workers, k), np.float64)
-            tiles = []  # (row positions, first row if a contiguous band else -1, column start, column stop)
-            if symmetric:
-                for r0 in range(0, n, chunk):
-                    rpos = np.arange(r0, min(r0 + chunk, n), dtype=np.int64)
-                    tiles += [(rpos, r0, c0, min(c0 + width, n)) for c0 in range(r0, n, width)]
-            else:
-                for s0 in range(0, k, chunk):
-                    rpos = gpos[s0 : s0 + chunk]
-                    tiles += [(rpos, -1, c0, min(c0 + width, n)) for c0 in range(0, n, width)]
-
-            def count(tile: tuple, w: int) -> None:
-                rpos, r0, c0, c1 = tile
-                rows = xs[r0 : r0 + len(rpos)] if r0 >= 0 else xs[torch.from_numpy(rpos)]
-                sims = torch.mm(rows, xs[c0:c1].t()).numpy()
-                _band(sims, rpos, c0, symmetric, euclid, sq, lab, slot, nthr, toff, coff, goff, gsize,
-                      lo, hi, inv, thr, cum, first, acc_h[w], acc_m[w], acc_d[w])
-
-            _run_split(tiles, [float(len(t[0]) * (t[3] - t[2])) for t in tiles], workers, count)
-            s_h[sl] = acc_h.sum(0)
-            s_m[sl] = acc_m.sum(0)
-            sum_an[sl] = acc_d.sum(0)
-    counts = np.stack([s_m, s_h - s_m, n_pos * n_neg - s_h, n_pos, n_neg], 1)
-    sums = np.stack([sum_ap, sum_an], 1)
-    back = np.searchsorted(apos, pos_of[uniq])[inverse]
-    return counts[back], sums[back]
+def _count_chunk(sims, sq_rows, sq_all, euclid, labels, anchors, m, out_counts, out_sums):  # pragma: no cover
+    r = sims.shape[0]
+    n = sims.shape[1]
+    keys = np.empty(n, np.float32)
+    for i in range(r):
+        if euclid:
+            for j in range(n):
+                v = sq_rows[i] + sq_all[j] - np.float32(2.0) * sims[i, j]
+                keys[j] = np.sqrt(v) if v > 0 else np.float32(0.0)
+        else:
+            for j in range(n):
+                keys[j] = -sims[i, j]
+        a = anchors[i]
+        _count_row(keys, labels, labels[a], a, m, out_counts[i], out_sums[i])
 
 
 def epoch_census(
@@ -742,11 +541,29 @@ def epoch_census(
     else:
         anc = np.arange(n, dtype=np.int64)
     xp = _prepare(x, metric)
+    euclid = metric == "euclidean"
+    sq = np.einsum("ij,ij->i", xp, xp).astype(np.float32) if euclid else np.zeros(n, np.float32)
+    counts = np.zeros((len(anc), 5), np.int64)
+    sums = np.zeros((len(anc), 2), np.float64)
+    m32 = np.float32(margin)
+    chunk = max(1, int(chunk))
     workers = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
-    if len(anc):
-        counts, sums = _census_counts(xp, y, anc, np.float32(margin), metric == "euclidean", max(1, int(chunk)), workers)
-    else:
-        counts, sums = np.zeros((0, 5), np.int64), np.zeros((0, 2), np.float64)
+    xt = torch.from_numpy(xp)
+
+    def run(start: int, stop: int) -> None:
+        # each thread multiplies its own rows on one BLAS thread: no barrier waiting on a descheduled GEMM thread
+        # (on the shared, oversubscribed 2-core box a 2-thread GEMM ran several times slower than this)
+        for s in range(start, stop, chunk):
+            e = min(s + chunk, stop)
+            rows = anc[s:e]
+            sims = torch.mm(xt[torch.from_numpy(rows)], xt.t()).numpy()
+            _count_chunk(sims, sq[rows], sq, euclid, y, rows, m32, counts[s:e], sums[s:e])
+
+    bounds = np.linspace(0, len(anc), workers + 1).astype(np.int64)
+    with _torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:  # the kernel releases the GIL
+        jobs = [pool.submit(run, int(bounds[w]), int(bounds[w + 1])) for w in range(workers) if bounds[w + 1] > bounds[w]]
+        for job in jobs:
+            job.result()
     n_easy, n_semi, n_hard, n_pos, n_neg = (counts[:, i].copy() for i in range(5))
     offset = 1.0 if metric == "cosine" else 0.0  # cosine keys are -cos: distance = 1 + key
     with np.errstate(invalid="ignore", divide="ignore"):
