@@ -200,6 +200,8 @@ class TrainingController(QObject):
     def _on_posted(self, event: object) -> None:
         self.last_event_time = time.monotonic()
         if isinstance(event, _ThreadEnded):
+            if self._thread is not None:  # it posted this as its last act: let it finish, so is_running() is False
+                self._thread.join(timeout=2.0)
             if not self._terminal_seen:
                 # the loop ended without saying why (a bug): never leave the user with a silent hang
                 self._terminal_seen = True

@@ -136,8 +136,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data.batch_per_class": 8,
         "optim.epochs": 10,
         "optim.lr": 3e-4,
-        "loss.name": "multi_similarity",
-        "loss.miner": "multi_similarity",
+        "loss.name": "triplet",
+        "loss.miner": "semihard_triplets",
     },
     "Head only (frozen pretrained backbone)": {
         "model.backbone": "resnet18",

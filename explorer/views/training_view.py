@@ -201,8 +201,9 @@ class TrainingView(QWidget):
         layout.addWidget(plots, 1)
 
     # ---- buttons ----------------------------------------------------------------------------------------------
-    def _update_buttons(self) -> None:
-        running = self.controller.is_running()
+    def _update_buttons(self, running: bool | None = None) -> None:
+        if running is None:
+            running = self.controller.is_running()
         self.start_button.setEnabled(not running)
         self.pause_button.setEnabled(running)
         self.stop_button.setEnabled(running)
@@ -222,7 +223,7 @@ class TrainingView(QWidget):
     @Slot(bool)
     def _on_running_changed(self, running: bool) -> None:
         self._live = running
-        self._update_buttons()
+        self._update_buttons(running)  # the thread may still be finishing its last line: trust the signal
 
     # ---- events -----------------------------------------------------------------------------------------------
     def reset(self) -> None:
