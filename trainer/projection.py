@@ -13,6 +13,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -408,7 +409,9 @@ def project(
                 tqdm_kwds={"disable": False, "file": _EpochWatch(check, lambda f: say(0.15 + 0.8 * f, "UMAP")),
                            "bar_format": "{n}/{total}", "mininterval": 0.1},
             )
-            xy_fit = reducer.fit_transform(xf).astype(np.float32)
+            with warnings.catch_warnings():  # we pass our own faiss k-NN graph, so umap's transform() is off: known
+                warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]", category=UserWarning)
+                xy_fit = reducer.fit_transform(xf).astype(np.float32)
             if init is not None:
                 # umap-learn rescales each axis of the start layout to [0, 10] on its own; undo that stretch so
                 # the map keeps its aspect ratio (Procrustes below only handles one uniform scale)
