@@ -256,8 +256,10 @@ def _count_from_keys(
     return easy, semi, hard_sum, sum_ap * n_neg, sum_an * n_pos
 
 
-# a batch this small is faster on one thread than on two contended ones (35 ms vs ~1 s seen on a shared 2-core box)
-_SMALL_BATCH = 1024
+# Batches up to this size would run the census on one torch thread. Off (0): switching the thread count around
+# every training step cost the loop 9-13 % of its images/s (bench_train (a): 0.87 with the switch, 1.01 without),
+# more than the census itself gains on one thread.
+_SMALL_BATCH = 0
 
 
 @contextmanager
