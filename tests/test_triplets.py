@@ -18,7 +18,7 @@ from trainer.triplets import (
     triplet_examples,
 )
 
-MARGINS = [0.0, 0.05, 0.2, 1.0]
+MARGINS = [-0.1, 0.0, 0.05, 0.2, 1.0]
 
 
 # ---------------------------------------------------------------- brute-force twins (plain loops, float64)
@@ -87,7 +87,7 @@ def tie_data(metric, seed=0, n=30):
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 @pytest.mark.parametrize("margin", MARGINS)
 def test_epoch_census_equals_brute_force(metric, margin):
-    x, y = random_data(seed=int(margin * 100))
+    x, y = random_data(seed=int(abs(margin) * 100) + (7 if margin < 0 else 0))
     c = epoch_census(x, y, margin=margin, metric=metric, chunk=7)
     per = brute_census(x, y, margin, metric)
     assert not c.sampled and c.n_anchors == len(x)
@@ -155,7 +155,7 @@ def pml_counts(x, y, margin, distance):
 
 @pytest.mark.parametrize("margin", MARGINS + [0.25])
 def test_batch_census_equals_pml_miner(margin):
-    g = torch.Generator().manual_seed(int(margin * 100))
+    g = torch.Generator().manual_seed(int(abs(margin) * 100) + (7 if margin < 0 else 0))
     x = torch.randn(64, 16, generator=g)
     y = torch.arange(8).repeat_interleave(8)
     for metric, distance in (("cosine", CosineSimilarity()), ("euclidean", LpDistance(normalize_embeddings=False))):
@@ -338,3 +338,5 @@ def test_batch_census_restores_torch_threads():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
