@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ import torch
 from trainer import events as ev
 from trainer.config import TrainConfig
 from trainer.engine import Trainer, TrainingError, check_checkpoint, load_checkpoint
-from trainer.store import RunReader
+from trainer.store import RunLock, RunReader, run_in_training
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,6 +99,29 @@ def test_a_run_commits_every_epoch_with_metrics_and_telemetry(folder, tmp_path):
     assert not np.isin(e1.telemetry["mined_negative"][e1.telemetry["mined_negative"] >= 0],
                        np.flatnonzero(reader.samples.split == 1)).any()
     assert reader.checkpoint_path(2) is not None
+    # the telemetry alone (what the training view redraws for an opened run) equals the epoch's
+    for k, v in reader.telemetry(1).items():
+        np.testing.assert_array_equal(v, e1.telemetry[k])
+    assert run_in_training(tmp_path / "run") is None  # the finished trainer released its lock
+
+
+def test_a_run_being_trained_is_not_resumed_by_a_second_trainer(folder, tmp_path):
+    run = tmp_path / "run"
+    assert not [e for e in run_collect(tiny_config(folder, **{"optim.epochs": 1}), run) if isinstance(e, ev.Failed)]
+    files_before = sorted(p.name for p in (run / "epochs").iterdir())
+    lock = RunLock(run).acquire()  # as the command line would hold it while training
+    try:
+        assert run_in_training(run) == f"process {os.getpid()} on {socket.gethostname()}"
+        events = run_collect(tiny_config(folder, **{"optim.epochs": 2}), run, resume=True)
+        failed = [e for e in events if isinstance(e, ev.Failed)]
+        assert failed and "is being trained by process" in failed[0].message and str(run) in failed[0].message
+        assert sorted(p.name for p in (run / "epochs").iterdir()) == files_before  # nothing touched
+    finally:
+        lock.release()
+    assert run_in_training(run) is None
+    events = run_collect(tiny_config(folder, **{"optim.epochs": 2}), run, resume=True)
+    assert not [e for e in events if isinstance(e, ev.Failed)]
+    assert RunReader(run).epochs == [0, 1, 2]
 
 
 def test_stop_takes_effect_within_one_batch(folder, tmp_path):

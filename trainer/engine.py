@@ -30,7 +30,7 @@ from .data import (
     sample_files,
     seed_everything,
 )
-from .store import SPLIT_HELDOUT, SPLIT_TRAIN, RunReader, RunWriter, SampleTable, is_run_dir
+from .store import SPLIT_HELDOUT, SPLIT_TRAIN, RunError, RunLock, RunReader, RunWriter, SampleTable, is_run_dir
 
 CHECKPOINT_FORMAT = "embedding-explorer-checkpoint"
 MINED_BATCHES_KEPT = 20  # mined tuples of the last batches of each epoch kept in telemetry
@@ -108,6 +108,7 @@ class Trainer:
         self.stop = stop or threading.Event()
         self.pause = pause or threading.Event()
         self.resume = resume
+        self._lock: RunLock | None = None
         self.rank = rank
         self.world_size = world_size
         self.dist = distributed.DistInfo()
@@ -133,12 +134,21 @@ class Trainer:
             self.emit(ev.Log(f"{type(exc).__name__}: {exc}", level="error"))
             self.emit(ev.Failed(f"{type(exc).__name__}: {exc}", detail=detail))
         finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
             if self.dist.active:
                 distributed.shutdown()
 
     # ------------------------------------------------------------------ internals
     def _log(self, message: str, level: str = "info") -> None:
         self.emit(ev.Log(message, level=level))
+
+    def _acquire_lock(self) -> RunLock:
+        try:
+            return RunLock(self.run_dir).acquire()
+        except RunError as exc:
+            raise TrainingError(str(exc)) from None
 
     def _check_control(self) -> None:
         if self.stop.is_set():
@@ -155,6 +165,8 @@ class Trainer:
 
         cfg = self.cfg
         if self.resume:
+            if self.rank == 0:  # before open(): it deletes leftovers, which would be another trainer's files
+                self._lock = self._acquire_lock()
             writer = RunWriter.open(self.run_dir) if self.rank == 0 else None
             distributed.barrier(self.dist)  # rank 0 has cleaned leftovers before the others read the run
             reader = RunReader(self.run_dir)
@@ -219,6 +231,7 @@ class Trainer:
         writer = None
         if self.rank == 0:
             writer = RunWriter.create(self.run_dir, config=cfg.to_dict(), classes=classes, samples=samples)
+            self._lock = self._acquire_lock()
             if self.dist.active:
                 distributed.record_world_size(self.dist, writer)
             distributed.barrier(self.dist)

@@ -22,6 +22,7 @@ import os
 import pickle
 import re
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,8 @@ _EPOCH_RE = re.compile(r"^epoch_(\d+)\.h5$")
 _CKPT_RE = re.compile(r"^epoch_(\d+)\.pt$")
 _JSON_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.json$")
 # what a run directory may hold; a folder with anything else is never deleted by create(overwrite=True)
-_OWN_NAMES = {MANIFEST, SAMPLES_FILE, FEATURES_FILE, EPOCHS_DIR, CHECKPOINTS_DIR}
+LOCK_FILE = "trainer.lock"
+_OWN_NAMES = {MANIFEST, SAMPLES_FILE, FEATURES_FILE, EPOCHS_DIR, CHECKPOINTS_DIR, LOCK_FILE}
 _PATH_ENCODING = ("utf-8", "surrogateescape")
 
 
@@ -295,6 +297,59 @@ def _contiguous_offset(ds: h5py.Dataset) -> int | None:
     return None if offset is None else int(offset)
 
 
+class RunLock:
+    """The advisory lock a trainer holds on its run for as long as it trains it.
+
+    Two trainers writing one run (the app resuming a run the command line is still training, or two ``--resume``)
+    would delete each other's files; the second is refused with a message naming the first.  The operating system
+    drops the lock when its process dies, so a killed run never stays locked.  Where ``fcntl`` is missing
+    (Windows) this does nothing.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._f: Any = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RunError(f"{self.path.parent} is being trained by {holder}; wait for it to finish or stop it "
+                           f"before continuing this run") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        self._f = f
+        return self
+
+    def release(self) -> None:
+        if self._f is not None:
+            self._f.close()  # closing the file releases the flock
+            self._f = None
+
+
+def run_in_training(run_dir: str | os.PathLike[str]) -> str | None:
+    """Who trains ``run_dir`` now ("process 123 on host"), or None when nobody holds its lock."""
+    if not (Path(run_dir) / LOCK_FILE).exists():
+        return None
+    try:
+        RunLock(run_dir).acquire().release()
+    except RunError as exc:
+        return str(exc).split(" is being trained by ")[-1].split(";")[0]
+    except OSError:
+        return None
+    return None
+
+
 class RunWriter:
     """Writes a run; every public write is atomic and committed by rewriting the manifest last."""
 
@@ -334,7 +389,8 @@ class RunWriter:
                 shutil.rmtree(run_dir)
             elif names:
                 # only the leftovers of a create() that was interrupted before its manifest may be cleared
-                crashed = {SAMPLES_FILE, SAMPLES_FILE + TMP_SUFFIX, MANIFEST + TMP_SUFFIX, EPOCHS_DIR, CHECKPOINTS_DIR}
+                crashed = {SAMPLES_FILE, SAMPLES_FILE + TMP_SUFFIX, MANIFEST + TMP_SUFFIX, EPOCHS_DIR, CHECKPOINTS_DIR,
+                           LOCK_FILE}
                 if names <= crashed and not any(
                         (run_dir / d).is_dir() and any((run_dir / d).iterdir()) for d in (EPOCHS_DIR, CHECKPOINTS_DIR)):
                     shutil.rmtree(run_dir)
@@ -695,6 +751,16 @@ class RunReader:
                     sample_ids=f["sample_ids"][()],
                     split=f["split"][()],
                 )
+        except (OSError, KeyError, ValueError) as exc:
+            raise RunError(f"epoch file {path} is damaged: {exc}") from None
+
+    def telemetry(self, epoch: int) -> dict[str, np.ndarray]:
+        """One epoch's per-batch telemetry (loss, lr, miner counts, ...) without reading its embeddings."""
+        f, path = self._open_epoch(epoch)
+        try:
+            with f:
+                group = f.get("telemetry")
+                return {} if group is None else {k: d[()] for k, d in group.items()}
         except (OSError, KeyError, ValueError) as exc:
             raise RunError(f"epoch file {path} is damaged: {exc}") from None
 
