@@ -130,6 +130,7 @@ class MainWindow(QMainWindow):
         self.dataset_view.scan_finished.connect(self._on_scan_finished)
         self.dataset_view.scan_failed.connect(self._on_scan_failed)
         self.training_view.start_requested.connect(self.start_training)
+        self.training_view.continue_requested.connect(self.continue_run)
         self.controller.running_changed.connect(self._on_running_changed)
         self.controller.failed.connect(lambda e: self.show_status(f"Training failed: {e.message}"))
         self.controller.stopped.connect(lambda e: self.show_status("Training ended"))
@@ -302,6 +303,12 @@ class MainWindow(QMainWindow):
             QMessageBox.critical(self, APP_TITLE, f"Could not open the run {path}:\n{exc}")
             return False
         self.controller.note_run_opened(path)
+        try:  # show the run's configuration on the left, so "Continue this run" and a rerun start from it
+            from trainer.config import TrainConfig
+
+            self.config_panel.set_config(TrainConfig.from_dict(reader.config))
+        except Exception as exc:  # an older or hand-edited config: the run still opens
+            self.training_view.append_log(f"The run's configuration could not be shown: {exc}", "warning")
         self.state.set_run(reader)
         self.controller.follow(path)
         self.settings.add_recent_run(path)
@@ -359,6 +366,44 @@ class MainWindow(QMainWindow):
         self.training_view.reset()
         self.training_view.append_log(f"New run: {run_dir}")
         self.controller.start(cfg, run_dir)
+        self.show_view("Train")
+        return run_dir
+
+    @Slot()
+    def continue_run(self) -> Path | None:
+        """Train the opened run further from its last checkpoint (its own configuration; Epochs from the left)."""
+        from trainer.config import TrainConfig
+        from trainer.store import run_in_training
+
+        run = self.state.run
+        if run is None or self.controller.is_running():
+            return None
+        run_dir = Path(run.run_dir)
+        holder = run_in_training(run_dir)
+        if holder:
+            QMessageBox.information(self, APP_TITLE, f"This run is being trained by {holder}.\n\nThe window follows "
+                                    f"it live; continue it here once that training has ended.")
+            return None
+        if not run.checkpoints:
+            QMessageBox.warning(self, APP_TITLE, f"{run_dir} has no checkpoint to continue from.")
+            return None
+        last = run.checkpoints[-1]
+        wanted = self.config_panel.config()
+        if wanted.optim.epochs <= last:
+            QMessageBox.information(self, APP_TITLE, f"The run has trained {last} epochs and Epochs on the left "
+                                    f"is {wanted.optim.epochs}.\n\nRaise Epochs above {last} to train it further.")
+            self.show_view("Train")
+            return None
+        try:
+            saved = TrainConfig.from_dict(run.config)
+        except Exception as exc:
+            QMessageBox.critical(self, APP_TITLE, f"Cannot continue {run_dir}: its configuration is unreadable:\n{exc}")
+            return None
+        # the trainer keeps the saved configuration and takes only these from the caller
+        cfg = saved.replace(device=wanted.device, amp=wanted.amp, **{
+            "optim.epochs": wanted.optim.epochs, "data.num_workers": wanted.data.num_workers})
+        self.training_view.append_log(f"Continuing {run_dir} from epoch {last} to epoch {cfg.optim.epochs}")
+        self.controller.start(cfg, run_dir, resume=True)
         self.show_view("Train")
         return run_dir
 

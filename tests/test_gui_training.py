@@ -287,12 +287,18 @@ def test_following_a_run_written_elsewhere(qtbot, tmp_path):
     emb = np.zeros((n, 4), dtype=np.float32)
     with qtbot.waitSignal(state.epochs_available, timeout=5000, check_params_cb=lambda e: e == [0]):
         writer.write_epoch(0, emb, {"heldout/precision_at_1": 0.5})
+    tel = {"loss": np.array([0.9, 0.7, 0.5], np.float32), "n_easy": np.array([1, 2, 3]),
+           "n_semihard": np.array([4, 5, 6]), "n_hard": np.array([7, 8, 9])}
     with qtbot.waitSignal(state.epoch_changed, timeout=5000, check_params_cb=lambda e: e == 1):
-        writer.write_epoch(1, emb + 1, {"heldout/precision_at_1": 0.6})
+        writer.write_epoch(1, emb + 1, {"heldout/precision_at_1": 0.6}, tel)
     writer.close()
     assert state.epochs == [0, 1]
     series = view._metric_series["heldout/precision_at_1"]  # the followed run's curve grows with it
     assert list(series.y[:series.n]) == pytest.approx([0.5, 0.6])
+    # and so do its per-batch loss and miner curves, from the stored telemetry
+    assert list(view.loss_series.y[:view.loss_series.n]) == pytest.approx([0.9, 0.7, 0.5])
+    assert list(view.loss_series.x[:view.loss_series.n]) == [0, 1, 2]
+    assert list(view.miner_series["hard"].y[:3]) == [7, 8, 9]
     ctl.shutdown()
     assert ctl._timer.isActive() is False
 
@@ -300,3 +306,44 @@ def test_following_a_run_written_elsewhere(qtbot, tmp_path):
 def test_format_seconds_reads_at_a_glance():
     assert [format_seconds(s) for s in (0, 12.4, 65, 3600 + 125)] == ["0 s", "12 s", "1 min 05 s", "1 h 02 min"]
     assert format_seconds(float("nan")) == "?" and format_seconds(-1) == "?"
+
+
+def test_an_opened_run_shows_its_config_and_curves_and_continues(qtbot, tmp_path, window, folder, boxes, monkeypatch):
+    """Open a run trained earlier: its config fills the form, its batch curves are drawn, and "Continue this run"
+    trains it further from its checkpoint (refused, with the reason, while another process trains it)."""
+    from trainer.store import RunLock
+
+    window.config_panel.set_config(_cfg(folder, **{"optim.batches_per_epoch": 3, "model.embedding_dim": 12}))
+    with qtbot.waitSignal(window.controller.stopped, timeout=60000):
+        run_dir = window.start_training()
+    qtbot.waitUntil(lambda: not window.controller.is_running(), timeout=30000)
+    window.shutdown(20)
+
+    settings = Settings(QSettings(str(tmp_path / "other.ini"), QSettings.Format.IniFormat))
+    win = create_window(QApplication.instance(), settings=settings)
+    qtbot.addWidget(win)
+    shown: list[str] = []
+    monkeypatch.setattr("explorer.main_window.QMessageBox.information", lambda *a: shown.append(a[2]))
+    assert win.open_run(run_dir)
+    view = win.training_view
+    assert win.config_panel.config().model.embedding_dim == 12  # the run's configuration, not the last one
+    assert view.loss_series.n == 3 and list(view.loss_series.x[:3]) == [0, 1, 2]
+    np.testing.assert_allclose(view.loss_series.y[:3], RunReader(run_dir).telemetry(1)["loss"])
+    assert view.continue_button.isEnabled() and view.start_button.isEnabled()
+
+    assert win.continue_run() is None  # Epochs is still 1: nothing to continue to, and the user is told why
+    assert "Raise Epochs above 1" in shown[-1]
+    win.config_panel.epochs.setValue(2)
+    lock = RunLock(run_dir).acquire()  # the command line is training it
+    try:
+        assert win.continue_run() is None and "is being trained by process" in shown[-1]
+    finally:
+        lock.release()
+    with qtbot.waitSignal(win.controller.stopped, timeout=60000) as stopped:
+        assert win.continue_run() == run_dir
+    assert stopped.args[0].reason == "finished"
+    qtbot.waitUntil(lambda: not win.controller.is_running(), timeout=30000)
+    assert RunReader(run_dir).epochs == [0, 1, 2]
+    assert view.loss_series.n == 6 and list(view.loss_series.x[3:6]) == [3, 4, 5]  # the curve goes on
+    assert win.state.epochs == [0, 1, 2]
+    win.shutdown(20)

@@ -71,6 +71,10 @@ class _Series:
         self.y[self.n] = y
         self.n += 1
 
+    def extend(self, xs: np.ndarray, ys: np.ndarray) -> None:
+        for x, y in zip(np.asarray(xs, np.float64), np.asarray(ys, np.float64)):
+            self.append(x, y)
+
     def flush(self) -> None:
         self.curve.setData(self.x[: self.n], self.y[: self.n])
 
@@ -83,6 +87,7 @@ class TrainingView(QWidget):
     """Buttons, progress and live curves of the trainer; also shows a followed (CLI) run's epochs."""
 
     start_requested = Signal()  # the main window validates the config and calls controller.start
+    continue_requested = Signal()  # "Continue this run": the main window resumes the opened run
 
     def __init__(self, state: AppState, controller: TrainingController, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -99,6 +104,7 @@ class TrainingView(QWidget):
         self._last_batch: ev.BatchDone | None = None
         self._metric_series: dict[str, _Series] = {}
         self._live = False  # between running_changed(True) and (False): curves come from events, not the store
+        self._drawn_epochs: list[int] = []  # epochs of an opened run whose batch curves are drawn
         self.errors: list[str] = []  # messages shown to the user (tests read them)
         self._build()
         controller.started.connect(self._on_started)
@@ -127,13 +133,19 @@ class TrainingView(QWidget):
         self.stop_button.setShortcut(QKeySequence("Ctrl+."))
         self.stop_button.setToolTip("Stop within one batch; the epochs already committed stay usable (Ctrl+.)")
         self.start_button.clicked.connect(self.start_requested)
+        self.continue_button = QPushButton("Continue this run")
+        self.continue_button.setShortcut(QKeySequence("Ctrl+Shift+Return"))
+        self.continue_button.setToolTip(
+            "Train the opened run further from its last checkpoint, with its own configuration; raise Epochs on "
+            "the left to train longer (Ctrl+Shift+Enter)")
+        self.continue_button.clicked.connect(self.continue_requested)
         self.pause_button.toggled.connect(self._on_pause_toggled)
         self.stop_button.clicked.connect(self.controller.stop)
         self.status_label = QLabel("Idle")
         self.status_label.setObjectName("trainingStatus")
 
         buttons = QHBoxLayout()
-        for b in (self.start_button, self.pause_button, self.stop_button):
+        for b in (self.start_button, self.continue_button, self.pause_button, self.stop_button):
             buttons.addWidget(b)
         buttons.addWidget(self.status_label, 1)
 
@@ -205,6 +217,8 @@ class TrainingView(QWidget):
         if running is None:
             running = self.controller.is_running()
         self.start_button.setEnabled(not running)
+        run = self.state.run
+        self.continue_button.setEnabled(not running and run is not None and bool(getattr(run, "checkpoints", [])))
         self.pause_button.setEnabled(running)
         self.stop_button.setEnabled(running)
         if not running:
@@ -372,10 +386,12 @@ class TrainingView(QWidget):
 
     @Slot(object)
     def _on_run_changed(self, run) -> None:
-        """An opened (or followed) run: draw its stored metric history so the curves are not empty."""
+        """An opened (or followed) run: draw its stored metric history and per-batch curves."""
+        self._update_buttons()
         if run is None or self._live:
             return
         self.reset()
+        self._drawn_epochs = []
         try:
             history = run.metrics_history()
         except Exception:  # an old or partial run: curves stay empty, the map still works
@@ -383,9 +399,51 @@ class TrainingView(QWidget):
         epochs = np.asarray(history.get("epoch", []))
         for i, epoch in enumerate(epochs):
             self._add_metrics(int(epoch), {k: float(v[i]) for k, v in history.items() if k != "epoch"})
+        self._draw_batches(run, [int(e) for e in epochs])
+        done = [int(e) for e in epochs]
+        if done:
+            self.status_label.setText(f"Opened run: epochs 0-{done[-1]} committed"
+                                      + (", checkpoint saved" if getattr(run, "checkpoints", []) else ""))
+
+    def _draw_batches(self, run, epochs: list[int]) -> None:
+        """Append the stored per-batch loss and miner counts of ``epochs`` (in order) to the batch curves."""
+        for epoch in epochs:
+            if epoch <= 0:  # epoch 0 evaluates the untrained network: no batches
+                self._drawn_epochs.append(epoch)
+                continue
+            try:
+                tel = run.telemetry(epoch)
+            except Exception:
+                continue
+            loss = np.asarray(tel.get("loss", []), np.float64)
+            if not len(loss):
+                continue
+            x = (epoch - 1) * len(loss) + np.arange(len(loss), dtype=np.float64)
+            self.loss_series.extend(x, loss)
+            for name, key in (("easy", "n_easy"), ("semi-hard", "n_semihard"), ("hard", "n_hard")):
+                if key in tel:
+                    self.miner_series[name].extend(x, tel[key])
+            self._drawn_epochs.append(epoch)
+        self.loss_series.flush()
+        for s in self.miner_series.values():
+            s.flush()
 
     @Slot(list)
     def _on_epochs_available(self, epochs: list) -> None:
-        """A followed run (the command line training) committed epochs: redraw its metric history."""
-        if not self._live and self.state.run is not None and epochs:
-            self._on_run_changed(self.state.run)
+        """A followed run (the command line training) committed epochs: add them to the curves."""
+        run = self.state.run
+        if self._live or run is None or not epochs:
+            return
+        new = sorted(int(e) for e in epochs)
+        if self._drawn_epochs and new[0] <= self._drawn_epochs[-1]:  # an epoch was rewritten: draw it all again
+            self._on_run_changed(run)
+            return
+        try:
+            history = run.metrics_history()
+        except Exception:
+            return
+        for i, epoch in enumerate(np.asarray(history.get("epoch", []))):
+            if int(epoch) in new:
+                self._add_metrics(int(epoch), {k: float(v[i]) for k, v in history.items() if k != "epoch"})
+        self._draw_batches(run, new)
+        self._update_buttons()
