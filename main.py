@@ -79,7 +79,9 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-classes", type=int, help=f"C: classes per batch (default {d.data.batch_classes})")
     p.add_argument("--batch-per-class", type=int, help=f"K: images per class (default {d.data.batch_per_class})")
     p.add_argument("--batches-per-epoch", type=int, help="batches per epoch (default: one pass over the images)")
-    p.add_argument("--lr", type=float, help=f"backbone learning rate (default {d.optim.lr:g}; head x10)")
+    p.add_argument("--lr", type=float, help=f"backbone learning rate (default {d.optim.lr:g})")
+    p.add_argument("--head-lr-mult", type=float, help="embedding head's learning rate over --lr (default: 10 for a "
+                                                      "pretrained backbone, 1 for one trained from scratch)")
     p.add_argument("--loss-lr", type=float, help=f"learning rate of proxies / classifier weights "
                                                  f"(default {d.optim.loss_lr:g})")
     p.add_argument("--test-dir", help="explicit held-out image folder (default: a class-disjoint split)")
@@ -117,6 +119,7 @@ def _config_from_args(args: argparse.Namespace):
         "embedding_dim": "model.embedding_dim", "head_bn": "model.head_bn", "image_size": "data.image_size",
         "augment": "data.augment", "batch_classes": "data.batch_classes", "batch_per_class": "data.batch_per_class",
         "batches_per_epoch": "optim.batches_per_epoch", "lr": "optim.lr", "loss_lr": "optim.loss_lr",
+        "head_lr_mult": "optim.head_lr_mult",
         "test_dir": "data.test_dir", "holdout_fraction": "data.holdout_fraction", "seed": "seed",
         "device": "device", "amp": "amp", "workers": "data.num_workers",
     }

@@ -31,8 +31,20 @@ def test_help_documents_every_command():
     assert res.returncode == 0
     for opt in ("--loss", "--miner", "--backbone", "--no-pretrained", "--epochs", "--embedding-dim", "--image-size",
                 "--batch-classes", "--batch-per-class", "--lr", "--test-dir", "--seed", "--device", "--resume",
-                "--margin"):
+                "--margin", "--loss-lr", "--head-lr-mult"):
         assert opt in res.stdout, opt
+
+
+def test_learning_rate_options_reach_the_config():
+    sys.path.insert(0, str(ROOT))
+    import main
+
+    args = main._train_parser().parse_args(["data", "--out", "o", "--lr", "2e-4", "--loss-lr", "0.05",
+                                            "--head-lr-mult", "4"])
+    cfg = main._config_from_args(args)
+    assert (cfg.optim.lr, cfg.optim.loss_lr, cfg.optim.head_lr_mult) == (2e-4, 0.05, 4.0)
+    cfg = main._config_from_args(main._train_parser().parse_args(["data", "--out", "o"]))
+    assert cfg.optim.head_lr_mult is None  # automatic: 10 on a pretrained backbone, 1 from scratch
 
 
 def test_losses_lists_every_loss_and_miner():

@@ -265,3 +265,43 @@ def test_trainer_never_imports_qt():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr
+
+
+def test_head_lr_multiplier_is_10_on_trained_backbones_and_1_from_scratch():
+    from trainer.config import head_lr_multiplier
+
+    cfg = TrainConfig()
+    assert head_lr_multiplier(cfg.replace(**{"model.backbone": "resnet18", "model.pretrained": True})) == 10.0
+    assert head_lr_multiplier(cfg.replace(**{"model.backbone": "resnet18", "model.pretrained": False})) == 1.0
+    assert head_lr_multiplier(cfg.replace(**{"model.backbone": "resnet18", "model.pretrained": False,
+                                             "model.weights_file": "w.pth"})) == 10.0
+    # small_cnn has no pretrained weights: "pretrained" still means from scratch
+    assert head_lr_multiplier(cfg.replace(**{"model.backbone": "small_cnn", "model.pretrained": True})) == 1.0
+    assert head_lr_multiplier(cfg.replace(**{"optim.head_lr_mult": 3.0})) == 3.0
+    assert TrainConfig.from_json(cfg.replace(**{"optim.head_lr_mult": 3.0}).to_json()).optim.head_lr_mult == 3.0
+
+
+def test_head_and_loss_learning_rates_reach_their_optimizer_groups(folder, tmp_path):
+    cfg = tiny_config(folder, **{"optim.epochs": 0, "optim.lr": 2e-4, "optim.loss_lr": 0.05,
+                                 "optim.head_lr_mult": 4.0, "loss.name": "proxy_anchor", "loss.miner": "none"})
+    events = run_collect(cfg, tmp_path / "run")
+    assert not [e for e in events if isinstance(e, ev.Failed)]
+    state = load_checkpoint(RunReader(tmp_path / "run").checkpoint_path(0))
+    groups = {g["name"]: g for g in state["optimizer"]["param_groups"]}
+    assert groups["head"]["initial_lr"] == pytest.approx(8e-4)
+    assert groups["backbone"]["initial_lr"] == pytest.approx(2e-4)
+    assert groups["loss"]["initial_lr"] == pytest.approx(0.05)
+    assert groups["loss"]["weight_decay"] == 0.0  # proxies are not pulled to the origin
+    assert any("learning rates: head 0.0008, backbone 0.0002, loss 0.05" in e.message
+               for e in events if isinstance(e, ev.Log))
+    # default on a network trained from scratch: the head at the backbone's rate
+    run_collect(tiny_config(folder, **{"optim.epochs": 0}), tmp_path / "run2")
+    groups = {g["name"]: g for g in load_checkpoint(RunReader(tmp_path / "run2").checkpoint_path(0))
+              ["optimizer"]["param_groups"]}
+    assert groups["head"]["initial_lr"] == groups["backbone"]["initial_lr"] == pytest.approx(1e-3)
+
+
+def test_a_bad_head_lr_multiplier_fails_with_its_name(folder, tmp_path):
+    events = run_collect(tiny_config(folder, **{"optim.head_lr_mult": 0.0}), tmp_path / "run")
+    failed = [e for e in events if isinstance(e, ev.Failed)]
+    assert failed and "head_lr_mult" in failed[0].message

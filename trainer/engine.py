@@ -21,7 +21,7 @@ import torch
 
 from . import distributed
 from . import events as ev
-from .config import TrainConfig
+from .config import TrainConfig, head_lr_multiplier
 from .data import (
     ClassBalancedBatchSampler,
     ImageDataset,
@@ -278,13 +278,17 @@ class Trainer:
 
         head_params = list(model.head.parameters())
         backbone_params = [p for p in model.backbone.parameters()]
-        groups = [{"params": head_params, "lr": cfg.optim.lr * 10, "name": "head"}]
+        head_mult = head_lr_multiplier(cfg)
+        if not (head_mult > 0 and math.isfinite(head_mult)):
+            raise TrainingError(f"optim.head_lr_mult must be a positive number, got {cfg.optim.head_lr_mult!r}")
+        groups = [{"params": head_params, "lr": cfg.optim.lr * head_mult, "name": "head"}]
         if not cfg.model.head_only:
             groups.append({"params": backbone_params, "lr": cfg.optim.lr, "name": "backbone"})
         extra = loss_parameters(loss_fn)
         if extra:
             groups.append({"params": extra, "lr": cfg.optim.loss_lr, "name": "loss", "weight_decay": 0.0})
         optimizer = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
+        self._log("learning rates: " + ", ".join(f"{g['name']} {g['lr']:g}" for g in groups))
 
         # ---- data
         files = sample_files(samples)
