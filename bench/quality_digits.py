@@ -54,6 +54,12 @@ def main() -> None:
             print(f"default recipe ({base.model.backbone}, {base.loss.name} + {base.loss.miner}, {args.epochs} epochs, "
                   f"{secs:.0f} s): held-out MAP@R {before[key]:.3f} -> {after[key]:.3f}, P@1 {before[p1]:.3f} -> "
                   f"{after[p1]:.3f}, AUC {before['heldout/auc']:.3f} -> {after['heldout/auc']:.3f}")
+            r = RunReader(Path(tmp) / "default")
+            curve = [r.load_epoch(e).metrics[key] for e in r.epochs]
+            best = max(range(len(curve)), key=curve.__getitem__)
+            print("  held-out MAP@R per epoch: " + " -> ".join(f"{v:.3f}" for v in curve)
+                  + f" (best: epoch {best}, {curve[best]:.3f}, {100 * (curve[best] / curve[0] - 1):+.0f} %)",
+                  flush=True)
         if args.all_losses:
             print(f"\n| loss | miner | MAP@R epoch 0 | MAP@R epoch {args.loss_epochs} | P@1 | seconds |")
             print("|---|---|---|---|---|---|")
