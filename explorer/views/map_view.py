@@ -232,6 +232,7 @@ class MapView(QWidget):
         self._visible = np.zeros(0, bool)
         self._hidden: set[int] = set()
         self._draw_order = np.zeros(0, np.int64)
+        self._symbol_rows: np.ndarray | None = None  # the rows the scatter holds, in its order
         self.render_mode = "symbols"
         self.hover_id = -1
         self._anim_from = self._anim_to = None
@@ -469,7 +470,7 @@ class MapView(QWidget):
         self._rgba = np.array([(*class_colour(i), 255) for i in range(max(1, len(self.classes)))], np.uint8)
         self._build_legend()
         self._update_visible()
-        self.scatter.clear()
+        self._clear_symbols()
         self.image.clear()
         self.selection_item.clear()
         self.highlight_item.clear()
@@ -681,7 +682,7 @@ class MapView(QWidget):
         self._last_render = time.perf_counter()
         n = len(self.xy)
         if n == 0 or len(self._visible) != n:
-            self.scatter.clear()
+            self._clear_symbols()
             self.image.clear()
             return
         order = self._draw_order
@@ -705,7 +706,7 @@ class MapView(QWidget):
             p = self.xy[rows]
             in_rows = rows[(p[:, 0] >= x0) & (p[:, 0] <= x1) & (p[:, 1] >= y0) & (p[:, 1] <= y1)]
             img = splat_points(self.xy[in_rows], self._rgba[self.labels[in_rows]], (x0, x1), (y0, y1), w, h)
-            self.scatter.clear()
+            self._clear_symbols()
             self.image.setImage(img, autoLevels=False)
             self.image.setRect(QRectF(x0, y0, x1 - x0, y1 - y0))
             self.image.show()
@@ -713,9 +714,25 @@ class MapView(QWidget):
             self.render_mode = "symbols"
             self.image.hide()
             p = self.xy[in_rows]
+            if self._symbol_rows is not None and np.array_equal(self._symbol_rows, in_rows):
+                # the same points moved (an animation frame, the next epoch): move them in place. setData would
+                # rebuild every spot's brush and symbol, 60-180 ms for 10,000 points, many times per animation
+                d = self.scatter.data
+                d["x"] = p[:, 0]
+                d["y"] = p[:, 1]
+                self.scatter.prepareGeometryChange()
+                self.scatter.bounds = [None, None]
+                self.scatter.informViewBoundsChanged()
+                self.scatter.invalidate()
+                return
             brushes = np.array(self._brushes, dtype=object)[self.labels[in_rows] % len(self._brushes)]
             symbols = np.array(SPLIT_SYMBOLS, dtype=object)[np.clip(self.split[in_rows], 0, 1)]
             self.scatter.setData(x=p[:, 0], y=p[:, 1], brush=brushes, symbol=symbols, pen=None, data=in_rows)
+            self._symbol_rows = in_rows.copy()
+
+    def _clear_symbols(self) -> None:
+        self.scatter.clear()
+        self._symbol_rows = None
 
     def fit_view(self) -> None:
         """Zoom to show every visible point."""
