@@ -113,8 +113,10 @@ class MainWindow(QMainWindow):
         self.explore_page = explore
         self.add_view("Map", explore)
         self.triplets_view = TripletsView(self.state, jobs=self.jobs, thumbnails=self.thumbnails)
+        self.triplets_view.defer_while_hidden = True  # computed when its tab is shown, not for every epoch
         self.add_view("Triplets", self.triplets_view)
         self.roc_view = RocView(self.state, jobs=self.jobs, thumbnails=self.thumbnails)
+        self.roc_view.defer_while_hidden = True
         self.add_view("Threshold", self.roc_view)
 
         self.status_label = QLabel("")

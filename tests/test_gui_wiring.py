@@ -54,3 +54,25 @@ def test_views_share_the_state_and_follow_the_selection(qtbot, tmp_path, qapp):
     assert set(nv.shown_ids().tolist()) == set(expected.tolist())
     assert win.triplets_view.run is win.state.run
     win.shutdown(10)
+
+
+def test_hidden_analysis_views_compute_when_their_tab_is_shown(qtbot, tmp_path, qapp):
+    """The triplet census and the threshold studio do not compute for an epoch while their tab is hidden (they
+    would take the CPU from training and the map); showing the tab computes the epoch shown."""
+    run_dir, emb, labels = _write_run(tmp_path)
+    win = create_window(qapp)
+    qtbot.addWidget(win)
+    win.show()
+    assert win.open_run(run_dir)  # opens on the Map tab
+    tv, rv = win.triplets_view, win.roc_view
+    qtbot.wait(200)
+    assert tv.result is None and not tv.is_busy() and tv.is_stale()
+    assert rv.data is None and not rv.is_busy() and rv.is_stale()
+    win.show_view("Triplets")
+    qtbot.waitUntil(lambda: tv.result is not None and not tv.is_busy(), timeout=30000)
+    assert not tv.is_stale() and tv.result.census.n_samples > 0
+    assert rv.data is None  # still hidden
+    win.show_view("Threshold")
+    qtbot.waitUntil(lambda: rv.data is not None and not rv.is_busy(), timeout=30000)
+    assert rv.data.epoch == 0
+    win.shutdown(10)

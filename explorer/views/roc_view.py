@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleS
 
 from explorer.jobs import JobRunner
 from explorer.state import AppState
+from explorer.views.lazy import DeferWhileHidden
 from trainer import evaluate as ev
 from trainer.store import SPLIT_HELDOUT
 from trainer.verification_extra import (coarsen, rates_ci_at_threshold, snap_threshold, threshold_grid,
@@ -229,7 +230,7 @@ def _render_svg(widget: QWidget, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class RocView(QWidget):
+class RocView(DeferWhileHidden, QWidget):
     """Histograms, ROC and the operating point of a shared distance threshold on the held-out classes."""
 
     def __init__(self, state: AppState, jobs: JobRunner | None = None, thumbnails=None,
@@ -494,12 +495,17 @@ class RocView(QWidget):
             return
         if self.data is not None and self.data.epoch == epoch and Path(run.run_dir) == self.data.run_dir:
             return
+        if self._defer():
+            return
         self._cancel_all()
         self.cv = self.boot = self.errors = None
         self.title.setText(f"Epoch {epoch}: computing all pair distances of the held-out classes…")
         self.progress.setValue(0)
         self.progress.show()
         self.jobs.submit((self._key, "main"), compute_roc, run, int(epoch))
+
+    def _catch_up(self) -> None:
+        self._on_epoch(self.state.epoch)
 
     def _cancel_all(self) -> None:
         self._errors_timer.stop()

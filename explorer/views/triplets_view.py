@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QGr
 
 from explorer.jobs import JobRunner
 from explorer.state import AppState
+from explorer.views.lazy import DeferWhileHidden
 from explorer.views.neighbors_view import (OTHER, QUERY, SAME, SPLIT_HELDOUT, SPLIT_TRAIN, framed_pixmap, metric_words,
                                            run_margin, run_metric)
 
@@ -180,7 +181,7 @@ class _Num(QTableWidgetItem):
         return self.value < getattr(other, "value", math.inf)
 
 
-class TripletsView(QWidget):
+class TripletsView(DeferWhileHidden, QWidget):
     """Triplet census of an epoch with examples, the miner's choices and diagnostics, all linked to the map."""
 
     def __init__(self, state: AppState, jobs: JobRunner | None = None, thumbnails=None,
@@ -423,7 +424,7 @@ class TripletsView(QWidget):
     def recompute(self) -> None:
         """Start the census of the epoch shown (and the missing epochs of the shares chart)."""
         self._restart.stop()
-        if self.run is None or self.state.epoch < 0:
+        if self.run is None or self.state.epoch < 0 or self._defer():
             return
         self.jobs.submit((self._key, "census"), census_job, self.run, self.state.epoch, self.split, self.margin,
                          self.distance_metric)
@@ -470,8 +471,11 @@ class TripletsView(QWidget):
 
     @Slot(list)
     def _on_epochs(self, epochs: list) -> None:
-        if self.run is not None and self.result is not None:
+        if self.run is not None and self.result is not None and not self._defer():
             self._start_history()
+
+    def _catch_up(self) -> None:
+        self.recompute()
 
     def _start_history(self) -> None:
         done = self.history.setdefault((self.split, self.margin), {})
