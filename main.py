@@ -76,6 +76,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-bn", action="store_true", default=None, help="BatchNorm in the embedding head")
     p.add_argument("--image-size", type=int, help=f"input size in pixels (default {d.data.image_size})")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no augmentation")
+    p.add_argument("--no-flip", dest="flip", action="store_false", default=None,
+                   help="augment without left-right mirroring (for digits, letters, text: mirroring changes them)")
     p.add_argument("--batch-classes", type=int, help=f"C: classes per batch (default {d.data.batch_classes})")
     p.add_argument("--batch-per-class", type=int, help=f"K: images per class (default {d.data.batch_per_class})")
     p.add_argument("--batches-per-epoch", type=int, help="batches per epoch (default: one pass over the images)")
@@ -117,7 +119,7 @@ def _config_from_args(args: argparse.Namespace):
         "weights_file": "model.weights_file", "head_only": "model.head_only",
         "freeze_backbone_epochs": "model.freeze_backbone_epochs", "epochs": "optim.epochs",
         "embedding_dim": "model.embedding_dim", "head_bn": "model.head_bn", "image_size": "data.image_size",
-        "augment": "data.augment", "batch_classes": "data.batch_classes", "batch_per_class": "data.batch_per_class",
+        "augment": "data.augment", "flip": "data.flip", "batch_classes": "data.batch_classes", "batch_per_class": "data.batch_per_class",
         "batches_per_epoch": "optim.batches_per_epoch", "lr": "optim.lr", "loss_lr": "optim.loss_lr",
         "head_lr_mult": "optim.head_lr_mult",
         "test_dir": "data.test_dir", "holdout_fraction": "data.holdout_fraction", "seed": "seed",

@@ -47,6 +47,15 @@ def test_learning_rate_options_reach_the_config():
     assert cfg.optim.head_lr_mult is None  # automatic: 10 on a pretrained backbone, 1 from scratch
 
 
+def test_no_flip_reaches_the_config():
+    sys.path.insert(0, str(ROOT))
+    import main
+
+    cfg = main._config_from_args(main._train_parser().parse_args(["data", "--out", "o", "--no-flip"]))
+    assert cfg.data.flip is False and cfg.data.augment is True  # augmentation stays on, without mirroring
+    assert main._config_from_args(main._train_parser().parse_args(["data", "--out", "o"])).data.flip is True
+
+
 def test_losses_lists_every_loss_and_miner():
     from trainer.losses import LOSSES, MINERS
 

@@ -305,3 +305,23 @@ def test_a_bad_head_lr_multiplier_fails_with_its_name(folder, tmp_path):
     events = run_collect(tiny_config(folder, **{"optim.head_lr_mult": 0.0}), tmp_path / "run")
     failed = [e for e in events if isinstance(e, ev.Failed)]
     assert failed and "head_lr_mult" in failed[0].message
+
+
+def test_the_flip_option_reaches_the_training_transforms(folder, tmp_path, monkeypatch):
+    from trainer import models
+
+    made = []
+    real = models.default_transforms
+
+    def spy(*args, **kwargs):
+        made.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "default_transforms", spy)
+    for flip in (True, False):
+        made.clear()
+        cfg = tiny_config(folder, **{"optim.epochs": 0, "data.augment": True, "data.flip": flip})
+        assert not [e for e in run_collect(cfg, tmp_path / f"run{flip}") if isinstance(e, ev.Failed)]
+        train = [kw for kw in made if kw.get("train")]
+        assert train and all(kw.get("flip") is flip and kw.get("augment") is True for kw in train)
+    assert TrainConfig.from_dict({"data": {"augment": True}}).data.flip is True  # runs saved before the option

@@ -43,6 +43,9 @@ class DataConfig:
     holdout_classes: tuple[str, ...] | None = None  # explicit held-out class names
     image_size: int = 224
     augment: bool = True
+    # mirror training images left-right when augmenting: right for most photos, wrong where mirroring changes
+    # what the image shows (digits, letters, text)
+    flip: bool = True
     batch_classes: int = 8  # C
     batch_per_class: int = 4  # K
     num_workers: int = 2

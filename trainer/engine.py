@@ -309,7 +309,7 @@ class Trainer:
         size = cfg.data.image_size
         load_size = int(size * 1.15)
         eval_tf = default_transforms(size, augment=False, train=False)
-        train_tf = default_transforms(size, augment=cfg.data.augment, train=True)
+        train_tf = default_transforms(size, augment=cfg.data.augment, train=True, flip=cfg.data.flip)
         small = len(files) * load_size * load_size * 3 <= PRELOAD_LIMIT_BYTES
         eval_ds = ImageDataset(files, eval_tf, load_size=load_size, cache_decoded=small)
         train_ds = ImageDataset(files, train_tf, load_size=load_size, cache_decoded=small)
