@@ -510,6 +510,10 @@ class ConfigPanel(QWidget):
     def apply_preset(self, name: str) -> None:
         """Apply the overrides of ``PRESETS[name]`` on top of the current form (data folder and split kept)."""
         cfg = self.config().replace(**PRESETS[name])
+        if self._class_counts:  # a preset's C must fit the folder: e.g. the demo digits keep 5 training classes
+            train, _ = _split_counts(self._class_counts, cfg.data)
+            if len(train) >= 2 and cfg.data.batch_classes > len(train):
+                cfg = cfg.replace(**{"data.batch_classes": len(train)})
         self.set_config(cfg)
         self.preset_combo.blockSignals(True)
         self.preset_combo.setCurrentText(name)

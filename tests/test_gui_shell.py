@@ -199,6 +199,22 @@ def test_config_panel_round_trips_a_config_and_applies_presets(qtbot, folder, tm
     assert panel.preset_combo.currentText() == "Custom"
 
 
+def test_a_preset_fits_its_classes_per_batch_to_the_folder(qtbot, tmp_path):
+    """The digits demo keeps 5 training classes; "Quick look (CPU)" asks for C = 8 and must still start."""
+    from trainer.dataset import scan_folder
+
+    data = make_class_folder(tmp_path / "six", n_classes=6, per_class=12, size=16)
+    panel = ConfigPanel()
+    qtbot.addWidget(panel)
+    panel.set_config(_valid_cfg(data).replace(**{"data.holdout_fraction": 0.5}))
+    panel.set_scan(scan_folder(data))
+    panel.set_runs_root(tmp_path / "runs")
+    panel.apply_preset("Quick look (CPU)")
+    assert PRESETS["Quick look (CPU)"]["data.batch_classes"] > 3
+    assert panel.config().data.batch_classes == 3  # the 3 training classes left by holding half out
+    assert panel.problems() == []
+
+
 def test_start_with_problems_explains_before_starting(qtbot, window, messages):
     window.config_panel.set_config(TrainConfig())  # no folder opened
     assert window.start_training() is None

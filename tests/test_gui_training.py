@@ -347,3 +347,23 @@ def test_an_opened_run_shows_its_config_and_curves_and_continues(qtbot, tmp_path
     assert view.loss_series.n == 6 and list(view.loss_series.x[3:6]) == [3, 4, 5]  # the curve goes on
     assert win.state.epochs == [0, 1, 2]
     win.shutdown(20)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is a Linux feature")
+def test_the_trainer_thread_yields_the_cpu_to_the_window():
+    import os
+
+    from explorer.training import TRAINER_NICE, lower_thread_priority
+
+    got: list[int] = []
+
+    def body() -> None:
+        before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert lower_thread_priority(TRAINER_NICE)
+        got.extend([before, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())])
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    assert got[1] == min(19, got[0] + TRAINER_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == got[0]  # this thread is untouched

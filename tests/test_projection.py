@@ -156,6 +156,10 @@ def test_projection_worker_process_matches_in_process_and_survives_errors_cancel
     try:
         pid = w.pid
         assert pid != os.getpid() and w.is_alive()
+        if hasattr(os, "getpriority"):  # the map yields the CPU to the window
+            w.call("ping")  # the child has started its loop (and reniced itself)
+            assert os.getpriority(os.PRIO_PROCESS, pid) >= os.getpriority(os.PRIO_PROCESS, 0) + P.WORKER_NICE or \
+                os.getpriority(os.PRIO_PROCESS, pid) == 19
         first = w.project(x, "pca", ids=np.arange(200))
         ref = P.project(x, "pca", ids=np.arange(200))
         assert np.array_equal(first.xy, ref.xy) and first.method == "pca"

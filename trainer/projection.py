@@ -509,6 +509,9 @@ class Projector:
 # ---------------------------------------------------------------------------------------------------------------
 # A long-lived child process for UMAP / t-SNE
 # ---------------------------------------------------------------------------------------------------------------
+WORKER_NICE = 10  # scheduling niceness of the projection process (Unix)
+
+
 def _worker_main(conn) -> None:
     """Child process loop: requests ``(rid, op, kwargs)`` in, ``(kind, rid, payload)`` out, until EOF or None.
 
@@ -518,6 +521,10 @@ def _worker_main(conn) -> None:
     """
     import queue
 
+    try:  # the map can wait; the window it feeds must not: yield the CPU to the GUI process when both want it
+        os.nice(WORKER_NICE)
+    except (AttributeError, OSError):  # pragma: no cover - Windows
+        pass
     requests: "queue.Queue" = queue.Queue()
     cancelled: set[int] = set()
     send_lock = threading.Lock()
