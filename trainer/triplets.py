@@ -20,6 +20,7 @@ from worker threads.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -565,21 +566,29 @@ def epoch_census(
     workers = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
     xt = torch.from_numpy(xs)
 
-    def run(start: int, stop: int) -> None:
+    starts = iter(range(0, len(anc), chunk))
+    take = threading.Lock()
+
+    def run() -> None:
         # each thread multiplies its own rows on one BLAS thread: no barrier waiting on a descheduled GEMM thread
-        # (on the shared, oversubscribed 2-core box a 2-thread GEMM ran several times slower than this)
-        # one reused output buffer per thread: a fresh 20-40 MB result per chunk cost more in page faults than
+        # (on the shared, oversubscribed 2-core box a 2-thread GEMM ran several times slower than this); chunks
+        # are taken from a shared queue, so a thread the OS sets aside does not leave the other idle at the end.
+        # One reused output buffer per thread: a fresh 20-40 MB result per chunk cost more in page faults than
         # the GEMM itself (bench_triplets: 3.1 -> 2.0 s of GEMM per 20k epoch)
-        buf = torch.empty((min(chunk, stop - start), n), dtype=torch.float32)
-        for s in range(start, stop, chunk):
-            e = min(s + chunk, stop)
+        buf = torch.empty((min(chunk, len(anc)), n), dtype=torch.float32)
+        while True:
+            with take:
+                s = next(starts, None)
+            if s is None:
+                return
+            e = min(s + chunk, len(anc))
             rows = pos[s:e]
             sims = torch.mm(xt[torch.from_numpy(rows)], xt.t(), out=buf[: e - s]).numpy()
             _count_chunk(sims, sq[rows], sq, euclid, rows, cls_start, cls_end, m32, counts[s:e], sums[s:e])
 
-    bounds = np.linspace(0, len(anc), workers + 1).astype(np.int64)
+    workers = max(1, min(workers, -(-len(anc) // chunk)))
     with _torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:  # the kernel releases the GIL
-        jobs = [pool.submit(run, int(bounds[w]), int(bounds[w + 1])) for w in range(workers) if bounds[w + 1] > bounds[w]]
+        jobs = [pool.submit(run) for _ in range(workers)]
         for job in jobs:
             job.result()
     n_easy, n_semi, n_hard, n_pos, n_neg = (counts[:, i].copy() for i in range(5))
