@@ -57,10 +57,34 @@ def main() -> None:
             probe(app, tmp, n, epochs, a.method, mode)
 
 
+def latency_probe():
+    """A 10 ms QTimer (not started) and the list it fills with how late each tick fired, in ms."""
+    from PySide6.QtCore import QTimer
+
+    lat: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        lat.append((now - last[0]) * 1000 - 10.0)
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(tick)
+    return timer, lat
+
+
+def summary(lat: list[float]) -> str:
+    x = np.array(lat[1:])
+    return (f"timer lateness over {len(x)} ticks: p50 {np.percentile(x, 50):.1f} ms, p99 {np.percentile(x, 99):.1f} ms, "
+            f"max {x.max():.1f} ms (target p99 <= 50, max <= 200)")
+
+
 def probe_training(app, tmp: Path, epochs: int) -> None:
     """The real window on the demo digits ("Quick look (CPU)" preset): timer lateness from Start until the map of
     the last epoch is drawn, while the trainer thread trains, every epoch is committed and the views update."""
-    from PySide6.QtCore import QSettings, QTimer
+    from PySide6.QtCore import QSettings
 
     from explorer.app import create_window
     from explorer.settings import Settings
@@ -84,17 +108,7 @@ def probe_training(app, tmp: Path, epochs: int) -> None:
     win.map_view.map_ready.connect(maps.append)
     stopped: list = []
     win.controller.stopped.connect(stopped.append)
-    lat: list[float] = []
-    last = [time.perf_counter()]
-
-    def tick() -> None:
-        now = time.perf_counter()
-        lat.append((now - last[0]) * 1000 - 10.0)
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(tick)
+    timer, lat = latency_probe()
     problems = win.config_panel.refresh_problems()
     if problems:  # start_training would explain them in a modal box
         raise SystemExit(f"the preset cannot start: {problems}")
@@ -106,18 +120,13 @@ def probe_training(app, tmp: Path, epochs: int) -> None:
         app.processEvents()
         time.sleep(0.001)
     timer.stop()
-    x = np.array(lat[1:])
     print(f"  train: demo digits, {epochs} epochs + the untrained epoch 0 with the map tab shown, "
-          f"{len(maps)} maps in {time.perf_counter() - t0:.1f} s: timer lateness over {len(x)} ticks: "
-          f"p50 {np.percentile(x, 50):.1f} ms, p99 {np.percentile(x, 99):.1f} ms, max {x.max():.1f} ms "
-          f"(target p99 <= 50, max <= 200)")
+          f"{len(maps)} maps in {time.perf_counter() - t0:.1f} s: {summary(lat)}")
     win.shutdown(30)
 
 
 def probe(app, tmp, n: int, epochs: int, method: str, mode: str) -> None:
     """Open the run in a MapView and measure timer lateness while it computes ``epochs`` maps."""
-    from PySide6.QtCore import QTimer
-
     from explorer.jobs import JobRunner
     from explorer.state import AppState
     from explorer.views.map_view import MapView
@@ -139,17 +148,7 @@ def probe(app, tmp, n: int, epochs: int, method: str, mode: str) -> None:
     view = MapView(state, method=method, warm_up=False, jobs=jobs, process=(mode == "process"))
     view.resize(1000, 700)
     view.show()
-    lat: list[float] = []
-    last = [time.perf_counter()]
-
-    def tick() -> None:
-        now = time.perf_counter()
-        lat.append((now - last[0]) * 1000 - 10.0)
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(tick)
+    timer, lat = latency_probe()
     timer.start()
     reader = RunReader(tmp / "run")
     done: list[int] = []
@@ -165,10 +164,7 @@ def probe(app, tmp, n: int, epochs: int, method: str, mode: str) -> None:
             state.set_epoch(epochs - 2 - k)
     timer.stop()
     view.jobs.shutdown(5)
-    x = np.array(lat[1:])
-    print(f"{mode:>7}: n={n:,} {method}, {len(done)} maps in {time.perf_counter() - t0:.1f} s: timer lateness over "
-          f"{len(x)} ticks: p50 {np.percentile(x, 50):.1f} ms, p99 {np.percentile(x, 99):.1f} ms, max {x.max():.1f} ms "
-          f"(target p99 <= 50, max <= 200)")
+    print(f"{mode:>7}: n={n:,} {method}, {len(done)} maps in {time.perf_counter() - t0:.1f} s: {summary(lat)}")
 
 
 if __name__ == "__main__":
