@@ -330,6 +330,7 @@ def test_an_opened_run_shows_its_config_and_curves_and_continues(qtbot, tmp_path
     assert view.loss_series.n == 3 and list(view.loss_series.x[:3]) == [0, 1, 2]
     np.testing.assert_allclose(view.loss_series.y[:3], RunReader(run_dir).telemetry(1)["loss"])
     assert view.continue_button.isEnabled() and view.start_button.isEnabled()
+    assert view.run_progress.value() == view.run_progress.maximum() == 1  # 1 of its 1 planned epochs
 
     assert win.continue_run() is None  # Epochs is still 1: nothing to continue to, and the user is told why
     assert "Raise Epochs above 1" in shown[-1]

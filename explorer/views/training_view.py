@@ -401,6 +401,15 @@ class TrainingView(QWidget):
             self._add_metrics(int(epoch), {k: float(v[i]) for k, v in history.items() if k != "epoch"})
         self._draw_batches(run, [int(e) for e in epochs])
         done = [int(e) for e in epochs]
+        try:  # the progress bars show how far the opened run got, in epochs of its configuration
+            planned = int(run.config.get("optim", {}).get("epochs", 0))
+        except (AttributeError, TypeError, ValueError):
+            planned = 0
+        if done and planned > 0:
+            self.run_progress.setMaximum(planned)
+            self.run_progress.setValue(min(planned, done[-1]))
+            self.epoch_progress.setMaximum(1)
+            self.epoch_progress.setValue(1)
         if done:
             self.status_label.setText(f"Opened run: epochs 0-{done[-1]} committed"
                                       + (", checkpoint saved" if getattr(run, "checkpoints", []) else ""))
