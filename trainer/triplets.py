@@ -417,14 +417,15 @@ def _count_row(keys, s, e, self_id, m, out_counts, out_sums):  # pragma: no cove
         nb = 16384
     lo64 = np.float64(lo)
     span = np.float64(hi) - lo64
-    inv = nb / span if span > 0 else 0.0
+    # bins in float32 arithmetic (monotone too; the same function for negatives, positives and margin brackets)
+    inv = np.float32(min(nb / span, 1e30)) if span > 0 else np.float32(0.0)
     start = np.zeros(nb + 1, np.int64)
     bins = np.empty(n, np.int32)
     for seg in range(2):
         j0 = 0 if seg == 0 else e
         j1 = s if seg == 0 else n
         for j in range(j0, j1):
-            b = np.int64((np.float64(keys[j]) - lo64) * inv)
+            b = np.int64((keys[j] - lo) * inv)
             b = b if b < nb else nb - 1
             bins[j] = b
             start[b + 1] += 1
@@ -454,7 +455,7 @@ def _count_row(keys, s, e, self_id, m, out_counts, out_sums):  # pragma: no cove
         elif a64 >= np.float64(hi):
             le0 = n_neg
         else:
-            b = np.int64((a64 - lo64) * inv)
+            b = np.int64((a - lo) * inv)
             if b >= nb:
                 b = nb - 1
             le0 = start[b]
@@ -464,18 +465,18 @@ def _count_row(keys, s, e, self_id, m, out_counts, out_sums):  # pragma: no cove
         # n_le_m: negatives with fl(x - a) <= m; bracket a + m by a few ulps, test the bracket exactly
         t = a64 + m64
         tol = 8.0 * eps * (abs(a64) + abs(m64) + abs(t)) + tiny
-        tl = t - tol
-        th = t + tol
-        if tl < lo64:
+        tl = np.float32(t - tol)  # the bracket is 8 ulps wide: rounding it to float32 keeps it a bracket
+        th = np.float32(t + tol)
+        if tl < lo:
             b_lo = 0
         else:
-            b_lo = np.int64((tl - lo64) * inv)
+            b_lo = np.int64((tl - lo) * inv)
             if b_lo >= nb:
                 b_lo = nb - 1
-        if th < lo64:
+        if th < lo:
             b_hi = -1
         else:
-            b_hi = np.int64((th - lo64) * inv)
+            b_hi = np.int64((th - lo) * inv)
             if b_hi >= nb:
                 b_hi = nb - 1
         if b_hi < b_lo:
@@ -504,11 +505,11 @@ def _count_chunk(sims, sq_rows, sq_all, euclid, pos, cls_start, cls_end, m, out_
             for j in range(n):
                 v = sq_rows[i] + sq_all[j] - np.float32(2.0) * sims[i, j]
                 keys[j] = np.sqrt(v) if v > 0 else np.float32(0.0)
-        else:
-            for j in range(n):
-                keys[j] = -sims[i, j]
-        p = pos[i]
-        _count_row(keys, cls_start[p], cls_end[p], p, m, out_counts[i], out_sums[i])
+            p = pos[i]
+            _count_row(keys, cls_start[p], cls_end[p], p, m, out_counts[i], out_sums[i])
+        else:  # the caller multiplied negated rows: the product already holds the keys, -cos
+            p = pos[i]
+            _count_row(sims[i], cls_start[p], cls_end[p], p, m, out_counts[i], out_sums[i])
 
 
 def epoch_census(
@@ -583,7 +584,10 @@ def epoch_census(
                 return
             e = min(s + chunk, len(anc))
             rows = pos[s:e]
-            sims = torch.mm(xt[torch.from_numpy(rows)], xt.t(), out=buf[: e - s]).numpy()
+            a = xt[torch.from_numpy(rows)]
+            if not euclid:  # (-x_a) . x_j is exactly -(x_a . x_j): the cosine keys come out of the GEMM
+                a.neg_()
+            sims = torch.mm(a, xt.t(), out=buf[: e - s]).numpy()
             _count_chunk(sims, sq[rows], sq, euclid, rows, cls_start, cls_end, m32, counts[s:e], sums[s:e])
 
     workers = max(1, min(workers, -(-len(anc) // chunk)))
