@@ -509,12 +509,7 @@ class ConfigPanel(QWidget):
 
     def apply_preset(self, name: str) -> None:
         """Apply the overrides of ``PRESETS[name]`` on top of the current form (data folder and split kept)."""
-        cfg = self.config().replace(**PRESETS[name])
-        if self._class_counts:  # a preset's C must fit the folder: e.g. the demo digits keep 5 training classes
-            train, _ = _split_counts(self._class_counts, cfg.data)
-            if len(train) >= 2 and cfg.data.batch_classes > len(train):
-                cfg = cfg.replace(**{"data.batch_classes": len(train)})
-        self.set_config(cfg)
+        self.set_config(self._fit_to_folder(self.config().replace(**PRESETS[name])))
         self.preset_combo.blockSignals(True)
         self.preset_combo.setCurrentText(name)
         self.preset_combo.blockSignals(False)
@@ -540,7 +535,19 @@ class ConfigPanel(QWidget):
         self._class_counts = {c: int(n) for c, n in zip(scan.classes, counts)}
         self.data_dir.setText(str(scan.root))
         self._set_holdout_items(self._class_counts, self.config().data.holdout_classes or ())
+        cfg = self.config()
+        fitted = self._fit_to_folder(cfg)
+        if fitted != cfg:  # e.g. the demo digits keep 5 training classes and the default C is 8
+            self.batch_classes.setValue(fitted.data.batch_classes)
         self.changed.emit()
+
+    def _fit_to_folder(self, cfg: TrainConfig) -> TrainConfig:
+        """``cfg`` with C lowered to the folder's number of training classes where it asks for more."""
+        if self._class_counts:
+            train, _ = _split_counts(self._class_counts, cfg.data)
+            if len(train) >= 2 and cfg.data.batch_classes > len(train):
+                return cfg.replace(**{"data.batch_classes": len(train)})
+        return cfg
 
     def _set_holdout_items(self, counts: dict[str, int] | None, held: tuple[str, ...]) -> None:
         self.holdout_list.blockSignals(True)

@@ -206,8 +206,10 @@ def test_a_preset_fits_its_classes_per_batch_to_the_folder(qtbot, tmp_path):
     data = make_class_folder(tmp_path / "six", n_classes=6, per_class=12, size=16)
     panel = ConfigPanel()
     qtbot.addWidget(panel)
-    panel.set_config(_valid_cfg(data).replace(**{"data.holdout_fraction": 0.5}))
+    panel.set_config(_valid_cfg(data).replace(**{"data.holdout_fraction": 0.5, "data.batch_classes": 8}))
     panel.set_scan(scan_folder(data))
+    assert panel.config().data.batch_classes == 3  # the scan fits the form's C to the folder too (the demo's case)
+    panel.batch_classes.setValue(2)
     panel.set_runs_root(tmp_path / "runs")
     panel.apply_preset("Quick look (CPU)")
     assert PRESETS["Quick look (CPU)"]["data.batch_classes"] > 3
