@@ -368,3 +368,20 @@ def test_the_trainer_thread_yields_the_cpu_to_the_window():
     t.join()
     assert got[1] == min(19, got[0] + TRAINER_NICE)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == got[0]  # this thread is untouched
+
+
+def test_series_extend_equals_appending_point_by_point(qtbot):
+    import pyqtgraph as pg
+
+    from explorer.views.training_view import _Series
+
+    rng = np.random.default_rng(0)
+    a, b = _Series(pg.PlotDataItem(), capacity=4), _Series(pg.PlotDataItem(), capacity=4)
+    for chunk in (3, 0, 1, 17, 40):  # across several growths of the buffer
+        xs, ys = rng.normal(size=chunk), rng.normal(size=chunk)
+        a.extend(xs, ys)
+        for x, y in zip(xs, ys):
+            b.append(x, y)
+        assert a.n == b.n
+        np.testing.assert_array_equal(a.x[: a.n], b.x[: b.n])
+        np.testing.assert_array_equal(a.y[: a.n], b.y[: b.n])

@@ -72,8 +72,16 @@ class _Series:
         self.n += 1
 
     def extend(self, xs: np.ndarray, ys: np.ndarray) -> None:
-        for x, y in zip(np.asarray(xs, np.float64), np.asarray(ys, np.float64)):
-            self.append(x, y)
+        """Append many points at once (a stored epoch's batches): one copy, no per-point Python loop."""
+        xs, ys = np.asarray(xs, np.float64).ravel(), np.asarray(ys, np.float64).ravel()
+        need = self.n + len(xs)
+        if need > len(self.x):
+            size = max(need, 2 * len(self.x))
+            self.x = np.concatenate([self.x[: self.n], np.empty(size - self.n)])
+            self.y = np.concatenate([self.y[: self.n], np.empty(size - self.n)])
+        self.x[self.n: need] = xs
+        self.y[self.n: need] = ys
+        self.n = need
 
     def flush(self) -> None:
         self.curve.setData(self.x[: self.n], self.y[: self.n])
