@@ -85,7 +85,7 @@ class MainWindow(QMainWindow):
         self.start_page = StartPage()
         self.dataset_view = DatasetView(self.jobs)
         self.config_panel = ConfigPanel()
-        self.training_view = TrainingView(self.state, self.controller)
+        self.training_view = TrainingView(self.state, self.controller, jobs=self.jobs)
         train = QSplitter(Qt.Orientation.Horizontal)
         train.addWidget(self.config_panel)
         train.addWidget(self.training_view)

@@ -295,7 +295,8 @@ def test_following_a_run_written_elsewhere(qtbot, tmp_path):
     assert state.epochs == [0, 1]
     series = view._metric_series["heldout/precision_at_1"]  # the followed run's curve grows with it
     assert list(series.y[:series.n]) == pytest.approx([0.5, 0.6])
-    # and so do its per-batch loss and miner curves, from the stored telemetry
+    # and so do its per-batch loss and miner curves, from the stored telemetry, read by a background job
+    qtbot.waitUntil(lambda: not view.telemetry_pending(), timeout=5000)
     assert list(view.loss_series.y[:view.loss_series.n]) == pytest.approx([0.9, 0.7, 0.5])
     assert list(view.loss_series.x[:view.loss_series.n]) == [0, 1, 2]
     assert list(view.miner_series["hard"].y[:3]) == [7, 8, 9]
@@ -327,6 +328,7 @@ def test_an_opened_run_shows_its_config_and_curves_and_continues(qtbot, tmp_path
     assert win.open_run(run_dir)
     view = win.training_view
     assert win.config_panel.config().model.embedding_dim == 12  # the run's configuration, not the last one
+    qtbot.waitUntil(lambda: not view.telemetry_pending(), timeout=5000)
     assert view.loss_series.n == 3 and list(view.loss_series.x[:3]) == [0, 1, 2]
     np.testing.assert_allclose(view.loss_series.y[:3], RunReader(run_dir).telemetry(1)["loss"])
     assert view.continue_button.isEnabled() and view.start_button.isEnabled()
@@ -385,3 +387,61 @@ def test_series_extend_equals_appending_point_by_point(qtbot):
         assert a.n == b.n
         np.testing.assert_array_equal(a.x[: a.n], b.x[: b.n])
         np.testing.assert_array_equal(a.y[: a.n], b.y[: b.n])
+
+
+def test_stored_batches_are_read_off_the_gui_thread_in_order(qtbot, tmp_path):
+    """An opened run's per-batch curves come from a background job (one HDF5 read per epoch), appended in epoch
+    order; the result equals reading every epoch directly, and continuing the run finishes the reading first."""
+    import threading
+
+    from explorer.views.training_view import read_batch_telemetry
+    from trainer.store import SPLIT_TRAIN, RunReader, RunWriter, SampleTable
+
+    n = 6
+    samples = SampleTable(paths=[f"c{i % 2}/{i}.png" for i in range(n)], labels=np.arange(n) % 2,
+                          split=np.full(n, SPLIT_TRAIN, np.int8), roots=[str(tmp_path)],
+                          root_index=np.zeros(n, dtype=np.int16))
+    run_dir = tmp_path / "run"
+    writer = RunWriter.create(run_dir, config=TrainConfig().to_dict(), classes=["c0", "c1"], samples=samples)
+    rng = np.random.default_rng(0)
+    for epoch in range(6):
+        tel = {} if epoch == 0 else {"loss": rng.random(4).astype(np.float32), "n_easy": rng.integers(0, 9, 4),
+                                     "n_semihard": rng.integers(0, 9, 4), "n_hard": rng.integers(0, 9, 4)}
+        writer.write_epoch(epoch, np.zeros((n, 3), np.float32), {}, tel)
+    writer.close()
+    reader = RunReader(run_dir)
+
+    threads: list[str] = []
+    real = RunReader.telemetry
+
+    def spy(self, epoch):
+        threads.append(threading.current_thread().name)
+        return real(self, epoch)
+
+    state = AppState()
+    ctl = TrainingController(state)
+    view = TrainingView(state, ctl)
+    qtbot.addWidget(view)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RunReader, "telemetry", spy)
+        state.set_run(reader)
+        qtbot.waitUntil(lambda: not view.telemetry_pending(), timeout=5000)
+    assert threads and threading.main_thread().name not in threads
+    # the brute-force twin: every epoch read directly, concatenated in order
+    want_x, want_y, want_hard = [], [], []
+    for epoch in range(1, 6):
+        tel = reader.telemetry(epoch)
+        want_x += [(epoch - 1) * 4 + i for i in range(4)]
+        want_y += list(tel["loss"])
+        want_hard += list(tel["n_hard"])
+    assert list(view.loss_series.x[:view.loss_series.n]) == want_x
+    np.testing.assert_allclose(view.loss_series.y[:view.loss_series.n], want_y)
+    assert list(view.miner_series["hard"].y[:view.miner_series["hard"].n]) == want_hard
+    assert [e for e, _ in read_batch_telemetry(reader, [0, 3, 1])] == [0, 3, 1]
+
+    # a continued run starts before the job delivered: what is pending is read at once, before the live batches
+    view.reset()
+    view._draw_batches(reader, [0, 1, 2, 3, 4, 5])
+    assert view.telemetry_pending()
+    view._on_started(ev.Started(run_dir=str(run_dir), start_epoch=6, epochs=7, batches_per_epoch=4, device="cpu"))
+    assert not view.telemetry_pending() and list(view.loss_series.x[:view.loss_series.n]) == want_x

@@ -15,6 +15,7 @@ from PySide6.QtGui import QKeySequence
 from PySide6.QtWidgets import (QGridLayout, QHBoxLayout, QLabel, QMessageBox, QPlainTextEdit, QProgressBar,
                                QPushButton, QSplitter, QVBoxLayout, QWidget)
 
+from explorer.jobs import JobRunner
 from explorer.state import AppState
 from explorer.training import TrainingController
 from trainer import events as ev
@@ -91,16 +92,44 @@ class _Series:
         self.curve.setData([], [])
 
 
+def read_batch_telemetry(run, epochs: list[int], *, progress=None, partial=None,
+                         is_cancelled=None) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """The stored per-batch telemetry of ``epochs``, in order (a background job; also called directly).
+
+    Epoch 0 evaluates the untrained network and has no batches: it comes back empty, as does an epoch whose file
+    cannot be read (the curves then have a gap; the map and the other views still work)."""
+    out: list[tuple[int, dict[str, np.ndarray]]] = []
+    for k, epoch in enumerate(epochs):
+        if is_cancelled is not None and is_cancelled():
+            return out
+        tel: dict[str, np.ndarray] = {}
+        if epoch > 0:
+            try:
+                tel = run.telemetry(int(epoch))
+            except Exception:
+                tel = {}
+        out.append((int(epoch), tel))
+        if progress is not None:
+            progress((k + 1) / max(1, len(epochs)), f"reading epoch {epoch}'s batches")
+    return out
+
+
 class TrainingView(QWidget):
     """Buttons, progress and live curves of the trainer; also shows a followed (CLI) run's epochs."""
 
     start_requested = Signal()  # the main window validates the config and calls controller.start
     continue_requested = Signal()  # "Continue this run": the main window resumes the opened run
 
-    def __init__(self, state: AppState, controller: TrainingController, parent: QWidget | None = None) -> None:
+    def __init__(self, state: AppState, controller: TrainingController, parent: QWidget | None = None, *,
+                 jobs: JobRunner | None = None) -> None:
         super().__init__(parent)
         self.state = state
         self.controller = controller
+        self.jobs = jobs if jobs is not None else JobRunner(self)
+        self._tel_key = f"telemetry-{id(self)}"
+        self._tel_run = None  # the run whose stored batches are being read in the background
+        self._tel_queue: list[int] = []  # its epochs not yet asked for, in order
+        self._tel_asked: list[int] = []  # the epochs of the job in flight
         self._batches_per_epoch = 1
         self._epochs = 1
         self._start_epoch = 0
@@ -126,6 +155,8 @@ class TrainingView(QWidget):
         controller.snapshot_ready.connect(self._on_snapshot)
         state.run_changed.connect(self._on_run_changed)
         state.epochs_available.connect(self._on_epochs_available)
+        self.jobs.finished.connect(self._on_job_finished)
+        self.jobs.failed.connect(self._on_job_failed)
         self._update_buttons()
 
     # ---- layout -----------------------------------------------------------------------------------------------
@@ -250,6 +281,7 @@ class TrainingView(QWidget):
     # ---- events -----------------------------------------------------------------------------------------------
     def reset(self) -> None:
         """Clear curves and progress (a new run starts)."""
+        self._cancel_telemetry()
         self._last_batch = None
         self.loss_series.clear()
         for s in self.miner_series.values():
@@ -274,6 +306,8 @@ class TrainingView(QWidget):
     def _on_started(self, e: ev.Started) -> None:
         if e.start_epoch == 0:
             self.reset()
+        else:  # continuing an opened run: its stored batches go on the curves before the new ones
+            self._finish_telemetry_now()
         self._batches_per_epoch = max(1, int(e.batches_per_epoch))
         self._epochs = max(1, int(e.epochs))
         self._start_epoch = int(e.start_epoch)
@@ -423,23 +457,64 @@ class TrainingView(QWidget):
                                       + (", checkpoint saved" if getattr(run, "checkpoints", []) else ""))
 
     def _draw_batches(self, run, epochs: list[int]) -> None:
-        """Append the stored per-batch loss and miner counts of ``epochs`` (in order) to the batch curves."""
-        for epoch in epochs:
-            if epoch <= 0:  # epoch 0 evaluates the untrained network: no batches
-                self._drawn_epochs.append(epoch)
-                continue
-            try:
-                tel = run.telemetry(epoch)
-            except Exception:
-                continue
+        """Append the stored per-batch loss and miner counts of ``epochs`` (in order) to the batch curves.
+
+        The files are read by a background job, one at a time and in order: a run with hundreds of epochs is
+        hundreds of HDF5 reads, which the window must not wait for."""
+        if run is not self._tel_run:
+            self._cancel_telemetry()
+            self._tel_run = run
+        self._tel_queue.extend(int(e) for e in epochs)
+        self._ask_telemetry()
+
+    def telemetry_pending(self) -> bool:
+        """True while stored batches of the opened run are still being read (tests, status)."""
+        return bool(self._tel_queue or self._tel_asked)
+
+    def _ask_telemetry(self) -> None:
+        if self._tel_asked or not self._tel_queue or self._tel_run is None:
+            return
+        self._tel_asked, self._tel_queue = self._tel_queue, []
+        self.jobs.submit(self._tel_key, read_batch_telemetry, self._tel_run, list(self._tel_asked))
+
+    def _cancel_telemetry(self) -> None:
+        self.jobs.cancel(self._tel_key)
+        self._tel_run = None
+        self._tel_queue = []
+        self._tel_asked = []
+
+    def _finish_telemetry_now(self) -> None:
+        """Read what is still pending here and now (the run is being continued: order matters more than a pause)."""
+        if not self.telemetry_pending() or self._tel_run is None:
+            return
+        run, epochs = self._tel_run, self._tel_asked + self._tel_queue
+        self.jobs.cancel(self._tel_key)
+        self._tel_asked, self._tel_queue = [], []
+        self._extend_batches(read_batch_telemetry(run, epochs))
+
+    def _on_job_finished(self, key, result) -> None:
+        if key != self._tel_key:
+            return
+        self._tel_asked = []
+        self._extend_batches(result)
+        self._ask_telemetry()
+
+    def _on_job_failed(self, key, message: str) -> None:
+        if key != self._tel_key:
+            return
+        self._tel_asked = []
+        self.append_log(f"Could not read the run's stored batches: {message}", "warning")
+        self._ask_telemetry()
+
+    def _extend_batches(self, stored: list[tuple[int, dict[str, np.ndarray]]]) -> None:
+        for epoch, tel in stored:
             loss = np.asarray(tel.get("loss", []), np.float64)
-            if not len(loss):
-                continue
-            x = (epoch - 1) * len(loss) + np.arange(len(loss), dtype=np.float64)
-            self.loss_series.extend(x, loss)
-            for name, key in (("easy", "n_easy"), ("semi-hard", "n_semihard"), ("hard", "n_hard")):
-                if key in tel:
-                    self.miner_series[name].extend(x, tel[key])
+            if len(loss):
+                x = (epoch - 1) * len(loss) + np.arange(len(loss), dtype=np.float64)
+                self.loss_series.extend(x, loss)
+                for name, key in (("easy", "n_easy"), ("semi-hard", "n_semihard"), ("hard", "n_hard")):
+                    if key in tel:
+                        self.miner_series[name].extend(x, tel[key])
             self._drawn_epochs.append(epoch)
         self.loss_series.flush()
         for s in self.miner_series.values():
@@ -452,7 +527,8 @@ class TrainingView(QWidget):
         if self._live or run is None or not epochs:
             return
         new = sorted(int(e) for e in epochs)
-        if self._drawn_epochs and new[0] <= self._drawn_epochs[-1]:  # an epoch was rewritten: draw it all again
+        seen = self._drawn_epochs + self._tel_asked + self._tel_queue
+        if seen and new[0] <= max(seen):  # an epoch was rewritten: draw it all again
             self._on_run_changed(run)
             return
         try:
