@@ -101,22 +101,43 @@ def test_bad_input_is_named():
         NeighborIndex(np.zeros((3, 4)), metric="manhattan")
 
 
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_hnsw_recall_is_measured(metric):
+def test_approximate_recall_is_measured(metric, kind):
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(20, 16))
     g = (centers[rng.integers(0, 20, 3000)] + 0.3 * rng.normal(size=(3000, 16))).astype(np.float32)
-    idx = NeighborIndex(g, metric=metric, exact_limit=1000, recall_queries=100)
-    assert not idx.is_exact
-    # recompute the recall by hand against the brute-force twin on a few points
-    ids = np.arange(0, 3000, 300)
+    idx = NeighborIndex(g, metric=metric, exact_limit=1000, recall_queries=100, kind=kind)
+    assert not idx.is_exact and idx.kind == kind
+    # recompute the recall by hand against the brute-force twin on other points than the index sampled
+    ids = np.arange(7, 3000, 150)
     _, approx = idx.search(g[ids], 10, exclude_self_ids=ids)
     _, exact = brute_knn(g, g[ids], 10, metric, exclude=ids)
     manual = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
-    assert 0.8 <= idx.recall_at_10 <= 1.0
-    assert manual >= 0.8
-    forced = NeighborIndex(g[:200], metric=metric, approximate=True)
+    assert manual >= 0.85
+    if kind == "ivf":
+        # ~sqrt(N) cells; nprobe was raised until the measured recall reached the target (or the cap)
+        assert idx.nlist == round(np.sqrt(3000)) and 1 <= idx.nprobe <= np.ceil(idx.nlist * 0.25)
+        assert idx.recall_at_10 >= 0.95 or idx.nprobe == np.ceil(idx.nlist * 0.25)
+        assert idx.description == f"IVF-Flat, {idx.nprobe} of {idx.nlist} cells per query"
+        # the recall it reports is the one its own search gives (recomputed here on its sample)
+        assert idx.recall_at_10 == pytest.approx(idx.measure_recall(k=10, n_queries=100, seed=0))
+    else:
+        assert 0.8 <= idx.recall_at_10 <= 1.0 and idx.description.startswith("HNSW")
+    forced = NeighborIndex(g[:200], metric=metric, approximate=True, kind=kind)
     assert not forced.is_exact and 0.0 < forced.recall_at_10 <= 1.0
+    assert NeighborIndex(g[:50], metric=metric).description == "exact"
+
+
+def test_ivf_reaches_a_demanding_recall_by_scanning_more_cells():
+    rng = np.random.default_rng(1)
+    g = rng.normal(size=(4000, 24)).astype(np.float32)  # no clusters: the hard case for cells
+    loose = NeighborIndex(g, approximate=True, target_recall=0.5, recall_queries=100)
+    tight = NeighborIndex(g, approximate=True, target_recall=0.99, recall_queries=100)
+    assert loose.nlist == tight.nlist
+    assert tight.nprobe > loose.nprobe and tight.recall_at_10 > loose.recall_at_10
+    with pytest.raises(ValueError, match="approximate index"):
+        NeighborIndex(g, approximate=True, kind="annoy")
 
 
 def test_search_from_worker_threads(data):

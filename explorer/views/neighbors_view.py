@@ -2,7 +2,7 @@
 
 A query is the point selected in the map, a row of the searchable sample list, or an image file (chosen or
 dropped on the panel) embedded with the run's checkpoint. The faiss index (trainer.index.NeighborIndex: exact up
-to ~1M rows, HNSW with measured recall beyond) is built per (epoch, gallery) in a background job and cached; the
+below 1M rows, IVF with measured recall from there) is built per (epoch, gallery) in a background job and cached; the
 search, the image embedding and the sample-list filter run in background jobs too. Switching epochs re-queries and
 marks the neighbours that are new since the previous epoch.
 """
@@ -139,6 +139,7 @@ class NeighbourResult:
     n_gallery: int
     is_exact: bool
     recall_at_10: float
+    index_description: str = "exact"
     prev_epoch: int | None = None
     prev_ids: np.ndarray | None = None
     new_entries: list[IndexEntry] = field(default_factory=list)
@@ -160,7 +161,7 @@ class NeighbourResult:
 
 
 def build_index_entry(run, epoch: int, gallery: str, metric: str, progress=None) -> IndexEntry:
-    """Read the gallery rows of ``epoch`` and index them (exact up to 1M rows, HNSW beyond)."""
+    """Read the gallery rows of ``epoch`` and index them (exact below 1M rows, IVF with measured recall from 1M)."""
     from trainer.index import NeighborIndex
 
     t0 = time.perf_counter()
@@ -169,7 +170,8 @@ def build_index_entry(run, epoch: int, gallery: str, metric: str, progress=None)
         progress(0.1, f"reading {len(ids):,} embeddings of epoch {epoch}")
     x = run.load_epoch(epoch).embeddings[ids] if len(ids) > len(run.samples.split) // 2 else run.rows(epoch, ids)
     if progress is not None:
-        progress(0.4, f"indexing {len(ids):,} embeddings ({'exact' if len(ids) <= 1_000_000 else 'HNSW'})")
+        progress(0.4, f"indexing {len(ids):,} embeddings"
+                      + (" (approximate: k-means cells, then measuring recall)" if len(ids) >= 1_000_000 else ""))
     index = NeighborIndex(x, metric=metric)
     return IndexEntry(int(epoch), gallery, ids, index, time.perf_counter() - t0)
 
@@ -212,7 +214,8 @@ def neighbour_job(run, epoch: int, prev_epoch: int | None, gallery: str, metric:
     out = NeighbourResult(query=query, epoch=int(epoch), gallery=gallery, k=int(k), metric=metric, ids=ids,
                           distances=dist, labels=np.asarray(run.samples.labels)[ids].astype(np.int64),
                           n_gallery=len(entry.ids), is_exact=bool(entry.index.is_exact),
-                          recall_at_10=float(entry.index.recall_at_10))
+                          recall_at_10=float(entry.index.recall_at_10),
+                          index_description=entry.index.description)
     if prev_epoch is not None and query.kind == "sample" and not is_cancelled():
         progress(0.9, f"neighbours in epoch {prev_epoch}")
         pe = entry_for(prev_epoch)
@@ -763,7 +766,8 @@ class NeighborsView(QWidget):
         pk_text = f"P@{len(r.ids)} = <b>{pk:.3f}</b> ({int(round(pk * len(r.ids)))} of {len(r.ids)} same class)" \
             if np.isfinite(pk) else "P@k: n/a"
         self.query_label.setText(f"Query: {what}<br>{cls} — {pk_text}")
-        index = "exact search" if r.is_exact else f"approximate (HNSW), measured recall@10 = {r.recall_at_10:.3f}"
+        index = "exact search" if r.is_exact else \
+            f"approximate ({r.index_description}), measured recall@10 = {r.recall_at_10:.3f}"
         change = ""
         if r.prev_ids is not None:
             overlap = int(np.isin(r.ids, r.prev_ids).sum())
