@@ -298,6 +298,30 @@ def test_near_duplicates_across_classes():
     assert (2, 40) in list(zip(i.tolist(), j.tolist()))
 
 
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_label_checks_of_a_sample_equal_brute_force_restricted_to_it(metric):
+    x, y = clusters(seed=1)
+    y = y.copy()
+    y[[3, 20]] = [2, 0]  # two planted label errors
+    x = x.copy()
+    x[40] = x[2] + 1e-6  # a near duplicate across classes
+    checked = np.array([3, 7, 40, 55])
+    ids, sugg = suspected_mislabels(x, y, metric=metric, k=5, query_ids=checked)
+    bi, bs = brute_mislabels(x, y, 5, metric)
+    inside = np.isin(bi, checked)
+    np.testing.assert_array_equal(ids, bi[inside])
+    np.testing.assert_array_equal(sugg, bs[inside])
+    # pairs closer than eps that involve a checked sample, each once, against a loop over all pairs
+    d = brute_distances(x, metric)
+    eps = 0.05 if metric == "euclidean" else 1e-4
+    want = sorted((i, j) for i in range(len(x)) for j in range(i + 1, len(x))
+                  if d[i, j] < eps and y[i] != y[j] and (i in checked or j in checked))
+    i, j, _ = near_duplicates_across_classes(x, y, metric=metric, eps=eps, query_ids=checked)
+    assert sorted(zip(i.tolist(), j.tolist())) == want and (2, 40) in want
+    found = {f.title: f for f in diagnose(x, y, margin=0.2, metric=metric, max_checked=20, seed=0)}
+    assert "Label checks sampled" in found and "random sample of 20 of the 60" in found["Label checks sampled"].detail
+
+
 def test_diagnose_findings():
     x, y = clusters(seed=3)
     titles = [f.title for f in diagnose(x, y, margin=0.01, metric="euclidean")]

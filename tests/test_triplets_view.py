@@ -99,6 +99,25 @@ def test_census_equals_epoch_census_and_brute_force(qtbot, view, run_dir):
     assert shown_counts(view) == brute_census(r.load_epoch(e).embeddings[ids], r.samples.labels[ids], 2.0, "euclidean")
 
 
+def test_a_split_beyond_the_exact_range_is_censused_on_stated_anchors(qtbot, view, run_dir, monkeypatch):
+    import explorer.views.triplets_view as tv
+
+    r = RunReader(run_dir)
+    n_held = int((r.samples.split == SPLIT_HELDOUT).sum())
+    monkeypatch.setattr(tv, "CENSUS_EXACT_ANCHORS", n_held - 1)
+    monkeypatch.setattr(tv, "HISTORY_MAX_ANCHORS", 5)
+    monkeypatch.setattr(tv, "CENSUS_ROW_BUDGET", 5 * n_held)
+    open_run(qtbot, view, run_dir)
+    c = view.result.census
+    assert c.sampled and c.n_anchors == 5
+    assert f"a random sample of 5 of the {n_held} anchors" in view.census_label.text()
+    # the counts are those of the sampled anchors, each against every sample of the split
+    ids = np.flatnonzero(r.samples.split == SPLIT_HELDOUT)
+    x, y = r.load_epoch(r.epochs[-1]).embeddings[ids], r.samples.labels[ids]
+    again = epoch_census(x, y, margin=0.5, metric="euclidean", anchors=c.anchors)
+    assert (c.total_easy, c.total_semihard, c.total_hard) == (again.total_easy, again.total_semihard, again.total_hard)
+
+
 def test_rules_label_and_shares_chart_one_point_per_epoch(qtbot, view, run_dir):
     r = open_run(qtbot, view, run_dir)
     assert view.rules_label.text() == ("PML rules, d = distance: easy d(a,n) > d(a,p)+m; semi-hard d(a,p) < d(a,n) "

@@ -130,6 +130,9 @@ class Diagnostic:
 # input checks
 
 
+DIAGNOSE_EXACT_LIMIT = 50_000  # label checks of larger splits look at a random sample of this many images
+
+
 def _check_category(category: str) -> str:
     if category not in CATEGORIES:
         raise ValueError(f"unknown triplet category {category!r}; expected one of {CATEGORIES}")
@@ -759,20 +762,23 @@ def _rank_within_groups(groups: torch.Tensor) -> torch.Tensor:
 
 
 def suspected_mislabels(
-    embeddings: Any, labels: Any, *, metric: Metric = "cosine", k: int = 5, index: Any = None
+    embeddings: Any, labels: Any, *, metric: Metric = "cosine", k: int = 5, index: Any = None,
+    query_ids: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Samples whose k nearest neighbours (self excluded) all carry one other label: (ids, suggested label)."""
+    """Samples whose k nearest neighbours (self excluded) all carry one other label: (ids, suggested label).
+
+    ``query_ids`` checks only those samples (against every sample): how a very large split is checked in time."""
     from trainer.index import NeighborIndex
 
     x, y = _as_embeddings(embeddings, labels)
     if len(x) <= k or k < 1:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     idx = index if index is not None else NeighborIndex(x, metric=metric)
-    ids = np.arange(len(x))
-    _, nb = idx.search(x, k, exclude_self_ids=ids)
+    ids = np.arange(len(x)) if query_ids is None else np.unique(np.asarray(query_ids, np.int64))
+    _, nb = idx.search(x[ids], k, exclude_self_ids=ids)
     valid = (nb >= 0).all(axis=1)
     nb_lab = y[np.maximum(nb, 0)]
-    flagged = valid & (nb_lab == nb_lab[:, :1]).all(axis=1) & (nb_lab[:, 0] != y)
+    flagged = valid & (nb_lab == nb_lab[:, :1]).all(axis=1) & (nb_lab[:, 0] != y[ids])
     return ids[flagged].astype(np.int64), nb_lab[flagged, 0].astype(np.int64)
 
 
@@ -788,11 +794,13 @@ def _sample_pair_distances(xp: np.ndarray, metric: str, n_pairs: int, seed: int)
 
 
 def near_duplicates_across_classes(
-    embeddings: Any, labels: Any, *, metric: Metric = "cosine", eps: float | None = None, index: Any = None
+    embeddings: Any, labels: Any, *, metric: Metric = "cosine", eps: float | None = None, index: Any = None,
+    query_ids: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i < j) of different labels closer than ``eps``: (i, j, distance), closest first.
 
     ``eps`` defaults to 1e-3 x the median distance of random pairs, so it follows the embedding's scale.
+    ``query_ids`` finds only the pairs that involve one of those samples.
     """
     from trainer.index import NeighborIndex
 
@@ -802,7 +810,7 @@ def near_duplicates_across_classes(
     if eps is None:
         eps = 1e-3 * float(np.median(_sample_pair_distances(_prepare(x, metric), metric, 4000, 0)))
     idx = index if index is not None else NeighborIndex(x, metric=metric)
-    i, j, d = idx.range_pairs(float(eps))
+    i, j, d = idx.range_pairs(float(eps), query_ids=query_ids)
     cross = y[i] != y[j]
     i, j, d = i[cross], j[cross], d[cross]
     order = np.lexsort((j, i, d))
@@ -819,8 +827,13 @@ def diagnose(
     k: int = 5,
     eps: float | None = None,
     max_anchors: int = 4096,
+    max_checked: int = DIAGNOSE_EXACT_LIMIT,
+    seed: int = 0,
 ) -> list[Diagnostic]:
-    """Plain-language findings about an epoch: collapse, overlap, all-easy triplets, label problems."""
+    """Plain-language findings about an epoch: collapse, overlap, all-easy triplets, label problems.
+
+    Label problems need every sample's neighbours (N^2 distances); beyond ``max_checked`` samples a random sample
+    of ``max_checked`` is checked against all of them, and the findings say so."""
     from trainer.index import NeighborIndex
 
     x, y = _as_embeddings(embeddings, labels)
@@ -856,20 +869,29 @@ def diagnose(
     else:
         out.append(Diagnostic("info", "No triplets", "no anchor has both a positive and a negative."))
     index = NeighborIndex(x, metric=metric)
-    ids, suggested = suspected_mislabels(x, y, metric=metric, k=k, index=index)
+    checked = None
+    among = ""
+    if len(x) > max_checked:
+        checked = np.sort(np.random.default_rng(seed).choice(len(x), size=max_checked, replace=False))
+        among = f" among a random sample of {max_checked:,} of the {len(x):,} images (each against all)"
+    ids, suggested = suspected_mislabels(x, y, metric=metric, k=k, index=index, query_ids=checked)
     if len(ids):
         out.append(Diagnostic(
             "warning", f"{len(ids)} suspected label problem(s)",
-            f"these images' {k} nearest neighbours all belong to one other class "
+            f"these images' {k} nearest neighbours all belong to one other class{among} "
             f"(e.g. sample {ids[0]} labelled {y[ids[0]]} looks like class {suggested[0]}).",
             ids,
         ))
-    i, j, dist = near_duplicates_across_classes(x, y, metric=metric, eps=eps, index=index)
+    i, j, dist = near_duplicates_across_classes(x, y, metric=metric, eps=eps, index=index, query_ids=checked)
     if len(i):
         out.append(Diagnostic(
             "warning", f"{len(i)} near-duplicate pair(s) across classes",
-            f"images of different classes with almost the same embedding (e.g. samples {i[0]} and {j[0]}, "
+            f"images of different classes with almost the same embedding{among} (e.g. samples {i[0]} and {j[0]}, "
             f"distance {dist[0]:.2g}): duplicates filed under two labels, or a collapsed embedding.",
             np.unique(np.concatenate([i, j])),
         ))
+    if checked is not None:
+        out.append(Diagnostic("info", "Label checks sampled",
+                              f"suspected label problems and near duplicates were looked for{among}: finding "
+                              f"every one would take {len(x):,}^2 distances."))
     return out

@@ -35,7 +35,9 @@ RULES_TEXT = ("PML rules, d = distance: easy d(a,n) > d(a,p)+m; semi-hard d(a,p)
 CATEGORY_TITLES = {"easy": "Easy", "semihard": "Semi-hard", "hard": "Hard"}
 COLOURS = {"easy": (44, 160, 44), "semihard": (255, 127, 14), "hard": (214, 39, 40)}
 SPLITS = {"heldout": ("Held-out", SPLIT_HELDOUT), "train": ("Train", SPLIT_TRAIN)}
-HISTORY_MAX_ANCHORS = 4096  # the chart samples anchors of large splits (the current epoch's census never does)
+HISTORY_MAX_ANCHORS = 4096  # the chart samples anchors of large splits
+CENSUS_EXACT_ANCHORS = 60_000  # the epoch shown is censused over every anchor up to this split size (~20 s here)
+CENSUS_ROW_BUDGET = CENSUS_EXACT_ANCHORS ** 2  # beyond it: as many sampled anchors as fit this many distances
 N_EXAMPLES = 40
 MAX_MINED_ROWS = 400
 THUMB = 56
@@ -117,8 +119,11 @@ def census_job(run, epoch: int, split: str, margin: float, metric: str, *, progr
         out.problem = (f"The {SPLITS[split][0].lower()} split of epoch {epoch} has {len(np.unique(y))} class(es) and "
                        f"{len(ids)} sample(s): a triplet needs two classes.")
         return out
-    progress(0.15, f"counting the triplets of {len(ids):,} anchors")
-    out.census = epoch_census(x, y, margin=margin, metric=metric)
+    max_anchors = None
+    if len(ids) > CENSUS_EXACT_ANCHORS:  # N^2 distances: a stated random sample of anchors, each against all
+        max_anchors = max(HISTORY_MAX_ANCHORS, CENSUS_ROW_BUDGET // len(ids))
+    progress(0.15, f"counting the triplets of {max_anchors or len(ids):,} anchors")
+    out.census = epoch_census(x, y, margin=margin, metric=metric, max_anchors=max_anchors)
     if is_cancelled():
         return out
     partial(out)
@@ -570,8 +575,10 @@ class TripletsView(DeferWhileHidden, QWidget):
                 share = getattr(c, f"share_{cat}")
                 self.census_table.setItem(row, 1, _Num(n, f"{n:,}"))
                 self.census_table.setItem(row, 2, _Num(share, f"{share:.2%}" if math.isfinite(share) else "–"))
+            which = f"{c.n_anchors:,} anchors" if not c.sampled else \
+                f"a random sample of {c.n_anchors:,} of the {len(r.ids):,} anchors (each against every sample)"
             self.census_label.setText(
-                f"{c.n_anchors:,} anchors ({len(np.unique(r.labels))} classes) of the {split_name} split, "
+                f"{which} ({len(np.unique(r.labels))} classes) of the {split_name} split, "
                 f"{c.total:,} triplets, margin m = {r.margin:g}. Mean over triplets: d(a,p) = "
                 f"{c.triplet_mean_d_ap:.4f}, d(a,n) = {c.triplet_mean_d_an:.4f}."
                 + ("" if not partial else " Diagnostics…"))
