@@ -94,7 +94,8 @@ def test_two_processes_train_like_one_on_the_same_global_batch(runs):
         np.testing.assert_array_equal(ea.telemetry["n_tuples"], eb.telemetry["n_tuples"])
         for key in ("heldout/precision_at_1", "heldout/auc", "train/r_precision", "train_loss"):
             assert key in ea.metrics, key
-        # after the same updates the network is the same: every image embeds to the same point
+        # after the same updates the network is the same: every image embeds to the same point (in the 2-process
+        # run each rank embedded half of the images and rank 0 gathered them: the order must be the sample order)
         np.testing.assert_allclose(ea.embeddings, eb.embeddings, rtol=0, atol=1e-4)
     assert not (np.abs(a.load_epoch(EPOCHS).embeddings - a.load_epoch(0).embeddings) < 1e-6).all(), "nothing trained"
     state = torch.load(a.checkpoint_path(EPOCHS), map_location="cpu", weights_only=True)
@@ -151,6 +152,27 @@ def test_batch_order_puts_every_rank_row_back_where_the_sampler_took_it(world, c
             assert order.tolist() == _batch_order_loops(r, world, len(local), per_class)
             rebuilt[order] = local
         np.testing.assert_array_equal(rebuilt, glob)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 7, 100])
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_shards_cover_every_row_once_in_order(n, world):
+    blocks = [distributed.shard(n, r, world) for r in range(world)]
+    rows = [i for lo, hi in blocks for i in range(lo, hi)]
+    assert rows == list(range(n))  # what gather_rows concatenates in rank order is the sample order
+    sizes = [hi - lo for lo, hi in blocks]
+    assert max(sizes) - min(sizes) <= 1
+    with pytest.raises(ValueError, match="outside world size"):
+        distributed.shard(n, world, world)
+
+
+def test_gather_rows_and_buffers_in_one_process_are_the_identity():
+    x = torch.arange(12.0).reshape(4, 3)
+    assert distributed.gather_rows(x, distributed.DistInfo()) is x
+    bn = torch.nn.BatchNorm1d(3)
+    bn.running_mean += 1.0
+    distributed.broadcast_buffers(bn, distributed.DistInfo())
+    assert torch.equal(bn.running_mean, torch.ones(3))
 
 
 def test_gather_batch_in_one_process_sorts_by_position():

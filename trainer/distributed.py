@@ -5,6 +5,8 @@ MASTER_ADDR / MASTER_PORT from torchrun and builds a :class:`trainer.engine.Trai
 ``world_size``. The Trainer calls :func:`init` (gloo on CPU, NCCL on CUDA, with a timeout so a dead rank cannot
 hang the others forever), trains with DistributedDataParallel, and gathers every rank's embeddings with
 :func:`gather_batch` before mining, so that each rank mines the GLOBAL batch exactly as a single process would.
+After each epoch every rank embeds its :func:`shard` of the images, :func:`gather_rows` collects them on rank 0,
+and rank 0 alone evaluates and writes the run.
 No Qt here.
 """
 
@@ -150,6 +152,45 @@ class _AllGatherGrad(torch.autograd.Function):
         g = torch.stack([gr.contiguous() for gr in grads])
         dist.all_reduce(g)
         return g[dist.get_rank()]
+
+
+def shard(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows [lo, hi) of ``n`` that ``rank`` embeds: contiguous blocks whose sizes differ by at most one."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    return n * rank // world_size, n * (rank + 1) // world_size
+
+
+def gather_rows(local: torch.Tensor, info: DistInfo) -> torch.Tensor | None:
+    """Every rank's block of rows (from :func:`shard`) concatenated in rank order on rank 0; None on the others.
+
+    Blocks may differ in length by one row: each is padded to the longest, gathered, and trimmed again. NCCL
+    needs the rows on this rank's GPU; gloo takes them on the CPU."""
+    if not info.active:
+        return local
+    dev = local.device
+    n_local = torch.tensor([local.shape[0]], dtype=torch.int64, device=dev)
+    sizes = [torch.zeros_like(n_local) for _ in range(info.world_size)]
+    dist.all_gather(sizes, n_local)
+    sizes_i = [int(v.item()) for v in sizes]
+    top = max(sizes_i)
+    padded = torch.nn.functional.pad(local, (0, 0, 0, top - local.shape[0])) if top > local.shape[0] else local
+    parts = [torch.empty_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(parts, padded.contiguous())
+    if info.rank != 0:
+        return None
+    return torch.cat([p[:k] for p, k in zip(parts, sizes_i)])
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics) before they embed their shares.
+
+    Without SyncBatchNorm (CPU) each rank's last training step updated the running statistics from its own rows,
+    so the ranks' copies differ slightly; the stored embeddings must be those of rank 0's network."""
+    if not info.active:
+        return
+    for b in module.buffers():
+        dist.broadcast(b.data, src=0)
 
 
 def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:

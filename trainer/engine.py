@@ -405,8 +405,9 @@ class Trainer:
                         mean_d_ap=float(counts.mean_d_ap), mean_d_an=float(counts.mean_d_an),
                         seconds_elapsed=now - t_run))
             self._check_control()
-            if self.rank == 0:  # rank 0 embeds every image, evaluates and commits; the others wait for it
-                embeddings = self._embed_all(model, eval_ds, features, device, workers, amp_dtype)
+            # every rank embeds its share of the images; rank 0 gathers them, evaluates and commits
+            embeddings = self._embed_all(model, eval_ds, features, device, workers, amp_dtype)
+            if self.rank == 0:
                 if not np.isfinite(embeddings).all():
                     raise TrainingError(f"the embeddings of epoch {epoch} contain NaN or Inf: this epoch was not "
                                         f"saved. Try a lower learning rate (now {cfg.optim.lr:g}).")
@@ -449,20 +450,35 @@ class Trainer:
         yield from loader
 
     @torch.no_grad()
-    def _embed_all(self, model, ds, features, device, workers, amp_dtype, batch_size: int = 256) -> np.ndarray:
+    def _embed_all(self, model, ds, features, device, workers, amp_dtype, batch_size: int = 256) -> np.ndarray | None:
+        """The embeddings of every image, in sample order, on rank 0 (None on the other ranks).
+
+        In a torchrun job each rank embeds one contiguous block of the images (:func:`distributed.shard`) with
+        rank 0's BatchNorm statistics, and the blocks are gathered on rank 0."""
         model.eval()
+        distributed.broadcast_buffers(model, self.dist)
+        n = len(features) if features is not None else len(ds)
+        lo, hi = distributed.shard(n, self.rank, self.world_size)
         out = []
         if features is not None:
-            for s in range(0, len(features), 4096):
+            for s in range(lo, hi, 4096):
                 self._check_control()
-                out.append(model.embed_features(features[s:s + 4096].to(device)).float().cpu())
-            return torch.cat(out).numpy().astype(np.float32)
-        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
-        for x, _ in loader:
-            self._check_control()
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                out.append(model(x.to(device)).float().cpu())
-        return torch.cat(out).numpy().astype(np.float32)
+                out.append(model.embed_features(features[s:min(s + 4096, hi)].to(device)).float())
+        else:
+            part = ds if (lo, hi) == (0, n) else torch.utils.data.Subset(ds, range(lo, hi))
+            loader = torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=workers)
+            for x, _ in loader:
+                self._check_control()
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    out.append(model(x.to(device)).float())
+        dim = int(getattr(model, "embedding_dim", 0)) or (out[0].shape[1] if out else 0)
+        local = torch.cat(out) if out else torch.zeros((0, dim), device=device)
+        if not self.dist.active:
+            return local.cpu().numpy().astype(np.float32)
+        if self.dist.backend != "nccl":
+            local = local.cpu()
+        gathered = distributed.gather_rows(local, self.dist)
+        return None if gathered is None else gathered.cpu().numpy().astype(np.float32)
 
     @torch.no_grad()
     def _head_only_features(self, model, ds, device, workers, amp_dtype, writer) -> torch.Tensor:
