@@ -309,3 +309,16 @@ def test_many_void_qt_calls_do_not_exhaust_none(tmp_path):
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ok")
+
+
+def test_preloading_loads_the_census_kernels_before_the_window_shows():
+    """numba loads the census kernels under the GIL (~0.4 s): the window does it at start, not in its first census."""
+    import subprocess
+
+    code = ("from explorer.app import preload_modules; from trainer import triplets as t; "
+            "before = len(t._count_chunk.signatures); failed = preload_modules(('trainer.triplets',)); "
+            "print(before, len(t._count_chunk.signatures), failed)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[:2] == ["0", "1"] and out.stdout.strip().endswith("[]")

@@ -633,6 +633,14 @@ def epoch_census(
     return census
 
 
+def warm_up() -> None:
+    """Load the census kernels now (compile them the first time; numba caches them on disk).
+
+    Loading holds the GIL for ~0.4 s: a window calls this before it shows, not in the first census it runs."""
+    x = np.arange(24, dtype=np.float32).reshape(6, 4) % 5
+    epoch_census(x, np.arange(6) % 2, margin=0.1, metric="euclidean")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # example triplets for the gallery
 

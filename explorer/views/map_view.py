@@ -43,8 +43,9 @@ from trainer import projection
 
 __all__ = ["MapView", "PALETTE", "splat_points", "points_in_polygon", "map_job"]
 
-# Points in view above which the map is drawn as a raster image instead of symbols.
-SYMBOL_MAX = 20_000
+# Points in view above which the map is drawn as a raster image instead of symbols. ScatterPlotItem.setData builds
+# each spot in Python on the GUI thread: ~300 ms for 20,000 points (bench_gui_scale), ~15 ms per 1,000.
+SYMBOL_MAX = 5_000
 # Largest map that is animated from the old to the new layout (setData per frame costs ~N).
 ANIMATE_MAX = 20_000
 ANIMATE_MS = 300

@@ -1,0 +1,146 @@
+"""The real window opening a very large run (issue 7): how long each view takes to show its result, and how late
+a 10 ms timer of the GUI thread fires meanwhile (the explorer's bound: p99 <= 50 ms, max <= 200 ms).
+
+    python bench/bench_gui_scale.py [--n 1000000] [--dim 128] [--classes 2000] [--quick]
+
+A synthetic run of ``--n`` images (half the classes trained, half held out; two epochs, the second better
+clustered) is written to a temporary folder; its image files do not exist, so thumbnails show placeholders. The
+window opens it as a person would (File > Open run): the map of the last epoch (UMAP fitted on a stratified
+sample, the rest placed), then a click on a sample (its neighbours: an IVF index at 1e6, with measured recall),
+then the Triplets tab (a stated sample of anchors) and the Threshold tab (pairs sampled by class beyond the exact
+range). Each stage's wall time and what the view says are printed, with the latency over the whole session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import numpy as np  # noqa: E402
+
+
+def write_run(root: Path, n: int, dim: int, classes: int) -> Path:
+    from trainer.config import TrainConfig
+    from trainer.store import SPLIT_HELDOUT, SPLIT_TRAIN, RunWriter, SampleTable
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, classes, n).astype(np.int64)
+    split = np.where(labels < classes // 2, SPLIT_TRAIN, SPLIT_HELDOUT).astype(np.int8)
+    samples = SampleTable(paths=[f"c{label}/{i}.png" for i, label in enumerate(labels)], labels=labels,
+                          split=split, roots=[str(root / "images")], root_index=np.zeros(n, np.int16))
+    cfg = TrainConfig().to_dict()
+    writer = RunWriter.create(root / "run", config=cfg, classes=[f"class {c}" for c in range(classes)],
+                              samples=samples)
+    centres = rng.normal(size=(classes, dim)).astype(np.float32)
+    for epoch, spread in ((0, 2.0), (1, 0.6)):
+        emb = centres[labels]
+        emb += spread * rng.standard_normal((n, dim), dtype=np.float32)
+        writer.write_epoch(epoch, emb, {})
+        del emb
+    writer.close()
+    return root / "run"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--classes", type=int, default=2000)
+    ap.add_argument("--quick", action="store_true", help="n = 20,000")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds to wait for each view")
+    a = ap.parse_args()
+    n = 20_000 if a.quick else a.n
+    import warnings
+
+    warnings.simplefilter("ignore")
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QApplication
+
+    from bench_gui_latency import latency_probe, summary
+    from explorer.app import create_window
+    from explorer.settings import Settings
+
+    app = QApplication([])
+    tmp = Path(tempfile.mkdtemp(prefix="ee-bench-scale-"))
+    t = time.perf_counter()
+    run_dir = write_run(tmp, n, a.dim, a.classes)
+    print(f"run of {n:,} x {a.dim} ({a.classes} classes, 2 epochs) written in {time.perf_counter() - t:.1f} s")
+
+    settings = Settings(QSettings(str(tmp / "settings.ini"), QSettings.Format.IniFormat))
+    win = create_window(app, settings=settings)
+    win.resize(1400, 900)
+    win.show()
+    win.jobs.projection_worker().warm_up()  # as at app start (bench_map measures a cold start)
+    maps: list[int] = []
+    win.map_view.map_ready.connect(maps.append)
+    timer, lat = latency_probe()
+
+    stages: list[tuple[str, int, int]] = []  # (stage, first tick, last tick): the latency of each stage
+
+    def wait(what: str, done, t0: float) -> float:
+        first = len(lat)
+        while not done():
+            app.processEvents()
+            time.sleep(0.002)
+            if time.perf_counter() - t0 > a.timeout:
+                raise SystemExit(f"{what}: no result after {a.timeout:.0f} s")
+        stages.append((what, first, len(lat)))
+        return time.perf_counter() - t0
+
+    timer.start()
+    t_all = time.perf_counter()
+    t0 = time.perf_counter()
+    assert win.open_run(run_dir)
+    t_map = wait("map", lambda: 1 in maps, t0)
+    print(f"  map of epoch 1 on screen {t_map:.1f} s after opening; the view says: "
+          f"{win.map_view.status.text()}")
+
+    nb = win.neighbors_view
+    sid = int(np.flatnonzero(win.state.run.samples.split == 2)[0]) if (win.state.run.samples.split == 2).any() else 0
+    t0 = time.perf_counter()
+    win.state.set_selection(np.array([sid]))
+    t_nb = wait("neighbours", lambda: nb.result is not None and not nb.is_busy(), t0)
+    print(f"  neighbours of sample {sid}: {t_nb:.1f} s (index build included); the panel says: {nb.info.text()}")
+    t0 = time.perf_counter()
+    sid2 = sid + 1
+    win.state.set_selection(np.array([sid2]))
+    t_nb2 = wait("second query", lambda: nb.result is not None and nb.result.query.sample_id == sid2
+                 and not nb.is_busy(), t0)
+    print(f"  a second click: {t_nb2 * 1e3:.0f} ms (index cached)")
+
+    tv = win.triplets_view
+    t0 = time.perf_counter()
+    win.show_view("Triplets")
+    t_tv = wait("triplets", lambda: tv.result is not None and tv.result.census is not None and not tv.is_busy(), t0)
+    print(f"  triplet census and diagnostics: {t_tv:.1f} s; the view says: {tv.census_label.text()}")
+    for d in tv.result.diagnostics:
+        print(f"    finding: {d.title}: {d.detail[:160]}")
+
+    rv = win.roc_view
+    t0 = time.perf_counter()
+    win.show_view("Threshold")
+    t_roc = wait("threshold", lambda: rv.data is not None and not rv.is_busy(), t0)
+    notes = [w.text() for w in rv.findChildren(type(nb.info)) if "sampl" in w.text().lower()]
+    print(f"  threshold studio: {t_roc:.1f} s; it says: {notes[0][:200] if notes else '(no sampling note found)'}")
+    timer.stop()
+    for what, i, j in stages:
+        part = np.asarray(lat[max(i, 1):j])
+        if len(part):
+            print(f"  latency while waiting for the {what}: max {part.max():.0f} ms, p99 {np.percentile(part, 99):.1f} ms")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"N = {n:,}: whole session {time.perf_counter() - t_all:.0f} s, peak RSS of the window's process "
+          f"{peak:.1f} GB; {summary(lat)}")
+    win.shutdown(30)
+
+
+if __name__ == "__main__":
+    main()
