@@ -318,7 +318,7 @@ def test_label_checks_of_a_sample_equal_brute_force_restricted_to_it(metric):
                   if d[i, j] < eps and y[i] != y[j] and (i in checked or j in checked))
     i, j, _ = near_duplicates_across_classes(x, y, metric=metric, eps=eps, query_ids=checked)
     assert sorted(zip(i.tolist(), j.tolist())) == want and (2, 40) in want
-    found = {f.title: f for f in diagnose(x, y, margin=0.2, metric=metric, max_checked=20, seed=0)}
+    found = {f.title: f for f in diagnose(x, y, margin=0.2, metric=metric, max_checked=30, n_checked=20, seed=0)}
     assert "Label checks sampled" in found and "random sample of 20 of the 60" in found["Label checks sampled"].detail
 
 
@@ -364,3 +364,12 @@ def test_batch_census_restores_torch_threads():
         torch.set_num_threads(before)
 
 
+
+
+def test_census_blocks_stay_small_for_huge_splits():
+    from trainer.triplets import CENSUS_BUFFER_BYTES, census_chunk
+
+    assert census_chunk(20_000) == 512 and census_chunk(0) == 512
+    for n in (100_000, 500_000, 1_000_000, 10_000_000):
+        c = census_chunk(n)
+        assert 8 <= c < 512 and (c * n * 4 <= CENSUS_BUFFER_BYTES or c == 8)

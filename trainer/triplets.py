@@ -130,7 +130,8 @@ class Diagnostic:
 # input checks
 
 
-DIAGNOSE_EXACT_LIMIT = 50_000  # label checks of larger splits look at a random sample of this many images
+DIAGNOSE_EXACT_LIMIT = 50_000  # label checks of larger splits look at a random sample of images ...
+DIAGNOSE_SAMPLE = 20_000  # ... this many, each against all (at 5e5 images: ~1 min here instead of hours)
 
 
 def _check_category(category: str) -> str:
@@ -515,6 +516,15 @@ def _count_chunk(sims, sq_rows, sq_all, euclid, pos, cls_start, cls_end, m, out_
             _count_row(sims[i], cls_start[p], cls_end[p], p, m, out_counts[i], out_sums[i])
 
 
+CENSUS_BUFFER_BYTES = 64 << 20  # each census thread's block of distances (rows x N float32)
+
+
+def census_chunk(n: int) -> int:
+    """Anchor rows per block: 512 up to ~32k samples, fewer beyond, so a thread's block stays ~64 MB (a
+    500,000-sample split would otherwise take 1 GB per thread)."""
+    return int(min(512, max(8, CENSUS_BUFFER_BYTES // (4 * max(n, 1)))))
+
+
 def epoch_census(
     embeddings: Any,
     labels: Any,
@@ -523,7 +533,7 @@ def epoch_census(
     metric: Metric = "cosine",
     max_anchors: int | None = None,
     seed: int = 0,
-    chunk: int = 512,
+    chunk: int | None = None,
     anchors: Sequence[int] | np.ndarray | None = None,
 ) -> Census:
     """Exact census of every triplet of every anchor of a split (or of a random sample of ``max_anchors``).
@@ -566,7 +576,7 @@ def epoch_census(
     counts = np.zeros((len(anc), 5), np.int64)
     sums = np.zeros((len(anc), 2), np.float64)
     m32 = np.float32(margin)
-    chunk = max(1, int(chunk))
+    chunk = max(1, int(chunk)) if chunk is not None else census_chunk(n)
     workers = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
     xt = torch.from_numpy(xs)
 
@@ -836,12 +846,13 @@ def diagnose(
     eps: float | None = None,
     max_anchors: int = 4096,
     max_checked: int = DIAGNOSE_EXACT_LIMIT,
+    n_checked: int = DIAGNOSE_SAMPLE,
     seed: int = 0,
 ) -> list[Diagnostic]:
     """Plain-language findings about an epoch: collapse, overlap, all-easy triplets, label problems.
 
     Label problems need every sample's neighbours (N^2 distances); beyond ``max_checked`` samples a random sample
-    of ``max_checked`` is checked against all of them, and the findings say so."""
+    of ``n_checked`` is checked against all of them, and the findings say so."""
     from trainer.index import NeighborIndex
 
     x, y = _as_embeddings(embeddings, labels)
@@ -880,8 +891,9 @@ def diagnose(
     checked = None
     among = ""
     if len(x) > max_checked:
-        checked = np.sort(np.random.default_rng(seed).choice(len(x), size=max_checked, replace=False))
-        among = f" among a random sample of {max_checked:,} of the {len(x):,} images (each against all)"
+        size = min(n_checked, len(x))
+        checked = np.sort(np.random.default_rng(seed).choice(len(x), size=size, replace=False))
+        among = f" among a random sample of {size:,} of the {len(x):,} images (each against all)"
     ids, suggested = suspected_mislabels(x, y, metric=metric, k=k, index=index, query_ids=checked)
     if len(ids):
         out.append(Diagnostic(
