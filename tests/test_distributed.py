@@ -312,3 +312,26 @@ def test_bad_input_is_refused_with_the_reason():
         stratified_pair_sample([0, 1], max_genuine=-1)
     with pytest.raises(ValueError, match="all zeros"):
         pair_distances(np.zeros((2, 3)), np.array([0]), np.array([1]))
+
+
+@pytest.mark.parametrize("n", [0, 7, 40, 150, 299, 300])
+def test_stratified_image_sample_keeps_every_class_in_proportion(n):
+    from trainer.sampling import stratified_image_sample
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(12), rng.integers(1, 50, 12))[:300]
+    got = stratified_image_sample(labels, n, seed=1)
+    assert len(got) == min(n, len(labels)) and len(np.unique(got)) == len(got) and (np.diff(got) > 0).all()
+    if n >= len(labels):
+        return
+    # a loop over the classes: two each first (when they fit), then a share of what is left within one image
+    counts = {c: int((labels == c).sum()) for c in np.unique(labels)}
+    floor = {c: min(2, k) for c, k in counts.items()}
+    if sum(floor.values()) > n:
+        floor = {c: 0 for c in counts}
+    rest = n - sum(floor.values())
+    left = sum(k - floor[c] for c, k in counts.items())
+    for c, k in counts.items():
+        taken = int((labels[got] == c).sum())
+        want = floor[c] + rest * (k - floor[c]) / left
+        assert abs(taken - want) < 1 + 1e-9, (c, taken, want)

@@ -458,3 +458,24 @@ def test_beyond_the_exact_range_pairs_are_sampled_by_class_and_said(tmp_path, mo
     assert "sampled" in sampled.pairs_note and "stratified by class" in sampled.pairs_note
     assert sampled.hist.n_genuine + sampled.hist.n_impostor < exact.hist.n_genuine + exact.hist.n_impostor
     assert 0.0 <= sampled.roc.auc <= 1.0
+    assert exact.analysis_rows is None and exact.analysis_note == ""
+    # CV, intervals and the errors at a threshold run on a class-stratified image sample, said too
+    monkeypatch.setattr(rv, "ANALYSIS_LIMIT", 12)
+    small = rv.compute_roc(run, 1, **noop)
+    rows = small.analysis_rows
+    assert len(rows) == 12 and set(small.labels[rows]) == set(small.labels)
+    assert "class-stratified sample of 12 of the" in small.analysis_note
+    t = float(np.median(small.hist.edges))
+    errs = rv.compute_errors(small.embeddings, small.labels, small.metric, t, rows, **noop)
+    # the brute-force twin: the same function on the sampled images alone, its pair indices mapped back
+    alone = rv.compute_errors(small.embeddings[rows], small.labels[rows], small.metric, t, **noop)
+    for kind in ("false_accept", "false_reject"):
+        i, j, d = errs[kind]
+        ai, aj, ad = alone[kind]
+        assert list(i) == list(rows[ai]) and list(j) == list(rows[aj])
+        np.testing.assert_allclose(d, ad)
+        assert set(i) | set(j) <= set(rows)
+    extras = rv.compute_extras(small.embeddings, small.labels, small.metric, rows, **noop)
+    twin = rv.compute_extras(small.embeddings[rows], small.labels[rows], small.metric, **noop)
+    np.testing.assert_allclose(extras["cv"]["fold_thresholds"], twin["cv"]["fold_thresholds"])
+    assert extras["cv"]["accuracy_mean"] == pytest.approx(twin["cv"]["accuracy_mean"])

@@ -168,6 +168,29 @@ def stratified_pair_sample(
     return PairSample(lo, hi, genuine, g_tot, i_tot, bool(gen_exact), bool(imp_exact))
 
 
+def stratified_image_sample(labels, n: int, *, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``n`` images drawn without replacement, stratified by class.
+
+    Every class keeps min(2, its size) images first (so genuine pairs remain where they existed), the rest of
+    ``n`` is split in proportion to what each class has left (largest remainder). All images when ``n`` >= N."""
+    y = np.asarray(labels).reshape(-1)
+    total = len(y)
+    if n >= total:
+        return np.arange(total, dtype=np.int64)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    classes, inv, counts = np.unique(y, return_inverse=True, return_counts=True)
+    floor = np.minimum(counts, 2)
+    if floor.sum() > n:  # too many classes for two each: one each where possible, proportionally beyond
+        floor = np.zeros_like(counts)
+    take = floor + _largest_remainder(counts - floor, n - int(floor.sum()))
+    rng = np.random.default_rng(seed)
+    order = np.argsort(inv.reshape(-1), kind="stable")
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    picked = [order[s + rng.choice(c, size=t, replace=False)] for s, c, t in zip(starts, counts, take) if t]
+    return np.sort(np.concatenate(picked)).astype(np.int64) if picked else np.zeros(0, np.int64)
+
+
 def pair_distances(embeddings, i: np.ndarray, j: np.ndarray, *, metric: str = "cosine",
                    chunk: int = 1 << 15) -> np.ndarray:
     """Distances of the row pairs (i[p], j[p]): 1 - cos for "cosine", L2 for "euclidean" (float32 maths, chunked)."""

@@ -73,9 +73,14 @@ class RocData:
     checkpoint: str | None = None
     seconds: float = 0.0
     pairs_note: str = ""  # which pairs were counted: all of them, or a class-stratified sample beyond EXACT_LIMIT
+    # beyond EXACT_LIMIT: the rows (into embeddings) of a class-stratified image sample on which the 10-fold CV,
+    # the bootstrap intervals and the errors at the threshold are computed (each is several passes over all pairs)
+    analysis_rows: np.ndarray | None = None
+    analysis_note: str = ""
 
 
 EXACT_LIMIT = 60_000  # held-out images up to which every pair is counted (1.8e9 pairs, about 15 s on 2 cores)
+ANALYSIS_LIMIT = 20_000  # beyond EXACT_LIMIT, CV / intervals / nearest errors use a class-stratified image sample
 
 
 def run_metric(config: dict) -> str:
@@ -123,6 +128,11 @@ def compute_roc(run, epoch: int, *, progress, partial, is_cancelled) -> RocData:
         hist = sampled_pair_histograms(x, labels, sample, metric=metric, bins=bins,
                                        max_distance=hi if metric == "euclidean" else None)
         out.pairs_note = sample.describe()
+        from trainer.sampling import stratified_image_sample
+
+        out.analysis_rows = stratified_image_sample(labels, ANALYSIS_LIMIT, seed=0)
+        out.analysis_note = (f"intervals, the cross-validated threshold and the errors below come from all pairs of "
+                             f"a class-stratified sample of {len(out.analysis_rows):,} of the {len(ids):,} images")
     if is_cancelled():
         return out
     out.ids, out.labels, out.embeddings, out.step = ids, labels, x, step
@@ -136,8 +146,13 @@ def compute_roc(run, epoch: int, *, progress, partial, is_cancelled) -> RocData:
     return out
 
 
-def compute_extras(x: np.ndarray, labels: np.ndarray, metric: str, *, progress, partial, is_cancelled) -> dict:
-    """10-fold CV threshold (sent as a partial result first), then class-bootstrap intervals of AUC/EER/TAR@FAR."""
+def compute_extras(x: np.ndarray, labels: np.ndarray, metric: str, rows: np.ndarray | None = None, *, progress,
+                   partial, is_cancelled) -> dict:
+    """10-fold CV threshold (sent as a partial result first), then class-bootstrap intervals of AUC/EER/TAR@FAR.
+
+    ``rows``: compute on those images only (a stratified sample of a split too large for all its pairs)."""
+    if rows is not None:
+        x, labels = x[rows], labels[rows]
     progress(0.05, f"{CV_FOLDS}-fold cross-validated threshold")
     cv = ev.best_accuracy_threshold_cv(x, labels, metric=metric, folds=CV_FOLDS)
     partial({"cv": cv})
@@ -148,16 +163,23 @@ def compute_extras(x: np.ndarray, labels: np.ndarray, metric: str, *, progress, 
     return {"cv": cv, "boot": boot}
 
 
-def compute_errors(x: np.ndarray, labels: np.ndarray, metric: str, threshold: float, *, progress, partial,
-                   is_cancelled) -> dict:
-    """Nearest false accepts / rejects, per-class error counts and bootstrap intervals of FAR/FRR at ``threshold``."""
+def compute_errors(x: np.ndarray, labels: np.ndarray, metric: str, threshold: float,
+                   rows: np.ndarray | None = None, *, progress, partial, is_cancelled) -> dict:
+    """Nearest false accepts / rejects, per-class error counts and bootstrap intervals of FAR/FRR at ``threshold``.
+
+    ``rows``: on those images only; the pairs come back as indices into the full ``x``."""
     out: dict[str, Any] = {"threshold": threshold}
+    back = np.arange(len(x)) if rows is None else np.asarray(rows, np.int64)
+    if rows is not None:
+        x, labels = x[rows], labels[rows]
     progress(0.05, "false accepts nearest the threshold")
-    out["false_accept"] = ev.nearest_pairs(x, labels, threshold, kind="false_accept", k=N_NEAREST, metric=metric)
+    i, j, d = ev.nearest_pairs(x, labels, threshold, kind="false_accept", k=N_NEAREST, metric=metric)
+    out["false_accept"] = (back[i], back[j], d)
     if is_cancelled():
         return out
     progress(0.25, "false rejects nearest the threshold")
-    out["false_reject"] = ev.nearest_pairs(x, labels, threshold, kind="false_reject", k=N_NEAREST, metric=metric)
+    i, j, d = ev.nearest_pairs(x, labels, threshold, kind="false_reject", k=N_NEAREST, metric=metric)
+    out["false_reject"] = (back[i], back[j], d)
     if is_cancelled():
         return out
     progress(0.45, "errors per class")
@@ -596,6 +618,7 @@ class RocView(DeferWhileHidden, QWidget):
         self.title.setText(
             f"Epoch {d.epoch} · {len(d.ids):,} held-out images in {n_cls} classes never trained on · "
             f"{h.n_genuine:,} genuine and {h.n_impostor:,} impostor pairs, {d.pairs_note or 'all counted exactly'} · "
+            + (f"{d.analysis_note} · " if d.analysis_note else "") +
             f"{_metric_words(d.metric)}, smaller = more alike")
         decimals = max(0, int(round(-math.log10(d.step))))
         self._updating = True
@@ -628,7 +651,7 @@ class RocView(DeferWhileHidden, QWidget):
         self.threshold = None  # force a refresh for the new data
         self._apply_threshold(float(start), source="init")
         self._fill_summary()
-        self.jobs.submit((self._key, "extras"), compute_extras, d.embeddings, d.labels, d.metric)
+        self.jobs.submit((self._key, "extras"), compute_extras, d.embeddings, d.labels, d.metric, d.analysis_rows)
 
     # ---- drawing --------------------------------------------------------------------------------------------------
     def _redraw_hist(self) -> None:
@@ -821,7 +844,8 @@ class RocView(DeferWhileHidden, QWidget):
         d = self.data
         if d is None or d.hist is None or self.threshold is None:
             return
-        self.jobs.submit((self._key, "errors"), compute_errors, d.embeddings, d.labels, d.metric, self.threshold)
+        self.jobs.submit((self._key, "errors"), compute_errors, d.embeddings, d.labels, d.metric, self.threshold,
+                         d.analysis_rows)
 
     def _show_errors(self) -> None:
         d, e = self.data, self.errors
@@ -872,7 +896,8 @@ class RocView(DeferWhileHidden, QWidget):
         self.class_table.sortItems(1, Qt.SortOrder.DescendingOrder)
         n_fa, n_fr = len(e["false_accept"][0]), len(e["false_reject"][0])
         self.errors_note.setText(f"At t = {self.threshold:.4f}: the {n_fa} false accepts and {n_fr} false rejects "
-                                 f"nearest the threshold; click a pair to mark it in the map.")
+                                 f"nearest the threshold; click a pair to mark it in the map."
+                                 + (f" ({d.analysis_note}.)" if d.analysis_note else ""))
         self._show_point()  # adds the intervals of FAR / FRR
 
     @Slot(int, QPixmap)
