@@ -102,6 +102,14 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def _row_counts(rows: torch.Tensor, info: DistInfo) -> list[int]:
+    """How many rows each rank holds (a collective: every rank calls it)."""
+    n_local = torch.tensor([rows.shape[0]], dtype=torch.int64, device=rows.device)
+    sizes = [torch.zeros_like(n_local) for _ in range(info.world_size)]
+    dist.all_gather(sizes, n_local)
+    return [int(v.item()) for v in sizes]
+
+
 def gather_batch(emb: torch.Tensor, ids: torch.Tensor, order: torch.Tensor,
                  info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
     """Every rank's (embeddings, sample ids) concatenated and sorted by ``order`` (position in the global batch).
@@ -116,12 +124,8 @@ def gather_batch(emb: torch.Tensor, ids: torch.Tensor, order: torch.Tensor,
         perm = torch.argsort(order.to(emb.device))
         return emb[perm], ids.to(emb.device)[perm]
     dev = emb.device
-    n_local = torch.tensor([emb.shape[0]], dtype=torch.int64, device=dev)
-    sizes = [torch.zeros_like(n_local) for _ in range(info.world_size)]
-    dist.all_gather(sizes, n_local)
-    sizes_i = [int(s.item()) for s in sizes]
-    top = max(sizes_i)
-    pad = top - emb.shape[0]
+    sizes_i = _row_counts(emb, info)
+    pad = max(sizes_i) - emb.shape[0]
     emb_p = torch.nn.functional.pad(emb, (0, 0, 0, pad)) if pad else emb
     meta = torch.stack([ids.to(dev, torch.int64), order.to(dev, torch.int64)], dim=1)
     meta_p = torch.nn.functional.pad(meta, (0, 0, 0, pad), value=-1) if pad else meta
@@ -168,11 +172,7 @@ def gather_rows(local: torch.Tensor, info: DistInfo) -> torch.Tensor | None:
     needs the rows on this rank's GPU; gloo takes them on the CPU."""
     if not info.active:
         return local
-    dev = local.device
-    n_local = torch.tensor([local.shape[0]], dtype=torch.int64, device=dev)
-    sizes = [torch.zeros_like(n_local) for _ in range(info.world_size)]
-    dist.all_gather(sizes, n_local)
-    sizes_i = [int(v.item()) for v in sizes]
+    sizes_i = _row_counts(local, info)
     top = max(sizes_i)
     padded = torch.nn.functional.pad(local, (0, 0, 0, top - local.shape[0])) if top > local.shape[0] else local
     parts = [torch.empty_like(padded) for _ in range(info.world_size)]
