@@ -9,7 +9,7 @@ from PIL import Image
 
 from explorer.state import AppState
 from explorer.views import map_view as mv_mod
-from explorer.views.map_view import MapView, splat_points
+from explorer.views.map_view import _SPLAT_OFFSETS, MapView, splat_points
 from trainer.store import RunReader, RunWriter, SampleTable
 
 pytestmark = pytest.mark.gui
@@ -122,20 +122,25 @@ def test_many_points_switch_to_raster(qtbot, run_dir, monkeypatch):
     assert view.render_mode == "symbols" and 0 < len(view.scatter.data) <= 50
 
 
-def test_splat_matches_plain_loops():
+@pytest.mark.parametrize("offs", [[(0, 0), (1, 0), (0, -1)], None, [(0, 0), (2, -2), (-2, 1)]])
+def test_splat_matches_plain_loops(offs):
     rng = np.random.default_rng(3)
     xy = rng.uniform(-1, 11, size=(400, 2)).astype(np.float32)
+    xy[:5] = xy[5:10]  # points on the same pixel: the later one wins
     rgba = rng.integers(0, 255, size=(400, 4)).astype(np.uint8)
-    offs = [(0, 0), (1, 0), (0, -1)]
-    img = splat_points(xy, rgba, (0.0, 10.0), (0.0, 5.0), 37, 23, offsets=offs)
+    img = splat_points(xy, rgba, (0.0, 10.0), (0.0, 5.0), 37, 23, **({} if offs is None else {"offsets": offs}))
     ref = np.zeros((23, 37, 4), np.uint8)
-    for dx, dy in offs:  # same draw order: all points for one offset, then the next offset
+    for dx, dy in offs or _SPLAT_OFFSETS:  # same draw order: all points for one offset, then the next offset
         for i in range(len(xy)):
-            px = int(np.floor((xy[i, 0] - 0.0) * (37 / 10.0))) + dx
-            py = int(np.floor((xy[i, 1] - 0.0) * (23 / 5.0))) + dy
+            px = int(np.floor((xy[i, 0] - 0.0) * (37 / 10.0)))
+            py = int(np.floor((xy[i, 1] - 0.0) * (23 / 5.0)))
+            if not (-1 <= px <= 37 and -1 <= py <= 23):  # farther than a dot from the image: not drawn
+                continue
+            px, py = px + dx, py + dy
             if 0 <= px < 37 and 0 <= py < 23:
                 ref[py, px] = rgba[i]
     assert np.array_equal(img, ref)
+    assert splat_points(xy[:0], rgba[:0], (0.0, 1.0), (0.0, 1.0), 5, 4).shape == (4, 5, 4)
 
 
 @pytest.mark.filterwarnings("ignore:Graph is not fully connected:UserWarning")
