@@ -452,6 +452,7 @@ class RocView(DeferWhileHidden, QWidget):
         self.tabs.addTab(self.class_table, "Classes with most errors")
         self.errors_note = QLabel("")
         self.errors_note.setStyleSheet("color: #555")
+        self.errors_note.setWordWrap(True)  # the note of a sampled split is long: wrap it, never widen the window
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
@@ -615,6 +616,9 @@ class RocView(DeferWhileHidden, QWidget):
             return
         h, roc = d.hist, d.roc
         n_cls = len(np.unique(d.labels))
+        sampled = bool(d.pairs_note) and d.pairs_note != "all counted exactly"
+        self.hist_plot.getPlotItem().setTitle("Pair distances on held-out classes ("
+                                              + ("pairs sampled by class)" if sampled else "all pairs)"))
         self.title.setText(
             f"Epoch {d.epoch} · {len(d.ids):,} held-out images in {n_cls} classes never trained on · "
             f"{h.n_genuine:,} genuine and {h.n_impostor:,} impostor pairs, {d.pairs_note or 'all counted exactly'} · "
