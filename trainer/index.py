@@ -143,7 +143,6 @@ class NeighborIndex:
         index.cp.niter = 20
         index.train(train)
         index.add(self._x)
-        index.quantizer_trains_alone = 0
         self._quantizer = quantizer  # the IVF index does not own it from Python: keep it alive
         self.nlist = nlist
         self.nprobe = 1
