@@ -172,16 +172,17 @@ def stratified_image_sample(labels, n: int, *, seed: int = 0) -> np.ndarray:
     """Sorted indices of ``n`` images drawn without replacement, stratified by class.
 
     Every class keeps min(2, its size) images first (so genuine pairs remain where they existed), the rest of
-    ``n`` is split in proportion to what each class has left (largest remainder). All images when ``n`` >= N."""
+    ``n`` is split in proportion to what each class has left (largest remainder); when two per class do not fit in
+    ``n``, all of ``n`` is split in proportion to the class sizes. All images when ``n`` >= N."""
     y = np.asarray(labels).reshape(-1)
     total = len(y)
     if n >= total:
         return np.arange(total, dtype=np.int64)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    classes, inv, counts = np.unique(y, return_inverse=True, return_counts=True)
+    _, inv, counts = np.unique(y, return_inverse=True, return_counts=True)
     floor = np.minimum(counts, 2)
-    if floor.sum() > n:  # too many classes for two each: one each where possible, proportionally beyond
+    if floor.sum() > n:  # too many classes for two each: the whole sample in proportion to class sizes
         floor = np.zeros_like(counts)
     take = floor + _largest_remainder(counts - floor, n - int(floor.sum()))
     rng = np.random.default_rng(seed)
