@@ -122,6 +122,23 @@ def test_many_points_switch_to_raster(qtbot, run_dir, monkeypatch):
     assert view.render_mode == "symbols" and 0 < len(view.scatter.data) <= 50
 
 
+def test_raster_follows_hidden_classes(qtbot, run_dir, monkeypatch):
+    # the raster draws from rows gathered once per layout and visibility: hiding a class must still remove it
+    monkeypatch.setattr(mv_mod, "SYMBOL_MAX", 50)
+    state, view = _open(qtbot, run_dir)
+    assert view.render_mode == "raster"
+
+    def pixels_of(c: int) -> int:
+        img = np.asarray(view.image.image)
+        return int(np.all(img[..., :3] == view._rgba[c, :3], axis=-1).sum())
+
+    assert pixels_of(0) > 0 and pixels_of(1) > 0
+    view.set_class_visible(0, False)
+    assert view.render_mode == "raster" and pixels_of(0) == 0 and pixels_of(1) > 0
+    view.set_class_visible(0, True)
+    assert pixels_of(0) > 0
+
+
 @pytest.mark.parametrize("offs", [[(0, 0), (1, 0), (0, -1)], None, [(0, 0), (2, -2), (-2, 1)]])
 def test_splat_matches_plain_loops(offs):
     rng = np.random.default_rng(3)

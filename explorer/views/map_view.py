@@ -238,6 +238,7 @@ class MapView(QWidget):
         self._hidden: set[int] = set()
         self._draw_order = np.zeros(0, np.int64)
         self._symbol_rows: np.ndarray | None = None  # the rows the scatter holds, in its order
+        self._draw_cache: tuple | None = None  # see _draw_source
         self.render_mode = "symbols"
         self.hover_id = -1
         self._anim_from = self._anim_to = None
@@ -691,17 +692,17 @@ class MapView(QWidget):
             self._clear_symbols()
             self.image.clear()
             return
-        order = self._draw_order
-        vis = self._visible[order]
-        rows = order[vis]
         if n > SYMBOL_MAX:
+            rows, p, colours = self._draw_source()
             (x0, x1), (y0, y1) = self.viewbox.viewRange()
-            p = self.xy[rows]
             inview = (p[:, 0] >= x0) & (p[:, 0] <= x1) & (p[:, 1] >= y0) & (p[:, 1] <= y1)
-            in_rows = rows[inview]
+            n_in = int(np.count_nonzero(inview))
         else:
-            in_rows = rows
-        if len(in_rows) > SYMBOL_MAX:
+            order = self._draw_order
+            rows = order[self._visible[order]]
+            inview = None
+            n_in = len(rows)
+        if n_in > SYMBOL_MAX:
             self.render_mode = "raster"
             (x0, x1), (y0, y1) = self.viewbox.viewRange()
             w, h = self._view_pixels()
@@ -709,9 +710,8 @@ class MapView(QWidget):
             mx, my = RASTER_MARGIN * (x1 - x0), RASTER_MARGIN * (y1 - y0)
             x0, x1, y0, y1 = x0 - mx, x1 + mx, y0 - my, y1 + my
             w, h = int(round(w * (1 + 2 * RASTER_MARGIN))), int(round(h * (1 + 2 * RASTER_MARGIN)))
-            p = self.xy[rows]
-            in_rows = rows[(p[:, 0] >= x0) & (p[:, 0] <= x1) & (p[:, 1] >= y0) & (p[:, 1] <= y1)]
-            img = splat_points(self.xy[in_rows], self._rgba[self.labels[in_rows]], (x0, x1), (y0, y1), w, h)
+            near = (p[:, 0] >= x0) & (p[:, 0] <= x1) & (p[:, 1] >= y0) & (p[:, 1] <= y1)
+            img = splat_points(p[near], colours[near], (x0, x1), (y0, y1), w, h)
             self._clear_symbols()
             self.image.setImage(img, autoLevels=False)
             self.image.setRect(QRectF(x0, y0, x1 - x0, y1 - y0))
@@ -719,6 +719,7 @@ class MapView(QWidget):
         else:
             self.render_mode = "symbols"
             self.image.hide()
+            in_rows = rows if inview is None else rows[inview]
             p = self.xy[in_rows]
             if self._symbol_rows is not None and np.array_equal(self._symbol_rows, in_rows):
                 # the same points moved (an animation frame, the next epoch): move them in place. setData would
@@ -735,6 +736,17 @@ class MapView(QWidget):
             symbols = np.array(SPLIT_SYMBOLS, dtype=object)[np.clip(self.split[in_rows], 0, 1)]
             self.scatter.setData(x=p[:, 0], y=p[:, 1], brush=brushes, symbol=symbols, pen=None, data=in_rows)
             self._symbol_rows = in_rows.copy()
+
+    def _draw_source(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The visible rows in drawing order with their positions and colours, gathered once per layout and
+        visibility: re-gathering 1e6 rows on every pan or zoom took ~0.2 s of the GUI thread's ~0.3 s render."""
+        key = (self.xy, self._visible, self._draw_order, self._rgba, self.labels)
+        cached = self._draw_cache
+        if cached is None or any(a is not b for a, b in zip(cached[0], key)):
+            order = self._draw_order
+            rows = order[self._visible[order]]
+            cached = self._draw_cache = (key, rows, self.xy[rows], self._rgba[self.labels[rows]])
+        return cached[1], cached[2], cached[3]
 
     def _clear_symbols(self) -> None:
         self.scatter.clear()
