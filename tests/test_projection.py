@@ -204,3 +204,31 @@ def test_umap_fit_stops_within_an_epoch_when_cancelled():
     umap_part = [f for f in seen if f >= 0.15]
     assert len(umap_part) >= 2 and umap_part == sorted(umap_part)  # per-epoch progress, rising
     assert max(seen) < 0.95  # stopped long before the end
+
+
+def test_requests_to_the_worker_carry_arrays_out_of_band_and_arrive_intact():
+    # the epoch goes to the child as raw buffers (no 512 MB pickle built under the GIL); it must arrive equal,
+    # with its dtype and shape, and writable (the child normalises rows in place)
+    import multiprocessing
+
+    a, b = multiprocessing.Pipe()
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(3000, 17)).astype(np.float32)
+    ids = np.arange(3000, dtype=np.int64)[::-1].copy()
+    msg = (7, "project", {"embeddings": emb, "ids": ids, "previous": None, "method": "umap", "seed": 3})
+    import threading
+
+    got = []
+    t = threading.Thread(target=lambda: got.append(P._recv_request(b)))
+    t.start()
+    P._send_request(a, msg)
+    t.join(10)
+    rid, op, kw = got[0]
+    assert (rid, op, kw["method"], kw["seed"], kw["previous"]) == (7, "project", "umap", 3, None)
+    assert kw["embeddings"].dtype == np.float32 and np.array_equal(kw["embeddings"], emb)
+    assert kw["ids"].dtype == np.int64 and np.array_equal(kw["ids"], ids)
+    assert kw["embeddings"].flags.writeable and kw["embeddings"].base is not emb
+    kw["embeddings"] *= 2  # writable, and not the sender's memory
+    assert np.array_equal(emb * 2, kw["embeddings"])
+    P._send_request(a, None)
+    assert P._recv_request(b) is None

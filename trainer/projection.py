@@ -10,6 +10,7 @@ the weighted mean of their nearest sampled neighbours. No Qt here: the GUI runs 
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import threading
 import time
@@ -514,6 +515,32 @@ class Projector:
 WORKER_NICE = 10  # scheduling niceness of the projection process (Unix)
 
 
+def _send_request(conn, msg) -> None:
+    """Send one request to the child with its arrays out of band (pickle protocol 5).
+
+    ``conn.send`` would pickle a 1e6 x 128 epoch into one 512 MB bytes object first, holding the GIL for about a
+    second: the GUI thread stood still for that long when a map of a million images started. Here the pickle holds
+    only the small parts; each array goes as its own message, written straight from its memory by ``os.write``,
+    which releases the GIL."""
+    buffers: list = []
+    head = pickle.dumps(msg, protocol=5, buffer_callback=buffers.append)
+    views = [b.raw() for b in buffers]
+    conn.send(([v.nbytes for v in views], head))
+    for v in views:
+        conn.send_bytes(v)
+
+
+def _recv_request(conn):
+    """The child's side of :func:`_send_request`: arrays come back writable, in buffers of their own."""
+    sizes, head = conn.recv()
+    buffers = []
+    for size in sizes:
+        buf = bytearray(size)
+        conn.recv_bytes_into(buf)
+        buffers.append(buf)
+    return pickle.loads(head, buffers=buffers)
+
+
 def _worker_main(conn) -> None:
     """Child process loop: requests ``(rid, op, kwargs)`` in, ``(kind, rid, payload)`` out, until EOF or None.
 
@@ -538,7 +565,7 @@ def _worker_main(conn) -> None:
     def reader() -> None:
         while True:
             try:
-                msg = conn.recv()
+                msg = _recv_request(conn)
             except (EOFError, OSError):
                 msg = None
             if msg is None:
@@ -583,7 +610,7 @@ def _worker_main(conn) -> None:
 def _stop_process(proc, conn, timeout: float) -> None:
     """Ask the child to exit, then terminate / kill it if it does not within ``timeout`` seconds."""
     try:
-        conn.send(None)
+        _send_request(conn, None)
     except (OSError, ValueError, BrokenPipeError):
         pass
     proc.join(min(timeout, 0.2))
@@ -609,6 +636,7 @@ class ProjectionWorker:
     def __init__(self, *, warm: bool = True, start: bool = True) -> None:
         self._warm_on_start = warm
         self._lock = threading.Lock()  # one caller talks to the pipe at a time
+        self._send_lock = threading.Lock()  # the messages of one request go out together
         self._proc = None
         self._conn = None
         self._next_id = 0
@@ -668,9 +696,10 @@ class ProjectionWorker:
 
     # ---- calls ---------------------------------------------------------------------------------------------
     def _send(self, op: str, kwargs) -> int:
-        self._next_id += 1
-        self._conn.send((self._next_id, op, kwargs))
-        return self._next_id
+        with self._send_lock:  # a request's messages must not interleave with another's
+            self._next_id += 1
+            _send_request(self._conn, (self._next_id, op, kwargs))
+            return self._next_id
 
     def call(self, op: str, kwargs: dict | None = None, *, progress: ProgressFn | None = None,
              is_cancelled: CancelFn | None = None, timeout: float | None = None):
