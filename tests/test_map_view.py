@@ -137,6 +137,14 @@ def test_raster_follows_hidden_classes(qtbot, run_dir, monkeypatch):
     assert view.render_mode == "raster" and pixels_of(0) == 0 and pixels_of(1) > 0
     view.set_class_visible(0, True)
     assert pixels_of(0) > 0
+    # another epoch's layout: the raster draws the new positions, not the cached ones of the last layout
+    shown = view.shown_epoch
+    with qtbot.waitSignal(view.map_ready, timeout=30000):
+        assert view.step_epoch(-1)
+    qtbot.waitUntil(lambda: not view._anim_timer.isActive(), timeout=3000)
+    assert view.shown_epoch != shown
+    rows, p, colours = view._draw_source()
+    assert np.array_equal(p, view.xy[rows]) and np.array_equal(colours, view._rgba[view.labels[rows]])
 
 
 @pytest.mark.parametrize("offs", [[(0, 0), (1, 0), (0, -1)], None, [(0, 0), (2, -2), (-2, 1)]])
