@@ -125,6 +125,7 @@ def test_many_points_switch_to_raster(qtbot, run_dir, monkeypatch):
 def test_raster_follows_hidden_classes(qtbot, run_dir, monkeypatch):
     # the raster draws from rows gathered once per layout and visibility: hiding a class must still remove it
     monkeypatch.setattr(mv_mod, "SYMBOL_MAX", 50)
+    monkeypatch.setattr(mv_mod, "ANIMATE_MAX", 0)  # layouts replace each other at once, as at 1e6 points
     state, view = _open(qtbot, run_dir)
     assert view.render_mode == "raster"
 
@@ -143,8 +144,20 @@ def test_raster_follows_hidden_classes(qtbot, run_dir, monkeypatch):
         assert view.step_epoch(-1)
     qtbot.waitUntil(lambda: not view._anim_timer.isActive(), timeout=3000)
     assert view.shown_epoch != shown
+    assert view._xy_cache is not None and view._xy_cache[0] is view.xy  # the job's pre-ordered positions
     rows, p, colours = view._draw_source()
     assert np.array_equal(p, view.xy[rows]) and np.array_equal(colours, view._rgba[view.labels[rows]])
+
+
+def test_draw_order_is_a_fixed_shuffle_and_jobs_hand_over_positions_in_it():
+    order = mv_mod.draw_order(1000)
+    assert order is mv_mod.draw_order(1000) and not order.flags.writeable
+    assert np.array_equal(np.sort(order), np.arange(1000)) and not np.array_equal(order, np.arange(1000))
+    layout = mv_mod.projection.Layout(xy=np.random.default_rng(1).normal(size=(1000, 2)), ids=np.arange(1000),
+                                      method="pca")
+    epoch, got, ordered = mv_mod._drawable(3, layout)
+    assert epoch == 3 and got is layout and ordered.dtype == np.float32
+    assert np.array_equal(ordered, layout.xy.astype(np.float32)[order])
 
 
 @pytest.mark.parametrize("offs", [[(0, 0), (1, 0), (0, -1)], None, [(0, 0), (2, -2), (-2, 1)]])
