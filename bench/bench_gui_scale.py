@@ -9,12 +9,18 @@ window opens it as a person would (File > Open run): the map of the last epoch (
 sample, the rest placed), then a click on a sample (its neighbours: an IVF index at 1e6, with measured recall),
 then the Triplets tab (a stated sample of anchors) and the Threshold tab (pairs sampled by class beyond the exact
 range). Each stage's wall time and what the view says are printed, with the latency over the whole session.
+
+``--stalls`` also samples every thread's Python stack each 10 ms and, for each time the GUI timer was more than
+150 ms late, prints where the GUI thread was meanwhile (how this session's stalls were found).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
+import threading
+import traceback
 import resource
 import sys
 import tempfile
@@ -50,6 +56,42 @@ def write_run(root: Path, n: int, dim: int, classes: int) -> Path:
     return root / "run"
 
 
+class StackSampler:
+    """Every thread's innermost Python frames, every 10 ms, in a thread of its own (it needs the GIL to look)."""
+
+    def __init__(self, depth: int = 6) -> None:
+        self.samples: list[tuple[float, dict[int, str]]] = []
+        self.depth = depth
+        self._stop = False
+        self.gui = threading.main_thread().ident
+        threading.Thread(target=self._run, name="stack sampler", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            now = time.perf_counter()
+            stacks = {tid: " < ".join(f"{Path(fr.filename).stem}.{fr.name}:{fr.lineno}"
+                                      for fr in reversed(traceback.extract_stack(frame)[-self.depth:]))
+                      for tid, frame in sys._current_frames().items()}
+            self.samples.append((now, stacks))
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def report(self, ticks: np.ndarray, t0: float, late: float = 0.15) -> None:
+        times = np.array([t for t, _ in self.samples])
+        for g in np.flatnonzero(np.diff(ticks) > late):
+            a, b = ticks[g], ticks[g + 1]
+            inside = [st.get(self.gui, "") for t, st in self.samples if a <= t <= b]
+            print(f"  GUI timer {1e3 * (b - a):.0f} ms late at {a - t0:.1f} s; the GUI thread was in "
+                  f"({len(inside)} samples):")
+            for stack, count in collections.Counter(inside).most_common(4):
+                print(f"    {count:3d} x {stack}")
+        gaps = np.flatnonzero(np.diff(times) > late)
+        for g in gaps:  # the sampler itself could not run: some thread held the GIL (or the CPU was taken)
+            print(f"  the sampler waited {1e3 * (times[g + 1] - times[g]):.0f} ms at {times[g] - t0:.1f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -57,6 +99,7 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=2000)
     ap.add_argument("--quick", action="store_true", help="n = 20,000")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds to wait for each view")
+    ap.add_argument("--stalls", action="store_true", help="sample stacks; say where the GUI thread was when late")
     a = ap.parse_args()
     n = 20_000 if a.quick else a.n
     import warnings
@@ -96,6 +139,9 @@ def main() -> None:
         stages.append((what, first, len(lat)))
         return time.perf_counter() - t0
 
+    sampler = StackSampler() if a.stalls else None
+    ticks: list[float] = []
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     timer.start()
     t_all = time.perf_counter()
     t0 = time.perf_counter()
@@ -132,6 +178,9 @@ def main() -> None:
     notes = [w.text() for w in rv.findChildren(type(nb.info)) if "sampl" in w.text().lower()]
     print(f"  threshold studio: {t_roc:.1f} s; it says: {notes[0][:200] if notes else '(no sampling note found)'}")
     timer.stop()
+    if sampler is not None:
+        sampler.stop()
+        sampler.report(np.asarray(ticks), t_all)
     for what, i, j in stages:
         part = np.asarray(lat[max(i, 1):j])
         if len(part):
