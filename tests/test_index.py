@@ -109,6 +109,7 @@ def test_approximate_recall_is_measured(metric, kind):
     g = (centers[rng.integers(0, 20, 3000)] + 0.3 * rng.normal(size=(3000, 16))).astype(np.float32)
     idx = NeighborIndex(g, metric=metric, exact_limit=1000, recall_queries=100, kind=kind)
     assert not idx.is_exact and idx.kind == kind
+    assert idx._flat is None  # the exact copy used to measure recall is not kept with the index
     # recompute the recall by hand against the brute-force twin on other points than the index sampled
     ids = np.arange(7, 3000, 150)
     _, approx = idx.search(g[ids], 10, exclude_self_ids=ids)

@@ -107,6 +107,9 @@ class NeighborIndex:
                 self._tune_nprobe(recall_queries, target_recall)
             else:
                 self.recall_at_10 = self.measure_recall(k=10, n_queries=recall_queries, seed=seed)
+            # the exact copy built for measuring recall is N x D floats more (512 MB at 1e6 x 128) held for as long
+            # as the index; exact_search and range_pairs build it again if they are ever asked
+            self._flat = None
 
     @property
     def description(self) -> str:

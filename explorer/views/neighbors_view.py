@@ -168,7 +168,12 @@ def build_index_entry(run, epoch: int, gallery: str, metric: str, progress=None)
     ids = gallery_ids(run.samples.split, gallery)
     if progress is not None:
         progress(0.1, f"reading {len(ids):,} embeddings of epoch {epoch}")
-    x = run.load_epoch(epoch).embeddings[ids] if len(ids) > len(run.samples.split) // 2 else run.rows(epoch, ids)
+    if len(ids) > len(run.samples.split) // 2:
+        x = run.load_epoch(epoch).embeddings
+        if len(ids) != len(x) or not np.array_equal(ids, np.arange(len(x))):
+            x = x[ids]  # all samples: no second copy of the epoch (the index makes its own)
+    else:
+        x = run.rows(epoch, ids)
     if progress is not None:
         progress(0.4, f"indexing {len(ids):,} embeddings"
                       + (" (approximate: k-means cells, then measuring recall)" if len(ids) >= 1_000_000 else ""))
