@@ -128,6 +128,7 @@ def main() -> None:
     timer, lat = latency_probe()
 
     stages: list[tuple[str, int, int]] = []  # (stage, first tick, last tick): the latency of each stage
+    peaks: dict[str, float] = {}  # the process's peak RSS (GB) when each stage ended: which stage raised it
 
     def wait(what: str, done, t0: float) -> float:
         first = len(lat)
@@ -137,6 +138,7 @@ def main() -> None:
             if time.perf_counter() - t0 > a.timeout:
                 raise SystemExit(f"{what}: no result after {a.timeout:.0f} s")
         stages.append((what, first, len(lat)))
+        peaks[what] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         return time.perf_counter() - t0
 
     sampler = StackSampler() if a.stalls else None
@@ -184,7 +186,8 @@ def main() -> None:
     for what, i, j in stages:
         part = np.asarray(lat[max(i, 1):j])
         if len(part):
-            print(f"  latency while waiting for the {what}: max {part.max():.0f} ms, p99 {np.percentile(part, 99):.1f} ms")
+            print(f"  latency while waiting for the {what}: max {part.max():.0f} ms, "
+                  f"p99 {np.percentile(part, 99):.1f} ms; peak RSS by its end {peaks[what]:.1f} GB")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"N = {n:,}: whole session {time.perf_counter() - t_all:.0f} s, peak RSS of the window's process "
           f"{peak:.1f} GB; {summary(lat)}")
