@@ -56,23 +56,35 @@ def write_run(root: Path, n: int, dim: int, classes: int) -> Path:
     return root / "run"
 
 
+def _rss_gb() -> float:
+    """This process's resident memory now (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
+
+
 class StackSampler:
     """Every thread's innermost Python frames, every 10 ms, in a thread of its own (it needs the GIL to look)."""
 
     def __init__(self, depth: int = 6) -> None:
         self.samples: list[tuple[float, dict[int, str]]] = []
+        self.rss: list[float] = []  # resident memory (GB) at each sample
         self.depth = depth
         self._stop = False
         self.gui = threading.main_thread().ident
         threading.Thread(target=self._run, name="stack sampler", daemon=True).start()
 
     def _run(self) -> None:
+        self._tid = threading.get_ident()
         while not self._stop:
             now = time.perf_counter()
             stacks = {tid: " < ".join(f"{Path(fr.filename).stem}.{fr.name}:{fr.lineno}"
                                       for fr in reversed(traceback.extract_stack(frame)[-self.depth:]))
                       for tid, frame in sys._current_frames().items()}
             self.samples.append((now, stacks))
+            self.rss.append(_rss_gb())
             time.sleep(0.01)
 
     def stop(self) -> None:
@@ -87,6 +99,16 @@ class StackSampler:
                   f"({len(inside)} samples):")
             for stack, count in collections.Counter(inside).most_common(4):
                 print(f"    {count:3d} x {stack}")
+        rss = np.asarray(self.rss)
+        if len(rss):  # where memory grew most: the threads' stacks at the sample after each of the 3 largest rises
+            rise = np.diff(rss, prepend=rss[0])
+            for g in sorted(np.argsort(rise)[-3:]):
+                if rise[g] <= 0.05:
+                    continue
+                print(f"  resident memory rose {rise[g]:.2f} GB to {rss[g]:.2f} GB at {times[g] - t0:.1f} s; threads:")
+                for tid, stack in self.samples[g][1].items():
+                    if tid != self._tid and "thread._worker:" not in stack:  # not the sampler, not idle workers
+                        print(f"    {stack}")
         gaps = np.flatnonzero(np.diff(times) > late)
         for g in gaps:  # the sampler itself could not run: some thread held the GIL (or the CPU was taken)
             print(f"  the sampler waited {1e3 * (times[g + 1] - times[g]):.0f} ms at {times[g] - t0:.1f} s")

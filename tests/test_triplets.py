@@ -236,6 +236,18 @@ def test_triplet_examples_exact_selection(metric, cat):
         h = ex.d_an.astype(np.float64) - ex.d_ap
         want = sorted(hardness) if sort == "hardest" else sorted(hardness, reverse=True)
         np.testing.assert_allclose(h, want[: len(h)], atol=1e-5)
+        # anchors taken a few at a time (as for a huge split) select the same triplets
+        small = triplet_examples(x, y, cat, margin=m, metric=metric, n=12, sort=sort, max_anchors=None, chunk=4)
+        np.testing.assert_allclose(small.d_an.astype(np.float64) - small.d_ap, h, atol=1e-6)
+
+
+def test_example_blocks_shrink_with_the_split():
+    from trainer.triplets import EXAMPLES_BUFFER_BYTES, EXAMPLES_BYTES_PER_KEY, examples_chunk
+
+    assert examples_chunk(1000) == 256 and examples_chunk(10**9) == 1
+    for n in (30_000, 500_000, 1_000_000):
+        c = examples_chunk(n)
+        assert 1 <= c < 256 and c * n * EXAMPLES_BYTES_PER_KEY <= EXAMPLES_BUFFER_BYTES
 
 
 def test_triplet_examples_class_filter_and_per_anchor_cap():

@@ -664,6 +664,16 @@ def _row_keys(xp: np.ndarray, rows: np.ndarray, metric: str, sq: np.ndarray | No
     return torch.sqrt(torch.clamp(v, min=0.0))
 
 
+EXAMPLES_BUFFER_BYTES = 256 << 20  # the example search's working set per block of anchors
+EXAMPLES_BYTES_PER_KEY = 40  # per (anchor, sample): keys, masked and sorted copies, sort indices, masks
+
+
+def examples_chunk(n: int) -> int:
+    """Anchors per block of the example search: 256 up to ~25k samples, fewer beyond. A fixed 256 took ~6.5 GB
+    for a 500,000-image split (bench_gui_scale --stalls: the Triplets tab raised the window's memory 4.5 -> 11 GB)."""
+    return int(min(256, max(1, EXAMPLES_BUFFER_BYTES // (EXAMPLES_BYTES_PER_KEY * max(n, 1)))))
+
+
 def triplet_examples(
     embeddings: Any,
     labels: Any,
@@ -677,13 +687,14 @@ def triplet_examples(
     seed: int = 0,
     max_anchors: int | None = 1024,
     max_per_anchor: int | None = None,
-    chunk: int = 256,
+    chunk: int | None = None,
 ) -> TripletExamples:
     """Up to ``n`` triplets of one category, hardest (smallest d_an - d_ap) or easiest first.
 
     Anchors are all samples of ``classes`` (all classes if None), or a seeded random sample of ``max_anchors`` of
     them; among those anchors' triplets the selection is exact.  Per anchor, each positive's triplets of the
     category are a contiguous run of its sorted negatives, so only ``n`` candidates per positive are looked at.
+    Anchors go ``chunk`` at a time (default: :func:`examples_chunk`, so a block stays ~256 MB at any N).
     """
     _check_category(category)
     margin = _check_margin(margin)
@@ -704,7 +715,8 @@ def triplet_examples(
     yt = torch.from_numpy(y)
     per_anchor = n if max_per_anchor is None else max(1, min(n, int(max_per_anchor)))
     best: list[tuple[torch.Tensor, ...]] = []
-    for s in range(0, len(cand), max(1, chunk)):
+    chunk = examples_chunk(len(x)) if chunk is None else max(1, int(chunk))
+    for s in range(0, len(cand), chunk):
         rows = torch.from_numpy(cand[s : s + chunk])
         key = _row_keys(xp, rows.numpy(), metric, sq)  # (R, N)
         la = yt[rows].unsqueeze(1)
