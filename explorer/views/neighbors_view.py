@@ -168,10 +168,10 @@ def build_index_entry(run, epoch: int, gallery: str, metric: str, progress=None)
     ids = gallery_ids(run.samples.split, gallery)
     if progress is not None:
         progress(0.1, f"reading {len(ids):,} embeddings of epoch {epoch}")
-    if len(ids) > len(run.samples.split) // 2:
+    if gallery == "all":  # the loaded epoch as it is: no second copy (the index makes its own)
         x = run.load_epoch(epoch).embeddings
-        if len(ids) != len(x) or not np.array_equal(ids, np.arange(len(x))):
-            x = x[ids]  # all samples: no second copy of the epoch (the index makes its own)
+    elif len(ids) > len(run.samples.split) // 2:
+        x = run.load_epoch(epoch).embeddings[ids]
     else:
         x = run.rows(epoch, ids)
     if progress is not None:
