@@ -3,7 +3,9 @@
     python main.py                      the app, on its start page
     python main.py --demo               the app on the built-in demo (handwritten digits)
     python main.py FOLDER | RUN_DIR     the app on an image folder or a run
-    python main.py train DATA_DIR --out RUN_DIR [options]
+    python main.py train DATA_DIR --out RUN_DIR [options]   (--dry-run: the recipe and the time per epoch)
+    python main.py lr-find DATA_DIR [options]
+    python main.py sweep DATA_DIR --losses a,b,... --seeds N --epochs E --out DIR [options]
     python main.py embed RUN_DIR IMAGE_DIR --out FILE.h5
     python main.py evaluate RUN_DIR [--data DIR] [--json]
     python main.py losses
@@ -19,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-COMMANDS = ("train", "embed", "evaluate", "losses")
+COMMANDS = ("train", "lr-find", "sweep", "embed", "evaluate", "losses")
 
 
 # ----------------------------------------------------------------------------- parsers
@@ -59,6 +61,9 @@ def _train_parser() -> argparse.ArgumentParser:
                                 "an image folder (one sub-folder per class); writes a run directory the app opens.")
     p.add_argument("data_dir", help="image folder, one sub-folder per class")
     p.add_argument("--out", required=True, help="run directory to write (or to continue with --resume)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="scan the folder, print the recipe with the reason for each setting and the estimated time "
+                        "per epoch, and stop (nothing is written)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named preset; other options override it")
     p.add_argument("--loss", choices=sorted(LOSSES), help=f"metric-learning loss (default {d.loss.name})")
     p.add_argument("--miner", choices=sorted(MINERS), help="tuple miner (default: the loss's usual miner)")
@@ -148,6 +153,13 @@ def _config_from_args(args: argparse.Namespace):
             params[name] = value
     if params or "loss.name" in changes:
         changes["loss.params"] = params
+    # what the user did not set (by an option or a preset) is left to the recipe, chosen when the run starts
+    from trainer.recipe import RECIPE_KEYS
+
+    chosen = set(changes) | set(PRESETS[args.preset] if args.preset else ())
+    if "loss.name" in chosen:
+        chosen.add("loss.params")
+    changes["auto"] = tuple(k for k in RECIPE_KEYS if k not in chosen)
     return cfg.replace(**changes)
 
 
@@ -160,6 +172,8 @@ def cmd_train(argv: list[str]) -> int:
 
     args = _train_parser().parse_args(argv)
     cfg = _config_from_args(args)
+    if args.dry_run:
+        return _dry_run(cfg)
     if not args.resume and Path(args.out).exists() and any(Path(args.out).iterdir()):
         print(f"error: {args.out} exists and is not empty; use --resume to continue it, or another --out",
               file=sys.stderr)
@@ -206,6 +220,157 @@ def cmd_train(argv: list[str]) -> int:
     if state["failed"] is not None:
         print(f"error: {state['failed'].message}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _dry_run(cfg) -> int:
+    from trainer.engine import TrainingError, pick_device, scan_samples
+    from trainer.recipe import estimate_epoch_seconds, format_choices, resolve
+    from trainer.store import SPLIT_TRAIN
+
+    try:
+        samples, classes = scan_samples(cfg, lambda m, level="info": None)
+        device = pick_device(cfg.device)
+        if cfg.auto:
+            cfg, choices, facts, warning = resolve(cfg, samples, device.type)
+            if warning:
+                print(f"[warning] {warning}")
+            for line in format_choices(choices, facts):
+                print(line)
+        n_train = int((samples.split == SPLIT_TRAIN).sum())
+        print(f"{len(samples.paths)} images in {len(classes)} classes, {n_train} for training")
+        user = [f"{k} = {v}" for k, v in _flat(cfg.to_dict()).items() if k not in set(cfg.auto) and k in _SHOWN]
+        if user:
+            print("not chosen by the recipe (your options, a preset or the defaults): " + ", ".join(user))
+        t_train, t_embed = estimate_epoch_seconds(cfg, n_train, len(samples.paths), device.type, len(classes))
+        print(f"estimated time per epoch on {device.type}: {_duration(t_train + t_embed)} ({_duration(t_train)} "
+              f"training, {_duration(t_embed)} embedding every image; measured on synthetic batches, image "
+              f"decoding not included); {cfg.optim.epochs} epochs: {_duration((t_train + t_embed) * cfg.optim.epochs)}")
+    except (TrainingError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+_SHOWN = ("model.backbone", "model.pretrained", "optim.epochs", "data.image_size", "loss.name", "optim.lr",
+          "data.batch_classes", "data.batch_per_class", "model.embedding_dim")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in ("params", "miner_params"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def cmd_lr_find(argv: list[str]) -> int:
+    p = _train_parser()
+    p.prog = "main.py lr-find"
+    p.description = ("Learning-rate range test: a short run with an exponentially rising learning rate on the "
+                     "folder's own batches; prints the loss curve and a suggested --lr (nothing is written).")
+    for a in p._actions:
+        if a.dest == "out":
+            a.required = False
+            a.help = "optional: also save the curve as CSV to this file"
+    p.add_argument("--start-lr", type=float, default=1e-6, help="lowest rate tested (default 1e-6)")
+    p.add_argument("--end-lr", type=float, default=1.0, help="highest rate tested (default 1)")
+    p.add_argument("--steps", type=int, default=100, help="batches, one rate each (default 100)")
+    args = p.parse_args(argv)
+    from trainer.engine import TrainingError
+    from trainer.lr_find import lr_range_test
+
+    cfg = _config_from_args(args)
+    try:
+        bar = None
+        if not args.quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(total=args.steps, desc="lr-find", unit="batch")
+
+        def progress(i, n, lr, loss):
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(lr=f"{lr:.2g}", loss=f"{loss:.3f}")
+
+        res = lr_range_test(cfg, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps,
+                            log=lambda m, level="info": print(m) if level != "info" or m.startswith("recipe")
+                            else None, progress=progress)
+        if bar is not None:
+            bar.close()
+    except (TrainingError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("lr          loss     smoothed")
+    for i in range(0, len(res.lrs), max(1, len(res.lrs) // 20)):
+        print(f"{res.lrs[i]:<11.3g} {res.losses[i]:<8.4f} {res.smoothed[i]:.4f}")
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write("lr,loss,smoothed\n")
+            for row in zip(res.lrs, res.losses, res.smoothed):
+                f.write(",".join(f"{x:.6g}" for x in row) + "\n")
+    if res.suggestion is None:
+        print(f"no suggestion: {res.reason}")
+        return 0
+    print(f"suggested --lr {res.suggestion:.2g} ({res.reason})")
+    return 0
+
+
+def cmd_sweep(argv: list[str]) -> int:
+    from trainer.losses import LOSSES
+
+    p = _train_parser()
+    p.prog = "main.py sweep"
+    p.description = ("A fair loss comparison: trains each loss with its recipe on the same split and budget for "
+                     "several seeds, and prints held-out MAP@R per loss with a 95 % interval. Writes one run per "
+                     "loss and seed under --out, and sweep.json with the summary; a stopped sweep continues.")
+    for a in p._actions:
+        if a.dest == "out":
+            a.help = "folder of the sweep's runs"
+    p.add_argument("--losses", required=True, help=f"comma-separated loss names, or 'all' ({len(LOSSES)} losses)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per loss (default 3)")
+    args = p.parse_args(argv)
+    if args.dry_run:
+        p.error("--dry-run is for train")
+    losses = list(LOSSES) if args.losses == "all" else [x.strip() for x in args.losses.split(",") if x.strip()]
+    unknown = [x for x in losses if x not in LOSSES]
+    if unknown:
+        p.error(f"unknown loss {', '.join(unknown)}; `python main.py losses` lists them")
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
+    from trainer import events as ev
+    from trainer.sweep import format_table, run_sweep
+
+    base = _config_from_args(args)
+
+    def emit_for(loss, seed):
+        def emit(e):
+            if isinstance(e, ev.EpochDone) and not args.quiet:
+                m = e.metrics.get("heldout/mean_average_precision_at_r")
+                print(f"{loss} seed {seed} epoch {e.epoch}: held-out MAP@R "
+                      f"{'-' if m is None else f'{m:.4f}'} ({e.seconds:.0f} s)", flush=True)
+            elif isinstance(e, ev.Failed):
+                print(f"{loss} seed {seed} failed: {e.message}", file=sys.stderr)
+        return emit
+
+    try:
+        summary = run_sweep(base, losses, args.seeds, Path(args.out), emit_for=emit_for)
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept; run the same command again to continue", file=sys.stderr)
+        return 130
+    for line in format_table(summary):
+        print(line)
+    print(f"runs and sweep.json in {args.out}")
     return 0
 
 
@@ -278,8 +443,8 @@ def cmd_losses(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
-        return {"train": cmd_train, "embed": cmd_embed, "evaluate": cmd_evaluate, "losses": cmd_losses}[argv[0]](
-            argv[1:])
+        return {"train": cmd_train, "lr-find": cmd_lr_find, "sweep": cmd_sweep, "embed": cmd_embed,
+                "evaluate": cmd_evaluate, "losses": cmd_losses}[argv[0]](argv[1:])
     args = _app_parser().parse_args(argv)
     from explorer.app import run_app
 

@@ -43,6 +43,7 @@ class DataConfig:
     holdout_classes: tuple[str, ...] | None = None  # explicit held-out class names
     image_size: int = 224
     augment: bool = True
+    crop_scale: float = 0.5  # smallest share of the image area a training crop keeps (RandomResizedCrop)
     # mirror training images left-right when augmenting: right for most photos, wrong where mirroring changes
     # what the image shows (digits, letters, text)
     flip: bool = True
@@ -61,6 +62,7 @@ class OptimConfig:
     head_lr_mult: float | None = None
     weight_decay: float = 1e-4
     scheduler: str = "cosine"  # "cosine" | "none"
+    warmup_epochs: float = 0.0  # learning rates rise linearly from 0 over this many epochs, then the schedule
     batches_per_epoch: int | None = None  # None: about one pass over the training images
 
 
@@ -74,6 +76,9 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
     amp: str = "auto"  # "auto" | "off" | "fp16" | "bf16"
     eval_every: int = 1
+    # dotted keys (``optim.lr``, ``loss.name``, ...) whose values the recipe (trainer/recipe.py) chooses when the
+    # run starts, from what is known then; every other key is the user's choice and is kept as it is
+    auto: tuple[str, ...] = ()
     version: int = CONFIG_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,6 +99,8 @@ class TrainConfig:
         for key, value in d.items():
             if key in parts:
                 kwargs[key] = _build(parts[key], value)
+            elif key == "auto":
+                kwargs[key] = tuple(value)
             elif key in {f.name for f in dataclasses.fields(cls)}:
                 kwargs[key] = value
             else:
@@ -119,9 +126,10 @@ class TrainConfig:
         return dataclasses.replace(self, **flat)
 
 
-def head_lr_multiplier(cfg: TrainConfig) -> float:
-    """The embedding head's learning rate over the backbone's: ``optim.head_lr_mult`` when set; otherwise 10 for a
-    backbone that starts from trained weights (ImageNet or a weights file) and 1 for one trained from scratch.
+def head_lr_multiplier(cfg: TrainConfig, trained_weights: bool) -> float:
+    """The embedding head's learning rate over the backbone's: ``optim.head_lr_mult`` when set; otherwise 10 when
+    the backbone really starts from trained weights (ImageNet or a weights file, as loaded, not as asked for) and
+    1 when it starts at random, including a fallback to random weights after a failed download.
 
     A larger head rate helps a new head catch up with trained features; on a network that is random throughout it
     only lets the head, which has no normalisation of its own, outrun the backbone: with 10x, every proxy and
@@ -129,11 +137,7 @@ def head_lr_multiplier(cfg: TrainConfig) -> float:
     """
     if cfg.optim.head_lr_mult is not None:
         return float(cfg.optim.head_lr_mult)
-    from .models import backbone_spec  # late: models imports this module
-
-    trained = cfg.model.weights_file is not None or (
-        cfg.model.pretrained and backbone_spec(cfg.model.backbone).weights_enum is not None)
-    return 10.0 if trained else 1.0
+    return 10.0 if trained_weights else 1.0
 
 
 def _build(klass: type, value: dict[str, Any]) -> Any:

@@ -186,48 +186,16 @@ class Trainer:
                 self._log(f"epochs {later} have no checkpoint and will be trained again", "warning")
             return _Setup(reader.samples, reader.classes, writer, start)
 
-        if self.rank != 0:  # rank 0 scans and creates the run; the others read its sample table
+        if self.rank != 0:  # rank 0 scans and creates the run; the others read its sample table and its config
             distributed.barrier(self.dist)
             reader = RunReader(self.run_dir)
+            self.cfg = TrainConfig.from_dict(reader.config).replace(device=cfg.device, amp=cfg.amp)
             return _Setup(reader.samples, reader.classes, None, 0)
 
-        def progress(done: int, total: int) -> None:
-            if done == total or done % 500 == 0:
-                self._log(f"scanning {cfg.data.data_dir}: {done}/{total} files")
-
-        scan = scan_folder(cfg.data.data_dir, progress=progress)
-        for s in scan.skipped[:20]:
-            self._log(f"skipped {s.path}: {s.reason}", "warning")
-        if len(scan.skipped) > 20:
-            self._log(f"... and {len(scan.skipped) - 20} more skipped files (see the data view)", "warning")
-        classes = list(scan.classes)
-        paths = list(scan.paths)
-        labels = np.asarray(scan.labels, dtype=np.int64)
-        roots = [str(scan.root)]
-        root_index = np.zeros(len(paths), dtype=np.int16)
-        if cfg.data.test_dir:
-            test = scan_folder(cfg.data.test_dir)
-            split = np.full(len(paths), SPLIT_TRAIN, dtype=np.int8)
-            index = {c: i for i, c in enumerate(classes)}
-            for c in test.classes:
-                if c not in index:
-                    index[c] = len(classes)
-                    classes.append(c)
-            test_labels = np.array([index[test.classes[int(lab)]] for lab in test.labels], dtype=np.int64)
-            paths += list(test.paths)
-            labels = np.concatenate([labels, test_labels])
-            split = np.concatenate([split, np.full(len(test.paths), SPLIT_HELDOUT, dtype=np.int8)])
-            roots.append(str(test.root))
-            root_index = np.concatenate([root_index, np.ones(len(test.paths), dtype=np.int16)])
-        else:
-            split = class_disjoint_split(
-                labels,
-                classes,
-                holdout_fraction=cfg.data.holdout_fraction,
-                holdout_classes=cfg.data.holdout_classes,
-                seed=cfg.seed,
-            )
-        samples = SampleTable(paths=paths, labels=labels, split=split, roots=roots, root_index=root_index)
+        samples, classes = scan_samples(cfg, self._log)
+        split, paths, labels = samples.split, samples.paths, samples.labels
+        if cfg.auto:
+            cfg = self.cfg = self._resolve_recipe(cfg, samples)
         writer = None
         if self.rank == 0:
             writer = RunWriter.create(self.run_dir, config=cfg.to_dict(), classes=classes, samples=samples)
@@ -242,10 +210,21 @@ class Trainer:
         )
         return _Setup(samples, classes, writer, 0)
 
+    def _resolve_recipe(self, cfg: TrainConfig, samples: SampleTable) -> TrainConfig:
+        """Set the keys the user left to the recipe, from the data, the weights as loaded, and the device."""
+        from .recipe import format_choices, resolve
+
+        resolved, choices, facts, warning = resolve(cfg, samples, pick_device(cfg.device).type)
+        if warning:
+            self._log(warning, "warning")
+        for line in format_choices(choices, facts):
+            self._log(line)
+        return resolved
+
     def _run(self) -> None:
         from .evaluate import retrieval_metrics, verification_metrics
-        from .losses import LOSSES, build_loss, build_miner, loss_margin, loss_parameters
-        from .models import build_model, default_transforms
+        from .losses import LOSSES, build_loss, build_miner, loss_margin
+        from .models import build_model, default_transforms, weights_note_is_trained
         from .triplets import batch_census
 
         if self.resume and is_run_dir(self.run_dir):  # refuse before joining the group: no rank waits on it
@@ -276,19 +255,8 @@ class Trainer:
         miner = build_miner(cfg.loss.miner, dict(cfg.loss.miner_params), metric=spec.metric)
         margin = loss_margin(cfg.loss.name, dict(cfg.loss.params))
 
-        head_params = list(model.head.parameters())
-        backbone_params = [p for p in model.backbone.parameters()]
-        head_mult = head_lr_multiplier(cfg)
-        if not (head_mult > 0 and math.isfinite(head_mult)):
-            raise TrainingError(f"optim.head_lr_mult must be a positive number, got {cfg.optim.head_lr_mult!r}")
-        groups = [{"params": head_params, "lr": cfg.optim.lr * head_mult, "name": "head"}]
-        if not cfg.model.head_only:
-            groups.append({"params": backbone_params, "lr": cfg.optim.lr, "name": "backbone"})
-        extra = loss_parameters(loss_fn)
-        if extra:
-            groups.append({"params": extra, "lr": cfg.optim.loss_lr, "name": "loss", "weight_decay": 0.0})
-        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
-        self._log("learning rates: " + ", ".join(f"{g['name']} {g['lr']:g}" for g in groups))
+        optimizer, extra = build_optimizer(cfg, model, loss_fn, weights_note_is_trained(weights_note))
+        self._log("learning rates: " + ", ".join(f"{g['name']} {g['lr']:g}" for g in optimizer.param_groups))
 
         # ---- data
         files = sample_files(samples)
@@ -298,18 +266,14 @@ class Trainer:
             batches_per_epoch=cfg.optim.batches_per_epoch, seed=cfg.seed, rank=self.rank, world_size=self.world_size,
         )
         batches_per_epoch = len(sampler)
-        total_steps = max(1, cfg.optim.epochs * batches_per_epoch)
-        if cfg.optim.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-            )
-        else:
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(
+            cfg.optim.scheduler, cfg.optim.epochs * batches_per_epoch, cfg.optim.warmup_epochs * batches_per_epoch))
 
         size = cfg.data.image_size
         load_size = int(size * 1.15)
         eval_tf = default_transforms(size, augment=False, train=False)
-        train_tf = default_transforms(size, augment=cfg.data.augment, train=True, flip=cfg.data.flip)
+        train_tf = default_transforms(size, augment=cfg.data.augment, train=True, flip=cfg.data.flip,
+                                      crop_scale=cfg.data.crop_scale)
         small = len(files) * load_size * load_size * 3 <= PRELOAD_LIMIT_BYTES
         eval_ds = ImageDataset(files, eval_tf, load_size=load_size, cache_decoded=small)
         train_ds = ImageDataset(files, train_tf, load_size=load_size, cache_decoded=small)
@@ -547,6 +511,85 @@ class Trainer:
             raise TrainingError(f"cannot resume from {path}: it was written by a job of {saved_world} process(es), "
                                 f"this one has {self.world_size}; resume with the same number of processes")
         return state
+
+
+def scan_samples(cfg: TrainConfig, log: Callable[..., None]) -> tuple[SampleTable, list[str]]:
+    """Scan the data folder (and the test folder) and split the samples as ``cfg`` says."""
+    from .dataset import scan_folder
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 500 == 0:
+            log(f"scanning {cfg.data.data_dir}: {done}/{total} files")
+
+    scan = scan_folder(cfg.data.data_dir, progress=progress)
+    for s in scan.skipped[:20]:
+        log(f"skipped {s.path}: {s.reason}", "warning")
+    if len(scan.skipped) > 20:
+        log(f"... and {len(scan.skipped) - 20} more skipped files (see the data view)", "warning")
+    classes = list(scan.classes)
+    paths = list(scan.paths)
+    labels = np.asarray(scan.labels, dtype=np.int64)
+    roots = [str(scan.root)]
+    root_index = np.zeros(len(paths), dtype=np.int16)
+    if cfg.data.test_dir:
+        test = scan_folder(cfg.data.test_dir)
+        split = np.full(len(paths), SPLIT_TRAIN, dtype=np.int8)
+        index = {c: i for i, c in enumerate(classes)}
+        for c in test.classes:
+            if c not in index:
+                index[c] = len(classes)
+                classes.append(c)
+        test_labels = np.array([index[test.classes[int(lab)]] for lab in test.labels], dtype=np.int64)
+        paths += list(test.paths)
+        labels = np.concatenate([labels, test_labels])
+        split = np.concatenate([split, np.full(len(test.paths), SPLIT_HELDOUT, dtype=np.int8)])
+        roots.append(str(test.root))
+        root_index = np.concatenate([root_index, np.ones(len(test.paths), dtype=np.int16)])
+    else:
+        split = class_disjoint_split(
+            labels,
+            classes,
+            holdout_fraction=cfg.data.holdout_fraction,
+            holdout_classes=cfg.data.holdout_classes,
+            seed=cfg.seed,
+        )
+    samples = SampleTable(paths=paths, labels=labels, split=split, roots=roots, root_index=root_index)
+    return samples, classes
+
+
+def build_optimizer(cfg: TrainConfig, model, loss_fn, trained_weights: bool):
+    """AdamW over the parameter groups of a run: the head (at lr x the head multiplier), the backbone (at lr,
+    unless it is frozen for good) and the loss's proxies / class weights (at loss_lr, no weight decay); and the
+    loss's parameters (kept in sync across ranks)."""
+    from .losses import loss_parameters
+
+    head_mult = head_lr_multiplier(cfg, trained_weights)
+    if not (head_mult > 0 and math.isfinite(head_mult)):
+        raise TrainingError(f"optim.head_lr_mult must be a positive number, got {cfg.optim.head_lr_mult!r}")
+    groups = [{"params": list(model.head.parameters()), "lr": cfg.optim.lr * head_mult, "name": "head"}]
+    if not cfg.model.head_only:
+        groups.append({"params": list(model.backbone.parameters()), "lr": cfg.optim.lr, "name": "backbone"})
+    extra = loss_parameters(loss_fn)
+    if extra:
+        groups.append({"params": extra, "lr": cfg.optim.loss_lr, "name": "loss", "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay), extra
+
+
+def lr_schedule(kind: str, total_steps: float, warmup_steps: float = 0.0) -> Callable[[int], float]:
+    """The learning-rate factor of each optimiser step: a linear warm-up from 0 over `warmup_steps`, then cosine
+    decay to 0 at `total_steps` ("cosine") or a constant 1 ("none")."""
+    total = max(1.0, float(total_steps))
+    warm = max(0.0, min(float(warmup_steps), total))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        if kind != "cosine":
+            return 1.0
+        t = min(step - warm, total - warm) / max(total - warm, 1.0)
+        return 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor
 
 
 def load_checkpoint(path: Path | str) -> dict:

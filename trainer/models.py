@@ -275,6 +275,29 @@ def build_backbone(
     return net, note
 
 
+def weights_note_is_trained(note: str) -> bool:
+    """Whether a weights note of :func:`build_backbone` says trained weights were loaded."""
+    return note.startswith(("pretrained:", "weights file:"))
+
+
+def probe_weights(model_cfg: ModelConfig) -> tuple[bool, str]:
+    """Before a run: (whether the backbone will start from trained weights, why). Tries the ImageNet download
+    (which fills torchvision's cache, so the build that follows reads it from disk); a weights file counts as
+    trained (a file that does not load is refused by the build with its reason)."""
+    spec = backbone_spec(model_cfg.backbone)
+    if model_cfg.weights_file is not None:
+        return True, f"weights file {model_cfg.weights_file}"
+    if not model_cfg.pretrained or spec.weights_enum is None:
+        return False, "random init" + ("" if spec.weights_enum is not None else f": {spec.name} has no trained "
+                                                                                  f"weights")
+    weights = _weights_enum(spec)
+    try:
+        _download_state_dict(weights)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
+        return False, f"ImageNet weights for {spec.name} could not be loaded ({type(e).__name__}: {e})"
+    return True, f"ImageNet weights {weights.name}"
+
+
 def build_model(
     model_cfg: ModelConfig, *, normalize: bool = True, log: Callable[[str], None] = print
 ) -> tuple[EmbeddingNet, str]:
@@ -299,6 +322,7 @@ def default_transforms(
     std: tuple[float, float, float] = IMAGENET_STD,
     *,
     flip: bool = True,
+    crop_scale: float = 0.5,
 ) -> v2.Compose:
     """PIL image -> normalised float tensor (3, S, S); random crop/flip/jitter only when training with augment.
 
@@ -308,7 +332,7 @@ def default_transforms(
         raise ValueError(f"image_size must be >= 1, got {image_size}")
     steps: list[nn.Module] = [v2.ToImage()]
     if train and augment:
-        steps.append(v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True))
+        steps.append(v2.RandomResizedCrop(image_size, scale=(float(crop_scale), 1.0), antialias=True))
         if flip:
             steps.append(v2.RandomHorizontalFlip())
         steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02))

@@ -1,0 +1,199 @@
+"""The recipe: rules from what is known before training, the user's settings kept, the fallback from trained
+weights to random ones, and the CLI's --dry-run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_engine import make_folder, run_collect, tiny_config
+from trainer import events as ev
+from trainer.config import PRESETS, TrainConfig
+from trainer.engine import load_checkpoint
+from trainer.recipe import RECIPE_KEYS, Facts, data_facts, derive, image_facts, rules
+from trainer.store import RunReader
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def facts(**kw) -> Facts:
+    base = dict(trained_weights=False, n_train_classes=40, images_per_class=50, median_side=64,
+                grayscale_share=0.0, device="cpu")
+    return Facts(**{**base, **kw})
+
+
+def values(f: Facts, backbone_size: int = 224, fixed: bool = False) -> dict:
+    return {c.key: c.value for c in rules(f, backbone_size, fixed)}
+
+
+def test_rules_cover_every_recipe_key_with_a_reason():
+    for f in (facts(), facts(trained_weights=True), facts(device="cuda", images_per_class=3, grayscale_share=1.0)):
+        choices = rules(f, 224, False)
+        assert sorted(c.key for c in choices) == sorted(RECIPE_KEYS)
+        assert all(c.reason for c in choices)
+
+
+def test_trained_weights_get_gentle_rates_a_faster_head_and_their_own_scale():
+    v = values(facts(trained_weights=True))
+    assert v["optim.lr"] == 1e-4 and v["optim.head_lr_mult"] == 10.0
+    assert v["data.image_size"] == 224  # the scale the weights were trained at, whatever the folder's size
+    assert v["optim.warmup_epochs"] >= 1
+
+
+def test_random_weights_get_adam_rates_one_head_rate_and_small_inputs_on_a_cpu():
+    v = values(facts(trained_weights=False, median_side=500))
+    assert v["optim.lr"] == 1e-3 and v["optim.head_lr_mult"] == 1.0
+    assert v["data.image_size"] == 64  # capped on a CPU
+    assert values(facts(median_side=500, device="cuda"))["data.image_size"] == 128
+    assert values(facts(median_side=40))["data.image_size"] == 48  # the images' own size, rounded to 16
+    assert values(facts(median_side=10))["data.image_size"] == 32
+    assert values(facts(median_side=None))["data.image_size"] == 64
+    # a backbone of one fixed size keeps it
+    assert values(facts(), backbone_size=224, fixed=True)["data.image_size"] == 224
+
+
+def test_batches_follow_the_classes_and_images_per_class():
+    assert values(facts(n_train_classes=5))["data.batch_classes"] == 5
+    assert values(facts(n_train_classes=100))["data.batch_classes"] == 16
+    assert values(facts(n_train_classes=100, device="cuda"))["data.batch_classes"] == 32
+    assert values(facts(images_per_class=3))["data.batch_per_class"] == 2
+    assert values(facts(images_per_class=20))["data.batch_per_class"] == 4
+
+
+def test_grayscale_folders_are_not_mirrored_and_colour_photos_are():
+    assert values(facts(grayscale_share=1.0))["data.flip"] is False
+    assert values(facts(grayscale_share=0.2))["data.flip"] is True
+    assert values(facts(grayscale_share=None))["data.flip"] is True
+
+
+def test_derive_sets_only_the_keys_left_to_the_recipe():
+    cfg = TrainConfig().replace(**{"optim.lr": 5e-5, "data.image_size": 96,
+                                   "auto": tuple(k for k in RECIPE_KEYS if k not in ("optim.lr", "data.image_size"))})
+    out, choices = derive(cfg, facts())
+    assert out.optim.lr == 5e-5 and out.data.image_size == 96  # the user's values win
+    assert {c.key for c in choices} == set(cfg.auto)
+    assert out.optim.head_lr_mult == 1.0 and out.loss.name == values(facts())["loss.name"]
+    # nothing automatic: nothing changes
+    assert derive(TrainConfig(), facts()) == (TrainConfig(), [])
+
+
+def test_a_loss_the_user_picked_keeps_its_own_miner_and_parameters():
+    cfg = TrainConfig().replace(**{"loss.name": "triplet", "loss.params": {"margin": 0.3},
+                                   "auto": tuple(k for k in RECIPE_KEYS if k not in ("loss.name", "loss.params"))})
+    out, choices = derive(cfg, facts())
+    assert out.loss.name == "triplet" and out.loss.miner == "semihard_triplets"
+    assert out.loss.params == {"margin": 0.3}
+
+
+def _png(path: Path, size: tuple[int, int], gray: bool, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    if gray:
+        a = rng.integers(0, 255, size=(size[1], size[0]), dtype=np.uint8)
+        Image.fromarray(np.stack([a, a, a], -1)).save(path)  # stored as RGB, but grey: counts as grayscale
+    else:
+        Image.fromarray(rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def test_image_facts_equal_a_loop_over_every_image(tmp_path):
+    paths, sides, grays = [], [], []
+    rng = np.random.default_rng(0)
+    for i in range(25):
+        w, h = int(rng.integers(20, 300)), int(rng.integers(20, 300))
+        gray = bool(rng.integers(0, 2))
+        p = tmp_path / f"{i}.png"
+        _png(p, (w, h), gray, i)
+        paths.append(p)
+        sides.append(min(w, h))
+        grays.append(gray)
+    side, share = image_facts(paths, limit=1000)
+    assert side == int(np.median(sides))
+    assert share == pytest.approx(np.mean(grays))
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert image_facts([tmp_path / "broken.png"]) == (None, None)
+
+
+def test_data_facts_count_the_training_classes_only(tmp_path):
+    paths = []
+    for i in range(10):
+        p = tmp_path / f"{i}.png"
+        _png(p, (32, 32), False, i)
+        paths.append(p)
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+    train = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)
+    f = data_facts(paths, labels, train, trained_weights=False, device="cpu")
+    assert f.n_train_classes == 2 and f.images_per_class == 2  # median of (3, 2) rounds down
+    assert f.median_side == 32
+
+
+def _fail_download(weights, *a, **k):
+    raise urllib.error.URLError("no network")
+
+
+def test_a_failed_download_gives_the_random_weights_recipe_and_head_rate(tmp_path, monkeypatch):
+    """The bug this guards against: ImageNet asked for, the download failed, and the head still ran at 10x."""
+    import trainer.models as models
+
+    monkeypatch.setattr(models, "_download_state_dict", _fail_download)
+    data = make_folder(tmp_path / "data")
+    cfg = tiny_config(data, **{"model.backbone": "resnet18", "model.pretrained": True, "optim.epochs": 0,
+                               "data.image_size": 32, "auto": ("optim.lr", "optim.head_lr_mult")})
+    events = run_collect(cfg, tmp_path / "run")
+    assert not [e for e in events if isinstance(e, ev.Failed)]
+    logs = [e.message for e in events if isinstance(e, ev.Log)]
+    assert any("could not be loaded" in m and "recipe is the one for random weights" in m for m in logs)
+    assert any("learning rates: head 0.001, backbone 0.001" in m for m in logs), logs
+    stored = TrainConfig.from_dict(RunReader(tmp_path / "run").config)
+    assert stored.optim.lr == 1e-3 and stored.optim.head_lr_mult == 1.0  # the config stored is the one that ran
+    assert stored.auto == ("optim.lr", "optim.head_lr_mult")
+
+
+def test_loaded_trained_weights_give_the_trained_recipe(tmp_path, monkeypatch):
+    import torchvision
+
+    import trainer.models as models
+
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    monkeypatch.setattr(models, "_download_state_dict", lambda weights, *a, **k: state)
+    data = make_folder(tmp_path / "data")
+    cfg = tiny_config(data, **{"model.backbone": "resnet18", "model.pretrained": True, "optim.epochs": 0,
+                               "data.image_size": 32, "auto": ("optim.lr", "optim.head_lr_mult")})
+    events = run_collect(cfg, tmp_path / "run")
+    assert not [e for e in events if isinstance(e, ev.Failed)]
+    groups = {g["name"]: g for g in load_checkpoint(RunReader(tmp_path / "run").checkpoint_path(0))
+              ["optimizer"]["param_groups"]}
+    assert groups["backbone"]["initial_lr"] == pytest.approx(1e-4)
+    assert groups["head"]["initial_lr"] == pytest.approx(1e-3)
+
+
+def test_cli_leaves_what_the_user_did_not_set_to_the_recipe():
+    sys.path.insert(0, str(ROOT))
+    import main
+
+    cfg = main._config_from_args(main._train_parser().parse_args(["data", "--out", "o"]))
+    assert set(cfg.auto) == set(RECIPE_KEYS)
+    cfg = main._config_from_args(main._train_parser().parse_args(["data", "--out", "o", "--lr", "3e-4",
+                                                                  "--no-flip", "--loss", "triplet"]))
+    assert "optim.lr" not in cfg.auto and "data.flip" not in cfg.auto
+    assert not {"loss.name", "loss.params"} & set(cfg.auto) and "loss.miner" not in cfg.auto  # --loss sets its miner
+    preset = next(iter(PRESETS))
+    cfg = main._config_from_args(main._train_parser().parse_args(["data", "--out", "o", "--preset", preset]))
+    assert not set(PRESETS[preset]) & set(cfg.auto)  # a preset's settings are choices too
+
+
+def test_dry_run_prints_the_recipe_and_the_time_per_epoch_and_writes_nothing(tmp_path):
+    data = make_folder(tmp_path / "data", n_classes=4, per_class=6)
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, str(ROOT / "main.py"), "train", str(data), "--out", str(out),
+                          "--backbone", "small_cnn", "--dry-run", "--epochs", "2"],
+                         capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr
+    assert "recipe from: backbone starts from random weights" in res.stdout
+    assert "recipe: optim.lr = 0.001" in res.stdout
+    assert "estimated time per epoch on cpu" in res.stdout
+    assert not out.exists()

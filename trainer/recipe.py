@@ -1,0 +1,277 @@
+"""The training recipe: settings derived from what is known before training, each with its reason.
+
+What is known: whether the backbone really starts from trained weights (after the download or the weights file
+succeeded or failed), the folder's image sizes and colours, its number of training classes and images per
+class, and the device. :func:`derive` turns these :class:`Facts` into values for the keys the user left to the
+recipe (``TrainConfig.auto``); a key the user set is never changed. The CLI (``train``, ``train --dry-run``), the
+trainer (which resolves the recipe when a run starts, after loading the weights) and the GUI's form all use
+this one function.
+
+The rules, and the measurements behind them, are in bench/README.md ("Open-set quality").
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import TrainConfig
+
+# every key the recipe may choose; the CLI and the GUI leave the ones the user did not set to it
+RECIPE_KEYS: tuple[str, ...] = (
+    "model.embedding_dim", "model.head_bn", "data.image_size", "data.augment", "data.crop_scale", "data.flip",
+    "data.batch_classes", "data.batch_per_class", "optim.lr", "optim.loss_lr", "optim.head_lr_mult",
+    "optim.warmup_epochs", "optim.weight_decay", "optim.scheduler", "loss.name", "loss.miner", "loss.params",
+)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What is known about the run before its first batch."""
+
+    trained_weights: bool  # the backbone's weights were really loaded (ImageNet or a weights file)
+    n_train_classes: int
+    images_per_class: int  # median over the training classes
+    median_side: int | None = None  # median of min(width, height) over the images looked at; None: unknown
+    grayscale_share: float | None = None  # share of the images looked at whose three channels are equal
+    device: str = "cpu"  # "cpu" | "cuda" | "mps"
+
+    def describe(self) -> str:
+        parts = [
+            "trained weights loaded" if self.trained_weights else "backbone starts from random weights",
+            f"{self.n_train_classes} training classes, median {self.images_per_class} images per class",
+        ]
+        if self.median_side is not None:
+            parts.append(f"images ~{self.median_side} px on their short side")
+        if self.grayscale_share is not None:
+            parts.append(f"{100 * self.grayscale_share:.0f} % grayscale")
+        parts.append(f"device {self.device}")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Choice:
+    key: str
+    value: object
+    reason: str
+
+
+def _round_up(x: float, step: int) -> int:
+    return int(step * max(1, math.ceil(x / step)))
+
+
+def rules(facts: Facts, backbone_default_size: int, fixed_image_size: bool) -> list[Choice]:
+    """The recipe for `facts`, every key of RECIPE_KEYS with its value and reason."""
+    out: list[Choice] = []
+
+    def add(key: str, value: object, reason: str) -> None:
+        out.append(Choice(key, value, reason))
+
+    trained = facts.trained_weights
+    gpu = facts.device in ("cuda", "mps")
+    # ---- image size
+    if fixed_image_size:
+        add("data.image_size", backbone_default_size, "the backbone only takes this size")
+    elif trained:
+        add("data.image_size", backbone_default_size,
+            "trained weights work best at the scale they were trained at")
+    else:
+        cap = 128 if gpu else 64
+        side = facts.median_side
+        size = cap if side is None else max(32, min(cap, _round_up(side, 16)))
+        why = (f"from random weights small inputs train many times faster{'' if gpu else ' on a CPU'}, "
+               f"and a network trained from scratch does not need ImageNet's scale (cap {cap} px")
+        why += ")" if side is None else f"; the images are ~{side} px)"
+        add("data.image_size", size, why)
+    # ---- learning rates and schedule
+    if trained:
+        add("optim.lr", 1e-4, "trained features are fine-tuned gently (Adam)")
+        add("optim.head_lr_mult", 10.0, "the new head starts at random and must catch up with trained features")
+        add("optim.warmup_epochs", 1.0, "one epoch of warm-up keeps the random head from disturbing trained "
+                                        "features while it settles")
+    else:
+        add("optim.lr", 1e-3, "a network trained from scratch needs Adam's usual rate")
+        add("optim.head_lr_mult", 1.0, "from scratch the whole network is new: head and backbone at one rate")
+        add("optim.warmup_epochs", 0.5, "half an epoch of warm-up lets BatchNorm statistics settle before full "
+                                        "steps")
+    add("optim.scheduler", "cosine", "cosine decay to zero: the last epochs refine instead of jumping around")
+    add("optim.weight_decay", 5e-4 if not trained else 1e-4,
+        "weight decay against over-fitting the training classes" + ("" if trained else " (stronger from scratch)"))
+    add("optim.loss_lr", 1e-2, "class weights of the loss move 10-100x faster than the network, or they drag it "
+                               "towards random directions")
+    # ---- loss
+    add("loss.name", "normalized_softmax",
+        "normalized softmax (temperature 0.05) is among the strongest losses in the Metric Learning Reality Check "
+        "and needs no miner")
+    add("loss.miner", "none", "a classification loss sees every sample against every class weight")
+    add("loss.params", {}, "the loss's literature defaults")
+    add("model.embedding_dim", 128, "128 dimensions: the usual size for retrieval benchmarks")
+    add("model.head_bn", False, "a plain linear head")
+    # ---- batches
+    k = 4 if facts.images_per_class >= 8 else 2
+    c_cap = 32 if gpu else 16
+    c = max(2, min(c_cap, facts.n_train_classes))
+    add("data.batch_per_class", k, f"K = {k} images per class" + (
+        "" if k == 4 else f" (median {facts.images_per_class} images per class leaves room for no more)"))
+    add("data.batch_classes", c, f"C = {c} classes per batch: " + (
+        f"all {facts.n_train_classes} training classes" if c == facts.n_train_classes
+        else f"{c_cap} on {'a GPU' if gpu else 'a CPU'}, for {c * k} images per batch"))
+    # ---- augmentation
+    add("data.augment", True, "random crops and colour changes keep the network from memorising its images")
+    scale = 0.5 if facts.images_per_class < 30 else 0.7
+    add("data.crop_scale", scale, f"crops keep at least {int(scale * 100)} % of the image" + (
+        " (few images per class: stronger augmentation)" if scale < 0.7 else ""))
+    gray = facts.grayscale_share is not None and facts.grayscale_share >= 0.9
+    add("data.flip", not gray, "no mirroring: the images are grayscale (characters, documents, sketches), where "
+                               "a mirror image is often another thing" if gray else
+        "left-right mirroring: colour photographs usually mean the same mirrored")
+    return out
+
+
+def derive(cfg: TrainConfig, facts: Facts) -> tuple[TrainConfig, list[Choice]]:
+    """`cfg` with the keys of ``cfg.auto`` set by the recipe for `facts`; the choices made, with reasons."""
+    from .models import backbone_spec
+
+    spec = backbone_spec(cfg.model.backbone)
+    auto = set(cfg.auto)
+    chosen = [c for c in rules(facts, spec.default_image_size, spec.fixed_image_size) if c.key in auto]
+    changes = {c.key: c.value for c in chosen}
+    if "loss.miner" in auto and "loss.name" not in auto:
+        # the user picked the loss: its own usual miner, not the recipe's
+        from .losses import LOSSES
+
+        loss = LOSSES.get(cfg.loss.name)
+        if loss is not None:
+            changes["loss.miner"] = loss.default_miner
+            chosen = [Choice("loss.miner", loss.default_miner, f"the usual miner of {loss.name}") if c.key ==
+                      "loss.miner" else c for c in chosen]
+    if "loss.params" in auto and "loss.name" not in auto:
+        changes.pop("loss.params", None)
+        chosen = [c for c in chosen if c.key != "loss.params"]
+    return cfg.replace(**changes), chosen
+
+
+def format_choices(choices: Sequence[Choice], facts: Facts) -> list[str]:
+    """Lines for the log and ``--dry-run``: what was known, then each choice with its reason."""
+    lines = [f"recipe from: {facts.describe()}"]
+    for c in choices:
+        value = c.value if not isinstance(c.value, float) else f"{c.value:g}"
+        lines.append(f"recipe: {c.key} = {value}  ({c.reason})")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------- facts
+def image_facts(paths: Sequence[str | os.PathLike], *, limit: int = 200, seed: int = 0) -> tuple[int | None,
+                                                                                               float | None]:
+    """(median short side, share of grayscale images) over a seeded sample of at most `limit` images.
+
+    Sizes come from the file headers; the colour test decodes a 32-px draft of each image. Files that cannot be
+    read are passed over (the scan has reported them already)."""
+    from PIL import Image
+
+    if not paths:
+        return None, None
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(paths))[:limit]
+    sides: list[int] = []
+    gray = 0
+    looked = 0
+    for i in pick:
+        try:
+            with Image.open(paths[int(i)]) as im:
+                sides.append(min(im.size))
+                if im.mode in ("1", "L", "LA", "I", "I;16", "F"):
+                    gray += 1
+                else:
+                    im.draft("RGB", (32, 32))
+                    a = np.asarray(im.convert("RGB").resize((32, 32)), dtype=np.int16)
+                    if np.abs(a[..., 0] - a[..., 1]).max() <= 8 and np.abs(a[..., 1] - a[..., 2]).max() <= 8:
+                        gray += 1
+                looked += 1
+        except (OSError, ValueError):
+            continue
+    if not looked:
+        return None, None
+    return int(statistics.median(sides)), gray / looked
+
+
+def data_facts(paths: Sequence[str | os.PathLike], labels: np.ndarray, train_mask: np.ndarray, *,
+               trained_weights: bool, device: str, seed: int = 0) -> Facts:
+    """Facts of a scanned folder and its split (the images looked at are the training images)."""
+    labels = np.asarray(labels)
+    train = np.flatnonzero(np.asarray(train_mask))
+    counts = np.bincount(labels[train]) if len(train) else np.zeros(0, dtype=np.int64)
+    counts = counts[counts > 0]
+    side, gray = image_facts([paths[int(i)] for i in train], seed=seed)
+    return Facts(trained_weights=trained_weights, n_train_classes=int(len(counts)),
+                 images_per_class=int(np.median(counts)) if len(counts) else 0, median_side=side,
+                 grayscale_share=gray, device=device)
+
+
+def resolve(cfg: TrainConfig, samples, device_type: str) -> tuple[TrainConfig, list[Choice], Facts, str | None]:
+    """The recipe for a run's scanned samples: (resolved config, choices, facts, a warning or None).
+
+    Tries the backbone's trained weights first (the download fills torchvision's cache), so the recipe is the one
+    for the weights the run will really start from."""
+    from .data import sample_files
+    from .models import probe_weights
+    from .store import SPLIT_TRAIN
+
+    trained, why = probe_weights(cfg.model)
+    warning = None
+    if cfg.model.pretrained and not trained and cfg.model.weights_file is None and "random init" not in why:
+        warning = f"{why}: the recipe is the one for random weights"
+    facts = data_facts(sample_files(samples), samples.labels, samples.split == SPLIT_TRAIN,
+                       trained_weights=trained, device=device_type, seed=cfg.seed)
+    resolved, choices = derive(cfg, facts)
+    return resolved, choices, facts, warning
+
+
+def estimate_epoch_seconds(cfg: TrainConfig, n_train: int, n_all: int, device_type: str = "cpu",
+                           n_classes: int = 10) -> tuple[float, float]:
+    """(training seconds, embedding seconds) of one epoch, timed on two synthetic batches of the configured
+    network and batch size after one warm-up step; image decoding is not included."""
+    import time
+
+    import torch
+
+    from .losses import LOSSES, build_loss
+    from .models import build_model
+
+    spec = LOSSES[cfg.loss.name]
+    model_cfg = cfg.model.__class__(**{**cfg.model.__dict__, "pretrained": False, "weights_file": None})
+    model, _ = build_model(model_cfg, normalize=spec.normalized, log=lambda m: None)
+    dev = torch.device(device_type)
+    model.to(dev).train()
+    loss_fn = build_loss(cfg.loss.name, dict(cfg.loss.params), embedding_dim=cfg.model.embedding_dim,
+                         num_classes=max(2, n_classes)).to(dev)
+    batch = cfg.data.batch_classes * cfg.data.batch_per_class
+    s = cfg.data.image_size
+    x = torch.randn(batch, 3, s, s, device=dev)
+    y = torch.arange(batch, device=dev) % max(2, min(n_classes, cfg.data.batch_classes))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    per_batch = min(times[1:])
+    model.eval()
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        model(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        per_image_eval = (time.perf_counter() - t0) / batch
+    n_batches = cfg.optim.batches_per_epoch or max(1, n_train // batch)
+    return per_batch * n_batches, per_image_eval * n_all
