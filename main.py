@@ -225,7 +225,7 @@ def cmd_train(argv: list[str]) -> int:
 
 def _dry_run(cfg) -> int:
     from trainer.engine import TrainingError, pick_device, scan_samples
-    from trainer.recipe import estimate_epoch_seconds, format_choices, resolve
+    from trainer.recipe import describe_estimate, estimate_epoch_seconds, format_choices, resolve
     from trainer.store import SPLIT_TRAIN
 
     try:
@@ -242,10 +242,9 @@ def _dry_run(cfg) -> int:
         user = [f"{k} = {v}" for k, v in _flat(cfg.to_dict()).items() if k not in set(cfg.auto) and k in _SHOWN]
         if user:
             print("not chosen by the recipe (your options, a preset or the defaults): " + ", ".join(user))
-        t_train, t_embed = estimate_epoch_seconds(cfg, n_train, len(samples.paths), device.type, len(classes))
-        print(f"estimated time per epoch on {device.type}: {_duration(t_train + t_embed)} ({_duration(t_train)} "
-              f"training, {_duration(t_embed)} embedding every image; measured on synthetic batches, image "
-              f"decoding not included); {cfg.optim.epochs} epochs: {_duration((t_train + t_embed) * cfg.optim.epochs)}")
+        times = estimate_epoch_seconds(cfg, n_train, len(samples.paths), device.type, len(classes))
+        print("estimated time: " + describe_estimate(*times, device.type, cfg.optim.epochs)
+              + " (timed on synthetic batches; image decoding not included)")
     except (TrainingError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -264,14 +263,6 @@ def _flat(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def cmd_lr_find(argv: list[str]) -> int:

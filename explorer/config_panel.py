@@ -14,9 +14,10 @@ import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
                                QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
-                               QRadioButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
+                               QRadioButton, QScrollArea, QSizePolicy, QSpinBox, QVBoxLayout, QWidget)
 
 from trainer.config import PRESETS, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
+from trainer.recipe import RECIPE_KEYS, Facts, derive
 
 CUSTOM = "Custom"
 
@@ -148,11 +149,33 @@ def config_problems(cfg: TrainConfig, class_counts: dict[str, int] | None) -> li
     return out
 
 
+_KEY_TITLES = {
+    "data.image_size": "size", "optim.lr": "lr", "optim.head_lr_mult": "Head rate",
+    "loss.name": "Loss", "model.embedding_dim": "dim", "data.batch_classes": "C",
+    "data.batch_per_class": "K", "data.flip": "mirroring", "data.crop_scale": "Crops",
+    "optim.warmup_epochs": "Warm-up", "optim.loss_lr": "Loss rate", "data.augment": "Augment",
+    "loss.miner": "Miner", "loss.params": "Loss parameters",
+}
+
+
+_SUMMARY = ("data.image_size", "optim.lr", "loss.name", "data.batch_classes", "data.batch_per_class",
+            "model.embedding_dim", "data.flip")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
 class ConfigPanel(QWidget):
     """Form that edits a TrainConfig; :attr:`changed` fires on every edit, :meth:`problems` says what is wrong."""
 
     changed = Signal()
     preset_applied = Signal(str)
+    lr_find_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -160,8 +183,16 @@ class ConfigPanel(QWidget):
         self._loading = False
         self._param_widgets: dict[str, QWidget] = {}
         self._base = TrainConfig()  # fields the form does not show are carried through from here
+        # recipe keys the user set (by a widget or a preset); the others are the recipe's, re-derived as the
+        # folder, the backbone and the weights change, and resolved again by the trainer when the run starts
+        self._user_keys: set[str] = set()
+        self._image_facts: tuple[int | None, float | None] = (None, None)
+        self._device = "cpu"
+        self.recipe_choices: list = []
+        self._weights_status: dict[str, tuple[bool, str]] = {}  # backbone -> (trained weights load, why)
+        self._weights_note = ""
         self._build()
-        self.set_config(TrainConfig())
+        self.set_config(TrainConfig().replace(auto=RECIPE_KEYS))
         self._check_timer = QTimer(self)
         self._check_timer.setSingleShot(True)
         self._check_timer.setInterval(150)
@@ -182,6 +213,18 @@ class ConfigPanel(QWidget):
         self.preset_combo.addItems([CUSTOM, *PRESETS])
         self.preset_combo.setToolTip("Named starting points; editing any field turns this back to Custom")
         self.preset_combo.currentTextChanged.connect(self._on_preset)
+        self.recipe_label = QLabel()
+        self.recipe_label.setObjectName("help")
+        self.recipe_label.setWordWrap(True)
+        self.recipe_label.setTextFormat(Qt.TextFormat.RichText)
+        self.recipe_label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.MinimumExpanding)
+        self.estimate_label = QLabel("")
+        self.estimate_label.setObjectName("estimate")
+        self.estimate_label.setWordWrap(True)
+        self.recipe_reset = QPushButton("Use the recipe")
+        self.recipe_reset.setToolTip("Set every recipe setting back to what the recipe chooses for this folder, "
+                                     "backbone and machine")
+        self.recipe_reset.clicked.connect(self.reset_to_recipe)
 
         # model
         self.backbone = QComboBox()
@@ -258,13 +301,20 @@ class ConfigPanel(QWidget):
         self.lr.setRange(1e-7, 1.0)
         self.lr.setSingleStep(1e-5)
         self.lr.setToolTip("Learning rate of the network (Adam)")
+        self.lr_find_button = QPushButton("Find…")
+        self.lr_find_button.setToolTip("Learning-rate range test: a short run with a rising learning rate on this "
+                                       "folder's batches; its suggestion can be applied here")
+        self.lr_find_button.clicked.connect(self.lr_find_requested)
+        lr_row = QHBoxLayout()
+        lr_row.addWidget(self.lr, 1)
+        lr_row.addWidget(self.lr_find_button)
         self.augment = QCheckBox("Augment training images (flip, crop, colour)")
         sched_box = QGroupBox("Batches and schedule")
         sf = QFormLayout(sched_box)
         sf.addRow("Batch", ck)
         sf.addRow("Epochs", self.epochs)
         sf.addRow("Batches per epoch", self.batches_per_epoch)
-        sf.addRow("Learning rate", self.lr)
+        sf.addRow("Learning rate", lr_row)
         sf.addRow("", self.augment)
 
         # held-out split
@@ -327,6 +377,15 @@ class ConfigPanel(QWidget):
         pf = QFormLayout()
         pf.addRow("Preset", self.preset_combo)
         v.addLayout(pf)
+        recipe_box = QGroupBox("Recipe")
+        rv = QVBoxLayout(recipe_box)
+        rv.addWidget(self.recipe_label)
+        rv.addWidget(self.estimate_label)
+        rrow = QHBoxLayout()
+        rrow.addStretch(1)
+        rrow.addWidget(self.recipe_reset)
+        rv.addLayout(rrow)
+        v.addWidget(recipe_box)
         for box in (where_box, model_box, loss_box, sched_box, split_box):
             v.addWidget(box)
         v.addStretch(1)
@@ -340,6 +399,16 @@ class ConfigPanel(QWidget):
         outer.addWidget(scroll, 1)
         outer.addWidget(self.problems_label)
 
+        keyed = ((self.loss, ("loss.name", "loss.params")), (self.miner, ("loss.miner",)),
+                 (self.embedding_dim, ("model.embedding_dim",)), (self.image_size, ("data.image_size",)),
+                 (self.batch_classes, ("data.batch_classes",)), (self.batch_per_class, ("data.batch_per_class",)),
+                 (self.lr, ("optim.lr",)), (self.augment, ("data.augment",)))
+        for w, keys in keyed:
+            signal = w.toggled if isinstance(w, QCheckBox) else (
+                w.currentIndexChanged if isinstance(w, QComboBox) else w.valueChanged)
+            signal.connect(lambda *_, keys=keys: self._edited(keys))
+        for w in (self.backbone, self.pretrained):  # what the recipe is derived from
+            (w.toggled if isinstance(w, QCheckBox) else w.currentIndexChanged).connect(self._rederive)
         for w in (self.backbone, self.loss, self.miner):
             w.currentIndexChanged.connect(notify)
         self.loss.currentIndexChanged.connect(self._rebuild_params)
@@ -404,6 +473,10 @@ class ConfigPanel(QWidget):
             else:
                 w = QLineEdit(str(value))
                 w.textChanged.connect(self._notify)
+            for sig in ("currentIndexChanged", "toggled", "valueChanged", "textChanged"):
+                if hasattr(w, sig):
+                    getattr(w, sig).connect(lambda *_: self._edited(("loss.params",)))
+                    break
             tip = f"{p.help} (default {p.default})"
             w.setToolTip(tip)
             label = QLabel(f"{p.name} <span style='color:#888'>({p.default})</span>")
@@ -462,13 +535,15 @@ class ConfigPanel(QWidget):
                                "epochs": self.epochs.value(),
                                "lr": float(self.lr.value()),
                                "batches_per_epoch": bpe or None})
-        return b.replace(data=data, model=model, loss=loss, optim=optim)
+        auto = tuple(k for k in RECIPE_KEYS if k not in self._user_keys)
+        return b.replace(data=data, model=model, loss=loss, optim=optim, auto=auto)
 
     def set_config(self, cfg: TrainConfig) -> None:
         """Show ``cfg`` in the form (values not offered by a combo box are added to it, not lost)."""
         self._loading = True
         try:
             self._base = cfg
+            self._user_keys = set(RECIPE_KEYS) - set(cfg.auto)
             self.data_dir.setText(cfg.data.data_dir)
             self._select(self.backbone, cfg.model.backbone)
             self.pretrained.setChecked(cfg.model.pretrained)
@@ -497,6 +572,7 @@ class ConfigPanel(QWidget):
             self._update_enabled()
         finally:
             self._loading = False
+        self._show_recipe()
         self.changed.emit()
 
     @staticmethod
@@ -509,7 +585,9 @@ class ConfigPanel(QWidget):
 
     def apply_preset(self, name: str) -> None:
         """Apply the overrides of ``PRESETS[name]`` on top of the current form (data folder and split kept)."""
-        self.set_config(self._fit_to_folder(self.config().replace(**PRESETS[name])))
+        cfg = self.config()
+        auto = tuple(k for k in cfg.auto if k not in PRESETS[name])  # a preset's settings are choices too
+        self.set_config(self._rederived(self._fit_to_folder(cfg.replace(**PRESETS[name]).replace(auto=auto))))
         self.preset_combo.blockSignals(True)
         self.preset_combo.setCurrentText(name)
         self.preset_combo.blockSignals(False)
@@ -538,8 +616,13 @@ class ConfigPanel(QWidget):
         cfg = self.config()
         fitted = self._fit_to_folder(cfg)
         if fitted != cfg:  # e.g. the demo digits keep 5 training classes and the default C is 8
-            self.batch_classes.setValue(fitted.data.batch_classes)
-        self.changed.emit()
+            self._loading = True
+            try:
+                self.batch_classes.setValue(fitted.data.batch_classes)
+            finally:
+                self._loading = False
+        self._image_facts = (None, None)
+        self._rederive()
 
     def _fit_to_folder(self, cfg: TrainConfig) -> TrainConfig:
         """``cfg`` with C lowered to the folder's number of training classes where it asks for more."""
@@ -577,6 +660,122 @@ class ConfigPanel(QWidget):
         path = QFileDialog.getExistingDirectory(self, "Choose where runs are saved", self.runs_root.text())
         if path:
             self.runs_root.setText(path)
+
+    # ---- recipe -----------------------------------------------------------------------------------------------
+    def _edited(self, keys: tuple[str, ...]) -> None:
+        if not self._loading:
+            self._user_keys.update(keys)
+            self._show_recipe()
+
+    def set_device(self, device: str) -> None:
+        """The device the recipe is for ("cpu", "cuda", "mps")."""
+        self._device = device
+        self._rederive()
+
+    def set_image_facts(self, median_side: int | None, grayscale_share: float | None) -> None:
+        """Sizes and colours of the folder's images (measured off the GUI thread); the recipe is derived again."""
+        self._image_facts = (median_side, grayscale_share)
+        self._rederive()
+
+    def facts(self) -> Facts | None:
+        """What the recipe is derived from, as far as the form knows it (None before a folder is scanned).
+
+        The form assumes that ticked ImageNet weights will load; the trainer checks when the run starts, and
+        derives the recipe for random weights if they do not."""
+        if not self._class_counts:
+            return None
+        cfg = self.config()
+        train, _ = _split_counts(self._class_counts, cfg.data)
+        spec = backbone_specs().get(cfg.model.backbone)
+        trained = cfg.model.weights_file is not None or (
+            cfg.model.pretrained and getattr(spec, "weights_enum", None) is not None)
+        self._weights_note = ""
+        if trained and cfg.model.weights_file is None and cfg.model.backbone in self._weights_status:
+            ok, why = self._weights_status[cfg.model.backbone]
+            if not ok:
+                trained = False
+                self._weights_note = f"random weights ({why})"
+        counts = list(train.values()) or [0]
+        side, gray = self._image_facts
+        return Facts(trained_weights=trained, n_train_classes=len(train),
+                     images_per_class=int(np.median(counts)), median_side=side, grayscale_share=gray,
+                     device=self._device)
+
+    def _rederived(self, cfg: TrainConfig) -> TrainConfig:
+        facts = self.facts()
+        if facts is None or not cfg.auto:
+            self.recipe_choices = []
+            return cfg
+        try:
+            out, self.recipe_choices = derive(cfg, facts)
+        except ValueError:  # an unknown backbone typed into a run's config: leave the form as it is
+            self.recipe_choices = []
+            return cfg
+        return out
+
+    @Slot()
+    def _rederive(self, *_: Any) -> None:
+        if self._loading:
+            return
+        cfg = self.config()
+        new = self._rederived(cfg)
+        if new != cfg:
+            self.set_config(new)
+        else:
+            self._show_recipe()
+
+    @Slot()
+    def reset_to_recipe(self) -> None:
+        """Hand every recipe setting back to the recipe."""
+        self.set_config(self._rederived(self.config().replace(auto=RECIPE_KEYS)))
+
+    def _show_recipe(self) -> None:
+        auto = set(RECIPE_KEYS) - self._user_keys
+        facts = self.facts()
+        tip = ""
+        if not auto:
+            text = "Every setting is yours; <i>Use the recipe</i> hands them back to it."
+        elif facts is None:
+            text = ("Open a folder: the settings you leave alone are chosen from its images, its classes and this "
+                    "machine.")
+        else:
+            shown = [c for c in self.recipe_choices if c.key in auto]
+            def show(c) -> str:
+                if c.key == "loss.name":
+                    return getattr(loss_specs().get(c.value), "title", c.value)
+                if c.key == "data.flip":
+                    return "mirrored" if c.value else "not mirrored"
+                return f"{_KEY_TITLES[c.key]} {_fmt(c.value)}"
+
+            summary = " · ".join(show(c) for c in shown if c.key in _SUMMARY)
+            weights = self._weights_note or ("trained weights" if facts.trained_weights else "random weights")
+            text = (f"<b>{summary}</b><br><span style='color:#666'>for {weights}, {facts.n_train_classes} training "
+                    f"classes of ~{facts.images_per_class} images"
+                    + (f", ~{facts.median_side} px" if facts.median_side else "")
+                    + (", grayscale" if (facts.grayscale_share or 0) >= 0.9 else "")
+                    + f", on {facts.device}. Hover for the reasons.</span>")
+            tip = "<br>".join(f"<b>{_KEY_TITLES.get(c.key, c.key)}</b> {_fmt(c.value)}: {c.reason}" for c in shown)
+            if self._user_keys:
+                yours = sorted(_KEY_TITLES.get(k, k) for k in self._user_keys)
+                text += f"<br><span style='color:#666'>Set by you: {', '.join(yours)}.</span>"
+        self.recipe_label.setText(text)
+        self.recipe_label.setToolTip(tip)
+        self.recipe_reset.setEnabled(bool(self._user_keys))
+
+    def set_weights_status(self, backbone: str, trained: bool, why: str) -> None:
+        """Whether `backbone`'s trained weights can be loaded (probed off the GUI thread)."""
+        self._weights_status[backbone] = (trained, why)
+        self._rederive()
+
+    @Slot(float)
+    def apply_learning_rate(self, lr: float) -> None:
+        """A rate from the range test: it becomes the user's choice."""
+        self.lr.setValue(float(lr))
+        self._edited(("optim.lr",))
+
+    def set_estimate(self, text: str) -> None:
+        """The estimated time per epoch of the form's configuration (computed off the GUI thread)."""
+        self.estimate_label.setText(text)
 
     # ---- checks -----------------------------------------------------------------------------------------------
     def problems(self) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Slot
+from PySide6.QtCore import Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMenu, QMessageBox, QSplitter, QTabWidget,
                                QWidget)
@@ -25,6 +25,9 @@ from explorer.views.training_view import TrainingView
 
 APP_TITLE = "Embedding Explorer"
 DEMO_JOB = "demo-folder"
+RECIPE_FACTS_JOB = "recipe-facts"
+WEIGHTS_JOB = "weights-probe"
+ESTIMATE_JOB = "epoch-estimate"
 
 TRIPLET_RULES = (
     "<p>For an anchor <i>a</i>, a positive <i>p</i> (same class) and a negative <i>n</i> (another class), with "
@@ -55,6 +58,32 @@ def _is_run_dir(path: Path) -> bool:
     except ImportError:
         return (path / "manifest.json").is_file()
     return bool(is_run_dir(path))
+
+
+def _recipe_facts_job(paths: list[str], progress=None, partial=None, is_cancelled=None):
+    """(device type, median short side, grayscale share) of a scanned folder, for the form's recipe."""
+    from trainer.engine import pick_device
+    from trainer.recipe import image_facts
+
+    side, gray = image_facts(paths)
+    return pick_device("auto").type, side, gray
+
+
+def _weights_job(model_cfg, progress=None, partial=None, is_cancelled=None):
+    from trainer.models import probe_weights
+
+    ok, why = probe_weights(model_cfg)
+    if not ok and "(" in why:  # the short reason: "URLError: ..." is enough under the form
+        why = "ImageNet weights unavailable: " + why.split("(", 1)[1].rstrip(")").split(":")[0]
+    return model_cfg.backbone, ok, why
+
+
+def _estimate_job(cfg, n_train: int, n_all: int, device: str, n_classes: int, progress=None, partial=None,
+                  is_cancelled=None) -> str:
+    from trainer.recipe import describe_estimate, estimate_epoch_seconds
+
+    return describe_estimate(*estimate_epoch_seconds(cfg, n_train, n_all, device, n_classes), device,
+                             cfg.optim.epochs)
 
 
 def _demo_job(*, progress, partial, is_cancelled) -> Path:
@@ -151,6 +180,14 @@ class MainWindow(QMainWindow):
                 self.config_panel.preset_combo.blockSignals(False)
         self.config_panel.set_runs_root(self.settings.runs_root())
         self.config_panel.preset_applied.connect(self.settings.set_last_preset)
+        self.config_panel.lr_find_requested.connect(self.find_learning_rate)
+        self.config_panel.backbone.currentIndexChanged.connect(self._probe_weights)
+        self.config_panel.pretrained.toggled.connect(self._probe_weights)
+        self._estimate_timer = QTimer(self)
+        self._estimate_timer.setSingleShot(True)
+        self._estimate_timer.setInterval(1200)
+        self._estimate_timer.timeout.connect(self._estimate_epoch)
+        self.config_panel.changed.connect(self._on_config_changed)
         self._refresh_recent()
         geometry = self.settings.window_geometry()
         if geometry is not None:
@@ -329,6 +366,14 @@ class MainWindow(QMainWindow):
     def _on_job_finished(self, key, result) -> None:
         if key == DEMO_JOB:
             self.open_folder(result)
+        elif key == RECIPE_FACTS_JOB:
+            device, side, gray = result
+            self.config_panel._device = device
+            self.config_panel.set_image_facts(side, gray)
+        elif key == WEIGHTS_JOB:
+            self.config_panel.set_weights_status(*result)
+        elif key == ESTIMATE_JOB:
+            self.config_panel.set_estimate(result)
 
     @Slot(object, str)
     def _on_job_failed(self, key, message: str) -> None:
@@ -338,11 +383,56 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _on_scan_finished(self, scan) -> None:
         self.config_panel.set_scan(scan)
+        self.jobs.submit(RECIPE_FACTS_JOB, _recipe_facts_job, [str(scan.abspath(i)) for i in range(len(scan.paths))])
+        self._probe_weights()
+        self._estimate_timer.start()
         self.show_status(f"{len(scan.paths)} images in {len(scan.classes)} classes, {len(scan.skipped)} skipped")
+
+    @Slot()
+    def _probe_weights(self, *_) -> None:
+        """Find out (downloading them if need be) whether the form's backbone weights can be loaded."""
+        model = self.config_panel.config().model
+        if model.pretrained and model.weights_file is None and model.backbone not in \
+                self.config_panel._weights_status:
+            self.jobs.submit(WEIGHTS_JOB, _weights_job, model)
 
     @Slot(str)
     def _on_scan_failed(self, message: str) -> None:
         self.show_status(message)
+
+    @Slot()
+    def _on_config_changed(self) -> None:
+        if self.config_panel.facts() is not None and not self.controller.is_running():
+            self.config_panel.set_estimate("Estimating the time per epoch …")
+            self._estimate_timer.start()
+
+    @Slot()
+    def _estimate_epoch(self) -> None:
+        facts = self.config_panel.facts()
+        counts = self.config_panel._class_counts
+        if facts is None or not counts or self.controller.is_running():
+            return
+        cfg = self.config_panel.config()
+        if self.config_panel.problems():
+            self.config_panel.set_estimate("")
+            return
+        n_train = facts.images_per_class * facts.n_train_classes
+        self.jobs.submit(ESTIMATE_JOB, _estimate_job, cfg, n_train, int(sum(counts.values())), facts.device,
+                         max(2, facts.n_train_classes))
+
+    @Slot()
+    def find_learning_rate(self) -> None:
+        """Open the learning-rate range test for the form's configuration."""
+        from explorer.lr_find_dialog import LRFindDialog
+
+        if self.config_panel.problems():
+            QMessageBox.warning(self, APP_TITLE, "Fix the configuration first:\n\n" + "\n".join(
+                f"• {p}" for p in self.config_panel.problems()))
+            return
+        dialog = LRFindDialog(self.config_panel.config(), self)
+        dialog.applied.connect(self.config_panel.apply_learning_rate)
+        dialog.open()
+        self._lr_dialog = dialog
 
     # ---- training ---------------------------------------------------------------------------------------------
     @Slot()

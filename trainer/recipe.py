@@ -275,3 +275,18 @@ def estimate_epoch_seconds(cfg: TrainConfig, n_train: int, n_all: int, device_ty
         per_image_eval = (time.perf_counter() - t0) / batch
     n_batches = cfg.optim.batches_per_epoch or max(1, n_train // batch)
     return per_batch * n_batches, per_image_eval * n_all
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def describe_estimate(train_s: float, embed_s: float, device: str, epochs: int) -> str:
+    per = train_s + embed_s
+    return (f"about {format_duration(per)} per epoch on {device} ({format_duration(train_s)} training, "
+            f"{format_duration(embed_s)} embedding every image); {epochs} epochs: about "
+            f"{format_duration(per * epochs)}")
