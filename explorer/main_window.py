@@ -250,6 +250,12 @@ class MainWindow(QMainWindow):
                                              "The built-in digits demo folder")
         self.recent_menu = file.addMenu("Recent")
         file.addSeparator()
+        self.sweep_action = self._action(file, "Compare &losses (sweep)…", self.open_sweep_dialog, "Ctrl+L",
+                                         "Train several losses with their recipes on the same split and budget, "
+                                         "several seeds each, and compare their held-out MAP@R")
+        self.lr_find_action = self._action(file, "Find a learning &rate…", self.find_learning_rate, None,
+                                           "Learning-rate range test on the form's folder and model")
+        file.addSeparator()
         self.quit_action = self._action(file, "&Quit", self.close, "Ctrl+Q")
         self.view_menu = bar.addMenu("&View")
         self._view_separator = self.view_menu.addSeparator()
@@ -421,6 +427,23 @@ class MainWindow(QMainWindow):
                          max(2, facts.n_train_classes))
 
     @Slot()
+    def open_sweep_dialog(self) -> None:
+        """Compare losses on the form's folder: one run per loss and seed under the runs folder."""
+        from explorer.sweep_dialog import SweepDialog
+
+        problems = self.config_panel.problems()
+        if problems or self.controller.is_running():
+            QMessageBox.warning(self, APP_TITLE, "Stop the training run first." if self.controller.is_running() else
+                                "Fix the configuration first:\n\n" + "\n".join(f"• {p}" for p in problems))
+            return
+        cfg = self.config_panel.config()
+        out = new_run_dir(self.config_panel.runs_root_path(), "sweep-" + Path(cfg.data.data_dir).name)
+        dialog = SweepDialog(cfg, out, self)
+        dialog.run_finished.connect(lambda path: (self.settings.add_recent_run(path), self._refresh_recent()))
+        dialog.open()
+        self._sweep_dialog = dialog
+
+    @Slot()
     def find_learning_rate(self) -> None:
         """Open the learning-rate range test for the form's configuration."""
         from explorer.lr_find_dialog import LRFindDialog
@@ -502,7 +525,8 @@ class MainWindow(QMainWindow):
     @Slot(bool)
     def _on_running_changed(self, running: bool) -> None:
         self.config_panel.setEnabled(not running)
-        for a in (self.open_folder_action, self.open_run_action, self.open_demo_action):
+        for a in (self.open_folder_action, self.open_run_action, self.open_demo_action, self.sweep_action,
+                  self.lr_find_action):
             a.setEnabled(not running)
         self.start_page.setEnabled(not running)
         if running:

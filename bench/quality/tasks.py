@@ -201,12 +201,23 @@ def _load_icon(path: Path) -> Image.Image | None:
     return out
 
 
-def build_icons(out: Path, seed: int = 0, min_themes: int = 8, max_classes: int = 160) -> dict[str, int]:
-    if shutil.which("rsvg-convert") is None:
-        raise SystemExit("rsvg-convert is missing: apt-get install librsvg2-bin (or pass --install)")
+def _theme_families() -> dict[str, Path]:
+    """One theme per family: Obsidian-Aqua-Light, Papirus-Dark, ePapirus, ... are colour variants of one design,
+    which would make near-copies of one instance; the family's base theme (the shortest name) stands for it."""
     themes = sorted(p for p in Path("/usr/share/icons").iterdir() if p.is_dir() and (p / "index.theme").is_file()
                     and p.name.lower() not in ("hicolor", "locolor", "default"))
-    per_theme = {t.name: _theme_icons(t) for t in themes}
+    families: dict[str, list[Path]] = defaultdict(list)
+    for t in themes:
+        family = t.name.lower().split("-")[0]
+        families["papirus" if family == "epapirus" else family].append(t)
+    return {f: min(ts, key=lambda p: (len(p.name), p.name)) for f, ts in sorted(families.items())}
+
+
+def build_icons(out: Path, seed: int = 0, min_themes: int = 8, max_classes: int = 360) -> dict[str, int]:
+    """Icon names drawn by at least `min_themes` theme families, a seeded choice of at most `max_classes`."""
+    if shutil.which("rsvg-convert") is None:
+        raise SystemExit("rsvg-convert is missing: apt-get install librsvg2-bin (or pass --install)")
+    per_theme = {f: _theme_icons(t) for f, t in _theme_families().items()}
     count: dict[str, int] = defaultdict(int)
     for icons in per_theme.values():
         for n in icons:
