@@ -52,7 +52,7 @@ def _loss_param_names() -> dict[str, list[tuple[str, object, str]]]:
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    from trainer.config import PRESETS, TrainConfig
+    from trainer.config import PRESET_IDS, PRESETS, TrainConfig
     from trainer.losses import LOSSES, MINERS
     from trainer.models import BACKBONES
 
@@ -64,10 +64,12 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="scan the folder, print the recipe with the reason for each setting and the estimated time "
                         "per epoch, and stop (nothing is written)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named preset; other options override it")
-    p.add_argument("--loss", choices=sorted(LOSSES), help=f"metric-learning loss (default {d.loss.name})")
+    p.add_argument("--preset", choices=[*PRESET_IDS, *sorted(PRESETS)], metavar="{" + ",".join(PRESET_IDS) + "}",
+                   help="start from a named preset; other options override it")
+    p.add_argument("--loss", choices=sorted(LOSSES), help="metric-learning loss (default: the recipe's; `train --dry-run` shows it)")
     p.add_argument("--miner", choices=sorted(MINERS), help="tuple miner (default: the loss's usual miner)")
-    p.add_argument("--backbone", choices=sorted(BACKBONES), help=f"backbone (default {d.model.backbone})")
+    p.add_argument("--backbone", choices=sorted(BACKBONES), help="backbone (default: the recipe's: ResNet-18 with trained weights or a GPU, the small CNN on a CPU "
+                   "without them)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--pretrained", dest="pretrained", action="store_true", default=None,
                    help="ImageNet weights through torchvision (default; offline: random init, said in the log)")
@@ -77,20 +79,20 @@ def _train_parser() -> argparse.ArgumentParser:
                    help="freeze the backbone, cache its features once and train only the embedding head (fast on CPU)")
     p.add_argument("--freeze-backbone-epochs", type=int, help="train only the head for the first N epochs")
     p.add_argument("--epochs", type=int, help=f"epochs (default {d.optim.epochs})")
-    p.add_argument("--embedding-dim", type=int, help=f"embedding dimension D (default {d.model.embedding_dim})")
+    p.add_argument("--embedding-dim", type=int, help="embedding dimension D (default: the recipe's)")
     p.add_argument("--head-bn", action="store_true", default=None, help="BatchNorm in the embedding head")
-    p.add_argument("--image-size", type=int, help=f"input size in pixels (default {d.data.image_size})")
+    p.add_argument("--image-size", type=int, help="input size in pixels (default: the recipe's, from the weights and the images' size)")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no augmentation")
     p.add_argument("--no-flip", dest="flip", action="store_false", default=None,
                    help="augment without left-right mirroring (for digits, letters, text: mirroring changes them)")
-    p.add_argument("--batch-classes", type=int, help=f"C: classes per batch (default {d.data.batch_classes})")
-    p.add_argument("--batch-per-class", type=int, help=f"K: images per class (default {d.data.batch_per_class})")
+    p.add_argument("--batch-classes", type=int, help="C: classes per batch (default: the recipe's)")
+    p.add_argument("--batch-per-class", type=int, help="K: images per class (default: the recipe's)")
     p.add_argument("--batches-per-epoch", type=int, help="batches per epoch (default: one pass over the images)")
-    p.add_argument("--lr", type=float, help=f"backbone learning rate (default {d.optim.lr:g})")
-    p.add_argument("--head-lr-mult", type=float, help="embedding head's learning rate over --lr (default: 10 for a "
-                                                      "pretrained backbone, 1 for one trained from scratch)")
-    p.add_argument("--loss-lr", type=float, help=f"learning rate of proxies / classifier weights "
-                                                 f"(default {d.optim.loss_lr:g})")
+    p.add_argument("--lr", type=float, help="backbone learning rate (default: the recipe's; `lr-find` suggests one)")
+    p.add_argument("--head-lr-mult", type=float, help="embedding head's learning rate over --lr (default: 10 when "
+                                                      "trained weights loaded, 1 from random weights)")
+    p.add_argument("--loss-lr", type=float, help="learning rate of proxies / classifier weights "
+                                                 "(default: the recipe's)")
     p.add_argument("--test-dir", help="explicit held-out image folder (default: a class-disjoint split)")
     p.add_argument("--holdout-fraction", type=float, help=f"share of classes held out (default "
                                                           f"{d.data.holdout_fraction})")
@@ -111,13 +113,13 @@ def _train_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config_from_args(args: argparse.Namespace):
-    from trainer.config import PRESETS, TrainConfig
+def _config_from_args(args: argparse.Namespace, loss_for_params: str | None = None):
+    from trainer.config import PRESETS, TrainConfig, preset_title
     from trainer.losses import LOSSES
 
     cfg = TrainConfig()
-    if args.preset:
-        cfg = cfg.replace(**PRESETS[args.preset])
+    preset = PRESETS[preset_title(args.preset)] if args.preset else {}
+    cfg = cfg.replace(**preset)
     changes = {"data.data_dir": str(Path(args.data_dir).resolve())}
     mapping = {
         "loss": "loss.name", "backbone": "model.backbone", "pretrained": "model.pretrained",
@@ -136,7 +138,12 @@ def _config_from_args(args: argparse.Namespace):
             changes[key] = value
     if args.holdout_classes:
         changes["data.holdout_classes"] = tuple(c.strip() for c in args.holdout_classes.split(",") if c.strip())
-    loss_name = changes.get("loss.name", cfg.loss.name)
+    from trainer.recipe import RECIPE_LOSS
+
+    given = [k for k, v in vars(args).items() if k.startswith("lossparam_") and v is not None]
+    if given and "loss.name" not in changes and not args.preset and loss_for_params is None:
+        changes["loss.name"] = RECIPE_LOSS  # parameters without --loss are the recipe loss's: they pin it
+    loss_name = loss_for_params or changes.get("loss.name", cfg.loss.name)
     spec = LOSSES[loss_name]
     if args.miner is not None:
         changes["loss.miner"] = args.miner
@@ -156,7 +163,7 @@ def _config_from_args(args: argparse.Namespace):
     # what the user did not set (by an option or a preset) is left to the recipe, chosen when the run starts
     from trainer.recipe import RECIPE_KEYS
 
-    chosen = set(changes) | set(PRESETS[args.preset] if args.preset else ())
+    chosen = set(changes) | set(preset)
     if "loss.name" in chosen:
         chosen.add("loss.params")
     changes["auto"] = tuple(k for k in RECIPE_KEYS if k not in chosen)
@@ -342,7 +349,11 @@ def cmd_sweep(argv: list[str]) -> int:
     from trainer import events as ev
     from trainer.sweep import format_table, run_sweep
 
-    base = _config_from_args(args)
+    given = {k[len("lossparam_"):] for k, v in vars(args).items() if k.startswith("lossparam_") and v is not None}
+    takes = [x for x in losses if given <= {prm.name for prm in LOSSES[x].params}]
+    if given and not takes:
+        p.error(f"no swept loss has all of the parameters {', '.join(sorted(given))}")
+    base = _config_from_args(args, loss_for_params=takes[0] if given else None)
 
     def emit_for(loss, seed):
         def emit(e):

@@ -150,7 +150,7 @@ def config_problems(cfg: TrainConfig, class_counts: dict[str, int] | None) -> li
 
 
 _KEY_TITLES = {
-    "data.image_size": "size", "optim.lr": "lr", "optim.head_lr_mult": "Head rate",
+    "model.backbone": "Backbone", "data.image_size": "size", "optim.lr": "lr", "optim.head_lr_mult": "Head rate",
     "loss.name": "Loss", "model.embedding_dim": "dim", "data.batch_classes": "C",
     "data.batch_per_class": "K", "data.flip": "mirroring", "data.crop_scale": "Crops",
     "optim.warmup_epochs": "Warm-up", "optim.loss_lr": "Loss rate", "data.augment": "Augment",
@@ -158,7 +158,7 @@ _KEY_TITLES = {
 }
 
 
-_SUMMARY = ("data.image_size", "optim.lr", "loss.name", "data.batch_classes", "data.batch_per_class",
+_SUMMARY = ("model.backbone", "data.image_size", "optim.lr", "loss.name", "data.batch_classes", "data.batch_per_class",
             "model.embedding_dim", "data.flip")
 
 
@@ -402,7 +402,7 @@ class ConfigPanel(QWidget):
         keyed = ((self.loss, ("loss.name", "loss.params")), (self.miner, ("loss.miner",)),
                  (self.embedding_dim, ("model.embedding_dim",)), (self.image_size, ("data.image_size",)),
                  (self.batch_classes, ("data.batch_classes",)), (self.batch_per_class, ("data.batch_per_class",)),
-                 (self.lr, ("optim.lr",)), (self.augment, ("data.augment",)))
+                 (self.lr, ("optim.lr",)), (self.augment, ("data.augment",)), (self.backbone, ("model.backbone",)))
         for w, keys in keyed:
             signal = w.toggled if isinstance(w, QCheckBox) else (
                 w.currentIndexChanged if isinstance(w, QComboBox) else w.valueChanged)
@@ -686,12 +686,15 @@ class ConfigPanel(QWidget):
             return None
         cfg = self.config()
         train, _ = _split_counts(self._class_counts, cfg.data)
-        spec = backbone_specs().get(cfg.model.backbone)
+        # the backbone the weights are asked for: the default one while the recipe picks the backbone (it
+        # picks from whether those weights load)
+        asked = TrainConfig().model.backbone if "model.backbone" in cfg.auto else cfg.model.backbone
+        spec = backbone_specs().get(asked)
         trained = cfg.model.weights_file is not None or (
             cfg.model.pretrained and getattr(spec, "weights_enum", None) is not None)
         self._weights_note = ""
-        if trained and cfg.model.weights_file is None and cfg.model.backbone in self._weights_status:
-            ok, why = self._weights_status[cfg.model.backbone]
+        if trained and cfg.model.weights_file is None and asked in self._weights_status:
+            ok, why = self._weights_status[asked]
             if not ok:
                 trained = False
                 self._weights_note = f"random weights ({why})"
@@ -743,6 +746,8 @@ class ConfigPanel(QWidget):
             def show(c) -> str:
                 if c.key == "loss.name":
                     return getattr(loss_specs().get(c.value), "title", c.value)
+                if c.key == "model.backbone":
+                    return getattr(backbone_specs().get(c.value), "title", c.value).split(" (")[0]
                 if c.key == "data.flip":
                     return "mirrored" if c.value else "not mirrored"
                 return f"{_KEY_TITLES[c.key]} {_fmt(c.value)}"

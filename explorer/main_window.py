@@ -397,7 +397,12 @@ class MainWindow(QMainWindow):
     @Slot()
     def _probe_weights(self, *_) -> None:
         """Find out (downloading them if need be) whether the form's backbone weights can be loaded."""
-        model = self.config_panel.config().model
+        from trainer.config import TrainConfig
+
+        cfg = self.config_panel.config()
+        model = cfg.model
+        if "model.backbone" in cfg.auto:  # the recipe picks the backbone from whether the default's weights load
+            model = model.__class__(**{**model.__dict__, "backbone": TrainConfig().model.backbone})
         if model.pretrained and model.weights_file is None and model.backbone not in \
                 self.config_panel._weights_status:
             self.jobs.submit(WEIGHTS_JOB, _weights_job, model)

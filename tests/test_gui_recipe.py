@@ -45,13 +45,20 @@ def test_a_new_folder_starts_from_the_recipe_and_the_weights_as_probed(qtbot, fo
     assert set(cfg.auto) == set(RECIPE_KEYS)
     # ImageNet weights ticked and not yet known to fail: the trained-weights recipe
     assert cfg.model.pretrained and cfg.data.image_size == 224 and cfg.optim.lr == 1e-4
-    panel.set_weights_status(cfg.model.backbone, False, "ImageNet weights unavailable: URLError")
+    assert cfg.model.backbone == "resnet18"
+    panel.set_weights_status("resnet18", False, "ImageNet weights unavailable: URLError")
     cfg = panel.config()
     assert cfg.data.image_size == 48 and cfg.optim.lr == 1e-3  # random weights: the images' size, Adam's rate
+    assert cfg.model.backbone == "small_cnn"  # ... and on a CPU, the small network
     assert "random weights (ImageNet weights unavailable" in panel.recipe_label.text()
     assert "cpu" in panel.recipe_label.text()
     panel.pretrained.setChecked(False)
     assert panel.config().optim.lr == 1e-3
+    # a backbone chosen by the user stays, and its weights are what counts
+    panel._select(panel.backbone, "resnet18")
+    panel.pretrained.setChecked(True)
+    cfg = panel.config()
+    assert "model.backbone" not in cfg.auto and cfg.model.backbone == "resnet18" and cfg.optim.lr == 1e-3
 
 
 def test_edits_leave_the_recipe_and_use_the_recipe_hands_them_back(qtbot, folder):

@@ -119,3 +119,20 @@ def test_lr_find_and_sweep_from_the_command_line(tmp_path):
     assert json.loads((tmp_path / "sw" / SWEEP_FILE).read_text())["losses"] == ["triplet", "arcface"]
     res = _cli("sweep", str(data), "--out", str(tmp_path / "sw2"), "--losses", "nope", *small)
     assert res.returncode == 2 and "unknown loss nope" in res.stderr
+
+
+def test_a_sweep_keeps_the_parameters_that_belong_to_each_loss():
+    from trainer.config import TrainConfig
+    from trainer.sweep import sweep_config
+
+    base = TrainConfig().replace(**{"loss.params": {"temperature": 0.1}, "auto": ("loss.miner", "optim.lr")})
+    cfg = sweep_config(base, "normalized_softmax", 2)
+    assert cfg.loss.params == {"temperature": 0.1} and cfg.seed == 2 and "optim.lr" in cfg.auto
+    assert sweep_config(base, "triplet", 0).loss.params == {}  # not a triplet parameter
+    sys.path.insert(0, str(ROOT))
+    import main
+
+    args = main._train_parser().parse_args(["data", "--out", "o", "--temperature", "0.2"])
+    cfg = main._config_from_args(args)  # a parameter without --loss is the recipe loss's, and pins it
+    assert cfg.loss.name == "normalized_softmax" and cfg.loss.params == {"temperature": 0.2}
+    assert "loss.name" not in cfg.auto

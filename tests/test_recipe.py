@@ -16,7 +16,7 @@ from test_engine import make_folder, run_collect, tiny_config
 from trainer import events as ev
 from trainer.config import PRESETS, TrainConfig
 from trainer.engine import load_checkpoint
-from trainer.recipe import RECIPE_KEYS, Facts, data_facts, derive, image_facts, rules
+from trainer.recipe import RECIPE_KEYS, Facts, choose_backbone, data_facts, derive, image_facts, rules
 from trainer.store import RunReader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,12 +29,12 @@ def facts(**kw) -> Facts:
 
 
 def values(f: Facts, backbone_size: int = 224, fixed: bool = False) -> dict:
-    return {c.key: c.value for c in rules(f, backbone_size, fixed)}
+    return {c.key: c.value for c in rules(f, backbone_size, fixed, choose_backbone(f, "resnet18"))}
 
 
 def test_rules_cover_every_recipe_key_with_a_reason():
     for f in (facts(), facts(trained_weights=True), facts(device="cuda", images_per_class=3, grayscale_share=1.0)):
-        choices = rules(f, 224, False)
+        choices = rules(f, 224, False, choose_backbone(f, "resnet18"))
         assert sorted(c.key for c in choices) == sorted(RECIPE_KEYS)
         assert all(c.reason for c in choices)
 
@@ -56,6 +56,19 @@ def test_random_weights_get_adam_rates_one_head_rate_and_small_inputs_on_a_cpu()
     assert values(facts(median_side=None))["data.image_size"] == 64
     # a backbone of one fixed size keeps it
     assert values(facts(), backbone_size=224, fixed=True)["data.image_size"] == 224
+
+
+def test_a_cpu_without_trained_weights_gets_the_small_cnn_and_a_gpu_keeps_the_resnet():
+    assert values(facts())["model.backbone"] == "small_cnn"
+    assert values(facts(device="cuda"))["model.backbone"] == "resnet18"
+    assert values(facts(trained_weights=True))["model.backbone"] == "resnet18"
+    # the size rule follows the backbone the recipe chose
+    cfg = TrainConfig().replace(auto=RECIPE_KEYS)
+    out, _ = derive(cfg, facts(median_side=300))
+    assert out.model.backbone == "small_cnn" and out.data.image_size == 64
+    # a backbone the user chose is kept, from scratch on a CPU too
+    out, _ = derive(cfg.replace(auto=tuple(k for k in RECIPE_KEYS if k != "model.backbone")), facts())
+    assert out.model.backbone == "resnet18"
 
 
 def test_batches_follow_the_classes_and_images_per_class():

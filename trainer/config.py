@@ -201,3 +201,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "loss.miner": "none",
     },
 }
+
+
+# plain ids for the command line (``--preset quick-cpu``); the titles stay the GUI's names
+PRESET_IDS: dict[str, str] = {
+    "quick-cpu": "Quick look (CPU)",
+    "head-only": "Head only (frozen pretrained backbone)",
+    "quality": "Quality",
+}
+
+
+def preset_title(name: str) -> str:
+    """The preset's title for an id or a title; ValueError naming the ids otherwise."""
+    if name in PRESETS:
+        return name
+    if name in PRESET_IDS:
+        return PRESET_IDS[name]
+    raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESET_IDS)}")

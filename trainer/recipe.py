@@ -22,9 +22,13 @@ import numpy as np
 
 from .config import TrainConfig
 
+RECIPE_LOSS = "normalized_softmax"  # the recipe's loss from FEW_CLASSES training classes on
+FEW_CLASSES = 20
+FEW_CLASSES_LOSS = "multi_similarity"
+
 # every key the recipe may choose; the CLI and the GUI leave the ones the user did not set to it
 RECIPE_KEYS: tuple[str, ...] = (
-    "model.embedding_dim", "model.head_bn", "data.image_size", "data.augment", "data.crop_scale", "data.flip",
+    "model.backbone", "model.embedding_dim", "model.head_bn", "data.image_size", "data.augment", "data.crop_scale", "data.flip",
     "data.batch_classes", "data.batch_per_class", "optim.lr", "optim.loss_lr", "optim.head_lr_mult",
     "optim.warmup_epochs", "optim.weight_decay", "optim.scheduler", "loss.name", "loss.miner", "loss.params",
 )
@@ -65,9 +69,24 @@ def _round_up(x: float, step: int) -> int:
     return int(step * max(1, math.ceil(x / step)))
 
 
-def rules(facts: Facts, backbone_default_size: int, fixed_image_size: bool) -> list[Choice]:
-    """The recipe for `facts`, every key of RECIPE_KEYS with its value and reason."""
-    out: list[Choice] = []
+CPU_BACKBONE = "small_cnn"
+
+
+def choose_backbone(facts: Facts, configured: str) -> Choice:
+    """Without trained weights on a CPU, the small CNN; otherwise the configured backbone (ResNet-18 by default)."""
+    if not facts.trained_weights and facts.device == "cpu":
+        return Choice("model.backbone", CPU_BACKBONE,
+                      "no trained weights and no GPU: a small CNN trains in minutes where a ResNet trained from "
+                      "scratch on a CPU takes hours (choose a ResNet yourself to train one anyway)")
+    return Choice("model.backbone", configured, "trained weights loaded" if facts.trained_weights else
+                  "a GPU trains this backbone from scratch in reasonable time")
+
+
+def rules(facts: Facts, backbone_default_size: int, fixed_image_size: bool,
+          backbone: Choice | None = None) -> list[Choice]:
+    """The recipe for `facts`, every key of RECIPE_KEYS with its value and reason (the backbone's, when given,
+    first: the image size depends on it)."""
+    out: list[Choice] = [backbone] if backbone is not None else []
 
     def add(key: str, value: object, reason: str) -> None:
         out.append(Choice(key, value, reason))
@@ -105,10 +124,16 @@ def rules(facts: Facts, backbone_default_size: int, fixed_image_size: bool) -> l
     add("optim.loss_lr", 1e-2, "class weights of the loss move 10-100x faster than the network, or they drag it "
                                "towards random directions")
     # ---- loss
-    add("loss.name", "normalized_softmax",
-        "normalized softmax (temperature 0.05) is among the strongest losses in the Metric Learning Reality Check "
-        "and needs no miner")
-    add("loss.miner", "none", "a classification loss sees every sample against every class weight")
+    if facts.n_train_classes < FEW_CLASSES:
+        add("loss.name", FEW_CLASSES_LOSS,
+            f"only {facts.n_train_classes} training classes: a classification loss would learn little more than "
+            f"{facts.n_train_classes} directions; a pair loss keeps more of what unseen classes need")
+        add("loss.miner", "multi_similarity", "the loss's own miner: the informative pairs of each batch")
+    else:
+        add("loss.name", RECIPE_LOSS,
+            "normalized softmax (temperature 0.05) is among the strongest losses in the Metric Learning Reality "
+            "Check and needs no miner")
+        add("loss.miner", "none", "a classification loss sees every sample against every class weight")
     add("loss.params", {}, "the loss's literature defaults")
     add("model.embedding_dim", 128, "128 dimensions: the usual size for retrieval benchmarks")
     add("model.head_bn", False, "a plain linear head")
@@ -137,9 +162,10 @@ def derive(cfg: TrainConfig, facts: Facts) -> tuple[TrainConfig, list[Choice]]:
     """`cfg` with the keys of ``cfg.auto`` set by the recipe for `facts`; the choices made, with reasons."""
     from .models import backbone_spec
 
-    spec = backbone_spec(cfg.model.backbone)
     auto = set(cfg.auto)
-    chosen = [c for c in rules(facts, spec.default_image_size, spec.fixed_image_size) if c.key in auto]
+    bb = choose_backbone(facts, cfg.model.backbone) if "model.backbone" in auto else None
+    spec = backbone_spec(bb.value if bb is not None else cfg.model.backbone)
+    chosen = [c for c in rules(facts, spec.default_image_size, spec.fixed_image_size, bb) if c.key in auto]
     changes = {c.key: c.value for c in chosen}
     if "loss.miner" in auto and "loss.name" not in auto:
         # the user picked the loss: its own usual miner, not the recipe's

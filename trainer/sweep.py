@@ -54,10 +54,16 @@ def run_name(loss: str, seed: int) -> str:
 
 
 def sweep_config(base: TrainConfig, loss: str, seed: int) -> TrainConfig:
-    """`base` with the loss (its miner and parameters left to the recipe) and the seed set."""
-    auto = tuple(k for k in base.auto if k != "loss.name")
-    auto = auto + tuple(k for k in ("loss.miner", "loss.params") if k not in auto)
-    return base.replace(**{"loss.name": loss, "loss.params": {}, "seed": seed, "auto": auto})
+    """`base` with the loss and the seed set; the loss's miner is left to the recipe (its usual one), and of the
+    base's loss parameters those that are this loss's own are kept (``--temperature 0.1`` for a sweep of
+    temperatures), the others dropped."""
+    from .losses import LOSSES
+
+    own = {p.name for p in LOSSES[loss].params}
+    params = {k: v for k, v in base.loss.params.items() if k in own}
+    auto = tuple(k for k in base.auto if k not in ("loss.name", "loss.params"))
+    auto = auto + (() if "loss.miner" in auto else ("loss.miner",))
+    return base.replace(**{"loss.name": loss, "loss.params": params, "seed": seed, "auto": auto})
 
 
 def summarize(out: Path, losses: Sequence[str], seeds: int) -> list[LossSummary]:
