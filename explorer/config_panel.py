@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
-                               QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
+                               QGroupBox, QHBoxLayout, QLabel, QLayout, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
                                QRadioButton, QScrollArea, QSizePolicy, QSpinBox, QVBoxLayout, QWidget)
 
 from trainer.config import PRESETS, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
@@ -374,6 +374,9 @@ class ConfigPanel(QWidget):
 
         inner = QWidget()
         v = QVBoxLayout(inner)
+        # the form scrolls rather than squeezing its rows when it is taller than the window (the loss
+        # parameters' spin boxes were drawn 4 px high)
+        v.setSizeConstraint(QLayout.SizeConstraint.SetMinAndMaxSize)
         pf = QFormLayout()
         pf.addRow("Preset", self.preset_combo)
         v.addLayout(pf)
@@ -487,6 +490,7 @@ class ConfigPanel(QWidget):
             helper.setObjectName("help")
             helper.setWordWrap(True)
             self.params_form.addRow("", helper)
+        self.params_form.invalidate()  # rows added to a form inside a scroll area: lay it out again now
 
     def _param_values(self) -> dict[str, Any]:
         spec = loss_specs().get(self.loss.currentData())
@@ -765,6 +769,9 @@ class ConfigPanel(QWidget):
                 text += f"<br><span style='color:#666'>Set by you: {', '.join(yours)}.</span>"
         self.recipe_label.setText(text)
         self.recipe_label.setToolTip(tip)
+        # a rich-text label that wraps inside a scroll area does not ask for its height by itself
+        width = max(self.recipe_label.width(), 360)
+        self.recipe_label.setMinimumHeight(self.recipe_label.heightForWidth(width))
         self.recipe_reset.setEnabled(bool(self._user_keys))
 
     def set_weights_status(self, backbone: str, trained: bool, why: str) -> None:

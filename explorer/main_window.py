@@ -173,7 +173,13 @@ class MainWindow(QMainWindow):
 
         cfg = self.settings.last_config()
         if cfg is not None:
-            self.config_panel.set_config(cfg)
+            # the last form comes back (folder, split, epochs, runs folder); what the recipe chooses is chosen
+            # again for the folder that is opened next
+            from trainer.config import PRESETS
+            from trainer.recipe import RECIPE_KEYS
+
+            preset = PRESETS.get(self.settings.last_preset() or "", {})
+            self.config_panel.set_config(cfg.replace(auto=tuple(k for k in RECIPE_KEYS if k not in preset)))
             if self.settings.last_preset():
                 self.config_panel.preset_combo.blockSignals(True)
                 self.config_panel.preset_combo.setCurrentText(self.settings.last_preset())

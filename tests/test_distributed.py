@@ -34,6 +34,7 @@ from trainer.sampling import (
     sampled_pair_histograms,
     stratified_pair_sample,
 )
+from trainer.config import TrainConfig
 from trainer.store import RunReader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -75,7 +76,9 @@ def runs(tmp_path_factory):
            f"--master_port={_free_port()}", *_flags(data, base / "two")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    events = run_collect(_single_config(data), base / "one")
+    # the same settings in one process: the command line left some to the recipe, so take the config it stored
+    stored = TrainConfig.from_dict(RunReader(base / "two").config).replace(auto=())
+    events = run_collect(stored, base / "one")
     assert not [e for e in events if isinstance(e, ev.Failed)]
     return base / "two", base / "one", proc.stdout + proc.stderr
 
