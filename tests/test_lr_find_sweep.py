@@ -90,6 +90,7 @@ def test_a_sweep_writes_one_run_per_loss_and_seed_and_a_strict_json_summary(tmp_
         assert s.mean == pytest.approx(np.mean(vals))
         row = next(r for r in doc["summary"] if r["loss"] == s.loss)
         assert row["mean"] == pytest.approx(s.mean)
+        assert row["ci95"][0] <= row["mean"] <= row["ci95"][1]
     assert RunReader(out / "triplet-s1").config["seed"] == 1
     assert RunReader(out / "triplet-s0").config["loss"]["miner"] == "semihard_triplets"  # the loss's own miner
     # a second call trains nothing again
@@ -116,7 +117,9 @@ def test_lr_find_and_sweep_from_the_command_line(tmp_path):
                "--epochs", "1", "--batches-per-epoch", "2", *small)
     assert res.returncode == 0, res.stderr
     assert "| triplet |" in res.stdout and "| arcface |" in res.stdout
-    assert json.loads((tmp_path / "sw" / SWEEP_FILE).read_text())["losses"] == ["triplet", "arcface"]
+    doc = json.loads((tmp_path / "sw" / SWEEP_FILE).read_text())
+    assert doc["losses"] == ["triplet", "arcface"]
+    assert all(row["ci95"] is None for row in doc["summary"])  # one seed: no interval
     res = _cli("sweep", str(data), "--out", str(tmp_path / "sw2"), "--losses", "nope", *small)
     assert res.returncode == 2 and "unknown loss nope" in res.stderr
 

@@ -245,8 +245,7 @@ def build_backbone(
         net: nn.Module = SmallCNN()
         note = "random init: small_cnn has no pretrained weights; trained from scratch"
     else:
-        extra = {"zero_init_residual": True} if spec.builder.startswith("resnet") and os.environ.get("EE_ZERO_INIT") else {}
-        net = torchvision.models.get_model(spec.builder, weights=None, **extra)
+        net = torchvision.models.get_model(spec.builder, weights=None)
         note = f"random init: pretrained weights not requested for {name}"
     if weights_file is not None:
         path = Path(weights_file)

@@ -99,7 +99,8 @@ def write_summary(out: Path, base: TrainConfig, losses: Sequence[str], seeds: in
         "runs": {s.loss: [run_name(s.loss, i) for i in range(seeds)] for s in summary},
         "summary": [
             {"loss": s.loss, "values": list(s.values), "untrained": list(s.untrained),
-             "mean": _finite(s.mean), "ci95": [_finite(s.low), _finite(s.high)]}
+             "mean": _finite(s.mean),
+             "ci95": [_finite(s.low), _finite(s.high)] if len(s.values) > 1 else None}
             for s in summary
         ],
     }
