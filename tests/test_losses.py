@@ -312,3 +312,17 @@ def test_histogram_loss_indexes_pairs_not_rows() -> None:
     loss = L.build_loss("histogram", {"n_bins": 20}, embedding_dim=5, num_classes=3)
     value = _value(loss(F.normalize(x, dim=1), y))
     assert 0.0 <= value <= 1.0
+
+
+def test_histogram_loss_takes_equal_embeddings():
+    """Two equal embeddings have cosine similarity 1, which PML's histogram put one bin past its end."""
+    from trainer.losses import build_loss
+
+    loss_fn = build_loss("histogram", {}, embedding_dim=8, num_classes=3)
+    torch.manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    emb = torch.cat([emb, emb])  # every sample twice: similarities of exactly 1 (and 1 + float error)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2] * 2)
+    loss = loss_fn(emb.requires_grad_(), labels)
+    assert torch.isfinite(loss)
+    loss.backward()

@@ -174,6 +174,18 @@ def _cosine() -> distances.BaseDistance:
     return distances.CosineSimilarity()
 
 
+class _BinnableCosine(distances.CosineSimilarity):
+    """Cosine similarity kept below 1 by a hair. PML's HistogramLoss puts a similarity of exactly 1 (two equal
+    embeddings; float error can even give 1 + 1e-7) into bin n_bins + 1, one past its array, and fails with
+    "index 101 is out of bounds": seen on the photos benchmark when augmentation produced equal crops."""
+
+    def compute_mat(self, query_emb, ref_emb):
+        return super().compute_mat(query_emb, ref_emb).clamp(-1.0, 1.0 - 1e-6)
+
+    def pairwise_distance(self, query_emb, ref_emb):
+        return super().pairwise_distance(query_emb, ref_emb).clamp(-1.0, 1.0 - 1e-6)
+
+
 def _unit_euclidean() -> distances.BaseDistance:
     return distances.LpDistance(p=2, power=1, normalize_embeddings=True)
 
@@ -448,7 +460,7 @@ _LOSS_LIST: list[LossSpec] = [
         params=(P("n_bins", 100, "histogram bins over cosine similarity [-1, 1]", minimum=2),),
         family="pair", normalized=True, metric="cosine", default_miner="none",
         reference="Ustinova & Lempitsky 2016",
-        build=lambda p, d, c: losses.HistogramLoss(n_bins=p["n_bins"], distance=_cosine()),
+        build=lambda p, d, c: losses.HistogramLoss(n_bins=p["n_bins"], distance=_BinnableCosine()),
     ),
     _spec(
         name="supcon", title="Supervised contrastive",

@@ -144,5 +144,6 @@ def format_table(summary: Sequence[LossSummary]) -> list[str]:
     lines = ["| loss | held-out MAP@R (mean) | 95 % interval | untrained | seeds |", "|---|---|---|---|---|"]
     for s in sorted(summary, key=lambda s: -s.mean if math.isfinite(s.mean) else math.inf):
         u = statistics.fmean(s.untrained) if s.untrained else math.nan
-        lines.append(f"| {s.loss} | {s.mean:.3f} | {s.low:.3f} - {s.high:.3f} | {u:.3f} | {len(s.values)} |")
+        ci = f"{s.low:.3f} - {s.high:.3f}" if len(s.values) > 1 else "-"
+        lines.append(f"| {s.loss} | {s.mean:.3f} | {ci} | {u:.3f} | {len(s.values)} |")
     return lines
