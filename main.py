@@ -85,6 +85,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no augmentation")
     p.add_argument("--no-flip", dest="flip", action="store_false", default=None,
                    help="augment without left-right mirroring (for digits, letters, text: mirroring changes them)")
+    p.add_argument("--crop-scale", type=float, help="smallest share of the image a training crop keeps (default: "
+                                                    "the recipe's)")
     p.add_argument("--batch-classes", type=int, help="C: classes per batch (default: the recipe's)")
     p.add_argument("--batch-per-class", type=int, help="K: images per class (default: the recipe's)")
     p.add_argument("--batches-per-epoch", type=int, help="batches per epoch (default: one pass over the images)")
@@ -126,7 +128,7 @@ def _config_from_args(args: argparse.Namespace, loss_for_params: str | None = No
         "weights_file": "model.weights_file", "head_only": "model.head_only",
         "freeze_backbone_epochs": "model.freeze_backbone_epochs", "epochs": "optim.epochs",
         "embedding_dim": "model.embedding_dim", "head_bn": "model.head_bn", "image_size": "data.image_size",
-        "augment": "data.augment", "flip": "data.flip", "batch_classes": "data.batch_classes", "batch_per_class": "data.batch_per_class",
+        "augment": "data.augment", "flip": "data.flip", "crop_scale": "data.crop_scale", "batch_classes": "data.batch_classes", "batch_per_class": "data.batch_per_class",
         "batches_per_epoch": "optim.batches_per_epoch", "lr": "optim.lr", "loss_lr": "optim.loss_lr",
         "head_lr_mult": "optim.head_lr_mult",
         "test_dir": "data.test_dir", "holdout_fraction": "data.holdout_fraction", "seed": "seed",
@@ -136,6 +138,8 @@ def _config_from_args(args: argparse.Namespace, loss_for_params: str | None = No
         value = getattr(args, arg)
         if value is not None:
             changes[key] = value
+    if args.crop_scale is not None and not 0.0 < args.crop_scale <= 1.0:
+        raise SystemExit(f"error: --crop-scale must be in (0, 1], not {args.crop_scale:g}")
     if args.holdout_classes:
         changes["data.holdout_classes"] = tuple(c.strip() for c in args.holdout_classes.split(",") if c.strip())
     from trainer.recipe import RECIPE_LOSS

@@ -210,3 +210,13 @@ def test_dry_run_prints_the_recipe_and_the_time_per_epoch_and_writes_nothing(tmp
     assert "recipe: optim.lr = 0.001" in res.stdout
     assert "estimated time: about" in res.stdout and "per epoch on cpu" in res.stdout
     assert not out.exists()
+
+
+def test_crop_scale_option_reaches_the_config_and_is_checked():
+    sys.path.insert(0, str(ROOT))
+    import main
+
+    cfg = main._config_from_args(main._train_parser().parse_args(["data", "--out", "o", "--crop-scale", "0.8"]))
+    assert cfg.data.crop_scale == 0.8 and "data.crop_scale" not in cfg.auto
+    with pytest.raises(SystemExit, match="--crop-scale must be in"):
+        main._config_from_args(main._train_parser().parse_args(["data", "--out", "o", "--crop-scale", "1.5"]))

@@ -148,9 +148,12 @@ def rules(facts: Facts, backbone_default_size: int, fixed_image_size: bool,
         else f"{c_cap} on {'a GPU' if gpu else 'a CPU'}, for {c * k} images per batch"))
     # ---- augmentation
     add("data.augment", True, "random crops and colour changes keep the network from memorising its images")
-    scale = 0.5 if facts.images_per_class < 30 else 0.7
-    add("data.crop_scale", scale, f"crops keep at least {int(scale * 100)} % of the image" + (
-        " (few images per class: stronger augmentation)" if scale < 0.7 else ""))
+    if trained:
+        add("data.crop_scale", 0.5, "crops keep at least 50 % of the image: trained features tolerate strong crops")
+    else:
+        add("data.crop_scale", 0.8, "crops keep at least 80 % of the image: from scratch, smaller crops cut centred "
+                                    "objects (icons, characters) into other things (measured on the open-set "
+                                    "benchmark, bench/README.md)")
     gray = facts.grayscale_share is not None and facts.grayscale_share >= 0.9
     add("data.flip", not gray, "no mirroring: the images are grayscale (characters, documents, sketches), where "
                                "a mirror image is often another thing" if gray else
