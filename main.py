@@ -236,18 +236,15 @@ def cmd_train(argv: list[str]) -> int:
 
 def _dry_run(cfg) -> int:
     from trainer.engine import TrainingError, pick_device, scan_samples
-    from trainer.recipe import describe_estimate, estimate_epoch_seconds, format_choices, resolve
+    from trainer.recipe import describe_estimate, estimate_epoch_seconds, resolve_logged
     from trainer.store import SPLIT_TRAIN
 
     try:
         samples, classes = scan_samples(cfg, lambda m, level="info": None)
         device = pick_device(cfg.device)
         if cfg.auto:
-            cfg, choices, facts, warning = resolve(cfg, samples, device.type)
-            if warning:
-                print(f"[warning] {warning}")
-            for line in format_choices(choices, facts):
-                print(line)
+            cfg = resolve_logged(cfg, samples, device.type,
+                                 lambda m, level="info": print(m if level == "info" else f"[{level}] {m}"))
         n_train = int((samples.split == SPLIT_TRAIN).sum())
         print(f"{len(samples.paths)} images in {len(classes)} classes, {n_train} for training")
         user = [f"{k} = {v}" for k, v in _flat(cfg.to_dict()).items() if k not in set(cfg.auto) and k in _SHOWN]

@@ -212,14 +212,9 @@ class Trainer:
 
     def _resolve_recipe(self, cfg: TrainConfig, samples: SampleTable) -> TrainConfig:
         """Set the keys the user left to the recipe, from the data, the weights as loaded, and the device."""
-        from .recipe import format_choices, resolve
+        from .recipe import resolve_logged
 
-        resolved, choices, facts, warning = resolve(cfg, samples, pick_device(cfg.device).type)
-        if warning:
-            self._log(warning, "warning")
-        for line in format_choices(choices, facts):
-            self._log(line)
-        return resolved
+        return resolve_logged(cfg, samples, pick_device(cfg.device).type, self._log)
 
     def _run(self) -> None:
         from .evaluate import retrieval_metrics, verification_metrics

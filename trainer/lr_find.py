@@ -84,7 +84,7 @@ def lr_range_test(
     from .engine import TrainingError, build_optimizer, pick_amp, pick_device, scan_samples
     from .losses import LOSSES, build_loss, build_miner
     from .models import build_model, default_transforms, weights_note_is_trained
-    from .recipe import format_choices, resolve
+    from .recipe import resolve_logged
     from .store import SPLIT_TRAIN
 
     if not (0 < start_lr < end_lr) or not math.isfinite(end_lr):
@@ -94,11 +94,7 @@ def lr_range_test(
     samples, classes = scan_samples(cfg, log)
     device = pick_device(cfg.device)
     if cfg.auto:
-        cfg, choices, facts, warning = resolve(cfg, samples, device.type)
-        if warning:
-            log(warning, "warning")
-        for line in format_choices(choices, facts):
-            log(line)
+        cfg = resolve_logged(cfg, samples, device.type, log)
     seed_everything(cfg.seed)
     spec = LOSSES[cfg.loss.name]
     model, note = build_model(cfg.model, normalize=spec.normalized, log=lambda m: None)

@@ -261,6 +261,17 @@ def resolve(cfg: TrainConfig, samples, device_type: str) -> tuple[TrainConfig, l
     return resolved, choices, facts, warning
 
 
+def resolve_logged(cfg: TrainConfig, samples, device_type: str, log) -> TrainConfig:
+    """:func:`resolve`, with its warning and every choice said through ``log(message, level)``: the one way the
+    trainer, lr-find and ``train --dry-run`` report the recipe."""
+    resolved, choices, facts, warning = resolve(cfg, samples, device_type)
+    if warning:
+        log(warning, "warning")
+    for line in format_choices(choices, facts):
+        log(line, "info")
+    return resolved
+
+
 def estimate_epoch_seconds(cfg: TrainConfig, n_train: int, n_all: int, device_type: str = "cpu",
                            n_classes: int = 10) -> tuple[float, float]:
     """(training seconds, embedding seconds) of one epoch, timed on two synthetic batches of the configured
