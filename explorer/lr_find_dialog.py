@@ -66,6 +66,8 @@ class LRFindDialog(QDialog):
         self.plot.setLabel("bottom", "learning rate (backbone)")
         self.plot.setLabel("left", "loss")
         self.plot.showGrid(x=True, y=True, alpha=0.2)
+        for side in ("bottom", "left"):  # "(x0.001)" on a log axis of rates reads as a wrong scale
+            self.plot.getAxis(side).enableAutoSIPrefix(False)
         self.raw_curve = self.plot.plot(pen=pg.mkPen("#bbbbbb", width=1), name="loss")
         self.smooth_curve = self.plot.plot(pen=pg.mkPen("#1f77b4", width=2), name="smoothed")
         self.marker = pg.InfiniteLine(angle=90, pen=pg.mkPen("#d62728", width=2, style=Qt.PenStyle.DashLine))
@@ -193,6 +195,8 @@ class LRFindDialog(QDialog):
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def done(self, r: int) -> None:  # closing in any way stops the test
-        self.stop(timeout=0.0)
+    def done(self, r: int) -> None:
+        # closing in any way stops the test and waits for its thread (it checks between batches): a thread left
+        # inside torch when the app quits aborts the process ("terminate called without an active exception")
+        self.stop(timeout=30.0)
         super().done(r)
