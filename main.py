@@ -42,7 +42,7 @@ def _app_parser() -> argparse.ArgumentParser:
 
 def _loss_param_names() -> dict[str, list[tuple[str, object, str]]]:
     """param name -> [(loss name, default, help)] over every loss, for the generated --<param> options."""
-    from trainer.losses import LOSSES
+    from trainer.model.losses import LOSSES
 
     out: dict[str, list[tuple[str, object, str]]] = {}
     for name, spec in LOSSES.items():
@@ -53,8 +53,8 @@ def _loss_param_names() -> dict[str, list[tuple[str, object, str]]]:
 
 def _train_parser() -> argparse.ArgumentParser:
     from trainer.config import PRESET_IDS, PRESETS, TrainConfig
-    from trainer.losses import LOSSES, MINERS
-    from trainer.models import BACKBONES
+    from trainer.model.losses import LOSSES, MINERS
+    from trainer.model.backbones import BACKBONES
 
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="main.py train", description="Train a backbone with a metric-learning loss on "
@@ -117,7 +117,7 @@ def _train_parser() -> argparse.ArgumentParser:
 
 def _config_from_args(args: argparse.Namespace, loss_for_params: str | None = None):
     from trainer.config import PRESETS, TrainConfig, preset_title
-    from trainer.losses import LOSSES
+    from trainer.model.losses import LOSSES
 
     cfg = TrainConfig()
     preset = PRESETS[preset_title(args.preset)] if args.preset else {}
@@ -142,7 +142,7 @@ def _config_from_args(args: argparse.Namespace, loss_for_params: str | None = No
         raise SystemExit(f"error: --crop-scale must be in (0, 1], not {args.crop_scale:g}")
     if args.holdout_classes:
         changes["data.holdout_classes"] = tuple(c.strip() for c in args.holdout_classes.split(",") if c.strip())
-    from trainer.recipe import RECIPE_LOSS
+    from trainer.train.recipe import RECIPE_LOSS
 
     given = [k for k, v in vars(args).items() if k.startswith("lossparam_") and v is not None]
     if given and "loss.name" not in changes and not args.preset and loss_for_params is None:
@@ -165,7 +165,7 @@ def _config_from_args(args: argparse.Namespace, loss_for_params: str | None = No
     if params or "loss.name" in changes:
         changes["loss.params"] = params
     # what the user did not set (by an option or a preset) is left to the recipe, chosen when the run starts
-    from trainer.recipe import RECIPE_KEYS
+    from trainer.train.recipe import RECIPE_KEYS
 
     chosen = set(changes) | set(preset)
     if "loss.name" in chosen:
@@ -179,7 +179,7 @@ def cmd_train(argv: list[str]) -> int:
     from tqdm import tqdm
 
     from trainer import events as ev
-    from trainer.engine import Trainer
+    from trainer.train.engine import Trainer
 
     args = _train_parser().parse_args(argv)
     cfg = _config_from_args(args)
@@ -235,8 +235,10 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def _dry_run(cfg) -> int:
-    from trainer.engine import TrainingError, pick_device, scan_samples
-    from trainer.recipe import describe_estimate, estimate_epoch_seconds, resolve_logged
+    from trainer.errors import TrainingError
+    from trainer.model.device import pick_device
+    from trainer.train.engine import scan_samples
+    from trainer.train.recipe import describe_estimate, estimate_epoch_seconds, resolve_logged
     from trainer.store import SPLIT_TRAIN
 
     try:
@@ -286,8 +288,8 @@ def cmd_lr_find(argv: list[str]) -> int:
     p.add_argument("--end-lr", type=float, default=1.0, help="highest rate tested (default 1)")
     p.add_argument("--steps", type=int, default=100, help="batches, one rate each (default 100)")
     args = p.parse_args(argv)
-    from trainer.engine import TrainingError
-    from trainer.lr_find import lr_range_test
+    from trainer.errors import TrainingError
+    from trainer.train.lr_find import lr_range_test
 
     cfg = _config_from_args(args)
     try:
@@ -326,7 +328,7 @@ def cmd_lr_find(argv: list[str]) -> int:
 
 
 def cmd_sweep(argv: list[str]) -> int:
-    from trainer.losses import LOSSES
+    from trainer.model.losses import LOSSES
 
     p = _train_parser()
     p.prog = "main.py sweep"
@@ -348,7 +350,7 @@ def cmd_sweep(argv: list[str]) -> int:
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
     from trainer import events as ev
-    from trainer.sweep import format_table, run_sweep
+    from trainer.train.sweep import format_table, run_sweep
 
     given = {k[len("lossparam_"):] for k, v in vars(args).items() if k.startswith("lossparam_") and v is not None}
     takes = [x for x in losses if given <= {prm.name for prm in LOSSES[x].params}]
@@ -394,8 +396,8 @@ def cmd_embed(argv: list[str]) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=128)
     args = p.parse_args(argv)
-    from trainer.engine import TrainingError
-    from trainer.inference import embed_folder
+    from trainer.errors import TrainingError
+    from trainer.model.inference import embed_folder
 
     try:
         info = embed_folder(Path(args.run_dir), Path(args.image_dir), Path(args.out), checkpoint=args.checkpoint,
@@ -417,8 +419,8 @@ def cmd_evaluate(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    from trainer.engine import TrainingError
-    from trainer.inference import evaluate_run
+    from trainer.errors import TrainingError
+    from trainer.model.inference import evaluate_run
 
     try:
         metrics = evaluate_run(Path(args.run_dir), data=args.data, epoch=args.epoch, device=args.device)
@@ -437,7 +439,7 @@ def cmd_evaluate(argv: list[str]) -> int:
 def cmd_losses(argv: list[str]) -> int:
     argparse.ArgumentParser(prog="main.py losses", description="List every loss and miner with its parameters and "
                             "defaults.").parse_args(argv)
-    from trainer.losses import describe_all
+    from trainer.model.losses import describe_all
 
     print(describe_all())
     return 0

@@ -88,7 +88,7 @@ def probe_training(app, tmp: Path, epochs: int) -> None:
 
     from explorer.app import create_window
     from explorer.settings import Settings
-    from trainer.demo import ensure_demo_folder
+    from trainer.data.demo import ensure_demo_folder
 
     settings = Settings(QSettings(str(tmp / "settings.ini"), QSettings.Format.IniFormat))
     win = create_window(app, settings=settings)
@@ -130,11 +130,11 @@ def probe(app, tmp, n: int, epochs: int, method: str, mode: str) -> None:
     from explorer.jobs import JobRunner
     from explorer.state import AppState
     from explorer.views.map_view import MapView
-    from trainer import projection
+    from trainer.analysis import projection
     from trainer.store import RunReader
 
     # as the app does before its window shows: the config panel imports the losses, create_window the rest
-    import trainer.losses  # noqa: F401
+    import trainer.model.losses  # noqa: F401
     from explorer.app import preload_modules
 
     preload_modules()

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sklearn.neighbors import NearestNeighbors  # noqa: E402
 
-from trainer.index import NeighborIndex  # noqa: E402
+from trainer.analysis.index import NeighborIndex
 
 
 def gallery(n: int, dim: int = 128, classes: int = 500, seed: int = 0) -> np.ndarray:

@@ -102,7 +102,7 @@ def bench_warm(n: int, d: int = 64) -> None:
     import warnings
 
     warnings.simplefilter("ignore")
-    from trainer import projection as P
+    from trainer.analysis import projection as P
 
     P.warm_up()
     rng = np.random.default_rng(0)
@@ -132,7 +132,7 @@ def bench_warm(n: int, d: int = 64) -> None:
 def bench_fresh(n: int) -> None:
     code = (
         "import time; t0=time.perf_counter();import warnings; warnings.simplefilter('ignore');"
-        "import numpy as np; from trainer import projection as P; t1=time.perf_counter(); w=P.warm_up();"
+        "import numpy as np; from trainer.analysis import projection as P; t1=time.perf_counter(); w=P.warm_up();"
         "t2=time.perf_counter(); rng=np.random.default_rng(0); lab=rng.integers(0,40,%d);"
         "x=(rng.normal(size=(40,64))[lab]*3+rng.normal(size=(%d,64))).astype(np.float32);"
         "t3=time.perf_counter(); P.project(x,'umap'); t4=time.perf_counter();"
@@ -151,13 +151,13 @@ def bench_fresh_worker(n: int) -> None:
     import warnings
 
     warnings.simplefilter("ignore")
-    from trainer import projection as P
+    from trainer.analysis.projection_worker import ProjectionWorker
 
     rng = np.random.default_rng(0)
     lab = rng.integers(0, 40, n)
     x = (rng.normal(size=(40, 64))[lab] * 3 + rng.normal(size=(n, 64))).astype(np.float32)
     t0 = time.perf_counter()
-    w = P.ProjectionWorker()
+    w = ProjectionWorker()
     w.warm_up()
     t1 = time.perf_counter()
     first = w.project(x, "umap")

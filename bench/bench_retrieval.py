@@ -1,4 +1,4 @@
-"""Benchmark: trainer.evaluate.retrieval_metrics (one faiss k-NN with k = largest class, Recall@K from the same
+"""Benchmark: trainer.analysis.retrieval.retrieval_metrics (one faiss k-NN with k = largest class, Recall@K from the same
 neighbours) against what a user would otherwise run: pytorch-metric-learning's AccuracyCalculator with its default
 k (all N - 1 neighbours) plus a separate faiss search for Recall@K. Also prints the per-epoch cost of
 verification_metrics. Synthetic clustered embeddings (Gaussian around class centres, L2-normalised).
@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.evaluate import retrieval_metrics, verification_metrics  # noqa: E402
+from trainer.analysis.retrieval import retrieval_metrics
+from trainer.analysis.verification import verification_metrics
 
 
 def clustered(n: int, dim: int, n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Benchmark: exact all-pairs verification histograms + ROC (trainer.evaluate) against what a user would otherwise
+"""Benchmark: exact all-pairs verification histograms + ROC (trainer.analysis.verification) against what a user would otherwise
 write: a plain chunked torch.histc over masked distance blocks, and scikit-learn's roc_curve + roc_auc_score on
 the full list of pair distances. Synthetic clustered embeddings (Gaussian around class centres, L2-normalised).
 
@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.evaluate import pair_histograms, roc_from_histograms  # noqa: E402
+from trainer.analysis.verification import pair_histograms, roc_from_histograms
 
 
 def clustered(n: int, dim: int, n_classes: int, seed: int = 0, spread: float = 0.35) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +56,7 @@ def plain_torch_histc(x: np.ndarray, y: np.ndarray, bins: int, rows: int = 1024)
 
 
 def eer_from_curve(far: np.ndarray, tar: np.ndarray) -> float:
-    """EER by linear interpolation where FAR crosses FRR (same rule as trainer.evaluate)."""
+    """EER by linear interpolation where FAR crosses FRR (same rule as trainer.analysis.verification)."""
     diff = far - (1.0 - tar)
     k = int(np.argmax(diff >= 0))
     if k == 0:

@@ -75,7 +75,7 @@ def bench_store(x, labels, tmp: Path) -> None:
 
 
 def bench_index(x, hnsw: bool) -> None:
-    from trainer.index import NeighborIndex
+    from trainer.analysis.index import NeighborIndex
 
     rng = np.random.default_rng(1)
     q = x[rng.integers(0, len(x), 1000)]
@@ -95,7 +95,7 @@ def bench_index(x, hnsw: bool) -> None:
 
 
 def bench_census(x, labels, exact_upto: int) -> float | None:
-    from trainer.triplets import epoch_census
+    from trainer.analysis.census import epoch_census
 
     n = len(x)
     anchors = min(n, 2000 if n <= 100_000 else 200)
@@ -111,8 +111,8 @@ EXACT_PAIR_SECONDS: list[float] = []  # seconds per pair of the exact histograms
 
 
 def bench_pairs(x, labels, exact_upto: int) -> None:
-    from trainer.evaluate import pair_histograms, roc_from_histograms
-    from trainer.sampling import sampled_pair_histograms, stratified_pair_sample
+    from trainer.analysis.verification import pair_histograms, roc_from_histograms
+    from trainer.analysis.pairs import sampled_pair_histograms, stratified_pair_sample
 
     n = len(x)
     t_s, s = timed(lambda: stratified_pair_sample(labels))
@@ -134,7 +134,7 @@ def bench_pairs(x, labels, exact_upto: int) -> None:
 
 
 def bench_map(x, labels, full_upto: int) -> None:
-    from trainer.projection import project
+    from trainer.analysis.projection import project
 
     n = len(x)
     t_s, lay = timed(lambda: project(x, "umap", labels=labels, metric="cosine", max_fit=min(n, 50_000)))

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from torchvision.datasets import ImageFolder  # noqa: E402  (imported up front: not part of the timing)
 
-from trainer.dataset import scan_folder  # noqa: E402
+from trainer.data.scan import scan_folder
 
 
 def make_folder(root: Path, n_images: int, n_classes: int = 20, size: int = 256, seed: int = 0) -> None:

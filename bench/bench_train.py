@@ -21,10 +21,10 @@ from PIL import Image
 
 from trainer import events as ev
 from trainer.config import TrainConfig
-from trainer.data import ClassBalancedBatchSampler, ImageDataset, epoch_seed
-from trainer.engine import Trainer
-from trainer.losses import LOSSES, build_loss, build_miner
-from trainer.models import build_model, default_transforms
+from trainer.data.loader import ClassBalancedBatchSampler, ImageDataset, epoch_seed
+from trainer.train.engine import Trainer
+from trainer.model.losses import LOSSES, build_loss, build_miner
+from trainer.model.backbones import build_model, default_transforms
 
 
 def make_jpegs(root: Path, n_classes: int, per_class: int, size: int = 96) -> Path:
@@ -113,8 +113,8 @@ def main() -> None:
             "data.holdout_fraction": 0.2, "model.backbone": args.backbone, "model.pretrained": False,
             "model.embedding_dim": 64, "optim.epochs": 1, "optim.batches_per_epoch": batches,
             "loss.name": "triplet", "loss.miner": "semihard_triplets", "device": "cpu", "amp": "off"})
-        from trainer.data import class_disjoint_split, sample_files
-        from trainer.dataset import scan_folder
+        from trainer.data.split import class_disjoint_split
+        from trainer.data.scan import scan_folder
         from trainer.store import SPLIT_TRAIN
 
         scan = scan_folder(root)
@@ -161,7 +161,8 @@ def main() -> None:
               f"ahead by {max(cold, workers2, cached) / a:.1f}x")
 
     # (c) evaluation per epoch
-    from trainer.evaluate import retrieval_metrics, verification_metrics
+    from trainer.analysis.retrieval import retrieval_metrics
+    from trainer.analysis.verification import verification_metrics
 
     for n in ([2000, 10000] if args.quick else [10000, 100000]):
         rng = np.random.default_rng(0)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pytorch_metric_learning.distances import CosineSimilarity, LpDistance  # noqa: E402
 from pytorch_metric_learning.miners import TripletMarginMiner  # noqa: E402
 
-from trainer.triplets import batch_census, epoch_census  # noqa: E402
+from trainer.analysis.census import batch_census, epoch_census
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:

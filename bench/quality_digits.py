@@ -17,9 +17,9 @@ import torch
 
 from trainer import events as ev
 from trainer.config import PRESETS, TrainConfig
-from trainer.demo import ensure_demo_folder
-from trainer.engine import Trainer
-from trainer.losses import LOSSES
+from trainer.data.demo import ensure_demo_folder
+from trainer.train.engine import Trainer
+from trainer.model.losses import LOSSES
 from trainer.store import RunReader
 
 

@@ -106,8 +106,8 @@ def display_problem(env: Mapping[str, str] | None = None, *, platform: str = sys
 # Modules the analysis views and the map import on first use in their worker threads. An import runs Python and C
 # initialisation under the GIL, so the first map stalled the GUI thread for ~300 ms (bench_gui_latency); importing
 # them before the window shows costs ~0.8 s of start-up instead. The census's numba kernels are loaded then too.
-PRELOADED_MODULES = ("sklearn.decomposition", "faiss", "numba", "trainer.triplets", "trainer.index",
-                     "trainer.engine", "trainer.sampling", "trainer.inference", "trainer.projection")
+PRELOADED_MODULES = ("sklearn.decomposition", "faiss", "numba", "trainer.analysis.census", "trainer.analysis.index",
+                     "trainer.train.engine", "trainer.analysis.pairs", "trainer.model.inference", "trainer.analysis.projection")
 
 
 def preload_modules(names: Sequence[str] = PRELOADED_MODULES) -> list[str]:
@@ -120,11 +120,11 @@ def preload_modules(names: Sequence[str] = PRELOADED_MODULES) -> list[str]:
             importlib.import_module(name)
         except Exception:  # a missing optional library surfaces where it is used, with its own message
             failed.append(name)
-    if "trainer.triplets" in names and "trainer.triplets" not in failed:
+    if "trainer.analysis.census" in names and "trainer.analysis.census" not in failed:
         try:  # numba loads the census kernels under the GIL (~0.4 s): a stall of the first census otherwise
-            importlib.import_module("trainer.triplets").warm_up()
+            importlib.import_module("trainer.analysis.census").warm_up()
         except Exception:
-            failed.append("trainer.triplets kernels")
+            failed.append("trainer.analysis.census kernels")
     return failed
 
 

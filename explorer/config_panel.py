@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDoubleSpinBo
                                QRadioButton, QScrollArea, QSizePolicy, QSpinBox, QVBoxLayout, QWidget)
 
 from trainer.config import PRESETS, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
-from trainer.recipe import RECIPE_KEYS, Facts, derive
+from trainer.train.recipe import RECIPE_KEYS, Facts, derive
 
 CUSTOM = "Custom"
 
@@ -25,20 +25,20 @@ CUSTOM = "Custom"
 # ---- registries (imported late: they pull in torch) -----------------------------------------------------------
 def _losses_module():
     try:
-        from trainer import losses
+        from trainer.model import losses
     except ImportError:
         return None
     return losses
 
 
 def loss_specs() -> dict[str, Any]:
-    """name -> LossSpec from trainer.losses (empty until that module exists)."""
+    """name -> LossSpec from trainer.model.losses (empty until that module exists)."""
     mod = _losses_module()
     return dict(getattr(mod, "LOSSES", {})) if mod else {}
 
 
 def miner_specs() -> dict[str, Any]:
-    """name -> MinerSpec from trainer.losses; "none" is always offered."""
+    """name -> MinerSpec from trainer.model.losses; "none" is always offered."""
     mod = _losses_module()
     miners = dict(getattr(mod, "MINERS", {})) if mod else {}
     miners.setdefault("none", None)
@@ -47,14 +47,14 @@ def miner_specs() -> dict[str, Any]:
 
 def backbone_specs() -> dict[str, Any]:
     try:
-        from trainer.models import BACKBONES
+        from trainer.model.backbones import BACKBONES
     except ImportError:
         return {}
     return dict(BACKBONES)
 
 
 def miner_problem(loss: str, miner: str, loss_params: dict | None = None, miner_params: dict | None = None) -> str:
-    """Why ``miner`` cannot feed ``loss`` ("" if it can), from trainer.losses.compatible."""
+    """Why ``miner`` cannot feed ``loss`` ("" if it can), from trainer.model.losses.compatible."""
     mod = _losses_module()
     fn = getattr(mod, "compatible", None) if mod else None
     if fn is None:
@@ -67,9 +67,9 @@ def miner_problem(loss: str, miner: str, loss_params: dict | None = None, miner_
 
 
 def image_size_problem(backbone: str, size: int) -> str:
-    """Why ``size`` px images do not suit ``backbone`` ("" if they do), from trainer.models.check_image_size."""
+    """Why ``size`` px images do not suit ``backbone`` ("" if they do), from trainer.model.backbones.check_image_size."""
     try:
-        from trainer.models import check_image_size
+        from trainer.model.backbones import check_image_size
     except ImportError:
         return ""
     try:

@@ -1,6 +1,6 @@
 """The Data tab: what a folder scan found — classes with counts and sample thumbnails, every skipped file and why.
 
-The scan (``trainer.dataset.scan_folder``) and the thumbnails run as a background job; the view only draws.
+The scan (``trainer.data.scan.scan_folder``) and the thumbnails run as a background job; the view only draws.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class ScanReport:
     """What the scan job hands back to the GUI thread: the scan or its error, plus thumbnails as arrays."""
 
     root: Path
-    scan: Any = None  # trainer.dataset.ScanResult
+    scan: Any = None  # trainer.data.scan.ScanResult
     error: str = ""
     thumbnails: dict[str, list[np.ndarray]] = field(default_factory=dict)  # class -> RGB uint8 (h, w, 3)
 
@@ -36,9 +36,10 @@ class ScanReport:
 def scan_job(root: Path, *, progress: Callable[[float, str], None], partial: Callable[[Any], None],
              is_cancelled: Callable[[], bool], scan_fn: Callable[..., Any] | None = None) -> ScanReport:
     """Scan ``root`` and make a few thumbnails per class; a bad folder comes back as ``error``, not an exception."""
-    from trainer import dataset
+    from trainer.data.images import make_thumbnail
+    from trainer.data.scan import scan_folder
 
-    scan_fn = scan_fn or dataset.scan_folder
+    scan_fn = scan_fn or scan_folder
     report = ScanReport(Path(root))
 
     def on_progress(done: int, total: int) -> None:
@@ -59,7 +60,7 @@ def scan_job(root: Path, *, progress: Callable[[float, str], None], partial: Cal
         report.thumbnails[name] = []
         for i in np.flatnonzero(labels == c)[:THUMBS_PER_CLASS]:
             try:
-                img = dataset.make_thumbnail(scan.abspath(int(i)), THUMB_PX).convert("RGB")
+                img = make_thumbnail(scan.abspath(int(i)), THUMB_PX).convert("RGB")
             except Exception:  # a thumbnail is a nicety; the scan already vetted the file
                 continue
             report.thumbnails[name].append(np.ascontiguousarray(np.asarray(img, dtype=np.uint8)))
@@ -88,7 +89,7 @@ class DatasetView(QWidget):
     """Scan report of the open image folder; emits :attr:`scan_finished` with the ScanResult when done."""
 
     scan_started = Signal(object)  # Path
-    scan_finished = Signal(object)  # trainer.dataset.ScanResult
+    scan_finished = Signal(object)  # trainer.data.scan.ScanResult
     scan_failed = Signal(str)  # a message naming the folder and the reason
 
     def __init__(self, jobs: JobRunner, parent: QWidget | None = None, *,

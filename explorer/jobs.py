@@ -110,9 +110,9 @@ class JobRunner(QObject):
         self._projection_worker = None
 
     def projection_worker(self):
-        """The shared UMAP/t-SNE child process (trainer.projection.ProjectionWorker), started and warmed up on the
+        """The shared UMAP/t-SNE child process (trainer.analysis.projection_worker.ProjectionWorker), started and warmed up on the
         first call; :meth:`shutdown` stops it. Keeps numba's GIL out of the GUI process."""
-        from trainer.projection import ProjectionWorker
+        from trainer.analysis.projection_worker import ProjectionWorker
 
         if self._closed:
             raise RuntimeError("JobRunner is shut down")

@@ -16,7 +16,7 @@ from trainer.config import TrainConfig
 
 
 class LRFindDialog(QDialog):
-    """Runs :func:`trainer.lr_find.lr_range_test` in a thread; closing the dialog stops it."""
+    """Runs :func:`trainer.train.lr_find.lr_range_test` in a thread; closing the dialog stops it."""
 
     applied = Signal(float)
     _step = Signal(int, int, float, float)
@@ -122,7 +122,7 @@ class LRFindDialog(QDialog):
         self._thread.start()
 
     def _work(self, start: float, end: float, steps: int) -> None:
-        from trainer.lr_find import lr_range_test
+        from trainer.train.lr_find import lr_range_test
 
         try:
             res = lr_range_test(self.cfg, start_lr=start, end_lr=end, steps=steps, stop=self._stop,

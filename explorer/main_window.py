@@ -62,15 +62,15 @@ def _is_run_dir(path: Path) -> bool:
 
 def _recipe_facts_job(paths: list[str], progress=None, partial=None, is_cancelled=None):
     """(device type, median short side, grayscale share) of a scanned folder, for the form's recipe."""
-    from trainer.engine import pick_device
-    from trainer.recipe import image_facts
+    from trainer.model.device import pick_device
+    from trainer.train.recipe import image_facts
 
     side, gray = image_facts(paths)
     return pick_device("auto").type, side, gray
 
 
 def _weights_job(model_cfg, progress=None, partial=None, is_cancelled=None):
-    from trainer.models import probe_weights
+    from trainer.model.backbones import probe_weights
 
     ok, why = probe_weights(model_cfg)
     if not ok and "(" in why:  # the short reason: "URLError: ..." is enough under the form
@@ -80,14 +80,14 @@ def _weights_job(model_cfg, progress=None, partial=None, is_cancelled=None):
 
 def _estimate_job(cfg, n_train: int, n_all: int, device: str, n_classes: int, progress=None, partial=None,
                   is_cancelled=None) -> str:
-    from trainer.recipe import describe_estimate, estimate_epoch_seconds
+    from trainer.train.recipe import describe_estimate, estimate_epoch_seconds
 
     return describe_estimate(*estimate_epoch_seconds(cfg, n_train, n_all, device, n_classes), device,
                              cfg.optim.epochs)
 
 
 def _demo_job(*, progress, partial, is_cancelled) -> Path:
-    from trainer.demo import ensure_demo_folder
+    from trainer.data.demo import ensure_demo_folder
 
     progress(0.0, "preparing the demo images")
     return ensure_demo_folder()
@@ -176,7 +176,7 @@ class MainWindow(QMainWindow):
             # the last form comes back (folder, split, epochs, runs folder); what the recipe chooses is chosen
             # again for the folder that is opened next
             from trainer.config import PRESETS
-            from trainer.recipe import RECIPE_KEYS
+            from trainer.train.recipe import RECIPE_KEYS
 
             preset = PRESETS.get(self.settings.last_preset() or "", {})
             self.config_panel.set_config(cfg.replace(auto=tuple(k for k in RECIPE_KEYS if k not in preset)))

@@ -1,5 +1,5 @@
 """A loss sweep from the window: the losses to compare, seeds and epochs; the runs train one after another in a
-thread (:func:`trainer.sweep.run_sweep`), and the table fills with each loss's held-out MAP@R and its 95 %
+thread (:func:`trainer.train.sweep.run_sweep`), and the table fills with each loss's held-out MAP@R and its 95 %
 interval. The result is a folder of ordinary runs (open any of them with File > Open run) and sweep.json."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class SweepDialog(QDialog):
     _ended = Signal(str)
 
     def __init__(self, cfg: TrainConfig, out: Path, parent=None) -> None:
-        from trainer.losses import LOSSES
+        from trainer.model.losses import LOSSES
 
         super().__init__(parent)
         self.setWindowTitle("Compare losses")
@@ -123,7 +123,7 @@ class SweepDialog(QDialog):
 
     def _work(self, cfg: TrainConfig, losses: list[str], seeds: int) -> None:
         from trainer import events as ev
-        from trainer.sweep import run_name, run_sweep, summarize
+        from trainer.train.sweep import run_name, run_sweep, summarize
 
         t0 = time.monotonic()
         total = len(losses) * seeds

@@ -28,7 +28,7 @@ def sample_path(samples, i: int) -> Path:
 def load_thumbnail_array(path: Path, size_px: int) -> np.ndarray:
     """Decode ``path`` into an RGB uint8 (h, w, 3) thumbnail fitting in size_px; errors name the file."""
     try:
-        from trainer.dataset import make_thumbnail
+        from trainer.data.images import make_thumbnail
     except ImportError:  # the dataset module is optional for this cache
         make_thumbnail = None
     if make_thumbnail is not None:

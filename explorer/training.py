@@ -1,6 +1,6 @@
 """The GUI's handle on training: a trainer thread with stop/pause flags, and a follower for runs written elsewhere.
 
-The trainer (``trainer.engine.Trainer``) runs in a plain ``threading.Thread`` and reports through its ``emit``
+The trainer (``trainer.train.engine.Trainer``) runs in a plain ``threading.Thread`` and reports through its ``emit``
 callback; every event is posted to the GUI thread through a queued signal and re-emitted as a typed Qt signal.
 Committed epochs reach :class:`~explorer.state.AppState`. A run written by the command-line trainer is followed by
 polling ``RunReader.refresh()`` on a timer.
@@ -48,7 +48,7 @@ class _ThreadEnded:
 
 
 def _default_trainer_factory(cfg: TrainConfig, run_dir: Path, **kwargs: Any) -> Any:
-    from trainer.engine import Trainer  # imported late: torch is heavy and the GUI starts without it
+    from trainer.train.engine import Trainer  # imported late: torch is heavy and the GUI starts without it
 
     return Trainer(cfg, run_dir, **kwargs)
 

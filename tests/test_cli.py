@@ -57,7 +57,7 @@ def test_no_flip_reaches_the_config():
 
 
 def test_losses_lists_every_loss_and_miner():
-    from trainer.losses import LOSSES, MINERS
+    from trainer.model.losses import LOSSES, MINERS
 
     res = run("losses")
     assert res.returncode == 0

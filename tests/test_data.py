@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.data import ClassBalancedBatchSampler, class_disjoint_split
+from trainer.data.loader import ClassBalancedBatchSampler
+from trainer.data.split import class_disjoint_split
 from trainer.store import SPLIT_HELDOUT, SPLIT_TRAIN
 
 

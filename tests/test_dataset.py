@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-import trainer.dataset as ds
+from trainer.data import images
+
+from trainer.data import scan
 from image_fixtures import (
     make_class_folder,
     make_symlink_loop,
@@ -31,7 +33,8 @@ from image_fixtures import (
     write_truncated_jpeg,
     write_zero_byte,
 )
-from trainer.dataset import ImageLoadError, ScanError, ScanResult, display_name, load_image, make_thumbnail, scan_folder
+from trainer.data.images import ImageLoadError, display_name, load_image, make_thumbnail
+from trainer.data.scan import ScanError, ScanResult, scan_folder
 
 NON_UTF8 = os.fsdecode(b"caf\xe9.png")
 
@@ -132,7 +135,7 @@ def test_decompression_bomb_refused_without_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
     with pytest.raises(ImageLoadError, match="bomb.png: decompression bomb"):
         load_image(path)
-    assert ds._verify_file(str(path), path.stat().st_size, ds.MAX_PIXELS)[1].startswith("decompression bomb")
+    assert scan._verify_file(str(path), path.stat().st_size, images.MAX_PIXELS)[1].startswith("decompression bomb")
     assert (20000, 20000) not in loaded
     # an image under Pillow's limit but over ours is refused by our own check, also without decoding
     small_bomb = write_png_bomb(tmp_path / "small.png", side=200)
@@ -369,13 +372,13 @@ def test_missing_root_names_it(tmp_path):
 
 def count_verifications(monkeypatch) -> list[str]:
     seen: list[str] = []
-    real = ds._verify_file
+    real = scan._verify_file
 
     def counting(path, size, max_pixels):
         seen.append(path)
         return real(path, size, max_pixels)
 
-    monkeypatch.setattr(ds, "_verify_file", counting)
+    monkeypatch.setattr(scan, "_verify_file", counting)
     return seen
 
 

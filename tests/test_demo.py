@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import trainer.demo as demo
-from trainer.dataset import load_image, scan_folder
-from trainer.demo import cache_root, ensure_demo_folder
+from trainer.data import demo
+from trainer.data.images import load_image
+from trainer.data.scan import scan_folder
+from trainer.cache import cache_root
+from trainer.data.demo import ensure_demo_folder
 
 
 @pytest.fixture(scope="module")

@@ -22,16 +22,12 @@ import numpy as np
 import pytest
 import torch
 
-from trainer import distributed
+from trainer.train import distributed
 from trainer import events as ev
-from trainer.data import ClassBalancedBatchSampler
-from trainer.evaluate import pair_histograms, roc_from_histograms
-from trainer.sampling import (
-    _largest_remainder,
-    _triangle_pairs,
-    pair_distances,
-    pair_totals,
-    sampled_pair_histograms,
+from trainer.data.loader import ClassBalancedBatchSampler
+from trainer.analysis.verification import pair_histograms, roc_from_histograms
+from trainer.analysis.pairs import (
+    _largest_remainder, _triangle_pairs, pair_distances, pair_totals, sampled_pair_histograms,
     stratified_pair_sample,
 )
 from trainer.config import TrainConfig
@@ -319,7 +315,7 @@ def test_bad_input_is_refused_with_the_reason():
 
 @pytest.mark.parametrize("n", [0, 7, 40, 150, 299, 300])
 def test_stratified_image_sample_keeps_every_class_in_proportion(n):
-    from trainer.sampling import stratified_image_sample
+    from trainer.analysis.pairs import stratified_image_sample
 
     rng = np.random.default_rng(3)
     labels = np.repeat(np.arange(12), rng.integers(1, 50, 12))[:300]

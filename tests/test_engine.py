@@ -18,7 +18,9 @@ import torch
 
 from trainer import events as ev
 from trainer.config import TrainConfig
-from trainer.engine import Trainer, TrainingError, check_checkpoint, load_checkpoint
+from trainer.train.engine import Trainer
+from trainer.errors import TrainingError
+from trainer.model.checkpoint import check_checkpoint, load_checkpoint
 from trainer.store import RunLock, RunReader, run_in_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,7 +159,7 @@ def test_pause_holds_the_loop_until_released(folder, tmp_path):
 
 
 def test_nan_loss_stops_the_run_and_the_epoch_is_not_committed(folder, tmp_path, monkeypatch):
-    import trainer.losses as losses
+    import trainer.model.losses as losses
 
     real = losses.build_loss
 
@@ -259,16 +261,18 @@ def test_trainer_never_imports_qt():
         "            raise ImportError('Qt is blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import trainer\n"
-        "for m in pkgutil.iter_modules(trainer.__path__):\n"
-        "    importlib.import_module('trainer.' + m.name)\n"
-        "print('ok')\n"
+        "names = [m.name for m in pkgutil.walk_packages(trainer.__path__, 'trainer.')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "print(len(names), 'ok')\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr
+    assert int(res.stdout.split()[0]) >= 30  # every module of every stage, not only the top level
 
 
 def test_head_lr_multiplier_follows_the_weights_as_loaded_not_as_asked_for():
-    from trainer.config import head_lr_multiplier
+    from trainer.train.optim import head_lr_multiplier
 
     cfg = TrainConfig()
     assert head_lr_multiplier(cfg, trained_weights=True) == 10.0
@@ -305,7 +309,7 @@ def test_a_bad_head_lr_multiplier_fails_with_its_name(folder, tmp_path):
 
 
 def test_the_flip_option_reaches_the_training_transforms(folder, tmp_path, monkeypatch):
-    from trainer import models
+    from trainer.model import backbones as models
 
     made = []
     real = models.default_transforms

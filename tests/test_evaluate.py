@@ -1,4 +1,4 @@
-"""trainer.evaluate against brute-force twins (plain loops over samples / pairs) and scikit-learn."""
+"""trainer.analysis.verification against brute-force twins (plain loops over samples / pairs) and scikit-learn."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from trainer import evaluate as ev
+from trainer.analysis import retrieval
 
-
-# ---------------------------------------------------------------------------------------------------------------
+from trainer.analysis import verification
 # data and brute-force twins
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -97,7 +96,7 @@ def bf_retrieval(x, y, metric, k_values):
 def test_retrieval_matches_brute_force(metric):
     x, y = clustered(80, 9, seed=1, spread=1.5)
     y[:3] = [100, 101, 102]  # three singleton classes: never queried, still retrievable as negatives
-    got = ev.retrieval_metrics(x, y, metric=metric, k_values=(1, 2, 4, 8))
+    got = retrieval.retrieval_metrics(x, y, metric=metric, k_values=(1, 2, 4, 8))
     want = bf_retrieval(x, y, metric, (1, 2, 4, 8))
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=1e-6), key
@@ -107,29 +106,29 @@ def test_retrieval_matches_brute_force(metric):
 
 def test_retrieval_clustering_scores_separated_clusters():
     x, y = clustered(120, 4, seed=2, spread=0.01)
-    got = ev.retrieval_metrics(x, y)
+    got = retrieval.retrieval_metrics(x, y)
     assert got["nmi"] == pytest.approx(1.0) and got["ami"] == pytest.approx(1.0)
     assert got["precision_at_1"] == 1.0 and got["mean_average_precision_at_r"] == pytest.approx(1.0)
 
 
 def test_retrieval_edge_cases():
     with pytest.raises(ValueError, match="N = 0"):
-        ev.retrieval_metrics(np.zeros((0, 4)), np.zeros(0))
+        retrieval.retrieval_metrics(np.zeros((0, 4)), np.zeros(0))
     x, _ = clustered(10, 2)
-    one = ev.retrieval_metrics(x, np.zeros(10))
+    one = retrieval.retrieval_metrics(x, np.zeros(10))
     assert all(math.isnan(v) for v in one.values())
-    lone = ev.retrieval_metrics(x, np.arange(10))  # every class a singleton: nothing to query
+    lone = retrieval.retrieval_metrics(x, np.arange(10))  # every class a singleton: nothing to query
     assert math.isnan(lone["precision_at_1"]) and math.isnan(lone["recall_at_1"])
     bad = x.copy()
     bad[3, 1] = np.nan
     with pytest.raises(ValueError, match="row 3"):
-        ev.retrieval_metrics(bad, np.zeros(10))
+        retrieval.retrieval_metrics(bad, np.zeros(10))
     with pytest.raises(ValueError, match="all zeros"):
-        ev.retrieval_metrics(np.zeros((4, 3)), [0, 0, 1, 1])
+        retrieval.retrieval_metrics(np.zeros((4, 3)), [0, 0, 1, 1])
     with pytest.raises(ValueError, match="labels"):
-        ev.retrieval_metrics(x, np.zeros(9))
+        retrieval.retrieval_metrics(x, np.zeros(9))
     with pytest.raises(ValueError, match="metric"):
-        ev.retrieval_metrics(x, np.zeros(10), metric="manhattan")
+        retrieval.retrieval_metrics(x, np.zeros(10), metric="manhattan")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -140,7 +139,7 @@ def test_retrieval_edge_cases():
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_histograms_exact_counts(metric):
     x, y = clustered(60, 5, seed=3)
-    h = ev.pair_histograms(x, y, metric=metric, bins=256)
+    h = verification.pair_histograms(x, y, metric=metric, bins=256)
     gen, imp = bf_histograms(x, y, metric, 256, h.edges[-1])
     assert h.genuine.dtype == np.int64
     np.testing.assert_array_equal(h.genuine, gen)
@@ -152,8 +151,8 @@ def test_histograms_fine_bins_and_chunking():
     """Many row blocks and diagonal tiles (N > tile size) give the same counts as one block; fine bins agree with
     the loops up to pairs within float32 rounding (~1e-7) of a bin edge."""
     x, y = clustered(300, 12, seed=4)
-    one = ev.pair_histograms(x, y, bins=2**15)
-    many = ev.pair_histograms(x, y, bins=2**15, block_bytes=4 * 303 * 70)  # 70-row blocks
+    one = verification.pair_histograms(x, y, bins=2**15)
+    many = verification.pair_histograms(x, y, bins=2**15, block_bytes=4 * 303 * 70)  # 70-row blocks
     np.testing.assert_array_equal(one.genuine, many.genuine)
     np.testing.assert_array_equal(one.impostor, many.impostor)
     gen, imp = bf_histograms(x, y, "cosine", 2**15, 2.0)
@@ -167,13 +166,13 @@ def test_histogram_bins_are_right_closed():
     """Integer coordinates make every distance exact: a pair at d = 5 lies in (4, 5] and is accepted at t = 5."""
     x = np.array([[0, 0], [3, 4], [-3, -4], [0, 0]], dtype=np.float32)
     y = np.array([0, 0, 1, 1])
-    h = ev.pair_histograms(x, y, metric="euclidean", bins=16, max_distance=16.0)
+    h = verification.pair_histograms(x, y, metric="euclidean", bins=16, max_distance=16.0)
     # pairs: (0,1) d=5 gen, (0,2) d=5 imp, (0,3) d=0 imp, (1,2) d=10 imp, (1,3) d=5 imp, (2,3) d=5 gen
     assert h.genuine[4] == 2 and h.genuine.sum() == 2
     assert h.impostor[0] == 1 and h.impostor[4] == 2 and h.impostor[9] == 1
-    op = ev.operating_point(h, 5.0)
+    op = verification.operating_point(h, 5.0)
     assert (op["genuine_accepted"], op["impostor_accepted"]) == (2, 3)
-    op = ev.operating_point(h, 4.999)  # rounds down to the edge 4.0
+    op = verification.operating_point(h, 4.999)  # rounds down to the edge 4.0
     assert (op["genuine_accepted"], op["impostor_accepted"], op["threshold"]) == (0, 1, 4.0)
 
 
@@ -193,8 +192,8 @@ def _sk_eer(same, d):
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_roc_matches_sklearn(metric):
     x, y = clustered(150, 10, seed=5, spread=1.3)
-    h = ev.pair_histograms(x, y, metric=metric)
-    roc = ev.roc_from_histograms(h)
+    h = verification.pair_histograms(x, y, metric=metric)
+    roc = verification.roc_from_histograms(h)
     pairs = bf_pairs(x, y, metric)
     d = np.array([p[2] for p in pairs])
     same = np.array([p[3] for p in pairs])
@@ -219,7 +218,7 @@ def test_roc_matches_sklearn(metric):
 
 def test_operating_point_and_threshold_pickers_exact():
     x, y = clustered(90, 6, seed=6, spread=1.2)
-    h = ev.pair_histograms(x, y, bins=512)
+    h = verification.pair_histograms(x, y, bins=512)
     pairs = bf_pairs(x, y, "cosine")
     w = h.bin_width
     binned = [(min(max(math.ceil(d / w) - 1, 0), 511), s) for _, _, d, s in pairs]
@@ -229,39 +228,39 @@ def test_operating_point_and_threshold_pickers_exact():
         ia = sum(1 for b, s in binned if not s and b < k)
         ng = sum(1 for _, s in binned if s)
         ni = len(binned) - ng
-        op = ev.operating_point(h, t)
+        op = verification.operating_point(h, t)
         assert (op["genuine_accepted"], op["genuine_rejected"]) == (ga, ng - ga)
         assert (op["impostor_accepted"], op["impostor_rejected"]) == (ia, ni - ia)
         assert op["accuracy"] == pytest.approx((ga + ni - ia) / len(binned))
         assert op["far"] == pytest.approx(ia / ni) and op["frr"] == pytest.approx(1 - ga / ng)
     for far in (0.3, 0.1, 0.01, 1e-3):
-        t = ev.threshold_at_far(h, far)
-        got = ev.operating_point(h, t)["far"]
+        t = verification.threshold_at_far(h, far)
+        got = verification.operating_point(h, t)["far"]
         assert got <= far
-        nxt = ev.operating_point(h, t + w)["far"]  # the next edge would exceed it (largest such threshold)
+        nxt = verification.operating_point(h, t + w)["far"]  # the next edge would exceed it (largest such threshold)
         assert nxt > far or t + w > h.edges[-1]
-    roc = ev.roc_from_histograms(h)
-    t = ev.eer_threshold(h)
+    roc = verification.roc_from_histograms(h)
+    t = verification.eer_threshold(h)
     assert t == roc.eer_threshold
-    lo = ev.operating_point(h, t - w)
-    hi = ev.operating_point(h, t + w)
+    lo = verification.operating_point(h, t - w)
+    hi = verification.operating_point(h, t + w)
     assert lo["far"] <= roc.eer <= hi["far"] and hi["frr"] <= roc.eer <= lo["frr"]
 
 
 def test_insufficient_pairs_guard():
     x, y = clustered(40, 4, seed=7)
-    h = ev.pair_histograms(x, y)
-    roc = ev.roc_from_histograms(h)
+    h = verification.pair_histograms(x, y)
+    roc = verification.roc_from_histograms(h)
     ni = h.n_impostor  # ~585: 1e-1 -> 58 expected false accepts (ok), 1e-2 -> 5.8 (too few)
     for far, entry in roc.tar_at_far.items():
-        assert entry.sufficient == (ni * far >= ev.MIN_FALSE_ACCEPTS)
+        assert entry.sufficient == (ni * far >= verification.MIN_FALSE_ACCEPTS)
         assert math.isnan(entry.tar) != entry.sufficient
         assert entry.achieved_far <= far
     assert roc.tar_at_far[0.1].sufficient and not roc.tar_at_far[0.01].sufficient
-    m = ev.verification_metrics(x, y)
+    m = verification.verification_metrics(x, y)
     assert set(m) == {"auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3"}
     assert math.isnan(m["tar_at_far_1e-2"]) and m["auc"] == pytest.approx(roc.auc)
-    empty = ev.roc_from_histograms(ev.pair_histograms(x, np.arange(40)))  # no genuine pairs
+    empty = verification.roc_from_histograms(verification.pair_histograms(x, np.arange(40)))  # no genuine pairs
     assert math.isnan(empty.auc) and math.isnan(empty.eer)
 
 
@@ -275,7 +274,7 @@ def test_grouped_counts_match_loops():
     group_of_class = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2])
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
     bins = 128
-    gen, imp = ev._grouped_counts(xn, y, "cosine", bins, 2.0, groups=group_of_class[y], n_groups=3,
+    gen, imp = verification._grouped_counts(xn, y, "cosine", bins, 2.0, groups=group_of_class[y], n_groups=3,
                                   block_bytes=4 * 163 * 50)
     pid = {(g, h): n for n, (g, h) in enumerate(zip(*np.triu_indices(3)))}
     bg = np.zeros_like(gen)
@@ -291,7 +290,7 @@ def test_grouped_counts_match_loops():
 def test_cv_threshold_against_loops():
     x, y = clustered(120, 10, seed=9, spread=1.3)
     bins = 64
-    res = ev.best_accuracy_threshold_cv(x, y, folds=5, seed=3, bins=bins)
+    res = verification.best_accuracy_threshold_cv(x, y, folds=5, seed=3, bins=bins)
     # twin: the same class split, then loops over pairs and thresholds
     rng = np.random.default_rng(3)
     fold_of_class = np.empty(10, dtype=int)
@@ -324,28 +323,28 @@ def test_cv_threshold_against_loops():
     np.testing.assert_allclose(res["fold_accuracies"], accs)
     assert res["accuracy_mean"] == pytest.approx(np.mean(accs))
     assert 0.5 < res["accuracy_mean"] < 1.0
-    sep = ev.best_accuracy_threshold_cv(*clustered(100, 10, seed=1, spread=0.01))
+    sep = verification.best_accuracy_threshold_cv(*clustered(100, 10, seed=1, spread=0.01))
     assert sep["accuracy_mean"] == 1.0 and sep["accuracy_std"] == 0.0
 
 
 def test_bootstrap_ci():
     x, y = clustered(200, 12, seed=10, spread=1.3)
-    ci = ev.bootstrap_ci(x, y, n_boot=200, seed=1, bins=4096, far_levels=(1e-2, 1e-4))
-    roc = ev.roc_from_histograms(ev.pair_histograms(x, y, bins=4096), far_levels=(1e-2, 1e-4))
+    ci = verification.bootstrap_ci(x, y, n_boot=200, seed=1, bins=4096, far_levels=(1e-2, 1e-4))
+    roc = verification.roc_from_histograms(verification.pair_histograms(x, y, bins=4096), far_levels=(1e-2, 1e-4))
     assert ci["auc"].estimate == pytest.approx(roc.auc, abs=1e-12)
     assert ci["eer"].estimate == pytest.approx(roc.eer, abs=1e-12)
     for key in ("auc", "eer", "tar_at_far_0.01"):
         c = ci[key]
         assert c.low < c.estimate < c.high and c.std > 0, key
     assert ci["tar_at_far_0.01"].estimate == pytest.approx(roc.tar_at_far[1e-2].tar, abs=1e-12)
-    assert roc.n_impostor * 1e-4 < ev.MIN_FALSE_ACCEPTS  # ~18k impostor pairs: too few for 1e-4
+    assert roc.n_impostor * 1e-4 < verification.MIN_FALSE_ACCEPTS  # ~18k impostor pairs: too few for 1e-4
     assert math.isnan(ci["tar_at_far_0.0001"].estimate) and math.isnan(ci["tar_at_far_0.0001"].low)
-    again = ev.bootstrap_ci(x, y, n_boot=200, seed=1, bins=4096, far_levels=(1e-2, 1e-4))
+    again = verification.bootstrap_ci(x, y, n_boot=200, seed=1, bins=4096, far_levels=(1e-2, 1e-4))
     assert again["auc"] == ci["auc"]
     # more classes at the same spread -> narrower interval
     xb, yb = clustered(800, 48, seed=11, spread=1.3)
     wide = ci["auc"].high - ci["auc"].low
-    narrow = ev.bootstrap_ci(xb, yb, n_boot=200, seed=1, bins=4096)["auc"]
+    narrow = verification.bootstrap_ci(xb, yb, n_boot=200, seed=1, bins=4096)["auc"]
     assert narrow.high - narrow.low < wide
 
 
@@ -361,7 +360,7 @@ def test_nearest_pairs_and_class_errors(metric):
     ds = np.array([p[2] for p in pairs])
     t = float(np.median(ds[[p[3] for p in pairs]]))
     for kind in ("false_accept", "false_reject"):
-        i, j, d = ev.nearest_pairs(x, y, t, kind=kind, k=7, metric=metric)
+        i, j, d = retrieval.nearest_pairs(x, y, t, kind=kind, k=7, metric=metric)
         if kind == "false_accept":
             cand = [(abs(dd - t), a, b, dd) for a, b, dd, s in pairs if not s and dd <= t]
         else:
@@ -370,7 +369,7 @@ def test_nearest_pairs_and_class_errors(metric):
         assert len(cand) > 7
         assert [(a, b) for _, a, b, _ in cand[:7]] == list(zip(i.tolist(), j.tolist()))
         np.testing.assert_allclose(d, [dd for *_, dd in cand[:7]], atol=1e-5)
-    got = ev.class_error_counts(x, y, t, metric=metric)
+    got = retrieval.class_error_counts(x, y, t, metric=metric)
     classes = np.unique(y)
     fa = np.zeros(len(classes), dtype=int)
     fr = np.zeros(len(classes), dtype=int)
@@ -388,4 +387,4 @@ def test_nearest_pairs_and_class_errors(metric):
     np.testing.assert_array_equal(got["false_rejects"], fr)
     np.testing.assert_array_equal(got["genuine_pairs"], ng)
     with pytest.raises(ValueError, match="kind"):
-        ev.nearest_pairs(x, y, t, kind="both")
+        retrieval.nearest_pairs(x, y, t, kind="both")

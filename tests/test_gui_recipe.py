@@ -17,8 +17,8 @@ from explorer.app import protect_none_refcount  # noqa: E402
 protect_none_refcount()
 from explorer.config_panel import ConfigPanel  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
-from trainer.dataset import scan_folder  # noqa: E402
-from trainer.recipe import RECIPE_KEYS, image_facts  # noqa: E402
+from trainer.data.scan import scan_folder  # noqa: E402
+from trainer.train.recipe import RECIPE_KEYS, image_facts  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -111,7 +111,7 @@ def test_the_learning_rate_finder_applies_its_rate_to_the_form(qtbot, folder):
 
 def test_a_loss_sweep_runs_from_its_dialog(qtbot, tmp_path):
     from explorer.sweep_dialog import SweepDialog
-    from trainer.sweep import SWEEP_FILE
+    from trainer.train.sweep import SWEEP_FILE
 
     data = make_class_folder(tmp_path / "d", n_classes=6, per_class=8, size=24)
     cfg = TrainConfig().replace(**{
@@ -145,7 +145,7 @@ def test_the_window_measures_the_folder_and_probes_the_weights_for_the_form(qtbo
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication, QLabel
 
-    import trainer.models as models
+    import trainer.model.backbones as models
     from explorer.app import create_window
     from explorer.main_window import MainWindow
     from explorer.settings import Settings

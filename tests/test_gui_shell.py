@@ -201,7 +201,7 @@ def test_config_panel_round_trips_a_config_and_applies_presets(qtbot, folder, tm
 
 def test_a_preset_fits_its_classes_per_batch_to_the_folder(qtbot, tmp_path):
     """The digits demo keeps 5 training classes; "Quick look (CPU)" asks for C = 8 and must still start."""
-    from trainer.dataset import scan_folder
+    from trainer.data.scan import scan_folder
 
     data = make_class_folder(tmp_path / "six", n_classes=6, per_class=12, size=16)
     panel = ConfigPanel()
@@ -315,8 +315,8 @@ def test_preloading_loads_the_census_kernels_before_the_window_shows():
     """numba loads the census kernels under the GIL (~0.4 s): the window does it at start, not in its first census."""
     import subprocess
 
-    code = ("from explorer.app import preload_modules; from trainer import triplets as t; "
-            "before = len(t._count_chunk.signatures); failed = preload_modules(('trainer.triplets',)); "
+    code = ("from explorer.app import preload_modules; from trainer.analysis import census as t; "
+            "before = len(t._count_chunk.signatures); failed = preload_modules(('trainer.analysis.census',)); "
             "print(before, len(t._count_chunk.signatures), failed)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=str(Path(__file__).resolve().parents[1]))

@@ -20,7 +20,7 @@ from explorer.state import AppState  # noqa: E402
 from explorer.training import TrainingController  # noqa: E402
 from explorer.views.training_view import TrainingView, format_seconds  # noqa: E402
 from trainer import events as ev  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
+from trainer.config import TrainConfig
 from trainer.store import RunReader  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -250,13 +250,13 @@ def test_closing_the_window_while_training_stops_cleanly(qtbot, tmp_path, folder
 
 
 def test_a_trainer_error_reaches_the_user(qtbot, window, folder, boxes, monkeypatch):
-    import trainer.engine
+    import trainer.train.engine
 
     def failing_run(self):
         self.emit(ev.Log("about to fail", "info"))
         self.emit(ev.Failed("CUDA out of memory (pretend)", detail="Traceback: pretend"))
 
-    monkeypatch.setattr(trainer.engine.Trainer, "run", failing_run)
+    monkeypatch.setattr(trainer.train.engine.Trainer, "run", failing_run)
     window.config_panel.set_config(_cfg(folder))
     with qtbot.waitSignal(window.controller.failed, timeout=20000):
         window.start_training()

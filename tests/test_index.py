@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from trainer.index import NeighborIndex
+from trainer.analysis.index import NeighborIndex
 
 
 def brute_knn(gallery: np.ndarray, queries: np.ndarray, k: int, metric: str, exclude=None):

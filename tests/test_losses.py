@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer import losses as L
+from trainer.model import losses as L
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -316,7 +316,7 @@ def test_histogram_loss_indexes_pairs_not_rows() -> None:
 
 def test_histogram_loss_takes_equal_embeddings():
     """Two equal embeddings have cosine similarity 1, which PML's histogram put one bin past its end."""
-    from trainer.losses import build_loss
+    from trainer.model.losses import build_loss
 
     loss_fn = build_loss("histogram", {}, embedding_dim=8, num_classes=3)
     torch.manual_seed(0)

@@ -15,9 +15,9 @@ import pytest
 from scipy import stats
 
 from test_engine import make_folder, tiny_config
-from trainer.lr_find import lr_at_step, lr_range_test, smooth, suggest
+from trainer.train.lr_find import lr_at_step, lr_range_test, smooth, suggest
 from trainer.store import RunReader
-from trainer.sweep import SWEEP_FILE, interval95, run_sweep, summarize
+from trainer.train.sweep import SWEEP_FILE, interval95, run_sweep, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,7 +126,7 @@ def test_lr_find_and_sweep_from_the_command_line(tmp_path):
 
 def test_a_sweep_keeps_the_parameters_that_belong_to_each_loss():
     from trainer.config import TrainConfig
-    from trainer.sweep import sweep_config
+    from trainer.train.sweep import sweep_config
 
     base = TrainConfig().replace(**{"loss.params": {"temperature": 0.1}, "auto": ("loss.miner", "optim.lr")})
     cfg = sweep_config(base, "normalized_softmax", 2)

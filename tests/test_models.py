@@ -9,7 +9,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from trainer import models as M
+from trainer.model import backbones as M
 from trainer.config import ModelConfig
 
 

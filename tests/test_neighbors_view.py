@@ -238,7 +238,7 @@ def test_grab_png(qtbot, view, run_dir, tmp_path):
 def test_external_image_query_finds_itself(qtbot, view, tmp_path):
     from test_engine import make_folder, tiny_config
 
-    from trainer.engine import Trainer
+    from trainer.train.engine import Trainer
 
     folder = make_folder(tmp_path / "data", n_classes=4, per_class=6)
     run_dir = tmp_path / "run"

@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from trainer import projection as P
+from trainer.analysis import projection
 
-
+from trainer.analysis import projection_worker
 def _blobs(n=300, d=16, k=5, seed=0, spread=4.0):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(k, d)) * spread
@@ -44,12 +44,12 @@ def test_procrustes_matches_brute_force_search():
     a = 0.7
     r = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) @ np.diag([1, -1])
     dst = 2.5 * src @ r + [3.0, -1.0] + rng.normal(scale=0.05, size=src.shape)
-    aligned = P.procrustes_align(src, dst)
+    aligned = projection.procrustes_align(src, dst)
     err = ((aligned - dst) ** 2).sum()
     brute_err, brute_xy = _brute_procrustes(src, dst)
     assert err <= brute_err + 1e-6  # closed form is at least as good as the grid optimum
     assert np.allclose(aligned, brute_xy, atol=0.05)
-    s, rot, t = P.procrustes_fit(src, dst)
+    s, rot, t = projection.procrustes_fit(src, dst)
     assert s == pytest.approx(2.5, rel=0.02)
     assert np.allclose(rot @ rot.T, np.eye(2), atol=1e-9)
 
@@ -62,22 +62,22 @@ def test_procrustes_mask_uses_only_common_points():
     mask[:20] = True
     moved = src.copy()
     moved[20:] += 100.0  # outliers outside the mask must not influence the fit
-    out = P.procrustes_align(moved, ref[:20], mask)
+    out = projection.procrustes_align(moved, ref[:20], mask)
     assert np.allclose(out[:20], ref[:20], atol=1e-4)
 
 
 @pytest.mark.filterwarnings("ignore:Graph is not fully connected:UserWarning")
 def test_umap_warm_start_moves_points_less_than_a_cold_refit():
     x, labels = _blobs(300)
-    first = P.project(x, "umap", seed=0, n_epochs=60)
+    first = projection.project(x, "umap", seed=0, n_epochs=60)
     assert first.xy.shape == (300, 2) and first.xy.dtype == np.float32 and np.isfinite(first.xy).all()
     x2 = x + np.random.default_rng(5).normal(scale=0.02, size=x.shape).astype(np.float32)
-    warm = P.project(x2, "umap", previous=first.xy, previous_ids=np.arange(300), seed=0, n_epochs=30)
-    cold = P.project(x2, "umap", seed=7, n_epochs=60)
+    warm = projection.project(x2, "umap", previous=first.xy, previous_ids=np.arange(300), seed=0, n_epochs=30)
+    cold = projection.project(x2, "umap", seed=7, n_epochs=60)
     assert warm.warm and "aligned" in warm.note
     scale = np.ptp(first.xy, axis=0).max()
     d_warm = np.linalg.norm(warm.xy - first.xy, axis=1).mean() / scale
-    cold_aligned = P.procrustes_align(cold.xy, first.xy)  # even the fairest cold map moves more
+    cold_aligned = projection.procrustes_align(cold.xy, first.xy)  # even the fairest cold map moves more
     d_cold = np.linalg.norm(cold_aligned - first.xy, axis=1).mean() / scale
     # (a cold fit starts from PCA, itself fairly stable; the warm start still moves points clearly less)
     assert d_warm < 0.75 * d_cold
@@ -86,26 +86,26 @@ def test_umap_warm_start_moves_points_less_than_a_cold_refit():
 
 def test_pca_layout_is_aligned_and_handles_new_ids():
     x, _ = _blobs(200, seed=3)
-    first = P.project(x, "pca", ids=np.arange(200))
+    first = projection.project(x, "pca", ids=np.arange(200))
     # next epoch: sign flip of the embedding (PCA would flip the map) and ten new samples, five dropped
     x2 = np.concatenate([-x[5:], _blobs(10, seed=9)[0]])
     ids2 = np.concatenate([np.arange(5, 200), np.arange(1000, 1010)])
-    second = P.project(x2, "pca", previous=first.xy, previous_ids=np.arange(200), ids=ids2)
+    second = projection.project(x2, "pca", previous=first.xy, previous_ids=np.arange(200), ids=ids2)
     assert second.xy.shape == (205, 2)
     # the flip is undone by the alignment; the axes shift only a little with 10 new and 5 dropped samples
     span = np.ptp(first.xy, axis=0).max()
     assert np.abs(second.xy[:195] - first.xy[5:]).max() < 0.02 * span
-    unaligned = P.project(x2, "pca", ids=ids2)
+    unaligned = projection.project(x2, "pca", ids=ids2)
     assert np.abs(unaligned.xy[:195] - first.xy[5:]).max() > 0.5 * span
 
 
 def test_large_n_is_fitted_on_a_stratified_sample():
     x, labels = _blobs(900, d=8, k=3)
-    lay = P.project(x, "pca", labels=labels, max_fit=300)
+    lay = projection.project(x, "pca", labels=labels, max_fit=300)
     assert lay.xy.shape == (900, 2)
-    rows = P._stratified_sample(900, labels, 300, seed=0)
+    rows = projection._stratified_sample(900, labels, 300, seed=0)
     assert len(np.unique(rows)) == len(rows) and np.bincount(labels[rows]).min() >= 90
-    lay = P.project(x, "tsne", labels=labels, max_fit=150, n_epochs=250)
+    lay = projection.project(x, "tsne", labels=labels, max_fit=150, n_epochs=250)
     assert "stratified sample of" in lay.note and np.isfinite(lay.xy).all()
     # points outside the sample land in their own cluster: nearest sampled neighbour has their label
     centre = np.array([lay.xy[labels == c].mean(0) for c in range(3)])
@@ -115,7 +115,7 @@ def test_large_n_is_fitted_on_a_stratified_sample():
 
 def test_knn_graph_matches_brute_force():
     x, _ = _blobs(120, d=6)
-    ind, dist = P.knn_graph(x, 5)
+    ind, dist = projection.knn_graph(x, 5)
     for i in range(len(x)):
         d = [float(np.sqrt(((x[i] - x[j]) ** 2).sum())) for j in range(len(x))]
         order = sorted(range(len(x)), key=lambda j: d[j])[:5]
@@ -125,11 +125,11 @@ def test_knn_graph_matches_brute_force():
 
 def test_bad_input_is_refused_with_a_reason():
     with pytest.raises(ValueError, match="NaN"):
-        P.project(np.full((10, 3), np.nan, np.float32), "pca")
+        projection.project(np.full((10, 3), np.nan, np.float32), "pca")
     with pytest.raises(ValueError, match="unknown projection method"):
-        P.project(np.zeros((10, 3), np.float32), "mds")
-    with pytest.raises(P.ProjectionCancelled):
-        P.project(_blobs(50)[0], "umap", is_cancelled=lambda: True)
+        projection.project(np.zeros((10, 3), np.float32), "mds")
+    with pytest.raises(projection.ProjectionCancelled):
+        projection.project(_blobs(50)[0], "umap", is_cancelled=lambda: True)
 
 
 def _alive(pid: int) -> bool:
@@ -152,16 +152,16 @@ def test_projection_worker_process_matches_in_process_and_survives_errors_cancel
     import time
 
     x, _ = _blobs(200, seed=4)
-    w = P.ProjectionWorker(warm=False)  # PCA only: no numba compile, the test stays fast
+    w = projection_worker.ProjectionWorker(warm=False)  # PCA only: no numba compile, the test stays fast
     try:
         pid = w.pid
         assert pid != os.getpid() and w.is_alive()
         if hasattr(os, "getpriority"):  # the map yields the CPU to the window
             w.call("ping")  # the child has started its loop (and reniced itself)
-            assert os.getpriority(os.PRIO_PROCESS, pid) >= os.getpriority(os.PRIO_PROCESS, 0) + P.WORKER_NICE or \
+            assert os.getpriority(os.PRIO_PROCESS, pid) >= os.getpriority(os.PRIO_PROCESS, 0) + projection_worker.WORKER_NICE or \
                 os.getpriority(os.PRIO_PROCESS, pid) == 19
         first = w.project(x, "pca", ids=np.arange(200))
-        ref = P.project(x, "pca", ids=np.arange(200))
+        ref = projection.project(x, "pca", ids=np.arange(200))
         assert np.array_equal(first.xy, ref.xy) and first.method == "pca"
         # warm start arguments travel too
         second = w.project(-x, "pca", previous=first.xy, previous_ids=np.arange(200))
@@ -170,7 +170,7 @@ def test_projection_worker_process_matches_in_process_and_survives_errors_cancel
         with pytest.raises(RuntimeError, match="NaN"):
             w.project(np.full((10, 3), np.nan, np.float32), "pca")
         # a cancelled call returns at once; its late answer is dropped, the next call gets its own result
-        with pytest.raises(P.ProjectionCancelled):
+        with pytest.raises(projection.ProjectionCancelled):
             w.project(x, "pca", is_cancelled=lambda: True)
         third = w.project(x[:50], "pca")
         assert third.xy.shape == (50, 2)
@@ -199,8 +199,8 @@ def test_umap_fit_stops_within_an_epoch_when_cancelled():
         seen.append(f)
 
     stop = lambda: any(0.3 < f < 0.95 for f in seen)  # noqa: E731 - cancel once the epochs are well under way
-    with pytest.raises(P.ProjectionCancelled):
-        P.project(x, "umap", n_epochs=400, progress=progress, is_cancelled=stop)
+    with pytest.raises(projection.ProjectionCancelled):
+        projection.project(x, "umap", n_epochs=400, progress=progress, is_cancelled=stop)
     umap_part = [f for f in seen if f >= 0.15]
     assert len(umap_part) >= 2 and umap_part == sorted(umap_part)  # per-epoch progress, rising
     assert max(seen) < 0.95  # stopped long before the end
@@ -219,9 +219,9 @@ def test_requests_to_the_worker_carry_arrays_out_of_band_and_arrive_intact():
     import threading
 
     got = []
-    t = threading.Thread(target=lambda: got.append(P._recv_request(b)))
+    t = threading.Thread(target=lambda: got.append(projection_worker._recv_request(b)))
     t.start()
-    P._send_request(a, msg)
+    projection_worker._send_request(a, msg)
     t.join(10)
     rid, op, kw = got[0]
     assert (rid, op, kw["method"], kw["seed"], kw["previous"]) == (7, "project", "umap", 3, None)
@@ -230,5 +230,5 @@ def test_requests_to_the_worker_carry_arrays_out_of_band_and_arrive_intact():
     assert kw["embeddings"].flags.writeable and kw["embeddings"].base is not emb
     kw["embeddings"] *= 2  # writable, and not the sender's memory
     assert np.array_equal(emb * 2, kw["embeddings"])
-    P._send_request(a, None)
-    assert P._recv_request(b) is None
+    projection_worker._send_request(a, None)
+    assert projection_worker._recv_request(b) is None

@@ -15,8 +15,8 @@ from PIL import Image
 from test_engine import make_folder, run_collect, tiny_config
 from trainer import events as ev
 from trainer.config import PRESETS, TrainConfig
-from trainer.engine import load_checkpoint
-from trainer.recipe import RECIPE_KEYS, Facts, choose_backbone, data_facts, derive, image_facts, rules
+from trainer.model.checkpoint import load_checkpoint
+from trainer.train.recipe import RECIPE_KEYS, Facts, choose_backbone, data_facts, derive, image_facts, rules
 from trainer.store import RunReader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +150,7 @@ def _fail_download(weights, *a, **k):
 
 def test_a_failed_download_gives_the_random_weights_recipe_and_head_rate(tmp_path, monkeypatch):
     """The bug this guards against: ImageNet asked for, the download failed, and the head still ran at 10x."""
-    import trainer.models as models
+    import trainer.model.backbones as models
 
     monkeypatch.setattr(models, "_download_state_dict", _fail_download)
     data = make_folder(tmp_path / "data")
@@ -169,7 +169,7 @@ def test_a_failed_download_gives_the_random_weights_recipe_and_head_rate(tmp_pat
 def test_loaded_trained_weights_give_the_trained_recipe(tmp_path, monkeypatch):
     import torchvision
 
-    import trainer.models as models
+    import trainer.model.backbones as models
 
     state = torchvision.models.resnet18(weights=None).state_dict()
     monkeypatch.setattr(models, "_download_state_dict", lambda weights, *a, **k: state)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer import evaluate as ev
+from trainer.analysis import verification
 from trainer.store import SPLIT_HELDOUT, SPLIT_TRAIN, RunReader, RunWriter, SampleTable
-from trainer.verification_extra import (coarsen, rates_ci_at_threshold, snap_threshold, threshold_grid,
-                                        write_json_atomic)
+from trainer.analysis.thresholds import coarsen, rates_ci_at_threshold, snap_threshold, threshold_grid
+from trainer.store import write_json_atomic
 
 N_TRAIN_CLASSES = 5
 N_HELDOUT_CLASSES = 6
@@ -161,13 +161,13 @@ def test_grid_edges_are_round_and_histograms_exact(metric):
     y = rng.integers(0, 6, 60)
     bins, hi, step = threshold_grid(x, metric)
     assert step == 1e-4 and abs(hi - bins * step) < 1e-12
-    h = ev.pair_histograms(x, y, metric=metric, bins=bins, max_distance=hi if metric == "euclidean" else None)
+    h = verification.pair_histograms(x, y, metric=metric, bins=bins, max_distance=hi if metric == "euclidean" else None)
     np.testing.assert_allclose(h.edges, np.arange(bins + 1) * step, atol=1e-12)
     pairs = brute_pairs(x, y, metric)
     assert max(p[2] for p in pairs) <= hi
     t = gap_threshold(pairs, 0.3 * hi / 2, hi / 2)
     assert snap_threshold(h, t) == pytest.approx(t, abs=1e-12)
-    op = ev.operating_point(h, snap_threshold(h, t))
+    op = verification.operating_point(h, snap_threshold(h, t))
     b = brute_rates(pairs, t)
     assert (op["impostor_accepted"], op["genuine_rejected"]) == (b["fa"], b["fr"])
 
@@ -181,7 +181,7 @@ def test_grid_step_grows_for_a_wide_range():
 
 
 def test_snap_threshold_picks_the_nearest_edge_by_loop():
-    h = ev.PairHistograms("cosine", np.linspace(0, 2, 21), np.ones(20, np.int64), np.ones(20, np.int64))
+    h = verification.PairHistograms("cosine", np.linspace(0, 2, 21), np.ones(20, np.int64), np.ones(20, np.int64))
     for t in np.linspace(-0.3, 2.4, 97):
         best = min(h.edges, key=lambda e: (abs(e - t), e))
         assert snap_threshold(h, float(t)) == pytest.approx(best)
@@ -196,7 +196,7 @@ def test_coarsen_matches_loop_sum():
     imp = np.zeros(bins, np.int64)
     gen[300:420] = rng.integers(0, 5, 120)
     imp[350:777] = rng.integers(0, 9, 427)
-    h = ev.PairHistograms("cosine", np.linspace(0, 2, bins + 1), gen, imp)
+    h = verification.PairHistograms("cosine", np.linspace(0, 2, bins + 1), gen, imp)
     edges, g, i = coarsen(h, 50)
     assert len(g) <= 50 and g.sum() == gen.sum() and i.sum() == imp.sum()
     for b in range(len(g)):  # loop twin: every fine bin whose centre lies in the coarse bin
@@ -449,7 +449,7 @@ def test_beyond_the_exact_range_pairs_are_sampled_by_class_and_said(tmp_path, mo
     exact = rv.compute_roc(run, 1, **noop)
     assert exact.pairs_note == "all counted exactly"
     monkeypatch.setattr(rv, "EXACT_LIMIT", 10)
-    import trainer.sampling as sampling
+    import trainer.analysis.pairs as sampling
 
     real = sampling.stratified_pair_sample
     monkeypatch.setattr(sampling, "stratified_pair_sample",

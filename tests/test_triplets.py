@@ -8,15 +8,9 @@ import torch
 from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
 from pytorch_metric_learning.miners import TripletMarginMiner
 
-from trainer.triplets import (
-    batch_census,
-    batch_triplet_examples,
-    diagnose,
-    epoch_census,
-    near_duplicates_across_classes,
-    suspected_mislabels,
-    triplet_examples,
-)
+from trainer.analysis.census import batch_census, epoch_census
+from trainer.analysis.triplet_examples import batch_triplet_examples, triplet_examples
+from trainer.analysis.diagnostics import diagnose, near_duplicates_across_classes, suspected_mislabels
 
 MARGINS = [-0.1, 0.0, 0.05, 0.2, 1.0]
 
@@ -242,7 +236,7 @@ def test_triplet_examples_exact_selection(metric, cat):
 
 
 def test_example_blocks_shrink_with_the_split():
-    from trainer.triplets import EXAMPLES_BUFFER_BYTES, EXAMPLES_BYTES_PER_KEY, examples_chunk
+    from trainer.analysis.triplet_examples import EXAMPLES_BUFFER_BYTES, EXAMPLES_BYTES_PER_KEY, examples_chunk
 
     assert examples_chunk(1000) == 256 and examples_chunk(10**9) == 1
     for n in (30_000, 500_000, 1_000_000):
@@ -379,7 +373,7 @@ def test_batch_census_restores_torch_threads():
 
 
 def test_census_blocks_stay_small_for_huge_splits():
-    from trainer.triplets import CENSUS_BUFFER_BYTES, census_chunk
+    from trainer.analysis.census import CENSUS_BUFFER_BYTES, census_chunk
 
     assert census_chunk(20_000) == 512 and census_chunk(0) == 512
     for n in (100_000, 500_000, 1_000_000, 10_000_000):

@@ -1,7 +1,7 @@
 """Tests of the triplet inspection view (explorer/views/triplets_view.py).
 
 The run comes from test_neighbors_view.make_run (clustered embeddings, held-out classes, telemetry with mined
-tuples, one sample placed in another class's cluster). Counts shown must equal trainer.triplets.epoch_census and a
+tuples, one sample placed in another class's cluster). Counts shown must equal trainer.analysis.census.epoch_census and a
 plain triple loop over every (anchor, positive, negative).
 """
 
@@ -15,7 +15,7 @@ import pytest
 from test_neighbors_view import MISLABELLED, brute_distance, make_run
 
 from trainer.store import SPLIT_HELDOUT, SPLIT_TRAIN, RunReader
-from trainer.triplets import epoch_census
+from trainer.analysis.census import epoch_census
 
 SAVE_PNG = False  # True: write the grabs to /tmp to look at them
 

@@ -126,20 +126,6 @@ class TrainConfig:
         return dataclasses.replace(self, **flat)
 
 
-def head_lr_multiplier(cfg: TrainConfig, trained_weights: bool) -> float:
-    """The embedding head's learning rate over the backbone's: ``optim.head_lr_mult`` when set; otherwise 10 when
-    the backbone really starts from trained weights (ImageNet or a weights file, as loaded, not as asked for) and
-    1 when it starts at random, including a fallback to random weights after a failed download.
-
-    A larger head rate helps a new head catch up with trained features; on a network that is random throughout it
-    only lets the head, which has no normalisation of its own, outrun the backbone: with 10x, every proxy and
-    classifier loss on the demo digits ended its first short epoch below the untrained network's held-out MAP@R.
-    """
-    if cfg.optim.head_lr_mult is not None:
-        return float(cfg.optim.head_lr_mult)
-    return 10.0 if trained_weights else 1.0
-
-
 def _build(klass: type, value: dict[str, Any]) -> Any:
     names = {f.name for f in dataclasses.fields(klass)}
     unknown = set(value) - names

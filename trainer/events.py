@@ -6,10 +6,8 @@ small numpy arrays, never tensors or widgets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 
 @dataclass(frozen=True)

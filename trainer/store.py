@@ -132,6 +132,19 @@ def _write_bytes_atomic(path: Path, data: bytes) -> None:
     _replace(tmp, path)
 
 
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as strict JSON to ``path`` crash-safely (a side file of a run: thresholds, notes)."""
+    path = Path(path)
+    try:
+        data = json.dumps(obj, indent=1, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"cannot save {path}: {exc}") from None
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot save {path}: the folder {path.parent} does not exist")
+    _write_bytes_atomic(path, data)
+    return path
+
+
 def _h5open(path: Path, mode: str = "r") -> h5py.File:
     """Open without HDF5's file locks: committed files are immutable and temporary files private, so locks
     only get in the way (a reader must never block the writer; network file systems refuse locks)."""

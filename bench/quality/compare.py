@@ -43,7 +43,7 @@ def run_app(task: Path, out: Path, *, backbone: str, image_size: int, epochs: in
     """One CLI-default training run, in process; the held-out metrics of every epoch."""
     import main as cli
     from trainer import events as ev
-    from trainer.engine import Trainer
+    from trainer.train.engine import Trainer
     from trainer.store import RunReader
 
     argv = [str(task / "train"), "--out", str(out), "--test-dir", str(task / "test"), "--backbone", backbone,

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def main(argv: list[str] | None = None) -> int:
     from trainer.store import RunReader
-    from trainer.sweep import run_name
+    from trainer.train.sweep import run_name
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, required=True)

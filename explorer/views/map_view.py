@@ -1,7 +1,7 @@
 """The live embedding map: a 2-D UMAP/PCA/t-SNE layout of each committed epoch, stable from epoch to epoch.
 
 After each committed epoch a background job loads the embeddings and projects them, warm-started from the map on
-screen (trainer.projection), so points move only as far as their embeddings changed. Drawing: with few points in
+screen (trainer.analysis.projection), so points move only as far as their embeddings changed. Drawing: with few points in
 view the points are pyqtgraph symbols (one shared ScatterPlotItem, shared brushes, cached symbol pixmaps); with many
 points in view they are splatted into one RGBA image at screen resolution (numpy), re-rendered when the view range
 settles, which keeps pan/zoom fluid with a million points. Hover shows the image, click/shift-drag selects, the
@@ -40,8 +40,7 @@ from PySide6.QtWidgets import (
 from explorer.jobs import JobRunner
 from explorer.state import AppState
 from explorer.thumbnails import ThumbnailCache
-from trainer import projection
-
+from trainer.analysis import projection
 __all__ = ["MapView", "PALETTE", "splat_points", "points_in_polygon", "map_job"]
 
 # Points in view above which the map is drawn as a raster image instead of symbols. ScatterPlotItem.setData builds
@@ -480,7 +479,7 @@ class MapView(QWidget):
             self.thumbnails.set_samples(s)
             metric = "euclidean"
             try:
-                from trainer.losses import LOSSES
+                from trainer.model.losses import LOSSES
 
                 spec = LOSSES.get(run.config.get("loss", {}).get("name", ""))
                 if spec is not None and spec.metric == "cosine":

@@ -1,7 +1,7 @@
 """Neighbour query panel (issue #5): the k nearest samples of a query in the embedding of the epoch shown.
 
 A query is the point selected in the map, a row of the searchable sample list, or an image file (chosen or
-dropped on the panel) embedded with the run's checkpoint. The faiss index (trainer.index.NeighborIndex: exact up
+dropped on the panel) embedded with the run's checkpoint. The faiss index (trainer.analysis.index.NeighborIndex: exact up
 below 1M rows, IVF with measured recall from there) is built per (epoch, gallery) in a background job and cached; the
 search, the image embedding and the sample-list filter run in background jobs too. Switching epochs re-queries and
 marks the neighbours that are new since the previous epoch.
@@ -44,9 +44,9 @@ INDEX_CACHE = 4  # (epoch, gallery) indexes kept
 
 
 def run_metric(config: dict) -> str:
-    """The distance the run's loss works with (trainer.losses.LOSSES[name].metric); cosine when unknown."""
+    """The distance the run's loss works with (trainer.model.losses.LOSSES[name].metric); cosine when unknown."""
     try:
-        from trainer.losses import LOSSES
+        from trainer.model.losses import LOSSES
 
         return LOSSES[config["loss"]["name"]].metric
     except (ImportError, KeyError, TypeError):
@@ -54,9 +54,9 @@ def run_metric(config: dict) -> str:
 
 
 def run_margin(config: dict) -> float:
-    """The census margin of the run's loss (trainer.losses.loss_margin); 0.1 when the loss is unknown."""
+    """The census margin of the run's loss (trainer.model.losses.loss_margin); 0.1 when the loss is unknown."""
     try:
-        from trainer.losses import loss_margin
+        from trainer.model.losses import loss_margin
 
         loss = config["loss"]
         return float(loss_margin(loss["name"], loss.get("params") or {}))
@@ -104,7 +104,7 @@ class IndexEntry:
     epoch: int
     gallery: str
     ids: np.ndarray
-    index: Any  # trainer.index.NeighborIndex
+    index: Any  # trainer.analysis.index.NeighborIndex
     seconds: float = 0.0
 
 
@@ -162,7 +162,7 @@ class NeighbourResult:
 
 def build_index_entry(run, epoch: int, gallery: str, metric: str, progress=None) -> IndexEntry:
     """Read the gallery rows of ``epoch`` and index them (exact below 1M rows, IVF with measured recall from 1M)."""
-    from trainer.index import NeighborIndex
+    from trainer.analysis.index import NeighborIndex
 
     t0 = time.perf_counter()
     ids = gallery_ids(run.samples.split, gallery)
@@ -245,7 +245,7 @@ def embed_file_job(run, epoch: int, path: str, model_cache: dict, *, progress, p
     model = model_cache.get(str(ckpt))
     if model is None:
         progress(0.1, f"loading the network of {ckpt.name}")
-        from trainer.inference import RunModel
+        from trainer.model.inference import RunModel
 
         model = RunModel(run.run_dir, ckpt, device="cpu")
     progress(0.5, f"embedding {p.name}")

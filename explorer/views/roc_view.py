@@ -2,8 +2,8 @@
 with known error rates on the held-out classes of the epoch shown.
 
 Everything is a DISTANCE, smaller = more alike; a pair is accepted as "same" when d <= t. The exact all-pairs
-genuine / impostor histograms (trainer.evaluate.pair_histograms) are computed in a background job; their bin edges
-are multiples of 1e-4 (trainer.verification_extra.threshold_grid), so a threshold typed with four decimals is an
+genuine / impostor histograms (trainer.analysis.verification.pair_histograms) are computed in a background job; their bin edges
+are multiples of 1e-4 (trainer.analysis.thresholds.threshold_grid), so a threshold typed with four decimals is an
 edge and FAR / FRR read from the histograms are exact for it (that part is cheap and runs on the GUI thread as the
 threshold moves). Bootstrap intervals and the 10-fold cross-validated threshold follow in a second job; the pairs
 nearest the threshold and the per-class error counts in a third, restarted (debounced) whenever the threshold moves.
@@ -28,10 +28,11 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleS
 from explorer.jobs import JobRunner
 from explorer.state import AppState
 from explorer.views.lazy import DeferWhileHidden
-from trainer import evaluate as ev
+from trainer.analysis import retrieval
+from trainer.analysis import verification
 from trainer.store import SPLIT_HELDOUT
-from trainer.verification_extra import (coarsen, rates_ci_at_threshold, snap_threshold, threshold_grid,
-                                        write_json_atomic)
+from trainer.analysis.thresholds import coarsen, rates_ci_at_threshold, snap_threshold, threshold_grid
+from trainer.store import write_json_atomic
 
 __all__ = ["RocView", "RocData", "compute_roc", "compute_extras", "compute_errors", "THRESHOLDS_FILE"]
 
@@ -67,8 +68,8 @@ class RocData:
     ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # global sample ids of held-out rows
     labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # class index into run.classes
     embeddings: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))
-    hist: ev.PairHistograms | None = None
-    roc: ev.Roc | None = None
+    hist: verification.PairHistograms | None = None
+    roc: verification.Roc | None = None
     step: float = 1e-4
     checkpoint: str | None = None
     seconds: float = 0.0
@@ -85,9 +86,9 @@ ANALYSIS_LIMIT = 20_000  # beyond EXACT_LIMIT, CV / intervals / nearest errors u
 
 
 def run_metric(config: dict) -> str:
-    """The distance the run's loss works with: trainer.losses.LOSSES[name].metric (cosine when unknown)."""
+    """The distance the run's loss works with: trainer.model.losses.LOSSES[name].metric (cosine when unknown)."""
     try:
-        from trainer.losses import LOSSES
+        from trainer.model.losses import LOSSES
 
         return LOSSES[config["loss"]["name"]].metric
     except (ImportError, KeyError, TypeError):
@@ -118,18 +119,18 @@ def compute_roc(run, epoch: int, *, progress, partial, is_cancelled) -> RocData:
     n_pairs = len(ids) * (len(ids) - 1) // 2
     if len(ids) <= EXACT_LIMIT:
         progress(0.3, f"counting all {n_pairs:,} pair distances")
-        hist = ev.pair_histograms(x, labels, metric=metric, bins=bins,
+        hist = verification.pair_histograms(x, labels, metric=metric, bins=bins,
                                   max_distance=hi if metric == "euclidean" else None)
         out.pairs_note = "all counted exactly"
     else:  # beyond the exact range (10^9+ pairs): a sample stratified by class, said in the title
-        from trainer.sampling import sampled_pair_histograms, stratified_pair_sample
+        from trainer.analysis.pairs import sampled_pair_histograms, stratified_pair_sample
 
         progress(0.3, f"sampling pairs of {len(ids):,} images, stratified by class")
         sample = stratified_pair_sample(labels)
         hist = sampled_pair_histograms(x, labels, sample, metric=metric, bins=bins,
                                        max_distance=hi if metric == "euclidean" else None)
         out.pairs_note = sample.describe()
-        from trainer.sampling import stratified_image_sample
+        from trainer.analysis.pairs import stratified_image_sample
 
         out.analysis_rows = stratified_image_sample(labels, ANALYSIS_LIMIT, seed=0)
         out.analysis_note = (f"intervals, the cross-validated threshold and the errors below come from all pairs of "
@@ -143,7 +144,7 @@ def compute_roc(run, epoch: int, *, progress, partial, is_cancelled) -> RocData:
         out.problem = ("No genuine pairs: every held-out class has a single image, so no pair of the same class "
                        "exists to accept.")
     progress(0.9, "ROC")
-    out.roc = ev.roc_from_histograms(hist)
+    out.roc = verification.roc_from_histograms(hist)
     out.seconds = time.perf_counter() - t0
     return out
 
@@ -156,12 +157,12 @@ def compute_extras(x: np.ndarray, labels: np.ndarray, metric: str, rows: np.ndar
     if rows is not None:
         x, labels = x[rows], labels[rows]
     progress(0.05, f"{CV_FOLDS}-fold cross-validated threshold")
-    cv = ev.best_accuracy_threshold_cv(x, labels, metric=metric, folds=CV_FOLDS)
+    cv = verification.best_accuracy_threshold_cv(x, labels, metric=metric, folds=CV_FOLDS)
     partial({"cv": cv})
     if is_cancelled():
         return {"cv": cv}
     progress(0.4, f"bootstrap intervals ({N_BOOT} class resamples)")
-    boot = ev.bootstrap_ci(x, labels, metric=metric, n_boot=N_BOOT, far_levels=ev.FAR_LEVELS)
+    boot = verification.bootstrap_ci(x, labels, metric=metric, n_boot=N_BOOT, far_levels=verification.FAR_LEVELS)
     return {"cv": cv, "boot": boot}
 
 
@@ -175,17 +176,17 @@ def compute_errors(x: np.ndarray, labels: np.ndarray, metric: str, threshold: fl
     if rows is not None:
         x, labels = x[rows], labels[rows]
     progress(0.05, "false accepts nearest the threshold")
-    i, j, d = ev.nearest_pairs(x, labels, threshold, kind="false_accept", k=N_NEAREST, metric=metric)
+    i, j, d = retrieval.nearest_pairs(x, labels, threshold, kind="false_accept", k=N_NEAREST, metric=metric)
     out["false_accept"] = (back[i], back[j], d)
     if is_cancelled():
         return out
     progress(0.25, "false rejects nearest the threshold")
-    i, j, d = ev.nearest_pairs(x, labels, threshold, kind="false_reject", k=N_NEAREST, metric=metric)
+    i, j, d = retrieval.nearest_pairs(x, labels, threshold, kind="false_reject", k=N_NEAREST, metric=metric)
     out["false_reject"] = (back[i], back[j], d)
     if is_cancelled():
         return out
     progress(0.45, "errors per class")
-    out["classes"] = ev.class_error_counts(x, labels, threshold, metric=metric)
+    out["classes"] = retrieval.class_error_counts(x, labels, threshold, metric=metric)
     if is_cancelled():
         return out
     progress(0.7, "intervals of FAR and FRR at the threshold")
@@ -373,7 +374,7 @@ class RocView(DeferWhileHidden, QWidget):
         ctl.addWidget(self.spin)
         self.pick = QComboBox()
         self.pick.addItem(_PICK_NONE)
-        for far in ev.FAR_LEVELS:
+        for far in verification.FAR_LEVELS:
             self.pick.addItem(f"FAR = {_far_key(far)}", far)
         self.pick.addItem(_PICK_EER, "eer")
         self.pick.addItem(_PICK_CV, "cv")
@@ -723,7 +724,7 @@ class RocView(DeferWhileHidden, QWidget):
                 self._pick_cv()
         else:
             far = float(rule)
-            t = ev.threshold_at_far(d.hist, far)
+            t = verification.threshold_at_far(d.hist, far)
             self._apply_threshold(t, source="pick", rule=f"FAR ≤ {_far_key(far)}")
         self.pick.setCurrentIndex(index)
 
@@ -771,7 +772,7 @@ class RocView(DeferWhileHidden, QWidget):
         d = self.data
         if d is None or d.hist is None or self.threshold is None:
             return
-        p = ev.operating_point(d.hist, self.threshold)
+        p = verification.operating_point(d.hist, self.threshold)
         self.point = p
         ng, ni = d.hist.n_genuine, d.hist.n_impostor
         dec = self.spin.decimals()
@@ -812,16 +813,16 @@ class RocView(DeferWhileHidden, QWidget):
                      f"area under the ROC; binning error ≤ {roc.auc_error_bound:.1e}"))
         rows.append(("EER", f"{_rate(roc.eer)} at t = {roc.eer_threshold:.4f}", ci_text("eer"),
                      "where false accepts and false rejects are equally frequent"))
-        for far in ev.FAR_LEVELS:
+        for far in verification.FAR_LEVELS:
             ta = roc.tar_at_far[far]
             label = f"TAR @ FAR = {_far_key(far)}"
             if ta.sufficient:
                 rows.append((label, f"{_rate(ta.tar)} at t = {ta.threshold:.4f}", ci_text(f"tar_at_far_{far:g}"),
                              f"achieved FAR {ta.achieved_far:.2e}"))
             else:
-                need = int(math.ceil(ev.MIN_FALSE_ACCEPTS / far))
+                need = int(math.ceil(verification.MIN_FALSE_ACCEPTS / far))
                 rows.append((label, "insufficient pairs", "",
-                             f"needs ≥ {need:,} impostor pairs (≥ {ev.MIN_FALSE_ACCEPTS} expected false accepts); "
+                             f"needs ≥ {need:,} impostor pairs (≥ {verification.MIN_FALSE_ACCEPTS} expected false accepts); "
                              f"this epoch has {d.hist.n_impostor:,}"))
         if self.cv is None:
             rows.append((f"Best accuracy ({CV_FOLDS}-fold CV)", "computing…", "", ""))
@@ -941,7 +942,7 @@ class RocView(DeferWhileHidden, QWidget):
             return None if not (math.isfinite(lo) and math.isfinite(hi)) else [float(lo), float(hi)]
 
         levels = {}
-        for far in ev.FAR_LEVELS:
+        for far in verification.FAR_LEVELS:
             ta = roc.tar_at_far[far]
             levels[_far_key(far)] = {
                 "tar": _num(ta.tar) if ta.sufficient else None,

@@ -20,7 +20,7 @@ from explorer.state import AppState
 from explorer.training import TrainingController
 from trainer import events as ev
 
-# metric keys (trainer.evaluate.retrieval_metrics) shown as curves, with the label a person reads
+# metric keys (trainer.analysis.retrieval.retrieval_metrics) shown as curves, with the label a person reads
 METRIC_LABELS = {
     "precision_at_1": "P@1",
     "mean_average_precision_at_r": "MAP@R",

@@ -1,7 +1,7 @@
 """Triplet inspection view (issue #5): easy / semi-hard / hard census of an epoch, example triplets, what the miner
 chose in the last batches, and plain-language diagnostics.
 
-All counting is trainer.triplets (exact, PML's rules); this module only schedules it in background jobs, caches
+All counting is trainer.analysis.census (exact, PML's rules); this module only schedules it in background jobs, caches
 the per-epoch shares for the chart, and shows the results. Clicking a triplet, a mined tuple or a diagnostic
 highlights its samples in the map (AppState.set_highlight).
 """
@@ -91,8 +91,8 @@ class CensusResult:
     ids: np.ndarray  # global sample ids of the split (row i of x)
     x: np.ndarray  # embeddings of the split
     labels: np.ndarray
-    census: Any  # trainer.triplets.Census (anchors are row indices into ids)
-    diagnostics: list = field(default_factory=list)  # trainer.triplets.Diagnostic, sample_ids made global
+    census: Any  # trainer.analysis.census.Census (anchors are row indices into ids)
+    diagnostics: list = field(default_factory=list)  # trainer.analysis.diagnostics.Diagnostic, sample_ids made global
     telemetry: dict = field(default_factory=dict)
     mined: dict = field(default_factory=dict)
     problem: str = ""
@@ -106,7 +106,8 @@ def census_job(run, epoch: int, split: str, margin: float, metric: str, *, progr
     """Census of every anchor of ``split`` at ``margin``, diagnostics, and the miner's tuples with distances."""
     from dataclasses import replace
 
-    from trainer.triplets import diagnose, epoch_census
+    from trainer.analysis.diagnostics import diagnose
+    from trainer.analysis.census import epoch_census
 
     t0 = time.perf_counter()
     progress(0.05, f"reading epoch {epoch}")
@@ -140,7 +141,7 @@ def census_job(run, epoch: int, split: str, margin: float, metric: str, *, progr
 def history_job(run, epochs: list[int], split: str, margin: float, metric: str, done: dict, *, progress, partial,
                 is_cancelled) -> dict:
     """Shares of easy / semi-hard / hard for each epoch not in ``done``; each epoch is sent as a partial result."""
-    from trainer.triplets import epoch_census
+    from trainer.analysis.census import epoch_census
 
     want = SPLITS[split][1]
     ids = np.flatnonzero(np.asarray(run.samples.split) == want).astype(np.int64)
@@ -163,7 +164,7 @@ def history_job(run, epochs: list[int], split: str, margin: float, metric: str, 
 def examples_job(x: np.ndarray, labels: np.ndarray, ids: np.ndarray, category: str, margin: float, metric: str,
                  class_id: int | None, sort: str, n: int, *, progress, partial, is_cancelled):
     """Example triplets of one category (global sample ids), hardest or easiest first, optionally of one class."""
-    from trainer.triplets import TripletExamples, triplet_examples
+    from trainer.analysis.triplet_examples import TripletExamples, triplet_examples
 
     progress(0.1, f"finding {CATEGORY_TITLES[category].lower()} triplets")
     ex = triplet_examples(x, labels, category, margin=margin, metric=metric, n=n,

@@ -1,7 +1,7 @@
 """Multi-process training helpers on PyTorch's own machinery (torchrun + torch.distributed + DDP).
 
 ``torchrun --nproc_per_node=N main.py train ...`` starts N processes; each gets RANK / WORLD_SIZE / LOCAL_RANK /
-MASTER_ADDR / MASTER_PORT from torchrun and builds a :class:`trainer.engine.Trainer` with ``rank`` and
+MASTER_ADDR / MASTER_PORT from torchrun and builds a :class:`trainer.train.engine.Trainer` with ``rank`` and
 ``world_size``. The Trainer calls :func:`init` (gloo on CPU, NCCL on CUDA, with a timeout so a dead rank cannot
 hang the others forever), trains with DistributedDataParallel, and gathers every rank's embeddings with
 :func:`gather_batch` before mining, so that each rank mines the GLOBAL batch exactly as a single process would.

@@ -1,30 +1,25 @@
-"""Small pure helpers for the verification threshold studio that trainer.evaluate does not provide.
+"""Small pure helpers for the verification threshold studio that trainer.analysis.verification does not provide.
 
 * :func:`threshold_grid` picks histogram bins whose edges are round numbers (multiples of 1e-4 by default), so a
   threshold typed with four decimals IS a bin edge and the rates read from the histograms are exact for it.
 * :func:`snap_threshold` rounds any threshold to the nearest edge; :func:`coarsen` sums fine bins for display.
 * :func:`rates_ci_at_threshold` gives class-bootstrap intervals of FAR / FRR at one threshold (evaluate's
-  :func:`~trainer.evaluate.bootstrap_ci` covers AUC, EER and TAR@FAR, not a fixed threshold).
+  :func:`~trainer.analysis.verification.bootstrap_ci` covers AUC, EER and TAR@FAR, not a fixed threshold).
 * :func:`write_json_atomic` writes a side file into a run (tmp + fsync + os.replace) when only a read-only
   RunReader is at hand.
 
-Direction convention as in trainer.evaluate: distances, smaller = more alike, accept a pair when d <= t.
+Direction convention as in trainer.analysis.verification: distances, smaller = more alike, accept a pair when d <= t.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from trainer.evaluate import METRICS, PairHistograms
-
-__all__ = ["threshold_grid", "snap_threshold", "coarsen", "rates_ci_at_threshold", "write_json_atomic"]
+from trainer.analysis.distances import METRICS
+from trainer.analysis.verification import PairHistograms
 
 
 def threshold_grid(embeddings: np.ndarray, metric: str, *, step: float = 1e-4,
@@ -128,7 +123,7 @@ def rates_ci_at_threshold(embeddings, labels, threshold: float, *, metric: str =
                           block_bytes: int = 64 * 2**20) -> dict[str, dict[str, float]]:
     """FAR and FRR at ``threshold`` (accept d <= t) with percentile class-bootstrap intervals.
 
-    Classes (not pairs) are resampled, as in :func:`trainer.evaluate.bootstrap_ci`: classes are dealt into at most
+    Classes (not pairs) are resampled, as in :func:`trainer.analysis.verification.bootstrap_ci`: classes are dealt into at most
     ``max_groups`` groups, whole groups are drawn with replacement, pairs between two copies of a group are left
     out. Returns ``{"far": {...}, "frr": {...}}`` each with estimate, low, high, std (NaN where undefined).
     """
@@ -182,27 +177,3 @@ def rates_ci_at_threshold(embeddings, labels, threshold: float, *, metric: str =
     far = summary(float(ic.sum()), float(ia.sum()), boot_ic, boot_ia)
     frr = summary(float(ga.sum() - gc.sum()), float(ga.sum()), boot_ga - boot_gc, boot_ga)
     return {"far": far, "frr": frr}
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write ``obj`` as strict JSON to ``path`` crash-safely: a ``.tmp`` file, fsync, os.replace, fsync the folder."""
-    path = Path(path)
-    try:
-        data = json.dumps(obj, indent=1, allow_nan=False).encode("utf-8")
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"cannot save {path}: {exc}") from None
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot save {path}: the folder {path.parent} does not exist")
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if os.name == "posix":
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return path

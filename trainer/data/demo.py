@@ -1,7 +1,4 @@
-"""The built-in demo folder: scikit-learn's bundled handwritten digits written out as an image folder.
-
-No download: ``sklearn.datasets.load_digits`` ships 1,797 real 8x8 scans in 10 classes inside the wheel. They are
-upscaled (bicubic) to 64x64 grayscale PNGs, one sub-folder per class named "0".."9", built once into the cache.
+"""The built-in demo folder: scikit-learn's digits written as PNG files, one sub-folder per class.
 """
 
 from __future__ import annotations
@@ -13,21 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_ENV = "EMBEDDING_EXPLORER_CACHE"
+from trainer.cache import cache_root
+
 DEMO_DIRNAME = "demo-digits-v1"
 MARKER = ".complete"  # hidden, so the folder scan ignores it
 DEMO_SIZE = 64
 DEMO_COUNT = 1797
-
-
-def cache_root() -> Path:
-    """The app's cache folder: $EMBEDDING_EXPLORER_CACHE if set, else the platform's user cache dir."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("embedding-explorer"))
 
 
 def _is_complete(folder: Path) -> bool:

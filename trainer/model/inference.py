@@ -11,17 +11,19 @@ import h5py
 import numpy as np
 import torch
 
-from .config import TrainConfig
-from .engine import TrainingError, check_checkpoint, load_checkpoint, pick_device
-from .store import SPLIT_HELDOUT, RunReader
+from trainer.config import TrainConfig
+from trainer.errors import TrainingError
+from trainer.model.checkpoint import check_checkpoint, load_checkpoint
+from trainer.model.device import pick_device
+from trainer.store import SPLIT_HELDOUT, RunReader
 
 
 class RunModel:
     """A run's network restored from one of its checkpoints, ready to embed images (eval mode, no grad)."""
 
     def __init__(self, run_dir: Path | str, checkpoint: Path | str | None = None, device: str = "auto") -> None:
-        from .losses import LOSSES
-        from .models import build_model, default_transforms
+        from trainer.model.backbones import build_model, default_transforms
+        from trainer.model.losses import LOSSES
 
         self.reader = RunReader(run_dir)
         path = Path(checkpoint) if checkpoint else self.reader.checkpoint_path()
@@ -44,7 +46,7 @@ class RunModel:
     @torch.no_grad()
     def embed_files(self, files: list[Path], batch_size: int = 128) -> np.ndarray:
         """Embeddings (N, D) float32 of image files (decoded like the training images)."""
-        from .data import ImageDataset
+        from trainer.data.loader import ImageDataset
 
         ds = ImageDataset(files, self.transform, load_size=int(self.cfg.data.image_size * 1.15))
         out = []
@@ -59,7 +61,7 @@ class RunModel:
 def embed_folder(run_dir: Path, image_dir: Path, out: Path, *, checkpoint: str | None = None, device: str = "auto",
                  batch_size: int = 128) -> dict:
     """Embed every usable image below ``image_dir`` into ``out`` (HDF5: embeddings, paths, labels, classes)."""
-    from .dataset import ScanError, scan_folder
+    from trainer.data.scan import ScanError, scan_folder
 
     rm = RunModel(run_dir, checkpoint, device)
     image_dir = Path(image_dir)
@@ -73,7 +75,7 @@ def embed_folder(run_dir: Path, image_dir: Path, out: Path, *, checkpoint: str |
         n_skipped = len(scan.skipped)
     except ScanError:
         # not a class folder: embed the images directly inside it, unlabelled
-        from .dataset import IMAGE_EXTENSIONS
+        from trainer.data.scan import IMAGE_EXTENSIONS
 
         if not image_dir.is_dir():
             raise
@@ -100,8 +102,9 @@ def embed_folder(run_dir: Path, image_dir: Path, out: Path, *, checkpoint: str |
 
 def evaluate_run(run_dir: Path, *, data: str | None = None, epoch: int | None = None, device: str = "auto") -> dict:
     """Metrics of a run: of a stored epoch's held-out classes, or of another labelled folder embedded afresh."""
-    from .evaluate import retrieval_metrics, verification_metrics
-    from .losses import LOSSES
+    from trainer.analysis.retrieval import retrieval_metrics
+    from trainer.analysis.verification import verification_metrics
+    from trainer.model.losses import LOSSES
 
     reader = RunReader(run_dir)
     metric = LOSSES[TrainConfig.from_dict(reader.config).loss.name].metric
@@ -116,7 +119,7 @@ def evaluate_run(run_dir: Path, *, data: str | None = None, epoch: int | None = 
         emb, labels = ed.embeddings[sel], reader.samples.labels[sel]
         source = f"epoch {e}, held-out classes"
     else:
-        from .dataset import scan_folder
+        from trainer.data.scan import scan_folder
 
         rm = RunModel(run_dir, reader.checkpoint_path(epoch) if epoch is not None else None, device)
         scan = scan_folder(data)

@@ -2,7 +2,7 @@
 
 As the Metric Learning Reality Check asks: the same data split, backbone, image size, epochs and batches for
 every loss, each loss with its own recipe (its usual miner and literature parameters; learning rates and the
-rest from :mod:`trainer.recipe`), several seeds, and the held-out MAP@R as a mean with a 95 % interval (Student's
+rest from :mod:`trainer.train.recipe`), several seeds, and the held-out MAP@R as a mean with a 95 % interval (Student's
 t over the seeds). The result is a folder of ordinary runs, one per loss and seed (``LOSS-sSEED/``), which the app
 opens one by one, plus ``sweep.json``: what was swept and the summary.
 """
@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import TrainConfig
+from trainer.config import TrainConfig
 
 SWEEP_FILE = "sweep.json"
 SWEEP_FORMAT = "embedding-explorer-sweep"
@@ -57,7 +57,7 @@ def sweep_config(base: TrainConfig, loss: str, seed: int) -> TrainConfig:
     """`base` with the loss and the seed set; the loss's miner is left to the recipe (its usual one), and of the
     base's loss parameters those that are this loss's own are kept (``--temperature 0.1`` for a sweep of
     temperatures), the others dropped."""
-    from .losses import LOSSES
+    from trainer.model.losses import LOSSES
 
     own = {p.name for p in LOSSES[loss].params}
     params = {k: v for k, v in base.loss.params.items() if k in own}
@@ -68,7 +68,7 @@ def sweep_config(base: TrainConfig, loss: str, seed: int) -> TrainConfig:
 
 def summarize(out: Path, losses: Sequence[str], seeds: int) -> list[LossSummary]:
     """Read every finished run of the sweep under `out`."""
-    from .store import RunError, RunReader
+    from trainer.store import RunError, RunReader
 
     summary = []
     for loss in losses:
@@ -119,8 +119,8 @@ def run_sweep(base: TrainConfig, losses: Sequence[str], seeds: int, out: Path, *
               emit_for: Callable[[str, int], Callable] | None = None,
               stop: threading.Event | None = None) -> list[LossSummary]:
     """Train every (loss, seed) that has no finished run under `out` yet; write ``sweep.json`` after each."""
-    from .engine import Trainer
-    from .store import RunReader, is_run_dir
+    from trainer.store import RunReader, is_run_dir
+    from trainer.train.engine import Trainer
 
     out.mkdir(parents=True, exist_ok=True)
     for loss in losses:

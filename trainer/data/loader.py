@@ -1,8 +1,4 @@
-"""Datasets, the C-classes x K-images batch sampler, class-disjoint splits and seeding.
-
-The sampler is ours rather than pytorch-metric-learning's ``MPerClassSampler``: that one draws from NumPy's
-global random state and keeps its class order between epochs, so a resumed run could not replay the batches of an
-uninterrupted one. Ours derives every epoch's batches from ``(seed, epoch)`` alone.
+"""Seeds, the image dataset and the C x K class-balanced batch sampler.
 """
 
 from __future__ import annotations
@@ -17,8 +13,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .store import SPLIT_HELDOUT, SPLIT_TRAIN
-
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
@@ -30,41 +24,6 @@ def seed_everything(seed: int) -> None:
 def epoch_seed(seed: int, epoch: int) -> int:
     """A distinct, reproducible seed for one epoch of one run."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-def class_disjoint_split(
-    labels: np.ndarray,
-    classes: Sequence[str],
-    *,
-    holdout_fraction: float = 0.5,
-    holdout_classes: Sequence[str] | None = None,
-    seed: int = 0,
-) -> np.ndarray:
-    """Split samples by class (the CUB/Cars/SOP protocol): returns the int8 split of each sample.
-
-    ``holdout_classes`` names the held-out classes explicitly; otherwise a seeded random ``holdout_fraction``
-    of the classes is held out. Both sides keep at least one class.
-    """
-    labels = np.asarray(labels)
-    n_classes = len(classes)
-    if n_classes < 2:
-        raise ValueError(f"a class-disjoint split needs at least 2 classes, found {n_classes}")
-    if holdout_classes is not None:
-        unknown = sorted(set(holdout_classes) - set(classes))
-        if unknown:
-            raise ValueError(f"held-out classes not in the data: {unknown}")
-        held = np.array([c in set(holdout_classes) for c in classes])
-        if held.all() or not held.any():
-            raise ValueError("the held-out classes must leave at least one class for training, and hold out one")
-    else:
-        if not 0.0 < holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be between 0 and 1, got {holdout_fraction}")
-        n_held = int(round(n_classes * holdout_fraction))
-        n_held = min(max(n_held, 1), n_classes - 1)
-        order = np.random.default_rng(seed).permutation(n_classes)
-        held = np.zeros(n_classes, dtype=bool)
-        held[order[:n_held]] = True
-    return np.where(held[labels], SPLIT_HELDOUT, SPLIT_TRAIN).astype(np.int8)
 
 
 class ClassBalancedBatchSampler(Sampler[list[int]]):
@@ -164,7 +123,7 @@ def _unique_fill(chosen: np.ndarray, pool: np.ndarray, n: int, rng: np.random.Ge
 
 
 class ImageDataset(Dataset):
-    """Images from disk (through :func:`trainer.dataset.load_image`) with a transform; returns (tensor, index).
+    """Images from disk (through :func:`trainer.data.images.load_image`) with a transform; returns (tensor, index).
 
     With ``cache_decoded`` the decoded, down-scaled images are kept in memory after their first use: for small
     data sets decoding, not the model, is what a CPU spends its time on.
@@ -187,7 +146,7 @@ class ImageDataset(Dataset):
         return len(self.files)
 
     def _load(self, i: int):
-        from .dataset import load_image
+        from trainer.data.images import load_image
 
         if self.cache is not None and i in self.cache:
             return self.cache[i]

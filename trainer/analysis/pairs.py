@@ -1,6 +1,6 @@
 """Class-stratified pair samples for verification beyond the exact range (millions of held-out images).
 
-``trainer.evaluate.pair_histograms`` counts ALL pairs: N^2/2 distances, fine up to ~1e5 held-out images (5e9
+``trainer.analysis.verification.pair_histograms`` counts ALL pairs: N^2/2 distances, fine up to ~1e5 held-out images (5e9
 pairs) and out of reach at 1e6 (5e11). Above that the threshold studio works from a sample of pairs drawn
 stratified by class: every class contributes genuine pairs in proportion to its n_c (n_c - 1) / 2 genuine pairs,
 and impostor pairs in proportion to its n_c (N - n_c) share of cross-class pairs (largest-remainder rounding), so
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .evaluate import DEFAULT_BINS, PairHistograms
+from trainer.analysis.verification import DEFAULT_BINS, PairHistograms
 
 DEFAULT_MAX_GENUINE = 2_000_000
 DEFAULT_MAX_IMPOSTOR = 8_000_000

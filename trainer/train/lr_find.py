@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import TrainConfig
+from trainer.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -80,12 +80,24 @@ def lr_range_test(
     stop: threading.Event | None = None,
 ) -> LRFindResult:
     """Run the test on ``cfg``'s data, model and loss (recipe keys resolved as a run would)."""
-    from .data import ClassBalancedBatchSampler, ImageDataset, sample_files, seed_everything
-    from .engine import TrainingError, build_optimizer, pick_amp, pick_device, scan_samples
-    from .losses import LOSSES, build_loss, build_miner
-    from .models import build_model, default_transforms, weights_note_is_trained
-    from .recipe import resolve_logged
-    from .store import SPLIT_TRAIN
+    from trainer.data.loader import (
+        ClassBalancedBatchSampler,
+        ImageDataset,
+        sample_files,
+        seed_everything,
+    )
+    from trainer.errors import TrainingError
+    from trainer.model.backbones import (
+        build_model,
+        default_transforms,
+        weights_note_is_trained,
+    )
+    from trainer.model.device import pick_amp, pick_device
+    from trainer.model.losses import LOSSES, build_loss, build_miner
+    from trainer.store import SPLIT_TRAIN
+    from trainer.train.engine import scan_samples
+    from trainer.train.optim import build_optimizer
+    from trainer.train.recipe import resolve_logged
 
     if not (0 < start_lr < end_lr) or not math.isfinite(end_lr):
         raise TrainingError(f"the learning-rate range must satisfy 0 < start ({start_lr:g}) < end ({end_lr:g})")

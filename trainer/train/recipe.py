@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import TrainConfig
+from trainer.config import TrainConfig
 
 RECIPE_LOSS = "normalized_softmax"  # the recipe's loss from FEW_CLASSES training classes on
 FEW_CLASSES = 20
@@ -163,7 +163,7 @@ def rules(facts: Facts, backbone_default_size: int, fixed_image_size: bool,
 
 def derive(cfg: TrainConfig, facts: Facts) -> tuple[TrainConfig, list[Choice]]:
     """`cfg` with the keys of ``cfg.auto`` set by the recipe for `facts`; the choices made, with reasons."""
-    from .models import backbone_spec
+    from trainer.model.backbones import backbone_spec
 
     auto = set(cfg.auto)
     bb = choose_backbone(facts, cfg.model.backbone) if "model.backbone" in auto else None
@@ -172,7 +172,7 @@ def derive(cfg: TrainConfig, facts: Facts) -> tuple[TrainConfig, list[Choice]]:
     changes = {c.key: c.value for c in chosen}
     if "loss.miner" in auto and "loss.name" not in auto:
         # the user picked the loss: its own usual miner, not the recipe's
-        from .losses import LOSSES
+        from trainer.model.losses import LOSSES
 
         loss = LOSSES.get(cfg.loss.name)
         if loss is not None:
@@ -247,9 +247,9 @@ def resolve(cfg: TrainConfig, samples, device_type: str) -> tuple[TrainConfig, l
 
     Tries the backbone's trained weights first (the download fills torchvision's cache), so the recipe is the one
     for the weights the run will really start from."""
-    from .data import sample_files
-    from .models import probe_weights
-    from .store import SPLIT_TRAIN
+    from trainer.data.loader import sample_files
+    from trainer.model.backbones import probe_weights
+    from trainer.store import SPLIT_TRAIN
 
     trained, why = probe_weights(cfg.model)
     warning = None
@@ -280,8 +280,8 @@ def estimate_epoch_seconds(cfg: TrainConfig, n_train: int, n_all: int, device_ty
 
     import torch
 
-    from .losses import LOSSES, build_loss
-    from .models import build_model
+    from trainer.model.backbones import build_model
+    from trainer.model.losses import LOSSES, build_loss
 
     spec = LOSSES[cfg.loss.name]
     model_cfg = cfg.model.__class__(**{**cfg.model.__dict__, "pretrained": False, "weights_file": None})

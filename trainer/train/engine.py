@@ -1,14 +1,8 @@
-"""The training loop shared by the app and the command line.
-
-``Trainer(cfg, run_dir, emit=..., stop=..., pause=...).run()`` blocks until the run finishes, is stopped or fails;
-it reports through ``emit`` with the plain events of :mod:`trainer.events` and never raises. Epoch 0 is the
-network before any training, so every run shows where it started from. After each epoch every image (train and
-held-out) is embedded in eval mode, evaluated, and committed to the run store; then a checkpoint is written.
+"""The training loop: one epoch after another, each committed to the run.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import traceback
@@ -19,64 +13,42 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed
-from . import events as ev
-from .config import TrainConfig, head_lr_multiplier
-from .data import (
+from trainer import events as ev
+from trainer.config import TrainConfig
+from trainer.data.loader import (
     ClassBalancedBatchSampler,
     ImageDataset,
-    class_disjoint_split,
     epoch_seed,
     sample_files,
     seed_everything,
 )
-from .store import SPLIT_HELDOUT, SPLIT_TRAIN, RunError, RunLock, RunReader, RunWriter, SampleTable, is_run_dir
+from trainer.data.split import class_disjoint_split
+from trainer.errors import TrainingError
+from trainer.model.checkpoint import (
+    CHECKPOINT_FORMAT,
+    check_checkpoint,
+    load_checkpoint,
+)
+from trainer.model.device import pick_amp, pick_device
+from trainer.store import (
+    SPLIT_HELDOUT,
+    SPLIT_TRAIN,
+    RunError,
+    RunLock,
+    RunReader,
+    RunWriter,
+    SampleTable,
+    is_run_dir,
+)
+from trainer.train import distributed
+from trainer.train.optim import build_optimizer, lr_schedule
 
-CHECKPOINT_FORMAT = "embedding-explorer-checkpoint"
 MINED_BATCHES_KEPT = 20  # mined tuples of the last batches of each epoch kept in telemetry
 PRELOAD_LIMIT_BYTES = 1 << 30  # decoded-image cache for small data sets
 
 
-class TrainingError(RuntimeError):
-    """A problem the user can act on (bad data, NaN loss, mismatched checkpoint); its message says what."""
-
-
 class _Stop(Exception):
     pass
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """cuda, then mps, then cpu for "auto"; otherwise the named device (checked)."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"device {name!r} asked for, but CUDA is not available on this machine")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise TrainingError(f"device {name!r} asked for, but MPS is not available on this machine")
-    return dev
-
-
-def pick_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: fp16 on CUDA (bf16 where supported), bf16 on CPUs with native bf16, else none."""
-    if amp == "off":
-        return None
-    if amp == "fp16":
-        return torch.float16
-    if amp == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-        if (probe is not None and probe()) or (amx is not None and amx()):
-            return torch.bfloat16
-    return None
 
 
 @dataclass
@@ -161,7 +133,6 @@ class Trainer:
             self.emit(ev.Paused(False))
 
     def _prepare_data(self) -> _Setup:
-        from .dataset import scan_folder
 
         cfg = self.cfg
         if self.resume:
@@ -212,15 +183,20 @@ class Trainer:
 
     def _resolve_recipe(self, cfg: TrainConfig, samples: SampleTable) -> TrainConfig:
         """Set the keys the user left to the recipe, from the data, the weights as loaded, and the device."""
-        from .recipe import resolve_logged
+        from trainer.train.recipe import resolve_logged
 
         return resolve_logged(cfg, samples, pick_device(cfg.device).type, self._log)
 
     def _run(self) -> None:
-        from .evaluate import retrieval_metrics, verification_metrics
-        from .losses import LOSSES, build_loss, build_miner, loss_margin
-        from .models import build_model, default_transforms, weights_note_is_trained
-        from .triplets import batch_census
+        from trainer.analysis.census import batch_census
+        from trainer.analysis.retrieval import retrieval_metrics
+        from trainer.analysis.verification import verification_metrics
+        from trainer.model.backbones import (
+            build_model,
+            default_transforms,
+            weights_note_is_trained,
+        )
+        from trainer.model.losses import LOSSES, build_loss, build_miner, loss_margin
 
         if self.resume and is_run_dir(self.run_dir):  # refuse before joining the group: no rank waits on it
             distributed.check_resume_world_size(self.run_dir, self.world_size)
@@ -510,7 +486,7 @@ class Trainer:
 
 def scan_samples(cfg: TrainConfig, log: Callable[..., None]) -> tuple[SampleTable, list[str]]:
     """Scan the data folder (and the test folder) and split the samples as ``cfg`` says."""
-    from .dataset import scan_folder
+    from trainer.data.scan import scan_folder
 
     def progress(done: int, total: int) -> None:
         if done == total or done % 500 == 0:
@@ -550,66 +526,6 @@ def scan_samples(cfg: TrainConfig, log: Callable[..., None]) -> tuple[SampleTabl
         )
     samples = SampleTable(paths=paths, labels=labels, split=split, roots=roots, root_index=root_index)
     return samples, classes
-
-
-def build_optimizer(cfg: TrainConfig, model, loss_fn, trained_weights: bool):
-    """AdamW over the parameter groups of a run: the head (at lr x the head multiplier), the backbone (at lr,
-    unless it is frozen for good) and the loss's proxies / class weights (at loss_lr, no weight decay); and the
-    loss's parameters (kept in sync across ranks)."""
-    from .losses import loss_parameters
-
-    head_mult = head_lr_multiplier(cfg, trained_weights)
-    if not (head_mult > 0 and math.isfinite(head_mult)):
-        raise TrainingError(f"optim.head_lr_mult must be a positive number, got {cfg.optim.head_lr_mult!r}")
-    groups = [{"params": list(model.head.parameters()), "lr": cfg.optim.lr * head_mult, "name": "head"}]
-    if not cfg.model.head_only:
-        groups.append({"params": list(model.backbone.parameters()), "lr": cfg.optim.lr, "name": "backbone"})
-    extra = loss_parameters(loss_fn)
-    if extra:
-        groups.append({"params": extra, "lr": cfg.optim.loss_lr, "name": "loss", "weight_decay": 0.0})
-    return torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay), extra
-
-
-def lr_schedule(kind: str, total_steps: float, warmup_steps: float = 0.0) -> Callable[[int], float]:
-    """The learning-rate factor of each optimiser step: a linear warm-up from 0 over `warmup_steps`, then cosine
-    decay to 0 at `total_steps` ("cosine") or a constant 1 ("none")."""
-    total = max(1.0, float(total_steps))
-    warm = max(0.0, min(float(warmup_steps), total))
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / (warm + 1)
-        if kind != "cosine":
-            return 1.0
-        t = min(step - warm, total - warm) / max(total - warm, 1.0)
-        return 0.5 * (1 + math.cos(math.pi * t))
-
-    return factor
-
-
-def load_checkpoint(path: Path | str) -> dict:
-    """Load one of our checkpoints with ``weights_only=True``; refuse anything else with a clear message."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TrainingError(f"{path} is not a checkpoint this program can load safely ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(f"{path} is not an Embedding Explorer checkpoint")
-    return state
-
-
-def check_checkpoint(state: dict, path: Path | str, *, classes: list[str] | None = None, dim: int | None = None) -> None:
-    """Refuse a checkpoint whose classes or embedding dimension do not match what it is used with."""
-    if classes is not None and list(state.get("classes", [])) != list(classes):
-        raise TrainingError(f"checkpoint {path} was trained on other classes ({len(state.get('classes', []))} "
-                            f"classes) than this run ({len(classes)} classes)")
-    if dim is not None and int(state.get("embedding_dim", -1)) != int(dim):
-        raise TrainingError(f"checkpoint {path} has embedding dimension {state.get('embedding_dim')}, "
-                            f"this run uses {dim}")
 
 
 class _Forward(torch.nn.Module):
