@@ -18,10 +18,11 @@ import torch
 
 from trainer import events as ev
 from trainer.config import TrainConfig
-from trainer.train.engine import Trainer
 from trainer.errors import TrainingError
 from trainer.model.checkpoint import check_checkpoint, load_checkpoint
+from trainer.model.losses import loss_margin, loss_metric
 from trainer.store import RunLock, RunReader, run_in_training
+from trainer.train.engine import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,6 +87,10 @@ def test_a_run_commits_every_epoch_with_metrics_and_telemetry(folder, tmp_path):
 
     reader = RunReader(tmp_path / "run")
     assert reader.epochs == [0, 1, 2]
+    cfg = tiny_config(folder)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())  # recorded at creation, not guessed
+    assert (manifest["metric"], manifest["margin"]) == (loss_metric(cfg.loss.name),
+                                                        loss_margin(cfg.loss.name, cfg.loss.params))
     e1 = reader.load_epoch(1)
     assert e1.embeddings.shape == (48, 16) and e1.embeddings.dtype == np.float32
     for key in ("heldout/precision_at_1", "heldout/mean_average_precision_at_r", "heldout/auc", "train/r_precision",

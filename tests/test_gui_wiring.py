@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("PySide6")
 
 from explorer.app import create_window  # noqa: E402
+from trainer.model.losses import loss_metric
 from trainer.store import RunWriter, SampleTable  # noqa: E402
 
 
@@ -29,7 +30,8 @@ def _write_run(tmp_path):
     samples = SampleTable(paths=paths, labels=labels.astype(np.int64), split=split, roots=[str(root)],
                           root_index=np.zeros(len(paths), dtype=np.int16))
     cfg = {"loss": {"name": "multi_similarity", "params": {}, "miner": "none", "miner_params": {}}}
-    w = RunWriter.create(tmp_path / "run", config=cfg, classes=[f"c{i}" for i in range(n_classes)], samples=samples)
+    w = RunWriter.create(tmp_path / "run", config=cfg, classes=[f"c{i}" for i in range(n_classes)], samples=samples,
+                         metric=loss_metric("multi_similarity"))
     emb = centers[labels] + 0.1 * rng.normal(size=(len(labels), 8)).astype(np.float32)
     w.write_epoch(0, emb, {"heldout/precision_at_1": 1.0})
     return tmp_path / "run", emb, labels

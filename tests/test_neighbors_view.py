@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from trainer.model.losses import loss_margin, loss_metric
 from trainer.store import SPLIT_HELDOUT, SPLIT_TRAIN, RunReader, RunWriter, SampleTable
 
 N_CLASSES = 6  # classes 0..2 trained, 3..5 held out
@@ -42,7 +43,8 @@ def make_run(root: Path, *, loss: str = "triplet", epochs: int = 3, seed: int = 
                           root_index=np.zeros(len(paths), np.int16))
     run_dir = root / "run"
     cfg = {"loss": {"name": loss, "params": params or {}}}
-    w = RunWriter.create(run_dir, config=cfg, classes=classes, samples=samples)
+    w = RunWriter.create(run_dir, config=cfg, classes=classes, samples=samples, metric=loss_metric(loss),
+                         margin=loss_margin(loss, params))
     centres = 3.0 * rng.normal(size=(N_CLASSES, DIM))
     y = samples.labels
     other = int(np.flatnonzero((samples.split == samples.split[MISLABELLED]) & (y != y[MISLABELLED]))[0])

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from trainer.analysis import verification
+from trainer.model.losses import loss_margin, loss_metric
 from trainer.store import SPLIT_HELDOUT, SPLIT_TRAIN, RunReader, RunWriter, SampleTable
 from trainer.analysis.thresholds import coarsen, rates_ci_at_threshold, snap_threshold, threshold_grid
 from trainer.store import write_json_atomic
@@ -99,7 +100,8 @@ def make_run(root: Path, *, loss: str = "multi_similarity", seed: int = 0, epoch
                           split=np.array(split, dtype=np.int8)[perm], roots=[str(data)],
                           root_index=np.zeros(len(paths), dtype=np.int16))
     run_dir = root / "run"
-    w = RunWriter.create(run_dir, config={"loss": {"name": loss}}, classes=classes, samples=samples)
+    w = RunWriter.create(run_dir, config={"loss": {"name": loss}}, classes=classes, samples=samples,
+                         metric=loss_metric(loss), margin=loss_margin(loss))
     centres = rng.normal(size=(n_classes, 16))
     for e in range(epochs):
         emb = centres[samples.labels] + (1.1 - 0.2 * e) * rng.normal(size=(len(perm), 16))

@@ -587,3 +587,33 @@ def test_reading_a_run_does_not_import_torch_or_qt(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+def test_the_run_records_its_metric_and_margin_and_old_runs_derive_them_once(tmp_path):
+    w = RunWriter.create(tmp_path / "rec", config={"loss": {"name": "triplet"}}, classes=CLASSES,
+                         samples=synthetic_samples(10), metric="euclidean", margin=0.25)
+    w.close()
+    m = json.loads((tmp_path / "rec" / "manifest.json").read_text())
+    assert (m["metric"], m["margin"]) == ("euclidean", 0.25)
+    r = RunReader(tmp_path / "rec")
+    assert (r.metric, r.margin) == ("euclidean", 0.25)  # recorded values win over the config's loss
+
+    # a run written before the metric was recorded: derived from its loss, the same way for every view
+    for loss, want in (({"name": "triplet", "params": {"margin": 0.3}}, ("euclidean", 0.3)),
+                       ({"name": "normalized_softmax"}, ("cosine", 0.1)),
+                       ({"name": "margin"}, ("euclidean", 0.4)), ({"name": "nope"}, ("cosine", 0.1)), (None, ("cosine", 0.1))):
+        d = tmp_path / f"old-{len(list(tmp_path.iterdir()))}"
+        RunWriter.create(d, config={"loss": loss}, classes=CLASSES, samples=synthetic_samples(10)).close()
+        m = json.loads((d / "manifest.json").read_text())
+        del m["metric"], m["margin"]
+        (d / "manifest.json").write_text(json.dumps(m))
+        r = RunReader(d)
+        assert (r.metric, pytest.approx(r.margin)) == want, loss
+
+    m = json.loads((tmp_path / "rec" / "manifest.json").read_text())
+    for bad in ({"metric": "manhattan"}, {"margin": float("inf")}, {"margin": "0.1"}):
+        (tmp_path / "rec" / "manifest.json").write_text(json.dumps({**m, **bad}))
+        with pytest.raises(RunError, match="metric|margin"):
+            RunReader(tmp_path / "rec")
+    with pytest.raises(RunError, match="unknown metric"):
+        RunWriter.create(tmp_path / "bad", config={}, classes=CLASSES, samples=synthetic_samples(10), metric="l1")

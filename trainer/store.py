@@ -54,6 +54,11 @@ _OWN_NAMES = {MANIFEST, SAMPLES_FILE, FEATURES_FILE, EPOCHS_DIR, CHECKPOINTS_DIR
 _PATH_ENCODING = ("utf-8", "surrogateescape")
 
 
+DEFAULT_METRIC = "cosine"  # runs written before the metric was recorded, whose loss is unknown
+DEFAULT_MARGIN = 0.1
+METRICS = ("cosine", "euclidean")
+
+
 class RunError(RuntimeError):
     """A run directory is missing, not a run, written by a newer version, or damaged beyond repair."""
 
@@ -194,6 +199,28 @@ def _read_manifest(run_dir: Path) -> dict[str, Any]:
         if not isinstance(m.get(key), kind):
             raise RunError(f"{path} is damaged: {key!r} is missing or not a {kind.__name__}")
     return m
+
+
+def _check_metric_margin(metric: Any, margin: Any, what: str) -> tuple[str, float]:
+    if metric not in METRICS:
+        raise RunError(f"{what}: unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
+        raise RunError(f"{what}: the margin {margin!r} is not a finite number")
+    return metric, float(margin)
+
+
+def run_metric_margin(manifest: dict[str, Any], where: Path) -> tuple[str, float]:
+    """The run's recorded metric and margin; for a run written before they were recorded, derived once from its
+    loss (the loss registry's metric and census margin), and cosine / 0.1 when that loss is unknown."""
+    if "metric" in manifest or "margin" in manifest:
+        return _check_metric_margin(manifest.get("metric"), manifest.get("margin"), f"{where / MANIFEST}")
+    loss = manifest["config"].get("loss")
+    try:
+        from trainer.model.losses import loss_margin, loss_metric
+
+        return loss_metric(loss["name"]), float(loss_margin(loss["name"], loss.get("params") or {}))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return DEFAULT_METRIC, DEFAULT_MARGIN
 
 
 def is_run_dir(path: str | os.PathLike[str]) -> bool:
@@ -376,9 +403,14 @@ class RunWriter:
     # ------------------------------------------------------------------ construction
     @classmethod
     def create(cls, run_dir: str | os.PathLike[str], *, config: dict, classes: list[str], samples: SampleTable,
-               overwrite: bool = False) -> "RunWriter":
-        """Start a new run in ``run_dir`` (empty or absent; an existing run only with ``overwrite=True``)."""
+               metric: str = DEFAULT_METRIC, margin: float = DEFAULT_MARGIN, overwrite: bool = False) -> "RunWriter":
+        """Start a new run in ``run_dir`` (empty or absent; an existing run only with ``overwrite=True``).
+
+        ``metric`` (the distance its loss works with) and ``margin`` (the gap of the triplet census) are recorded
+        for every view to read, so none has to guess them from the config.
+        """
         run_dir = Path(run_dir)
+        metric, margin = _check_metric_margin(metric, margin, f"run {run_dir}")
         try:
             config_json = json.loads(json.dumps(config, allow_nan=False))
         except (TypeError, ValueError) as exc:
@@ -420,6 +452,8 @@ class RunWriter:
             "created": now,
             "updated": now,
             "config": config_json,
+            "metric": metric,
+            "margin": margin,
             "classes": classes,
             "samples": {"file": SAMPLES_FILE, "n": len(samples),
                         "size": (run_dir / SAMPLES_FILE).stat().st_size},
@@ -688,6 +722,7 @@ class RunReader:
         self.run_dir = Path(run_dir)
         m = _read_manifest(self.run_dir)
         self.config: dict = m["config"]
+        self.metric, self.margin = run_metric_margin(m, self.run_dir)
         self.classes: list[str] = list(m["classes"])
         self.created: str = m.get("created", "")
         path = self.run_dir / SAMPLES_FILE

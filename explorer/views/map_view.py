@@ -477,16 +477,7 @@ class MapView(QWidget):
             self.labels = np.asarray(s.labels, dtype=np.int64)
             self.split = np.asarray(s.split, dtype=np.int8)
             self.thumbnails.set_samples(s)
-            metric = "euclidean"
-            try:
-                from trainer.model.losses import LOSSES
-
-                spec = LOSSES.get(run.config.get("loss", {}).get("name", ""))
-                if spec is not None and spec.metric == "cosine":
-                    metric = "cosine"
-            except Exception:  # an unknown loss or old config: Euclidean is a safe default
-                pass
-            self.projector.metric = metric
+            self.projector.metric = run.metric
         self.xy = np.zeros((0, 2), np.float32)
         self._brushes = [pg.mkBrush(*class_colour(i), 230) for i in range(max(1, len(self.classes)))]
         self._rgba = np.array([(*class_colour(i), 255) for i in range(max(1, len(self.classes)))], np.uint8)

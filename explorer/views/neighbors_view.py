@@ -26,7 +26,7 @@ from explorer.jobs import JobRunner
 from explorer.state import AppState
 
 __all__ = ["NeighborsView", "NeighbourQuery", "NeighbourResult", "IndexEntry", "neighbour_job", "build_index_entry",
-           "embed_file_job", "filter_samples_job", "run_metric", "run_margin", "framed_pixmap", "GALLERIES"]
+           "embed_file_job", "filter_samples_job", "framed_pixmap", "GALLERIES"]
 
 SPLIT_TRAIN, SPLIT_HELDOUT = 0, 1  # trainer.store constants (kept here so the view imports no torch)
 GALLERIES = {"all": "All samples", "heldout": "Held-out only", "train": "Train only"}
@@ -41,27 +41,6 @@ INDEX_CACHE = 4  # (epoch, gallery) indexes kept
 # ---------------------------------------------------------------------------------------------------------------
 # run facts
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def run_metric(config: dict) -> str:
-    """The distance the run's loss works with (trainer.model.losses.LOSSES[name].metric); cosine when unknown."""
-    try:
-        from trainer.model.losses import LOSSES
-
-        return LOSSES[config["loss"]["name"]].metric
-    except (ImportError, KeyError, TypeError):
-        return "cosine"
-
-
-def run_margin(config: dict) -> float:
-    """The census margin of the run's loss (trainer.model.losses.loss_margin); 0.1 when the loss is unknown."""
-    try:
-        from trainer.model.losses import loss_margin
-
-        loss = config["loss"]
-        return float(loss_margin(loss["name"], loss.get("params") or {}))
-    except (ImportError, KeyError, TypeError, ValueError):
-        return 0.1
 
 
 def metric_words(metric: str) -> str:
@@ -619,7 +598,7 @@ class NeighborsView(QWidget):
             return
         if getattr(self.thumbs, "_samples", None) is not run.samples:  # a shared cache may already have it
             self.thumbs.set_samples(run.samples)
-        self.distance_metric = run_metric(run.config)
+        self.distance_metric = run.metric
         self.model.set_run(run.samples, run.classes)
         self._fit_columns(run.classes)
         self.count_label.setText(f"{len(run.samples.paths):,} samples")

@@ -85,20 +85,10 @@ EXACT_LIMIT = 60_000  # held-out images up to which every pair is counted (1.8e9
 ANALYSIS_LIMIT = 20_000  # beyond EXACT_LIMIT, CV / intervals / nearest errors use a class-stratified image sample
 
 
-def run_metric(config: dict) -> str:
-    """The distance the run's loss works with: trainer.model.losses.LOSSES[name].metric (cosine when unknown)."""
-    try:
-        from trainer.model.losses import LOSSES
-
-        return LOSSES[config["loss"]["name"]].metric
-    except (ImportError, KeyError, TypeError):
-        return "cosine"
-
-
 def compute_roc(run, epoch: int, *, progress, partial, is_cancelled) -> RocData:
     """Read the held-out rows of ``epoch`` and build the exact pair histograms and ROC (runs in a worker)."""
     t0 = time.perf_counter()
-    metric = run_metric(run.config)
+    metric = run.metric
     out = RocData(run_dir=Path(run.run_dir), epoch=int(epoch), metric=metric)
     ckpt = run.checkpoint_path(epoch)
     out.checkpoint = str(ckpt) if ckpt is not None else None

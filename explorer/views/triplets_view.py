@@ -25,7 +25,7 @@ from explorer.jobs import JobRunner
 from explorer.state import AppState
 from explorer.views.lazy import DeferWhileHidden
 from explorer.views.neighbors_view import (OTHER, QUERY, SAME, SPLIT_HELDOUT, SPLIT_TRAIN, framed_pixmap, metric_words,
-                                           run_margin, run_metric)
+                                           )
 
 __all__ = ["TripletsView", "CensusResult", "census_job", "history_job", "examples_job", "mined_distances",
            "pair_distances", "RULES_TEXT"]
@@ -462,9 +462,9 @@ class TripletsView(DeferWhileHidden, QWidget):
             return
         if getattr(self.thumbs, "_samples", None) is not run.samples:
             self.thumbs.set_samples(run.samples)
-        self.distance_metric = run_metric(run.config)
+        self.distance_metric = run.metric
         self.margin_spin.blockSignals(True)
-        self.margin_spin.setValue(run_margin(run.config))
+        self.margin_spin.setValue(run.margin)
         self.margin_spin.blockSignals(False)
         self.metric_label.setText(f"  d = {metric_words(self.distance_metric)}")
         has_heldout = bool((np.asarray(run.samples.split) == SPLIT_HELDOUT).any())

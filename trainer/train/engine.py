@@ -167,9 +167,15 @@ class Trainer:
         split, paths, labels = samples.split, samples.paths, samples.labels
         if cfg.auto:
             cfg = self.cfg = self._resolve_recipe(cfg, samples)
+        from trainer.model.losses import LOSSES, loss_margin, loss_metric
+
+        if cfg.loss.name not in LOSSES:  # refused before the run folder exists
+            raise TrainingError(f"unknown loss {cfg.loss.name!r}; `python main.py losses` lists them")
         writer = None
         if self.rank == 0:
-            writer = RunWriter.create(self.run_dir, config=cfg.to_dict(), classes=classes, samples=samples)
+            writer = RunWriter.create(self.run_dir, config=cfg.to_dict(), classes=classes, samples=samples,
+                                      metric=loss_metric(cfg.loss.name),
+                                      margin=loss_margin(cfg.loss.name, cfg.loss.params))
             self._lock = self._acquire_lock()
             if self.dist.active:
                 distributed.record_world_size(self.dist, writer)
