@@ -129,7 +129,7 @@ def probe(app, tmp, n: int, epochs: int, method: str, mode: str) -> None:
     """Open the run in a MapView and measure timer lateness while it computes ``epochs`` maps."""
     from explorer.jobs import JobRunner
     from explorer.state import AppState
-    from explorer.views.map_view import MapView
+    from explorer.views.map.view import MapView
     from trainer.analysis import projection
     from trainer.store import RunReader
 

@@ -174,7 +174,7 @@ def main() -> None:
     print(f"  map of epoch 1 on screen {t_map:.1f} s after opening; the view says: "
           f"{win.map_view.status.text()}")
 
-    nb = win.neighbors_view
+    nb = win.neighbours_view
     sid = int(np.flatnonzero(win.state.run.samples.split == 2)[0]) if (win.state.run.samples.split == 2).any() else 0
     t0 = time.perf_counter()
     win.state.set_selection(np.array([sid]))
@@ -195,7 +195,7 @@ def main() -> None:
     for d in tv.result.diagnostics:
         print(f"    finding: {d.title}: {d.detail[:160]}")
 
-    rv = win.roc_view
+    rv = win.threshold_view
     t0 = time.perf_counter()
     win.show_view("Threshold")
     t_roc = wait("threshold", lambda: rv.data is not None and not rv.is_busy(), t0)

@@ -1,4 +1,4 @@
-"""Neighbour search speed: NeighborIndex (faiss) vs sklearn brute-force NearestNeighbors and plain numpy.
+"""Neighbour search speed: NeighbourIndex (faiss) vs sklearn brute-force NearestNeighbors and plain numpy.
 
     python bench/bench_index.py [--quick] [--hnsw-n N] [--skip-hnsw]
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sklearn.neighbors import NearestNeighbors  # noqa: E402
 
-from trainer.analysis.index import NeighborIndex
+from trainer.analysis.index import NeighbourIndex
 
 
 def gallery(n: int, dim: int = 128, classes: int = 500, seed: int = 0) -> np.ndarray:
@@ -53,8 +53,8 @@ def main() -> None:
     queries = x[np.random.default_rng(1).choice(n, 50, replace=False)] + 0.01
     print(f"== single-query k={k} search, gallery {n} x 128, cosine, median of {len(queries)} queries")
     t = time.perf_counter()
-    index = NeighborIndex(x, metric="cosine")
-    print(f"  NeighborIndex build {time.perf_counter() - t:.2f} s (exact={index.is_exact})")
+    index = NeighbourIndex(x, metric="cosine")
+    print(f"  NeighbourIndex build {time.perf_counter() - t:.2f} s (exact={index.is_exact})")
     t_ours, res_ours = per_query(lambda q: index.search(q, k)[1][0], queries)
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
 
@@ -69,7 +69,7 @@ def main() -> None:
     t_sk, res_sk = per_query(lambda q: nn.kneighbors(q, return_distance=True)[1][0], queries)
     agree_np = np.mean([len(set(a) & set(b)) / k for a, b in zip(res_ours, res_np)])
     agree_sk = np.mean([len(set(a) & set(b)) / k for a, b in zip(res_ours, res_sk)])
-    print(f"  NeighborIndex.search {t_ours * 1e3:7.2f} ms/query")
+    print(f"  NeighbourIndex.search {t_ours * 1e3:7.2f} ms/query")
     print(f"  numpy argpartition   {t_np * 1e3:7.2f} ms/query  (ours is x{t_np / t_ours:.1f} faster; id overlap {agree_np:.3f})")
     print(f"  sklearn brute        {t_sk * 1e3:7.2f} ms/query  (ours is x{t_sk / t_ours:.1f} faster; id overlap {agree_sk:.3f})")
 
@@ -78,7 +78,7 @@ def main() -> None:
     qh = xh[:50] + 0.01
     print(f"== approximate indexes, gallery {hn} x 128, cosine: build (with the recall measurement) and one query")
     t = time.perf_counter()
-    ivf = NeighborIndex(xh, metric="cosine", approximate=True, recall_queries=200)
+    ivf = NeighbourIndex(xh, metric="cosine", approximate=True, recall_queries=200)
     t_ivf_build = time.perf_counter() - t
     t_ivf, _ = per_query(lambda q: ivf.search(q, k), qh)
     t_e, _ = per_query(lambda q: ivf.exact_search(q, k), qh)
@@ -86,7 +86,7 @@ def main() -> None:
           f"{t_ivf * 1e3:.2f} ms/query (exact flat {t_e * 1e3:.2f} ms/query, x{t_e / t_ivf:.1f})")
     if not args.skip_hnsw:
         t = time.perf_counter()
-        h = NeighborIndex(xh, metric="cosine", approximate=True, recall_queries=200, kind="hnsw")
+        h = NeighbourIndex(xh, metric="cosine", approximate=True, recall_queries=200, kind="hnsw")
         t_h_build = time.perf_counter() - t
         t_h, _ = per_query(lambda q: h.search(q, k), qh)
         print(f"  HNSW (M=32, efSearch=128): build {t_h_build:.1f} s, recall@10 {h.recall_at_10:.3f}, "

@@ -38,7 +38,8 @@ def bench_fps(n: int, frames: int) -> None:
 
     app = QApplication.instance() or QApplication([])
     from explorer.state import AppState
-    from explorer.views.map_view import MapView, PALETTE
+    from explorer.views.map.view import MapView
+    from explorer.widgets.palette import PALETTE
 
     xy, lab = _points(n)
 

@@ -75,19 +75,19 @@ def bench_store(x, labels, tmp: Path) -> None:
 
 
 def bench_index(x, hnsw: bool) -> None:
-    from trainer.analysis.index import NeighborIndex
+    from trainer.analysis.index import NeighbourIndex
 
     rng = np.random.default_rng(1)
     q = x[rng.integers(0, len(x), 1000)]
-    t_b_exact, exact = timed(lambda: NeighborIndex(x, approximate=False))
+    t_b_exact, exact = timed(lambda: NeighbourIndex(x, approximate=False))
     t_q_exact, _ = timed(lambda: exact.search(q, 10), 2)
     line = f"  faiss   exact build {t_b_exact:6.2f} s, 1000 queries k=10 {t_q_exact:6.2f} s"
-    t_b_ivf, ivf = timed(lambda: NeighborIndex(x, approximate=True, recall_queries=200))
+    t_b_ivf, ivf = timed(lambda: NeighbourIndex(x, approximate=True, recall_queries=200))
     t_q_ivf, _ = timed(lambda: ivf.search(q, 10), 2)
     line += (f" | IVF build {t_b_ivf:7.2f} s ({ivf.description}), queries {t_q_ivf:6.3f} s "
              f"(x{t_q_exact / t_q_ivf:5.1f} faster), recall@10 {ivf.recall_at_10:.3f}")
     if hnsw:
-        t_b_h, h = timed(lambda: NeighborIndex(x, approximate=True, recall_queries=200, kind="hnsw"))
+        t_b_h, h = timed(lambda: NeighbourIndex(x, approximate=True, recall_queries=200, kind="hnsw"))
         t_q_h, _ = timed(lambda: h.search(q, 10), 2)
         line += (f" | HNSW build {t_b_h:7.2f} s, queries {t_q_h:6.3f} s (x{t_q_exact / t_q_h:5.1f} faster), "
                  f"recall@10 {h.recall_at_10:.3f}")

@@ -36,7 +36,7 @@ def main() -> None:
     app = QApplication([])
     from explorer.state import AppState
     from explorer.training import TrainingController
-    from explorer.views.training_view import TrainingView
+    from explorer.views.training.view import TrainingView
     from trainer import events as ev
 
     batches = [ev.BatchDone(1 + i // bpe, i % bpe, bpe, loss=1.0 / (1 + i), lr=1e-3, images_per_second=100.0,

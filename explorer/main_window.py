@@ -14,14 +14,14 @@ from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKe
 from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMenu, QMessageBox, QSplitter, QTabWidget,
                                QWidget)
 
-from explorer.config_panel import ConfigPanel
-from explorer.dataset_view import DatasetView
+from explorer.panels.config_panel import ConfigPanel
+from explorer.views.dataset.view import DatasetView
 from explorer.jobs import JobRunner
 from explorer.settings import Settings
-from explorer.start_page import StartPage
+from explorer.panels.start_page import StartPage
 from explorer.state import AppState
 from explorer.training import TrainingController
-from explorer.views.training_view import TrainingView
+from explorer.views.training.view import TrainingView
 
 APP_TITLE = "Embedding Explorer"
 DEMO_JOB = "demo-folder"
@@ -125,17 +125,17 @@ class MainWindow(QMainWindow):
         self.add_view("Start", self.start_page)
         self.add_view("Data", self.dataset_view)
         self.add_view("Train", train)
-        from explorer.thumbnails import ThumbnailCache
-        from explorer.views.neighbors_view import NeighborsView
-        from explorer.views.roc_view import RocView
-        from explorer.views.triplets_view import TripletsView
+        from explorer.widgets.thumbnails import ThumbnailCache
+        from explorer.views.neighbours.view import NeighboursView
+        from explorer.views.threshold.view import ThresholdView
+        from explorer.views.triplets.view import TripletsView
 
         self.thumbnails = ThumbnailCache(self)
         self.map_view = self._make_map_view()
-        self.neighbors_view = NeighborsView(self.state, jobs=self.jobs, thumbnails=self.thumbnails)
+        self.neighbours_view = NeighboursView(self.state, jobs=self.jobs, thumbnails=self.thumbnails)
         explore = QSplitter(Qt.Orientation.Horizontal)  # the map and the neighbours of what is clicked in it
         explore.addWidget(self.map_view)
-        explore.addWidget(self.neighbors_view)
+        explore.addWidget(self.neighbours_view)
         explore.setStretchFactor(0, 3)
         explore.setStretchFactor(1, 2)
         explore.setSizes([900, 480])
@@ -144,9 +144,9 @@ class MainWindow(QMainWindow):
         self.triplets_view = TripletsView(self.state, jobs=self.jobs, thumbnails=self.thumbnails)
         self.triplets_view.defer_while_hidden = True  # computed when its tab is shown, not for every epoch
         self.add_view("Triplets", self.triplets_view)
-        self.roc_view = RocView(self.state, jobs=self.jobs, thumbnails=self.thumbnails)
-        self.roc_view.defer_while_hidden = True
-        self.add_view("Threshold", self.roc_view)
+        self.threshold_view = ThresholdView(self.state, jobs=self.jobs, thumbnails=self.thumbnails)
+        self.threshold_view.defer_while_hidden = True
+        self.add_view("Threshold", self.threshold_view)
 
         self.status_label = QLabel("")
         self.statusBar().addWidget(self.status_label, 1)
@@ -204,7 +204,7 @@ class MainWindow(QMainWindow):
     # ---- views ------------------------------------------------------------------------------------------------
     def _make_map_view(self) -> QWidget:
         try:
-            from explorer.views.map_view import MapView
+            from explorer.views.map.view import MapView
         except ImportError:
             label = QLabel("The embedding map is not available in this build.")
             label.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -440,7 +440,7 @@ class MainWindow(QMainWindow):
     @Slot()
     def open_sweep_dialog(self) -> None:
         """Compare losses on the form's folder: one run per loss and seed under the runs folder."""
-        from explorer.sweep_dialog import SweepDialog
+        from explorer.dialogs.sweep import SweepDialog
 
         problems = self.config_panel.problems()
         if problems or self.controller.is_running():
@@ -457,7 +457,7 @@ class MainWindow(QMainWindow):
     @Slot()
     def find_learning_rate(self) -> None:
         """Open the learning-rate range test for the form's configuration."""
-        from explorer.lr_find_dialog import LRFindDialog
+        from explorer.dialogs.lr_find import LRFindDialog
 
         if self.config_panel.problems():
             QMessageBox.warning(self, APP_TITLE, "Fix the configuration first:\n\n" + "\n".join(

@@ -15,7 +15,7 @@ from image_fixtures import make_class_folder  # noqa: E402
 from explorer.app import protect_none_refcount  # noqa: E402
 
 protect_none_refcount()
-from explorer.config_panel import ConfigPanel  # noqa: E402
+from explorer.panels.config_panel import ConfigPanel
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data.scan import scan_folder  # noqa: E402
 from trainer.train.recipe import RECIPE_KEYS, image_facts  # noqa: E402
@@ -84,7 +84,7 @@ def test_edits_leave_the_recipe_and_use_the_recipe_hands_them_back(qtbot, folder
 
 
 def test_the_learning_rate_finder_applies_its_rate_to_the_form(qtbot, folder):
-    from explorer.lr_find_dialog import LRFindDialog
+    from explorer.dialogs.lr_find import LRFindDialog
 
     panel = _panel(qtbot, folder)
     panel.set_config(TrainConfig().replace(**{
@@ -110,7 +110,7 @@ def test_the_learning_rate_finder_applies_its_rate_to_the_form(qtbot, folder):
 
 
 def test_a_loss_sweep_runs_from_its_dialog(qtbot, tmp_path):
-    from explorer.sweep_dialog import SweepDialog
+    from explorer.dialogs.sweep import SweepDialog
     from trainer.train.sweep import SWEEP_FILE
 
     data = make_class_folder(tmp_path / "d", n_classes=6, per_class=8, size=24)

@@ -18,7 +18,7 @@ from explorer.app import (XCB_LIBRARIES, create_window, display_problem, missing
                           protect_none_refcount)
 
 protect_none_refcount()  # shiboken6 6.12 on Python 3.11 drops a reference to None per void Qt call
-from explorer.config_panel import ConfigPanel, config_problems  # noqa: E402
+from explorer.panels.config_panel import ConfigPanel, config_problems
 from explorer.settings import MAX_RECENT, SETTINGS_VERSION, Settings  # noqa: E402
 from trainer.config import PRESETS, TrainConfig  # noqa: E402
 

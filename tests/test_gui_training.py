@@ -18,7 +18,7 @@ from explorer.app import create_window, protect_none_refcount  # noqa: E402
 from explorer.settings import Settings  # noqa: E402
 from explorer.state import AppState  # noqa: E402
 from explorer.training import TrainingController  # noqa: E402
-from explorer.views.training_view import TrainingView, format_seconds  # noqa: E402
+from explorer.views.training.view import TrainingView, format_seconds
 from trainer import events as ev  # noqa: E402
 from trainer.config import TrainConfig
 from trainer.store import RunReader  # noqa: E402
@@ -65,7 +65,7 @@ class _RecordingBox:
 @pytest.fixture
 def boxes(monkeypatch) -> list[tuple[str, str]]:
     _RecordingBox.shown = []
-    monkeypatch.setattr("explorer.views.training_view.QMessageBox", _RecordingBox)
+    monkeypatch.setattr("explorer.views.training.view.QMessageBox", _RecordingBox)
     return _RecordingBox.shown
 
 
@@ -375,7 +375,7 @@ def test_the_trainer_thread_yields_the_cpu_to_the_window():
 def test_series_extend_equals_appending_point_by_point(qtbot):
     import pyqtgraph as pg
 
-    from explorer.views.training_view import _Series
+    from explorer.views.training.view import _Series
 
     rng = np.random.default_rng(0)
     a, b = _Series(pg.PlotDataItem(), capacity=4), _Series(pg.PlotDataItem(), capacity=4)
@@ -394,7 +394,7 @@ def test_stored_batches_are_read_off_the_gui_thread_in_order(qtbot, tmp_path):
     order; the result equals reading every epoch directly, and continuing the run finishes the reading first."""
     import threading
 
-    from explorer.views.training_view import read_batch_telemetry
+    from explorer.views.training.jobs import read_batch_telemetry
     from trainer.store import SPLIT_TRAIN, RunReader, RunWriter, SampleTable
 
     n = 6

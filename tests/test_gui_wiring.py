@@ -46,7 +46,7 @@ def test_views_share_the_state_and_follow_the_selection(qtbot, tmp_path, qapp):
     assert win.open_run(run_dir)
     assert win.state.epoch == 0
     win.state.set_selection([4])
-    nv = win.neighbors_view
+    nv = win.neighbours_view
     qtbot.waitUntil(lambda: len(nv.shown_ids()) > 0 and not nv.is_busy(), timeout=30000)
     # the panel answers for the point selected in the map: its nearest neighbours by brute force
     e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
@@ -66,7 +66,7 @@ def test_hidden_analysis_views_compute_when_their_tab_is_shown(qtbot, tmp_path, 
     qtbot.addWidget(win)
     win.show()
     assert win.open_run(run_dir)  # opens on the Map tab
-    tv, rv = win.triplets_view, win.roc_view
+    tv, rv = win.triplets_view, win.threshold_view
     qtbot.wait(200)
     assert tv.result is None and not tv.is_busy() and tv.is_stale()
     assert rv.data is None and not rv.is_busy() and rv.is_stale()

@@ -1,4 +1,4 @@
-"""NeighborIndex against a brute-force numpy search written with plain loops."""
+"""NeighbourIndex against a brute-force numpy search written with plain loops."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from trainer.analysis.index import NeighborIndex
+from trainer.analysis.index import NeighbourIndex
 
 
 def brute_knn(gallery: np.ndarray, queries: np.ndarray, k: int, metric: str, exclude=None):
@@ -42,7 +42,7 @@ def data():
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_exact_search_equals_brute_force(data, metric):
     gallery, queries = data
-    idx = NeighborIndex(gallery, metric=metric)
+    idx = NeighbourIndex(gallery, metric=metric)
     assert idx.is_exact and idx.recall_at_10 == 1.0
     d, i = idx.search(queries, 5)
     bd, bi = brute_knn(gallery, queries, 5, metric)
@@ -55,7 +55,7 @@ def test_exact_search_equals_brute_force(data, metric):
 def test_exclude_self_and_k_larger_than_n(data, metric):
     gallery, _ = data
     ids = np.array([0, 13, 59])
-    idx = NeighborIndex(gallery, metric=metric)
+    idx = NeighbourIndex(gallery, metric=metric)
     d, i = idx.search(gallery[ids], 100, exclude_self_ids=ids)
     assert i.shape == (3, 59)  # k clamped to n - 1
     bd, bi = brute_knn(gallery, gallery[ids], 100, metric, exclude=ids)
@@ -71,7 +71,7 @@ def test_exclude_self_and_k_larger_than_n(data, metric):
 
 def test_exclude_self_with_exact_duplicates():
     g = np.ones((5, 3), np.float32)  # all identical: the own id may or may not come back first
-    idx = NeighborIndex(g, metric="euclidean")
+    idx = NeighbourIndex(g, metric="euclidean")
     ids = np.arange(5)
     _, i = idx.search(g, 2, exclude_self_ids=ids)
     for r in range(5):
@@ -80,10 +80,10 @@ def test_exclude_self_with_exact_duplicates():
 
 def test_single_vector_query_and_empty_index():
     g = np.eye(4, dtype=np.float32)
-    idx = NeighborIndex(g, metric="cosine")
+    idx = NeighbourIndex(g, metric="cosine")
     d, i = idx.search(g[2], 2)  # 1-D query
     assert i.shape == (1, 2) and i[0, 0] == 2
-    empty = NeighborIndex(np.zeros((0, 4), np.float32))
+    empty = NeighbourIndex(np.zeros((0, 4), np.float32))
     d, i = empty.search(g, 3)
     assert d.shape == (4, 0) and i.shape == (4, 0) and len(empty) == 0
     assert empty.measure_recall() == 1.0
@@ -91,14 +91,14 @@ def test_single_vector_query_and_empty_index():
 
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="2-D"):
-        NeighborIndex(np.zeros(5))
+        NeighbourIndex(np.zeros(5))
     with pytest.raises(ValueError, match="NaN"):
-        NeighborIndex(np.array([[0.0, np.nan]]))
-    idx = NeighborIndex(np.zeros((3, 4)), metric="euclidean")
+        NeighbourIndex(np.array([[0.0, np.nan]]))
+    idx = NeighbourIndex(np.zeros((3, 4)), metric="euclidean")
     with pytest.raises(ValueError, match="dimension 3"):
         idx.search(np.zeros((1, 3)), 1)
     with pytest.raises(ValueError, match="metric"):
-        NeighborIndex(np.zeros((3, 4)), metric="manhattan")
+        NeighbourIndex(np.zeros((3, 4)), metric="manhattan")
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
@@ -107,7 +107,7 @@ def test_approximate_recall_is_measured(metric, kind):
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(20, 16))
     g = (centers[rng.integers(0, 20, 3000)] + 0.3 * rng.normal(size=(3000, 16))).astype(np.float32)
-    idx = NeighborIndex(g, metric=metric, exact_limit=1000, recall_queries=100, kind=kind)
+    idx = NeighbourIndex(g, metric=metric, exact_limit=1000, recall_queries=100, kind=kind)
     assert not idx.is_exact and idx.kind == kind
     assert idx._flat is None  # the exact copy used to measure recall is not kept with the index
     # recompute the recall by hand against the brute-force twin on other points than the index sampled
@@ -125,25 +125,25 @@ def test_approximate_recall_is_measured(metric, kind):
         assert idx.recall_at_10 == pytest.approx(idx.measure_recall(k=10, n_queries=100, seed=0))
     else:
         assert 0.8 <= idx.recall_at_10 <= 1.0 and idx.description.startswith("HNSW")
-    forced = NeighborIndex(g[:200], metric=metric, approximate=True, kind=kind)
+    forced = NeighbourIndex(g[:200], metric=metric, approximate=True, kind=kind)
     assert not forced.is_exact and 0.0 < forced.recall_at_10 <= 1.0
-    assert NeighborIndex(g[:50], metric=metric).description == "exact"
+    assert NeighbourIndex(g[:50], metric=metric).description == "exact"
 
 
 def test_ivf_reaches_a_demanding_recall_by_scanning_more_cells():
     rng = np.random.default_rng(1)
     g = rng.normal(size=(4000, 24)).astype(np.float32)  # no clusters: the hard case for cells
-    loose = NeighborIndex(g, approximate=True, target_recall=0.5, recall_queries=100)
-    tight = NeighborIndex(g, approximate=True, target_recall=0.99, recall_queries=100)
+    loose = NeighbourIndex(g, approximate=True, target_recall=0.5, recall_queries=100)
+    tight = NeighbourIndex(g, approximate=True, target_recall=0.99, recall_queries=100)
     assert loose.nlist == tight.nlist
     assert tight.nprobe > loose.nprobe and tight.recall_at_10 > loose.recall_at_10
     with pytest.raises(ValueError, match="approximate index"):
-        NeighborIndex(g, approximate=True, kind="annoy")
+        NeighbourIndex(g, approximate=True, kind="annoy")
 
 
 def test_search_from_worker_threads(data):
     gallery, queries = data
-    idx = NeighborIndex(gallery, metric="cosine")
+    idx = NeighbourIndex(gallery, metric="cosine")
     expected = idx.search(queries, 4)[1]
     results: list[np.ndarray] = []
     threads = [threading.Thread(target=lambda: results.append(idx.search(queries, 4)[1])) for _ in range(4)]

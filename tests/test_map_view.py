@@ -8,8 +8,12 @@ import pytest
 from PIL import Image
 
 from explorer.state import AppState
-from explorer.views import map_view as mv_mod
-from explorer.views.map_view import _SPLAT_OFFSETS, MapView, splat_points
+from explorer.views.map import geometry
+from explorer.views.map import jobs
+from explorer.views.map.geometry import _SPLAT_OFFSETS, splat_points
+from explorer.views.map import view as mv_mod
+from explorer.views.map.view import MapView
+from trainer.analysis import projection
 from trainer.store import RunReader, RunWriter, SampleTable
 
 pytestmark = pytest.mark.gui
@@ -150,12 +154,12 @@ def test_raster_follows_hidden_classes(qtbot, run_dir, monkeypatch):
 
 
 def test_draw_order_is_a_fixed_shuffle_and_jobs_hand_over_positions_in_it():
-    order = mv_mod.draw_order(1000)
-    assert order is mv_mod.draw_order(1000) and not order.flags.writeable
+    order = geometry.draw_order(1000)
+    assert order is geometry.draw_order(1000) and not order.flags.writeable
     assert np.array_equal(np.sort(order), np.arange(1000)) and not np.array_equal(order, np.arange(1000))
-    layout = mv_mod.projection.Layout(xy=np.random.default_rng(1).normal(size=(1000, 2)), ids=np.arange(1000),
+    layout = projection.Layout(xy=np.random.default_rng(1).normal(size=(1000, 2)), ids=np.arange(1000),
                                       method="pca")
-    epoch, got, ordered = mv_mod._drawable(3, layout)
+    epoch, got, ordered = jobs._drawable(3, layout)
     assert epoch == 3 and got is layout and ordered.dtype == np.float32
     assert np.array_equal(ordered, layout.xy.astype(np.float32)[order])
 
@@ -215,10 +219,10 @@ def test_points_in_polygon_matches_plain_loops():
     rad = rng.uniform(1.0, 3.0, 40)  # a star-shaped, non-convex, simple lasso
     poly = np.c_[rad * np.cos(ang), rad * np.sin(ang)]
     xy = rng.uniform(-3.5, 3.5, size=(3000, 2))
-    got = mv_mod.points_in_polygon(xy, poly)
+    got = geometry.points_in_polygon(xy, poly)
     ref = np.array([_brute_inside(x, y, poly) for x, y in xy])
     assert 300 < ref.sum() < 2700 and np.array_equal(got, ref)
-    assert not mv_mod.points_in_polygon(xy, poly[:2]).any()  # a degenerate lasso selects nothing
+    assert not geometry.points_in_polygon(xy, poly[:2]).any()  # a degenerate lasso selects nothing
 
 
 def test_lasso_selects_one_class_and_respects_hidden_and_add(qtbot, run_dir):

@@ -1,4 +1,4 @@
-"""Tests of the neighbour query panel (explorer/views/neighbors_view.py).
+"""Tests of the neighbour query panel (explorer/views/neighbours/view.py).
 
 A small run is written with trainer.store.RunWriter (clustered synthetic embeddings, some classes held out, tiny
 PNG files so thumbnails load); the neighbours shown must equal a brute-force loop over every gallery sample.
@@ -103,11 +103,11 @@ def run_dir(tmp_path_factory) -> Path:
 def view(qtbot):
     from explorer.jobs import JobRunner
     from explorer.state import AppState
-    from explorer.views.neighbors_view import NeighborsView
+    from explorer.views.neighbours.view import NeighboursView
 
     state = AppState()
     jobs = JobRunner()
-    v = NeighborsView(state, jobs)
+    v = NeighboursView(state, jobs)
     qtbot.addWidget(v)
     v.resize(1200, 800)
     v.show()

@@ -1,4 +1,4 @@
-"""Tests of the verification threshold studio (explorer/views/roc_view.py) and trainer/verification_extra.py.
+"""Tests of the verification threshold studio (explorer/views/threshold/view.py) and trainer/analysis/thresholds.py.
 
 A small run is written with trainer.store.RunWriter (clustered synthetic embeddings, some classes held out, tiny
 PNG files so thumbnails load); the view must show numbers equal to a brute-force count over all held-out pairs.
@@ -120,11 +120,11 @@ def heldout(run_dir: Path, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 def view(qtbot, tmp_path):
     from explorer.jobs import JobRunner
     from explorer.state import AppState
-    from explorer.views.roc_view import RocView
+    from explorer.views.threshold.view import ThresholdView
 
     state = AppState()
     jobs = JobRunner()
-    v = RocView(state, jobs)
+    v = ThresholdView(state, jobs)
     qtbot.addWidget(v)
     v.resize(1300, 900)
     v.show()
@@ -442,7 +442,7 @@ def test_new_epoch_replaces_result_and_no_heldout_message(qtbot, view, tmp_path)
 
 def test_beyond_the_exact_range_pairs_are_sampled_by_class_and_said(tmp_path, monkeypatch):
     """Past EXACT_LIMIT held-out images the studio counts a class-stratified pair sample and says so."""
-    import explorer.views.roc_view as rv
+    from explorer.views.threshold import jobs as rv
     from trainer.store import RunReader
 
     run_dir = make_run(tmp_path)

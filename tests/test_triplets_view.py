@@ -51,7 +51,7 @@ def run_dir(tmp_path_factory) -> Path:
 def view(qtbot):
     from explorer.jobs import JobRunner
     from explorer.state import AppState
-    from explorer.views.triplets_view import TripletsView
+    from explorer.views.triplets.view import TripletsView
 
     state = AppState()
     jobs = JobRunner()
@@ -100,7 +100,7 @@ def test_census_equals_epoch_census_and_brute_force(qtbot, view, run_dir):
 
 
 def test_a_split_beyond_the_exact_range_is_censused_on_stated_anchors(qtbot, view, run_dir, monkeypatch):
-    import explorer.views.triplets_view as tv
+    from explorer.views.triplets import jobs as tv
 
     r = RunReader(run_dir)
     n_held = int((r.samples.split == SPLIT_HELDOUT).sum())
@@ -164,7 +164,7 @@ def test_examples_are_of_their_category_and_click_highlights(qtbot, view, run_di
 
 
 def test_miner_tab_lists_the_mined_tuples(qtbot, view, run_dir):
-    from explorer.views.triplets_view import mined_distances
+    from explorer.views.triplets.jobs import mined_distances
 
     r = open_run(qtbot, view, run_dir)
     ed = r.load_epoch(r.epochs[-1])
@@ -193,7 +193,7 @@ def test_miner_tab_lists_the_mined_tuples(qtbot, view, run_dir):
 
 
 def test_pair_distances_cosine_vs_brute_force():
-    from explorer.views.triplets_view import pair_distances
+    from explorer.views.triplets.jobs import pair_distances
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(9, 5)).astype(np.float32)

@@ -38,12 +38,12 @@ def suspected_mislabels(
     """Samples whose k nearest neighbours (self excluded) all carry one other label: (ids, suggested label).
 
     ``query_ids`` checks only those samples (against every sample): how a very large split is checked in time."""
-    from trainer.analysis.index import NeighborIndex
+    from trainer.analysis.index import NeighbourIndex
 
     x, y = _as_embeddings(embeddings, labels)
     if len(x) <= k or k < 1:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    idx = index if index is not None else NeighborIndex(x, metric=metric)
+    idx = index if index is not None else NeighbourIndex(x, metric=metric)
     ids = np.arange(len(x)) if query_ids is None else np.unique(np.asarray(query_ids, np.int64))
     _, nb = idx.search(x[ids], k, exclude_self_ids=ids)
     valid = (nb >= 0).all(axis=1)
@@ -72,14 +72,14 @@ def near_duplicates_across_classes(
     ``eps`` defaults to 1e-3 x the median distance of random pairs, so it follows the embedding's scale.
     ``query_ids`` finds only the pairs that involve one of those samples.
     """
-    from trainer.analysis.index import NeighborIndex
+    from trainer.analysis.index import NeighbourIndex
 
     x, y = _as_embeddings(embeddings, labels)
     if len(x) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     if eps is None:
         eps = 1e-3 * float(np.median(_sample_pair_distances(_prepare(x, metric), metric, 4000, 0)))
-    idx = index if index is not None else NeighborIndex(x, metric=metric)
+    idx = index if index is not None else NeighbourIndex(x, metric=metric)
     i, j, d = idx.range_pairs(float(eps), query_ids=query_ids)
     cross = y[i] != y[j]
     i, j, d = i[cross], j[cross], d[cross]
@@ -105,7 +105,7 @@ def diagnose(
 
     Label problems need every sample's neighbours (N^2 distances); beyond ``max_checked`` samples a random sample
     of ``n_checked`` is checked against all of them, and the findings say so."""
-    from trainer.analysis.index import NeighborIndex
+    from trainer.analysis.index import NeighbourIndex
 
     x, y = _as_embeddings(embeddings, labels)
     out: list[Diagnostic] = []
@@ -139,7 +139,7 @@ def diagnose(
             ))
     else:
         out.append(Diagnostic("info", "No triplets", "no anchor has both a positive and a negative."))
-    index = NeighborIndex(x, metric=metric)
+    index = NeighbourIndex(x, metric=metric)
     checked = None
     among = ""
     if len(x) > max_checked:

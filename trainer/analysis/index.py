@@ -22,7 +22,7 @@ import numpy as np
 
 Metric = Literal["cosine", "euclidean"]
 
-__all__ = ["NeighborIndex"]
+__all__ = ["NeighbourIndex"]
 
 TARGET_RECALL = 0.95  # IVF: nprobe grows until recall@10 on sampled queries reaches this
 IVF_TRAIN_PER_CELL = 40  # k-means training rows per cell (faiss warns below 39)
@@ -65,7 +65,7 @@ def _recall(exact: np.ndarray, approx: np.ndarray) -> float:
     return hits / total if total else 1.0
 
 
-class NeighborIndex:
+class NeighbourIndex:
     """k-nearest-neighbour search over a fixed gallery of embeddings (exact, or IVF / HNSW when large)."""
 
     def __init__(

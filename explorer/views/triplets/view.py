@@ -9,10 +9,7 @@ highlights its samples in the map (AppState.set_highlight).
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
 from typing import Any
-
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QSize, Qt, QTimer, Slot
@@ -20,162 +17,18 @@ from PySide6.QtGui import QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QGroupBox, QHBoxLayout,
                                QHeaderView, QLabel, QListView, QListWidget, QListWidgetItem, QProgressBar, QSplitter,
                                QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
-
 from explorer.jobs import JobRunner
 from explorer.state import AppState
-from explorer.views.lazy import DeferWhileHidden
-from explorer.views.neighbors_view import (OTHER, QUERY, SAME, SPLIT_HELDOUT, SPLIT_TRAIN, framed_pixmap, metric_words,
-                                           )
-
-__all__ = ["TripletsView", "CensusResult", "census_job", "history_job", "examples_job", "mined_distances",
-           "pair_distances", "RULES_TEXT"]
+from explorer.widgets.lazy import DeferWhileHidden
+from explorer.widgets.framed import OTHER, QUERY, SAME, framed_pixmap
+from trainer.store import SPLIT_HELDOUT
+from explorer.widgets.texts import metric_words
+from explorer.views.triplets.jobs import CATEGORY_TITLES, CensusResult, HISTORY_MAX_ANCHORS, MAX_MINED_ROWS, N_EXAMPLES, SPLITS, census_job, examples_job, history_job
 
 RULES_TEXT = ("PML rules, d = distance: easy d(a,n) > d(a,p)+m; semi-hard d(a,p) < d(a,n) <= d(a,p)+m; "
               "hard d(a,n) <= d(a,p)")
-CATEGORY_TITLES = {"easy": "Easy", "semihard": "Semi-hard", "hard": "Hard"}
 COLOURS = {"easy": (44, 160, 44), "semihard": (255, 127, 14), "hard": (214, 39, 40)}
-SPLITS = {"heldout": ("Held-out", SPLIT_HELDOUT), "train": ("Train", SPLIT_TRAIN)}
-HISTORY_MAX_ANCHORS = 4096  # the chart samples anchors of large splits
-CENSUS_EXACT_ANCHORS = 60_000  # the epoch shown is censused over every anchor up to this split size (~20 s here)
-CENSUS_ROW_BUDGET = CENSUS_EXACT_ANCHORS ** 2  # beyond it: as many sampled anchors as fit this many distances
-N_EXAMPLES = 40
-MAX_MINED_ROWS = 400
 THUMB = 56
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# background work (plain functions, no widgets)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def pair_distances(x: np.ndarray, a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
-    """Distances between rows x[a] and x[b] (1 - cos, or L2); NaN where a or b is -1."""
-    a = np.asarray(a, np.int64)
-    b = np.asarray(b, np.int64)
-    out = np.full(len(a), np.nan, np.float64)
-    ok = (a >= 0) & (b >= 0)
-    if not ok.any():
-        return out
-    xa = x[a[ok]].astype(np.float64)
-    xb = x[b[ok]].astype(np.float64)
-    if metric == "cosine":
-        na = np.linalg.norm(xa, axis=1)
-        nb = np.linalg.norm(xb, axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cos = np.einsum("ij,ij->i", xa, xb) / (na * nb)
-        out[ok] = 1.0 - np.where((na > 0) & (nb > 0), cos, 0.0)
-    else:
-        out[ok] = np.linalg.norm(xa - xb, axis=1)
-    return out
-
-
-def mined_distances(x: np.ndarray, telemetry: dict[str, np.ndarray], metric: str) -> dict[str, np.ndarray]:
-    """The mined tuples of the telemetry with d(a,p) and d(a,n) from the epoch's embeddings (NaN where absent)."""
-    keys = ("mined_batch", "mined_anchor", "mined_positive", "mined_negative")
-    if not all(k in telemetry for k in keys):
-        return {k: np.zeros(0, np.int64) for k in ("batch", "anchor", "positive", "negative")} | {
-            "d_ap": np.zeros(0), "d_an": np.zeros(0)}
-    b, a, p, n = (np.asarray(telemetry[k], np.int64) for k in keys)
-    return {"batch": b, "anchor": a, "positive": p, "negative": n,
-            "d_ap": pair_distances(x, a, p, metric), "d_an": pair_distances(x, a, n, metric)}
-
-
-@dataclass
-class CensusResult:
-    """Everything the view shows for one (epoch, split, margin)."""
-
-    epoch: int
-    split: str
-    margin: float
-    metric: str
-    ids: np.ndarray  # global sample ids of the split (row i of x)
-    x: np.ndarray  # embeddings of the split
-    labels: np.ndarray
-    census: Any  # trainer.analysis.census.Census (anchors are row indices into ids)
-    diagnostics: list = field(default_factory=list)  # trainer.analysis.diagnostics.Diagnostic, sample_ids made global
-    telemetry: dict = field(default_factory=dict)
-    mined: dict = field(default_factory=dict)
-    problem: str = ""
-    seconds: float = 0.0
-    classes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # np.unique(labels), from the job:
-    # ~40 ms for 5e5 labels, twice per census, was GUI-thread time
-
-
-def census_job(run, epoch: int, split: str, margin: float, metric: str, *, progress, partial,
-               is_cancelled) -> CensusResult:
-    """Census of every anchor of ``split`` at ``margin``, diagnostics, and the miner's tuples with distances."""
-    from dataclasses import replace
-
-    from trainer.analysis.diagnostics import diagnose
-    from trainer.analysis.census import epoch_census
-
-    t0 = time.perf_counter()
-    progress(0.05, f"reading epoch {epoch}")
-    ed = run.load_epoch(epoch)
-    want = SPLITS[split][1]
-    ids = np.flatnonzero(np.asarray(run.samples.split) == want).astype(np.int64)
-    x = np.asarray(ed.embeddings[ids], np.float32)
-    y = np.asarray(run.samples.labels, np.int64)[ids]
-    out = CensusResult(int(epoch), split, float(margin), metric, ids, x, y, None, telemetry=dict(ed.telemetry))
-    out.mined = mined_distances(ed.embeddings, ed.telemetry, metric)
-    out.classes = np.unique(y)
-    if len(out.classes) < 2:
-        out.problem = (f"The {SPLITS[split][0].lower()} split of epoch {epoch} has {len(out.classes)} class(es) and "
-                       f"{len(ids)} sample(s): a triplet needs two classes.")
-        return out
-    max_anchors = None
-    if len(ids) > CENSUS_EXACT_ANCHORS:  # N^2 distances: a stated random sample of anchors, each against all
-        max_anchors = max(HISTORY_MAX_ANCHORS, CENSUS_ROW_BUDGET // len(ids))
-    progress(0.15, f"counting the triplets of {max_anchors or len(ids):,} anchors")
-    out.census = epoch_census(x, y, margin=margin, metric=metric, max_anchors=max_anchors)
-    if is_cancelled():
-        return out
-    partial(out)
-    progress(0.7, "diagnostics")
-    diags = diagnose(x, y, margin=margin, metric=metric, census=out.census)
-    out.diagnostics = [replace(d, sample_ids=ids[np.asarray(d.sample_ids, np.int64)]) for d in diags]
-    out.seconds = time.perf_counter() - t0
-    return out
-
-
-def history_job(run, epochs: list[int], split: str, margin: float, metric: str, done: dict, *, progress, partial,
-                is_cancelled) -> dict:
-    """Shares of easy / semi-hard / hard for each epoch not in ``done``; each epoch is sent as a partial result."""
-    from trainer.analysis.census import epoch_census
-
-    want = SPLITS[split][1]
-    ids = np.flatnonzero(np.asarray(run.samples.split) == want).astype(np.int64)
-    y = np.asarray(run.samples.labels, np.int64)[ids]
-    out = dict(done)
-    todo = [e for e in epochs if e not in done]
-    for i, e in enumerate(todo):
-        if is_cancelled():
-            break
-        progress(i / max(len(todo), 1), f"census of epoch {e} ({i + 1} of {len(todo)})")
-        if len(np.unique(y)) < 2:
-            out[e] = (math.nan, math.nan, math.nan, False)
-        else:
-            c = epoch_census(run.rows(e, ids), y, margin=margin, metric=metric, max_anchors=HISTORY_MAX_ANCHORS)
-            out[e] = (c.share_easy, c.share_semihard, c.share_hard, c.sampled)
-        partial({e: out[e]})
-    return out
-
-
-def examples_job(x: np.ndarray, labels: np.ndarray, ids: np.ndarray, category: str, margin: float, metric: str,
-                 class_id: int | None, sort: str, n: int, *, progress, partial, is_cancelled):
-    """Example triplets of one category (global sample ids), hardest or easiest first, optionally of one class."""
-    from trainer.analysis.triplet_examples import TripletExamples, triplet_examples
-
-    progress(0.1, f"finding {CATEGORY_TITLES[category].lower()} triplets")
-    ex = triplet_examples(x, labels, category, margin=margin, metric=metric, n=n,
-                          classes=None if class_id is None else [class_id], sort=sort, max_anchors=2048,
-                          max_per_anchor=3)
-    return TripletExamples(ids[ex.anchor], ids[ex.positive], ids[ex.negative], ex.d_ap, ex.d_an)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# widgets
-# ---------------------------------------------------------------------------------------------------------------
 
 
 class _Num(QTableWidgetItem):
@@ -199,7 +52,7 @@ class TripletsView(DeferWhileHidden, QWidget):
         self.state = state
         self.jobs = jobs if jobs is not None else JobRunner(self)
         if thumbnails is None:
-            from explorer.thumbnails import ThumbnailCache
+            from explorer.widgets.thumbnails import ThumbnailCache
 
             thumbnails = ThumbnailCache(self, size_px=96)
         self.thumbs = thumbnails

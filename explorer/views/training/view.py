@@ -7,18 +7,17 @@ window through :attr:`TrainingView.start_requested` (it owns the configuration p
 from __future__ import annotations
 
 import time
-
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QKeySequence
 from PySide6.QtWidgets import (QGridLayout, QHBoxLayout, QLabel, QMessageBox, QPlainTextEdit, QProgressBar,
                                QPushButton, QSplitter, QVBoxLayout, QWidget)
-
 from explorer.jobs import JobRunner
 from explorer.state import AppState
 from explorer.training import TrainingController
 from trainer import events as ev
+from explorer.views.training.jobs import read_batch_telemetry
 
 # metric keys (trainer.analysis.retrieval.retrieval_metrics) shown as curves, with the label a person reads
 METRIC_LABELS = {
@@ -28,7 +27,6 @@ METRIC_LABELS = {
     "recall_at_4": "Recall@4",
     "auc": "ROC AUC",
 }
-# the trainer prefixes metrics with their split ("heldout/precision_at_1"); an unprefixed key is held-out
 
 
 def metric_label(key: str) -> str | None:
@@ -40,6 +38,8 @@ def metric_label(key: str) -> str | None:
     if split == "train" and base == "precision_at_1":
         return "train P@1"
     return None
+
+
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
@@ -90,28 +90,6 @@ class _Series:
     def clear(self) -> None:
         self.n = 0
         self.curve.setData([], [])
-
-
-def read_batch_telemetry(run, epochs: list[int], *, progress=None, partial=None,
-                         is_cancelled=None) -> list[tuple[int, dict[str, np.ndarray]]]:
-    """The stored per-batch telemetry of ``epochs``, in order (a background job; also called directly).
-
-    Epoch 0 evaluates the untrained network and has no batches: it comes back empty, as does an epoch whose file
-    cannot be read (the curves then have a gap; the map and the other views still work)."""
-    out: list[tuple[int, dict[str, np.ndarray]]] = []
-    for k, epoch in enumerate(epochs):
-        if is_cancelled is not None and is_cancelled():
-            return out
-        tel: dict[str, np.ndarray] = {}
-        if epoch > 0:
-            try:
-                tel = run.telemetry(int(epoch))
-            except Exception:
-                tel = {}
-        out.append((int(epoch), tel))
-        if progress is not None:
-            progress((k + 1) / max(1, len(epochs)), f"reading epoch {epoch}'s batches")
-    return out
 
 
 class TrainingView(QWidget):

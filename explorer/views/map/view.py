@@ -10,10 +10,8 @@ selection and highlights are shared with the other views through the AppState.
 
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
-
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal, Slot
@@ -36,12 +34,13 @@ from PySide6.QtWidgets import (
     QWidget,
     QGraphicsRectItem,
 )
-
 from explorer.jobs import JobRunner
 from explorer.state import AppState
-from explorer.thumbnails import ThumbnailCache
+from explorer.widgets.thumbnails import ThumbnailCache
 from trainer.analysis import projection
-__all__ = ["MapView", "PALETTE", "splat_points", "points_in_polygon", "map_job"]
+from explorer.views.map.geometry import draw_order, points_in_polygon, splat_points
+from explorer.views.map.jobs import METHOD_TITLES, _warm_up_job, map_job
+from explorer.widgets.palette import class_colour
 
 # Points in view above which the map is drawn as a raster image instead of symbols. ScatterPlotItem.setData builds
 # each spot in Python on the GUI thread: ~300 ms for 20,000 points (bench_gui_scale), ~15 ms per 1,000.
@@ -53,116 +52,8 @@ ANIMATE_MS = 300
 RENDER_REST_MS = 120
 RASTER_MARGIN = 0.35
 HOVER_RADIUS_PX = 8.0
-METHOD_TITLES = {"umap": "UMAP", "pca": "PCA", "tsne": "t-SNE"}
-
-# Colour-blind-friendly-ish categorical palette (Tableau 20 order: strong colours first).
-PALETTE = [
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-    (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
-    (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
-    (219, 219, 141), (158, 218, 229),
-]
 SPLIT_SYMBOLS = ("o", "t1")  # train: circle, held-out: upward triangle
 SPLIT_NAMES = ("train", "held-out")
-# Disk of radius ~1.5 px used by the raster splat.
-_SPLAT_OFFSETS = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1)]
-
-
-def class_colour(i: int) -> tuple[int, int, int]:
-    """Colour of class ``i`` (the palette repeats after 20 classes)."""
-    return PALETTE[int(i) % len(PALETTE)]
-
-
-def splat_points(xy: np.ndarray, rgba: np.ndarray, x_range: tuple[float, float], y_range: tuple[float, float],
-                 width: int, height: int, offsets=_SPLAT_OFFSETS) -> np.ndarray:
-    """Draw points as small dots into a (height, width, 4) uint8 image; row 0 is ``y_range[0]``; later points win.
-
-    ``rgba`` is (N, 4) uint8 per point. Vectorised: each pixel is one uint32, and the canvas has a border as wide
-    as the dot, so every dot offset is one flat scatter with no bounds test (the border is cropped at the end):
-    ~0.1 s for 1e6 points, where a masked RGBA assignment per offset took ~0.9 s on the GUI thread.
-    """
-    if len(xy) == 0 or width <= 0 or height <= 0:
-        return np.zeros((max(height, 0), max(width, 0), 4), np.uint8)
-    pad = 1 + max(max(abs(dx), abs(dy)) for dx, dy in offsets)
-    wp = width + 2 * pad
-    canvas = np.zeros((height + 2 * pad) * wp, np.uint32)
-    x0, x1 = x_range
-    y0, y1 = y_range
-    sx = width / max(x1 - x0, 1e-30)
-    sy = height / max(y1 - y0, 1e-30)
-    px = np.floor((xy[:, 0] - x0) * sx)
-    py = np.floor((xy[:, 1] - y0) * sy)
-    near = (px >= -1) & (px <= width) & (py >= -1) & (py <= height)
-    base = (py[near].astype(np.int64) + pad) * wp + (px[near].astype(np.int64) + pad)
-    col = np.ascontiguousarray(rgba[near], dtype=np.uint8).view(np.uint32).reshape(-1)
-    for dx, dy in offsets:
-        canvas[base + (dy * wp + dx)] = col
-    img = canvas.view(np.uint8).reshape(height + 2 * pad, wp, 4)
-    return np.ascontiguousarray(img[pad:pad + height, pad:pad + width])
-
-
-def points_in_polygon(xy: np.ndarray, poly: np.ndarray) -> np.ndarray:
-    """Boolean mask of the points inside the closed polygon ``poly`` (M, 2) by the even-odd rule (lasso select).
-
-    Vectorised over points: one pass per polygon edge, counting crossings of a ray going right from each point.
-    """
-    xy = np.asarray(xy, dtype=np.float64)
-    poly = np.asarray(poly, dtype=np.float64)
-    inside = np.zeros(len(xy), bool)
-    if len(poly) < 3 or len(xy) == 0:
-        return inside
-    lo, hi = poly.min(0), poly.max(0)
-    cand = np.flatnonzero((xy[:, 0] >= lo[0]) & (xy[:, 0] <= hi[0]) & (xy[:, 1] >= lo[1]) & (xy[:, 1] <= hi[1]))
-    px, py = xy[cand, 0], xy[cand, 1]
-    odd = np.zeros(len(cand), bool)
-    xj, yj = poly[-1]
-    for xi, yi in poly:
-        straddles = (yi > py) != (yj > py)
-        if straddles.any():
-            x_cross = xi + (py - yi) * (xj - xi) / ((yj - yi) if yj != yi else 1e-300)
-            odd ^= straddles & (px < x_cross)
-        xj, yj = xi, yi
-    inside[cand] = odd
-    return inside
-
-
-@functools.lru_cache(maxsize=4)
-def draw_order(n: int) -> np.ndarray:
-    """The order points are drawn in (a fixed shuffle, so no class always lies on top); read-only, shared."""
-    order = np.random.default_rng(0).permutation(n)
-    order.flags.writeable = False
-    return order
-
-
-def _drawable(epoch: int, layout: projection.Layout) -> tuple[int, projection.Layout, np.ndarray]:
-    """A layout with its positions already in drawing order: at 1e6 points the shuffle and the gather took
-    ~0.15 s of the GUI thread per layout; here they run in the job's thread."""
-    xy = np.asarray(layout.xy, np.float32)
-    return epoch, layout, xy[draw_order(len(xy))]
-
-
-def map_job(run, epoch: int, method: str, projector: projection.Projector, labels: np.ndarray | None,
-            pca_first: bool, *, progress, partial, is_cancelled):
-    """Background job: load one epoch and project it; a quick PCA map comes first as a partial result if asked."""
-    progress(0.0, f"loading epoch {epoch}")
-    data = run.load_epoch(epoch)
-    emb = np.asarray(data.embeddings, dtype=np.float32)
-    ids = np.arange(len(emb), dtype=np.int64)
-    if is_cancelled():
-        return None
-    if pca_first and method != "pca":
-        quick = projection.project(emb, "pca", ids=ids, seed=projector.seed, metric=projector.metric)
-        worker = projector.worker
-        warm = worker.is_warm() if worker is not None else projection.is_warm()
-        quick.note = f"quick PCA preview while {METHOD_TITLES.get(method, method)} {'runs' if warm else 'compiles'}"
-        partial(_drawable(epoch, quick))
-    layout = projector.project(emb, ids=ids, labels=labels, method=method, is_cancelled=is_cancelled,
-                               progress=lambda f, t="": progress(0.1 + 0.9 * f, t))
-    return _drawable(epoch, layout)
-
-
-def _warm_up_job(*, progress, partial, is_cancelled) -> float:
-    return projection.warm_up()
 
 
 class _MapViewBox(pg.ViewBox):

@@ -1,0 +1,1 @@
+"""Dialogs opened from the File menu: the learning-rate finder and the loss comparison."""

@@ -1,0 +1,1 @@
+"""The panels around the views: the start page and the training form."""
