@@ -397,7 +397,7 @@ def cmd_embed(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     args = p.parse_args(argv)
     from trainer.errors import TrainingError
-    from trainer.model.inference import embed_folder
+    from trainer.inference import embed_folder
 
     try:
         info = embed_folder(Path(args.run_dir), Path(args.image_dir), Path(args.out), checkpoint=args.checkpoint,
@@ -420,7 +420,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     from trainer.errors import TrainingError
-    from trainer.model.inference import evaluate_run
+    from trainer.inference import evaluate_run
 
     try:
         metrics = evaluate_run(Path(args.run_dir), data=args.data, epoch=args.epoch, device=args.device)

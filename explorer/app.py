@@ -107,7 +107,7 @@ def display_problem(env: Mapping[str, str] | None = None, *, platform: str = sys
 # initialisation under the GIL, so the first map stalled the GUI thread for ~300 ms (bench_gui_latency); importing
 # them before the window shows costs ~0.8 s of start-up instead. The census's numba kernels are loaded then too.
 PRELOADED_MODULES = ("sklearn.decomposition", "faiss", "numba", "trainer.analysis.census", "trainer.analysis.index",
-                     "trainer.train.engine", "trainer.analysis.pairs", "trainer.model.inference", "trainer.analysis.projection")
+                     "trainer.train.engine", "trainer.analysis.pairs", "trainer.inference", "trainer.analysis.projection")
 
 
 def preload_modules(names: Sequence[str] = PRELOADED_MODULES) -> list[str]:

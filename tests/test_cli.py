@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
 
-from test_engine import make_folder
+from tests.support.runs import make_folder
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:

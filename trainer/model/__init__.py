@@ -1,1 +1,1 @@
-"""The model: backbones and embedding heads, losses and miners, device, checkpoints, inference on a run."""
+"""The model: backbones and embedding heads, losses and miners, device, checkpoints."""

@@ -186,7 +186,7 @@ def embed_file_job(run, epoch: int, path: str, model_cache: dict, *, progress, p
     model = model_cache.get(str(ckpt))
     if model is None:
         progress(0.1, f"loading the network of {ckpt.name}")
-        from trainer.model.inference import RunModel
+        from trainer.inference import RunModel
 
         model = RunModel(run.run_dir, ckpt, device="cpu")
     progress(0.5, f"embedding {p.name}")

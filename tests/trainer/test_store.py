@@ -30,11 +30,10 @@ from trainer.store import (
     load_checkpoint,
 )
 
-sys.path.insert(0, str(Path(__file__).parent))
-from store_writer_proc import synthetic_epoch, synthetic_samples  # noqa: E402
+from tests.support.store_writer_proc import synthetic_epoch, synthetic_samples
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-WRITER_PROC = Path(__file__).parent / "store_writer_proc.py"
+WRITER_PROC = ROOT / "tests" / "support" / "store_writer_proc.py"
 CLASSES = [f"c{i}" for i in range(7)]
 
 

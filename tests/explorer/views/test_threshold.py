@@ -7,7 +7,6 @@ PNG files so thumbnails load); the view must show numbers equal to a brute-force
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from trainer.model.losses import loss_margin, loss_metric
 from trainer.store import SPLIT_HELDOUT, SPLIT_TRAIN, RunReader, RunWriter, SampleTable
 from trainer.analysis.thresholds import coarsen, rates_ci_at_threshold, snap_threshold, threshold_grid
 from trainer.store import write_json_atomic
+from tests.support.twins import brute_distance
 
 N_TRAIN_CLASSES = 5
 N_HELDOUT_CLASSES = 6
@@ -31,12 +31,6 @@ PER_CLASS = 12
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def brute_distance(a: np.ndarray, b: np.ndarray, metric: str) -> float:
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    if metric == "cosine":
-        return 1.0 - float(a @ b) / (math.sqrt(float(a @ a)) * math.sqrt(float(b @ b)))
-    return math.sqrt(float(((a - b) ** 2).sum()))
 
 
 def brute_pairs(x: np.ndarray, y: np.ndarray, metric: str) -> list[tuple[int, int, float, bool]]:

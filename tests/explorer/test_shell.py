@@ -11,8 +11,8 @@ from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QLabel, QMessageBox
 
-sys.path.insert(0, str(Path(__file__).parent))
-from image_fixtures import make_class_folder  # noqa: E402
+from tests.support import ROOT
+from tests.support.images import make_class_folder  # noqa: E402
 
 from explorer.app import (XCB_LIBRARIES, create_window, display_problem, missing_xcb_libraries,  # noqa: E402
                           protect_none_refcount)
@@ -22,7 +22,6 @@ from explorer.panels.config_panel import ConfigPanel, config_problems
 from explorer.settings import MAX_RECENT, SETTINGS_VERSION, Settings  # noqa: E402
 from trainer.config import PRESETS, TrainConfig  # noqa: E402
 
-pytestmark = pytest.mark.gui
 
 
 @pytest.fixture(autouse=True)
@@ -306,7 +305,7 @@ def test_many_void_qt_calls_do_not_exhaust_none(tmp_path):
             "print('ok', n)\n")
     env = {**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ok")
 
@@ -319,6 +318,6 @@ def test_preloading_loads_the_census_kernels_before_the_window_shows():
             "before = len(t._count_chunk.signatures); failed = preload_modules(('trainer.analysis.census',)); "
             "print(before, len(t._count_chunk.signatures), failed)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         cwd=str(Path(__file__).resolve().parents[1]))
+                         cwd=str(ROOT))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[:2] == ["0", "1"] and out.stdout.strip().endswith("[]")

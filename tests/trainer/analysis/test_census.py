@@ -8,6 +8,7 @@ import torch
 from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
 from pytorch_metric_learning.miners import TripletMarginMiner
 
+from tests.support.twins import brute_distances
 from trainer.analysis.census import batch_census, epoch_census
 from trainer.analysis.triplet_examples import batch_triplet_examples, triplet_examples
 from trainer.analysis.diagnostics import diagnose, near_duplicates_across_classes, suspected_mislabels
@@ -18,17 +19,6 @@ MARGINS = [-0.1, 0.0, 0.05, 0.2, 1.0]
 # ---------------------------------------------------------------- brute-force twins (plain loops, float64)
 
 
-def brute_distances(x: np.ndarray, metric: str) -> np.ndarray:
-    x = x.astype(np.float64)
-    n = len(x)
-    d = np.zeros((n, n))
-    for i in range(n):
-        for j in range(n):
-            if metric == "cosine":
-                d[i, j] = 1.0 - np.dot(x[i], x[j]) / (np.linalg.norm(x[i]) * np.linalg.norm(x[j]))
-            else:
-                d[i, j] = np.sqrt(np.sum((x[i] - x[j]) ** 2))
-    return d
 
 
 def category(d_ap: float, d_an: float, m: float) -> str:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 
 from explorer.jobs import JobRunner
 
-pytestmark = pytest.mark.gui
 
 
 def _slow(tag, gate: threading.Event, *, progress, partial, is_cancelled):

@@ -33,10 +33,9 @@ from trainer.analysis.pairs import (
 from trainer.config import TrainConfig
 from trainer.store import RunReader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_engine import make_folder, run_collect, tiny_config  # noqa: E402
+from tests.support.runs import make_folder, run_collect, tiny_config
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, BATCHES, C, K = 2, 4, 3, 4  # C = 3 classes over 2 ranks: uneven shares, the gather pads
 
 

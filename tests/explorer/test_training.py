@@ -11,8 +11,7 @@ import pytest
 from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-sys.path.insert(0, str(Path(__file__).parent))
-from image_fixtures import make_class_folder  # noqa: E402
+from tests.support.images import make_class_folder  # noqa: E402
 
 from explorer.app import create_window, protect_none_refcount  # noqa: E402
 from explorer.settings import Settings  # noqa: E402
@@ -23,7 +22,6 @@ from trainer import events as ev  # noqa: E402
 from trainer.config import TrainConfig
 from trainer.store import RunReader  # noqa: E402
 
-pytestmark = pytest.mark.gui
 protect_none_refcount()  # shiboken6 6.12 on Python 3.11 drops a reference to None per void Qt call
 
 

@@ -16,7 +16,7 @@ from PIL import Image, ImageFile
 from trainer.data import images
 
 from trainer.data import scan
-from image_fixtures import (
+from tests.support.images import (
     make_class_folder,
     make_symlink_loop,
     write_16bit_png,

@@ -4,13 +4,11 @@ recipe, the learning-rate finder applies its suggestion, and a loss sweep runs f
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from image_fixtures import make_class_folder  # noqa: E402
+from tests.support.images import make_class_folder  # noqa: E402
 
 from explorer.app import protect_none_refcount  # noqa: E402
 
@@ -20,7 +18,6 @@ from trainer.config import TrainConfig  # noqa: E402
 from trainer.data.scan import scan_folder  # noqa: E402
 from trainer.train.recipe import RECIPE_KEYS, image_facts  # noqa: E402
 
-pytestmark = pytest.mark.gui
 
 
 @pytest.fixture

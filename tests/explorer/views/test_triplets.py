@@ -1,6 +1,6 @@
 """Tests of the triplet inspection view (explorer/views/triplets_view.py).
 
-The run comes from test_neighbors_view.make_run (clustered embeddings, held-out classes, telemetry with mined
+The run comes from tests.support.runs.clustered_run (clustered embeddings, held-out classes, telemetry with mined
 tuples, one sample placed in another class's cluster). Counts shown must equal trainer.analysis.census.epoch_census and a
 plain triple loop over every (anchor, positive, negative).
 """
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_neighbors_view import MISLABELLED, brute_distance, make_run
+from tests.support.runs import MISLABELLED, clustered_run
+from tests.support.twins import brute_distance
 
 from trainer.store import SPLIT_HELDOUT, SPLIT_TRAIN, RunReader
 from trainer.analysis.census import epoch_census
@@ -44,7 +45,7 @@ def brute_census(x: np.ndarray, y: np.ndarray, margin: float, metric: str) -> di
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("tprun"), params={"margin": 0.5})
+    return clustered_run(tmp_path_factory.mktemp("tprun"), params={"margin": 0.5})
 
 
 @pytest.fixture

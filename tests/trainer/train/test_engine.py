@@ -22,48 +22,15 @@ from trainer.errors import TrainingError
 from trainer.model.checkpoint import check_checkpoint, load_checkpoint
 from trainer.model.losses import loss_margin, loss_metric
 from trainer.store import RunLock, RunReader, run_in_training
-from trainer.train.engine import Trainer
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_folder(root: Path, n_classes: int = 6, per_class: int = 8, size: int = 24, seed: int = 0) -> Path:
-    """Small class folder: each class a distinct colour pattern plus noise, so a network can separate them."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for c in range(n_classes):
-        d = root / f"class_{c}"
-        d.mkdir(parents=True)
-        base = rng.integers(0, 255, size=(4, 4, 3))
-        for i in range(per_class):
-            img = np.kron(base, np.ones((size // 4, size // 4, 1))) + rng.normal(0, 25, size=(size, size, 3))
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"{i}.png")
-    return root
+from tests.support import ROOT
+from tests.support.runs import make_folder, run_collect, tiny_config
 
 
-def tiny_config(data_dir: Path, **changes) -> TrainConfig:
-    cfg = TrainConfig().replace(**{
-        "data.data_dir": str(data_dir), "data.image_size": 24, "data.augment": False, "data.batch_classes": 3,
-        "data.batch_per_class": 4, "data.num_workers": 0, "data.holdout_fraction": 0.34,
-        "model.backbone": "small_cnn", "model.pretrained": False, "model.embedding_dim": 16,
-        "optim.epochs": 2, "optim.batches_per_epoch": 3, "optim.lr": 1e-3,
-        "loss.name": "triplet", "loss.miner": "semihard_triplets", "device": "cpu", "amp": "off", "seed": 3,
-    })
-    return cfg.replace(**changes) if changes else cfg
 
 
-def run_collect(cfg, run_dir, **kwargs) -> list:
-    got: list = []
-    on_event = kwargs.pop("on_event", None)
 
-    def emit(e):
-        got.append(e)
-        if on_event:
-            on_event(e)
 
-    Trainer(cfg, run_dir, emit=emit, **kwargs).run()
-    return got
+
 
 
 @pytest.fixture(scope="module")
@@ -257,23 +224,6 @@ def test_foreign_and_mismatched_checkpoints_are_refused(folder, tmp_path):
         check_checkpoint(state, path, dim=32)
 
 
-def test_trainer_never_imports_qt():
-    code = (
-        "import sys, importlib, pkgutil\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('PySide6', 'PyQt5', 'PyQt6', 'pyqtgraph', 'qtpy', 'shiboken6'):\n"
-        "            raise ImportError('Qt is blocked: ' + name)\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "import trainer\n"
-        "names = [m.name for m in pkgutil.walk_packages(trainer.__path__, 'trainer.')]\n"
-        "for name in names:\n"
-        "    importlib.import_module(name)\n"
-        "print(len(names), 'ok')\n"
-    )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr
-    assert int(res.stdout.split()[0]) >= 30  # every module of every stage, not only the top level
 
 
 def test_head_lr_multiplier_follows_the_weights_as_loaded_not_as_asked_for():

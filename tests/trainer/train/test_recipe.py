@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_engine import make_folder, run_collect, tiny_config
+from tests.support.runs import make_folder, run_collect, tiny_config
 from trainer import events as ev
 from trainer.config import PRESETS, TrainConfig
 from trainer.model.checkpoint import load_checkpoint
 from trainer.train.recipe import RECIPE_KEYS, Facts, choose_backbone, data_facts, derive, image_facts, rules
 from trainer.store import RunReader
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def facts(**kw) -> Facts:

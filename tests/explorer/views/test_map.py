@@ -16,7 +16,6 @@ from explorer.views.map.view import MapView
 from trainer.analysis import projection
 from trainer.store import RunReader, RunWriter, SampleTable
 
-pytestmark = pytest.mark.gui
 
 
 @pytest.fixture

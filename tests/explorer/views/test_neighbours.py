@@ -6,64 +6,17 @@ PNG files so thumbnails load); the neighbours shown must equal a brute-force loo
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from trainer.model.losses import loss_margin, loss_metric
-from trainer.store import SPLIT_HELDOUT, SPLIT_TRAIN, RunReader, RunWriter, SampleTable
-
-N_CLASSES = 6  # classes 0..2 trained, 3..5 held out
-PER_CLASS = 6
-DIM = 8
-MISLABELLED = 1  # sample id whose embedding sits in another class's cluster (a diagnostics target)
+from tests.support.runs import PER_CLASS, clustered_run
+from tests.support.twins import brute_neighbours
+from trainer.store import SPLIT_HELDOUT, RunReader
 
 
-def make_run(root: Path, *, loss: str = "triplet", epochs: int = 3, seed: int = 0, params: dict | None = None) -> Path:
-    """Images + a run whose spread shrinks with the epoch; telemetry with per-batch counts and mined tuples."""
-    rng = np.random.default_rng(seed)
-    classes = [f"class_{c}" for c in range(N_CLASSES)]
-    data = root / "data"
-    paths, labels, split = [], [], []
-    for c in range(N_CLASSES):
-        (data / classes[c]).mkdir(parents=True)
-        colour = tuple(int(v) for v in rng.integers(0, 255, 3))
-        for k in range(PER_CLASS):
-            rel = f"{classes[c]}/img_{k}.png"
-            Image.new("RGB", (10, 10), colour).save(data / rel)
-            paths.append(rel)
-            labels.append(c)
-            split.append(SPLIT_TRAIN if c < 3 else SPLIT_HELDOUT)
-    perm = rng.permutation(len(paths))
-    samples = SampleTable(paths=[paths[p] for p in perm], labels=np.array(labels, np.int64)[perm],
-                          split=np.array(split, np.int8)[perm], roots=[str(data)],
-                          root_index=np.zeros(len(paths), np.int16))
-    run_dir = root / "run"
-    cfg = {"loss": {"name": loss, "params": params or {}}}
-    w = RunWriter.create(run_dir, config=cfg, classes=classes, samples=samples, metric=loss_metric(loss),
-                         margin=loss_margin(loss, params))
-    centres = 3.0 * rng.normal(size=(N_CLASSES, DIM))
-    y = samples.labels
-    other = int(np.flatnonzero((samples.split == samples.split[MISLABELLED]) & (y != y[MISLABELLED]))[0])
-    for e in range(epochs):
-        emb = centres[y] + (1.6 - 0.5 * e) * rng.normal(size=(len(y), DIM))
-        emb[MISLABELLED] = centres[y[other]] + 0.05 * rng.normal(size=DIM)
-        n_b = 5
-        mined_b = np.repeat([3, 4], 6)
-        a = rng.integers(0, len(y), 12)
-        p = rng.integers(0, len(y), 12)
-        n = rng.integers(0, len(y), 12)
-        p[[2, 8]] = -1
-        n[[5]] = -1
-        tel = {"loss": rng.random(n_b), "lr": np.full(n_b, 1e-3), "n_tuples": rng.integers(10, 50, n_b),
-               "n_easy": rng.integers(0, 100, n_b), "n_semihard": rng.integers(0, 50, n_b),
-               "n_hard": rng.integers(0, 20, n_b), "mean_d_ap": rng.random(n_b), "mean_d_an": rng.random(n_b),
-               "mined_batch": mined_b, "mined_anchor": a, "mined_positive": p, "mined_negative": n}
-        w.write_epoch(e, emb.astype(np.float32), {"precision_at_1": 0.5}, tel)
-    return run_dir
+
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -71,22 +24,8 @@ def make_run(root: Path, *, loss: str = "triplet", epochs: int = 3, seed: int = 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def brute_distance(a: np.ndarray, b: np.ndarray, metric: str) -> float:
-    a = [float(v) for v in a]
-    b = [float(v) for v in b]
-    if metric == "cosine":
-        dot = sum(u * v for u, v in zip(a, b))
-        return 1.0 - dot / (math.sqrt(sum(u * u for u in a)) * math.sqrt(sum(v * v for v in b)))
-    return math.sqrt(sum((u - v) ** 2 for u, v in zip(a, b)))
 
 
-def brute_neighbours(x: np.ndarray, query: int, gallery: list[int], k: int, metric: str) -> list[tuple[float, int]]:
-    out = []
-    for j in gallery:
-        if j != query:
-            out.append((brute_distance(x[query], x[j], metric), j))
-    out.sort()
-    return out[:k]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -96,7 +35,7 @@ def brute_neighbours(x: np.ndarray, query: int, gallery: list[int], k: int, metr
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("nbrun"))
+    return clustered_run(tmp_path_factory.mktemp("nbrun"))
 
 
 @pytest.fixture
@@ -207,7 +146,7 @@ def test_sample_list_search_and_row_query(qtbot, view, run_dir):
 
 
 def test_cosine_loss_uses_cosine_distance(qtbot, view, tmp_path):
-    run_dir = make_run(tmp_path, loss="multi_similarity", epochs=1, seed=2)
+    run_dir = clustered_run(tmp_path, loss="multi_similarity", epochs=1, seed=2)
     r = open_run(qtbot, view, run_dir)
     assert view.distance_metric == "cosine"
     select(qtbot, view, 4)
@@ -238,7 +177,7 @@ def test_grab_png(qtbot, view, run_dir, tmp_path):
 
 
 def test_external_image_query_finds_itself(qtbot, view, tmp_path):
-    from test_engine import make_folder, tiny_config
+    from tests.support.runs import make_folder, tiny_config
 
     from trainer.train.engine import Trainer
 

@@ -8,18 +8,17 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from test_engine import make_folder, tiny_config
+from tests.support.runs import make_folder, tiny_config
 from trainer.train.lr_find import lr_at_step, lr_range_test, smooth, suggest
 from trainer.store import RunReader
 from trainer.train.sweep import SWEEP_FILE, interval95, run_sweep, summarize
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_schedule_is_geometric_from_start_to_end():
