@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import re
 import shutil
 import socket
@@ -31,12 +30,13 @@ from typing import Any
 import h5py
 import numpy as np
 
+from trainer.model.checkpoint import CHECKPOINT_FORMAT
+
 SPLIT_TRAIN = 0
 SPLIT_HELDOUT = 1
 
 FORMAT_NAME = "embedding-explorer-run"
 FORMAT_VERSION = 1
-CHECKPOINT_FORMAT = "embedding-explorer-checkpoint"
 
 MANIFEST = "manifest.json"
 SAMPLES_FILE = "samples.h5"
@@ -687,32 +687,6 @@ class RunWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> dict:
-    """Load a checkpoint written by :meth:`RunWriter.write_checkpoint` with ``weights_only=True`` (no code runs);
-    anything else is refused with a RunError naming the file."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise RunError(f"checkpoint {path} does not exist")
-    with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":
-            raise RunError(f"{path} is not a checkpoint this program can load: it is not a zip archive as "
-                           f"torch.save writes")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise RunError(f"{path} is not a checkpoint this program can load safely: it holds objects other than "
-                       f"tensors and plain data, and loading those could run code") from None
-    except Exception as exc:  # torch raises many kinds for a foreign or damaged file
-        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
-        raise RunError(f"{path} is not a checkpoint this program can load ({type(exc).__name__}"
-                       f"{': ' + first[0] if first else ''})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise RunError(f"{path} is not an Embedding Explorer checkpoint (no {CHECKPOINT_FORMAT!r} marker)")
-    return state
 
 
 class RunReader:

@@ -27,8 +27,9 @@ from trainer.store import (
     RunWriter,
     SampleTable,
     is_run_dir,
-    load_checkpoint,
 )
+from trainer.errors import TrainingError
+from trainer.model.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 
 from tests.support.store_writer_proc import synthetic_epoch, synthetic_samples
 from tests.support import ROOT
@@ -117,7 +118,7 @@ def test_round_trip_everything(tmp_path: Path) -> None:
     assert np.isnan(hist["nan_metric"]).all()
     assert r.checkpoint_path() == ck == r.checkpoint_path(2) and r.checkpoint_path(1) is None
     loaded = load_checkpoint(ck)
-    assert loaded["format"] == store.CHECKPOINT_FORMAT and loaded["classes"] == CLASSES
+    assert loaded["format"] == CHECKPOINT_FORMAT and loaded["classes"] == CLASSES
     assert torch.equal(loaded["model"]["w"], torch.arange(6.0))
     np.testing.assert_array_equal(r.features(), feats)
     assert r.load_json("thresholds.json") == {"cosine": 0.42} and r.load_json("absent.json") is None
@@ -472,17 +473,17 @@ def test_refuses_foreign_checkpoints(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     plain = tmp_path / "plain.pt"
     torch.save({"model": {"w": torch.ones(1)}}, plain)
-    with pytest.raises(RunError, match=re.escape(str(plain)) + ".*not an Embedding Explorer checkpoint"):
+    with pytest.raises(TrainingError, match=re.escape(str(plain)) + ".*not an Embedding Explorer checkpoint"):
         load_checkpoint(plain)
     code = tmp_path / "code.pt"
-    torch.save({"format": store.CHECKPOINT_FORMAT, "obj": threading.Lock}, code)  # needs unpickling a class
-    with pytest.raises(RunError, match=re.escape(str(code)) + ".*can load safely: it holds objects other than tensors"):
+    torch.save({"format": CHECKPOINT_FORMAT, "obj": threading.Lock}, code)  # needs unpickling a class
+    with pytest.raises(TrainingError, match=re.escape(str(code)) + ".*can load safely: it holds objects other than tensors"):
         load_checkpoint(code)
     text = tmp_path / "text.pt"
     text.write_text("hello")
-    with pytest.raises(RunError, match=re.escape(str(text)) + " is not a checkpoint.*not a zip archive"):
+    with pytest.raises(TrainingError, match=re.escape(str(text)) + " is not a checkpoint.*not a zip archive"):
         load_checkpoint(text)
-    with pytest.raises(RunError, match="does not exist"):
+    with pytest.raises(TrainingError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
     w = make_run(tmp_path, epochs=1)
     with pytest.raises(ValueError, match="reserved"):
