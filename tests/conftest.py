@@ -9,6 +9,9 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# pytest-qt's binding, set here rather than in pyproject: where Qt is not installed (the trainer-only CI run)
+# pytest refuses an ini option that no plugin knows
+os.environ.setdefault("PYTEST_QT_API", "pyside6")
 # Caches (demo folder, scan cache) go to a per-session temporary folder unless CI points them elsewhere.
 if "EMBEDDING_EXPLORER_CACHE" not in os.environ:
     os.environ["EMBEDDING_EXPLORER_CACHE"] = tempfile.mkdtemp(prefix="ee-test-cache-")
