@@ -30,6 +30,8 @@ import numba
 import numpy as np
 import torch
 
+from trainer.analysis.distances import check_metric, metric_rows
+
 Metric = Literal["cosine", "euclidean"]
 CATEGORIES = ("easy", "semihard", "hard")
 
@@ -86,12 +88,6 @@ def _check_category(category: str) -> str:
     return category
 
 
-def _check_metric(metric: str) -> str:
-    if metric not in ("cosine", "euclidean"):
-        raise ValueError(f"unknown metric {metric!r}; expected 'cosine' or 'euclidean'")
-    return metric
-
-
 def _check_margin(margin: float) -> float:
     margin = float(margin)
     if not np.isfinite(margin):
@@ -119,13 +115,6 @@ def _as_embeddings(embeddings: Any, labels: Any) -> tuple[np.ndarray, np.ndarray
     return x, y.astype(np.int64, copy=False)
 
 
-def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
-    """Rows as used by the distance: L2-normalised for cosine (as torch.nn.functional.normalize), else as is."""
-    if metric == "cosine":
-        return np.ascontiguousarray(torch.nn.functional.normalize(torch.from_numpy(x), dim=1).numpy())
-    return x
-
-
 def _key_matrix(
     x: torch.Tensor, labels: torch.Tensor, metric: str | None, distance: Any
 ) -> tuple[torch.Tensor, bool]:
@@ -141,7 +130,7 @@ def _key_matrix(
                 f"{labels.shape[0]} labels, got shape {tuple(x.shape)}"
             )
         return x, False
-    _check_metric(metric)
+    check_metric(metric)
     if x.ndim != 2 or x.shape[0] != labels.shape[0]:
         raise ValueError(f"embeddings must be (B, D) with B == len(labels), got {tuple(x.shape)}")
     if metric == "cosine":
@@ -433,7 +422,7 @@ def epoch_census(
     (sample ids) may be given instead of sampling.
     """
     margin = _check_margin(margin)
-    _check_metric(metric)
+    check_metric(metric)
     x, y = _as_embeddings(embeddings, labels)
     n = len(x)
     sampled = False
@@ -449,7 +438,7 @@ def epoch_census(
         sampled = True
     else:
         anc = np.arange(n, dtype=np.int64)
-    xp = _prepare(x, metric)
+    xp = metric_rows(x, metric)
     euclid = metric == "euclidean"
     # columns sorted by class: each anchor's positives are one contiguous slice, its negatives the rest
     order = np.argsort(y, kind="stable")

@@ -12,9 +12,9 @@ from trainer.analysis.census import (
     Census,
     Metric,
     _as_embeddings,
-    _prepare,
     epoch_census,
 )
+from trainer.analysis.distances import metric_rows
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def near_duplicates_across_classes(
     if len(x) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     if eps is None:
-        eps = 1e-3 * float(np.median(_sample_pair_distances(_prepare(x, metric), metric, 4000, 0)))
+        eps = 1e-3 * float(np.median(_sample_pair_distances(metric_rows(x, metric), metric, 4000, 0)))
     idx = index if index is not None else NeighbourIndex(x, metric=metric)
     i, j, d = idx.range_pairs(float(eps), query_ids=query_ids)
     cross = y[i] != y[j]
@@ -111,7 +111,7 @@ def diagnose(
     out: list[Diagnostic] = []
     if len(x) < 2:
         return [Diagnostic("info", "Too few samples", f"{len(x)} embedding(s): nothing to diagnose.")]
-    xp = _prepare(x, metric)
+    xp = metric_rows(x, metric)
     d = _sample_pair_distances(xp, metric, 20000, 0)
     # scale of the space: cosine distances live in [0, 2]; euclidean ones are compared with the vectors' size
     scale = 1.0 if metric == "cosine" else max(float(np.median(np.linalg.norm(x, axis=1))), 1e-30)

@@ -1,17 +1,44 @@
 """Distances: the metrics a run can use, input checks and the one normalisation policy.
+
+Every distance here is smaller = more alike. ``"cosine"`` is 1 - cos of rows scaled to unit length by
+:func:`unit_rows`, which is exactly ``torch.nn.functional.normalize`` (the rule of the model's own head and of
+pytorch-metric-learning's CosineSimilarity): a row of zeros stays zeros, so its cosine to every row is 0 and its
+distance 1. ``"euclidean"`` is the plain L2 distance of the rows as they are.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 METRICS = ("cosine", "euclidean")
 
 
+def check_metric(metric: str) -> str:
+    """``metric`` if it is one of :data:`METRICS`; a ValueError naming the choices otherwise."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+    return metric
+
+
+def unit_rows(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows of ``x`` (float32 or float64) scaled to length 1 as torch.nn.functional.normalize does (zero rows stay
+    zero); into ``out`` when given (which may be ``x`` itself)."""
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    if out is None:
+        return torch.nn.functional.normalize(t, p=2, dim=1).numpy()
+    torch.nn.functional.normalize(t, p=2, dim=1, out=torch.from_numpy(out))
+    return out
+
+
+def metric_rows(x: np.ndarray, metric: str) -> np.ndarray:
+    """The rows the metric compares: unit rows for cosine, the rows themselves for euclidean."""
+    return np.ascontiguousarray(unit_rows(x)) if check_metric(metric) == "cosine" else x
+
+
 def _check_inputs(embeddings, labels, metric: str, *, source: str = "embeddings") -> tuple[np.ndarray, np.ndarray]:
     """Validate and return (float32 C-contiguous (N, D) array, int64 dense labels 0..C-1)."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    check_metric(metric)
     x = np.asarray(embeddings)
     if x.ndim != 2:
         raise ValueError(f"{source}: expected a 2-D (N, D) array, got shape {x.shape}")
@@ -26,24 +53,6 @@ def _check_inputs(embeddings, labels, metric: str, *, source: str = "embeddings"
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
         raise ValueError(f"{source}: {int(bad.sum())} rows contain NaN or inf (first: row {int(np.argmax(bad))})")
-    if metric == "cosine":
-        norms = np.linalg.norm(x, axis=1)
-        zero = norms == 0
-        if zero.any():
-            raise ValueError(
-                f"{source}: {int(zero.sum())} rows are all zeros (first: row {int(np.argmax(zero))}); "
-                "cosine distance is undefined for them"
-            )
-        x = np.ascontiguousarray(x / norms[:, None].astype(np.float32))
+    x = metric_rows(x, metric)
     _, dense = np.unique(y, return_inverse=True)
     return x, dense.astype(np.int64).reshape(-1)
-
-
-def to_similarity(d, metric: str = "cosine"):
-    """Distance -> similarity for display: cosine gives cos = 1 - d; euclidean gives -d (larger = more alike)."""
-    return 1.0 - np.asarray(d) if metric == "cosine" else -np.asarray(d)
-
-
-def from_similarity(s, metric: str = "cosine"):
-    """Similarity -> distance, the inverse of :func:`to_similarity`."""
-    return 1.0 - np.asarray(s) if metric == "cosine" else -np.asarray(s)

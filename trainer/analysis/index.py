@@ -20,6 +20,8 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
+from trainer.analysis.distances import check_metric, unit_rows
+
 Metric = Literal["cosine", "euclidean"]
 
 __all__ = ["NeighbourIndex"]
@@ -51,13 +53,6 @@ def _as_rows(x: Any, what: str, dim: int | None = None) -> np.ndarray:
     return out
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    """Unit rows in place (zero rows stay zero: cosine 0 to everything)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    np.divide(x, norms, out=x, where=norms > 0)
-    return x
-
-
 def _recall(exact: np.ndarray, approx: np.ndarray) -> float:
     """Share of the exact neighbour ids (>= 0) that the approximate rows also hold."""
     hits = sum(len(np.intersect1d(e[e >= 0], a[a >= 0])) for e, a in zip(exact, approx))
@@ -81,8 +76,7 @@ class NeighbourIndex:
         kind: str = "ivf",
         target_recall: float = TARGET_RECALL,
     ) -> None:
-        if metric not in ("cosine", "euclidean"):
-            raise ValueError(f"unknown metric {metric!r}; expected 'cosine' or 'euclidean'")
+        check_metric(metric)
         if kind not in ("ivf", "hnsw"):
             raise ValueError(f"unknown approximate index {kind!r}; expected 'ivf' or 'hnsw'")
         self.metric: str = metric
@@ -94,7 +88,7 @@ class NeighbourIndex:
             faiss.omp_set_num_threads(max(1, int(threads)))
         x = _as_rows(embeddings, "embeddings")
         if metric == "cosine":
-            _normalise(x)
+            unit_rows(x, out=x)
         self.n, self.dim = x.shape
         self._x = x  # kept for exact recall measurement and brute-force fallbacks
         # a gallery of exact_limit rows or more is searched approximately (a 1e6 epoch by default)
@@ -189,7 +183,7 @@ class NeighbourIndex:
         """
         q = _as_rows(queries, "queries", dim=self.dim)
         if self.metric == "cosine":
-            _normalise(q)
+            unit_rows(q, out=q)
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
         nq = len(q)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trainer.analysis.distances import metric_rows
 from trainer.analysis.verification import DEFAULT_BINS, PairHistograms
 
 DEFAULT_MAX_GENUINE = 2_000_000
@@ -198,14 +199,7 @@ def pair_distances(embeddings, i: np.ndarray, j: np.ndarray, *, metric: str = "c
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be a 2-D (N, D) array, got shape {x.shape}")
-    if metric == "cosine":
-        norms = np.linalg.norm(x, axis=1)
-        if (norms == 0).any():
-            raise ValueError(f"embeddings: row {int(np.argmax(norms == 0))} is all zeros; cosine distance is "
-                             f"undefined for it")
-        x = x / norms[:, None]
-    elif metric != "euclidean":
-        raise ValueError(f"unknown metric {metric!r}; expected 'cosine' or 'euclidean'")
+    x = metric_rows(x, metric)
     out = np.empty(len(i), dtype=np.float64)
     for s in range(0, len(i), chunk):  # float32 products in cache-sized chunks, float64 result
         a, b = x[i[s:s + chunk]], x[j[s:s + chunk]]

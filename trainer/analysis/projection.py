@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from trainer.analysis.distances import unit_rows
+
 if TYPE_CHECKING:  # the worker module imports this one
     from trainer.analysis.projection_worker import ProjectionWorker
 
@@ -303,8 +305,7 @@ def project(
         bad = int((~np.isfinite(x).all(1)).sum())
         raise ValueError(f"embeddings contain NaN/inf in {bad} rows; the map cannot be drawn (did training diverge?)")
     if metric == "cosine":
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        x = x / np.maximum(norms, 1e-12)
+        x = unit_rows(x)
     n = x.shape[0]
     ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
     if ids.shape != (n,):

@@ -18,7 +18,7 @@ import math
 import numpy as np
 import torch
 
-from trainer.analysis.distances import METRICS
+from trainer.analysis.distances import METRICS, unit_rows
 from trainer.analysis.verification import PairHistograms
 
 
@@ -136,10 +136,7 @@ def rates_ci_at_threshold(embeddings, labels, threshold: float, *, metric: str =
     if lab.shape != (len(x),):
         raise ValueError(f"labels must be 1-D with one entry per row ({len(x)}), got shape {lab.shape}")
     if metric == "cosine":
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        if (norms == 0).any():
-            raise ValueError("embeddings: a row is all zeros; cosine distance is undefined for it")
-        x = x / norms
+        x = unit_rows(x)
     else:
         x = x - x.mean(axis=0, dtype=np.float64).astype(np.float32)
     _, y = np.unique(lab, return_inverse=True)

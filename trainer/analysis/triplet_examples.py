@@ -14,11 +14,10 @@ from trainer.analysis.census import (
     _as_embeddings,
     _check_category,
     _check_margin,
-    _check_metric,
     _first_true,
     _key_matrix,
-    _prepare,
 )
+from trainer.analysis.distances import check_metric, metric_rows
 
 
 @dataclass(frozen=True)
@@ -129,7 +128,7 @@ def triplet_examples(
     """
     _check_category(category)
     margin = _check_margin(margin)
-    _check_metric(metric)
+    check_metric(metric)
     if sort not in ("hardest", "easiest"):
         raise ValueError(f"sort must be 'hardest' or 'easiest', got {sort!r}")
     x, y = _as_embeddings(embeddings, labels)
@@ -141,7 +140,7 @@ def triplet_examples(
         cand = np.sort(np.random.default_rng(seed).choice(cand, size=int(max_anchors), replace=False))
     if len(cand) == 0:
         return empty
-    xp = _prepare(x, metric)
+    xp = metric_rows(x, metric)
     sq = np.einsum("ij,ij->i", xp, xp).astype(np.float32) if metric == "euclidean" else None
     yt = torch.from_numpy(y)
     per_anchor = n if max_per_anchor is None else max(1, min(n, int(max_per_anchor)))

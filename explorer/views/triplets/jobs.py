@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 import numpy as np
+
+from trainer.analysis.pairs import pair_distances
 from trainer.store import SPLIT_HELDOUT, SPLIT_TRAIN
 
 CATEGORY_TITLES = {"easy": "Easy", "semihard": "Semi-hard", "hard": "Hard"}
@@ -19,24 +21,14 @@ N_EXAMPLES = 40
 MAX_MINED_ROWS = 400
 
 
-def pair_distances(x: np.ndarray, a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
-    """Distances between rows x[a] and x[b] (1 - cos, or L2); NaN where a or b is -1."""
+def tuple_distances(x: np.ndarray, a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    """Distances between rows x[a] and x[b] (trainer.analysis.pairs.pair_distances); NaN where a or b is -1."""
     a = np.asarray(a, np.int64)
     b = np.asarray(b, np.int64)
     out = np.full(len(a), np.nan, np.float64)
     ok = (a >= 0) & (b >= 0)
-    if not ok.any():
-        return out
-    xa = x[a[ok]].astype(np.float64)
-    xb = x[b[ok]].astype(np.float64)
-    if metric == "cosine":
-        na = np.linalg.norm(xa, axis=1)
-        nb = np.linalg.norm(xb, axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cos = np.einsum("ij,ij->i", xa, xb) / (na * nb)
-        out[ok] = 1.0 - np.where((na > 0) & (nb > 0), cos, 0.0)
-    else:
-        out[ok] = np.linalg.norm(xa - xb, axis=1)
+    if ok.any():
+        out[ok] = pair_distances(x, a[ok], b[ok], metric=metric)
     return out
 
 
@@ -48,7 +40,7 @@ def mined_distances(x: np.ndarray, telemetry: dict[str, np.ndarray], metric: str
             "d_ap": np.zeros(0), "d_an": np.zeros(0)}
     b, a, p, n = (np.asarray(telemetry[k], np.int64) for k in keys)
     return {"batch": b, "anchor": a, "positive": p, "negative": n,
-            "d_ap": pair_distances(x, a, p, metric), "d_an": pair_distances(x, a, n, metric)}
+            "d_ap": tuple_distances(x, a, p, metric), "d_an": tuple_distances(x, a, n, metric)}
 
 
 @dataclass

@@ -193,13 +193,13 @@ def test_miner_tab_lists_the_mined_tuples(qtbot, view, run_dir):
                                                                                  ed.embeddings[n], "euclidean"))
 
 
-def test_pair_distances_cosine_vs_brute_force():
-    from explorer.views.triplets.jobs import pair_distances
+def test_tuple_distances_cosine_vs_brute_force():
+    from explorer.views.triplets.jobs import tuple_distances
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(9, 5)).astype(np.float32)
     a, b = rng.integers(-1, 9, 30), rng.integers(-1, 9, 30)
-    got = pair_distances(x, a, b, "cosine")
+    got = tuple_distances(x, a, b, "cosine")
     for i, j, d in zip(a, b, got):
         if i < 0 or j < 0:
             assert math.isnan(d)

@@ -308,8 +308,8 @@ def test_bad_input_is_refused_with_the_reason():
         stratified_pair_sample([3])
     with pytest.raises(ValueError, match="budgets"):
         stratified_pair_sample([0, 1], max_genuine=-1)
-    with pytest.raises(ValueError, match="all zeros"):
-        pair_distances(np.zeros((2, 3)), np.array([0]), np.array([1]))
+    with pytest.raises(ValueError, match="unknown metric"):
+        pair_distances(np.ones((2, 3)), np.array([0]), np.array([1]), metric="l1")
 
 
 @pytest.mark.parametrize("n", [0, 7, 40, 150, 299, 300])
