@@ -150,10 +150,6 @@ class JobRunner(QObject):
         """True while the latest job submitted under ``key`` has not delivered its result."""
         return key in self._current
 
-    def active_count(self) -> int:
-        """Workers still running (cancelled ones included, until they return)."""
-        return len(self._alive)
-
     def wait(self, timeout_ms: int = -1) -> bool:
         """Block until all workers are done (tests, shutdown); queued results are delivered by the event loop."""
         return bool(self._pool.waitForDone(timeout_ms))

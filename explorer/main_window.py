@@ -53,10 +53,8 @@ def new_run_dir(runs_root: Path, data_dir: str | Path) -> Path:
 
 
 def _is_run_dir(path: Path) -> bool:
-    try:
-        from trainer.store import is_run_dir
-    except ImportError:
-        return (path / "manifest.json").is_file()
+    from trainer.store import is_run_dir
+
     return bool(is_run_dir(path))
 
 
@@ -203,12 +201,8 @@ class MainWindow(QMainWindow):
 
     # ---- views ------------------------------------------------------------------------------------------------
     def _make_map_view(self) -> QWidget:
-        try:
-            from explorer.views.map.view import MapView
-        except ImportError:
-            label = QLabel("The embedding map is not available in this build.")
-            label.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            return label
+        from explorer.views.map.view import MapView
+
         # share the window's job runner and thumbnails, so quitting cancels the map's UMAP jobs too
         return MapView(self.state, jobs=self.jobs, thumbnails=self.thumbnails)
 

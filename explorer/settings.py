@@ -6,7 +6,6 @@ QVariant quirks (a one-item list read back as a string, bools as "true"). Tests 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings
@@ -117,27 +116,6 @@ class Settings:
 
     def set_window_geometry(self, geometry: QByteArray) -> None:
         self.q.setValue("window/geometry", geometry)
-
-    def window_state(self) -> QByteArray | None:
-        """Saved dock/toolbar layout (``QMainWindow.saveState``), or None."""
-        value = self.q.value("window/state")
-        return value if isinstance(value, QByteArray) and not value.isEmpty() else None
-
-    def set_window_state(self, state: QByteArray) -> None:
-        self.q.setValue("window/state", state)
-
-    def get_json(self, key: str, default=None):
-        """A small JSON value stored under ``key`` (for views that want a setting without a typed accessor)."""
-        text = self.q.value(f"json/{key}")
-        if not text:
-            return default
-        try:
-            return json.loads(str(text))
-        except ValueError:
-            return default
-
-    def set_json(self, key: str, value) -> None:
-        self.q.setValue(f"json/{key}", json.dumps(value))
 
     def sync(self) -> None:
         """Write to disk now (QSettings otherwise writes lazily)."""

@@ -107,9 +107,6 @@ class TrainingController(QObject):
         """True while the trainer thread is alive."""
         return self._thread is not None and self._thread.is_alive()
 
-    def is_paused(self) -> bool:
-        return self._pause.is_set()
-
     def start(self, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False) -> None:
         """Start training ``cfg`` into ``run_dir`` in a background thread; refuses if a run is already going."""
         if self.is_running():

@@ -674,11 +674,6 @@ class RunWriter:
         _write_bytes_atomic(path, data)
         return path
 
-    def add_note(self, text: str) -> None:
-        """Append a free-text note to the manifest (e.g. 'resumed on another machine')."""
-        self._m["notes"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "text": str(text)})
-        self._commit()
-
     def close(self) -> None:
         """Nothing is held open between writes; kept so a writer can be used as a context manager."""
 
@@ -862,19 +857,3 @@ class RunReader:
                 return f["features"][()]
         except (OSError, KeyError) as exc:
             raise RunError(f"feature cache {path} cannot be read: {exc}") from None
-
-    def load_json(self, name: str) -> Any:
-        """A side file saved with :meth:`RunWriter.save_json`, or None when it does not exist."""
-        if not _JSON_NAME_RE.match(name) or name == MANIFEST:
-            raise ValueError(f"{name!r} is not a side-file name")
-        path = self.run_dir / name
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RunError(f"{path} cannot be read as JSON: {exc}") from None
-
-    @property
-    def notes(self) -> list[dict[str, str]]:
-        return list(self._m.get("notes", []))

@@ -23,44 +23,34 @@ CUSTOM = "Custom"
 
 
 # ---- registries (imported late: they pull in torch) -----------------------------------------------------------
-def _losses_module():
-    try:
-        from trainer.model import losses
-    except ImportError:
-        return None
-    return losses
-
-
 def loss_specs() -> dict[str, Any]:
-    """name -> LossSpec from trainer.model.losses (empty until that module exists)."""
-    mod = _losses_module()
-    return dict(getattr(mod, "LOSSES", {})) if mod else {}
+    """name -> LossSpec, the loss registry of trainer.model.losses."""
+    from trainer.model.losses import LOSSES
+
+    return dict(LOSSES)
 
 
 def miner_specs() -> dict[str, Any]:
     """name -> MinerSpec from trainer.model.losses; "none" is always offered."""
-    mod = _losses_module()
-    miners = dict(getattr(mod, "MINERS", {})) if mod else {}
+    from trainer.model.losses import MINERS
+
+    miners = dict(MINERS)
     miners.setdefault("none", None)
     return miners
 
 
 def backbone_specs() -> dict[str, Any]:
-    try:
-        from trainer.model.backbones import BACKBONES
-    except ImportError:
-        return {}
+    from trainer.model.backbones import BACKBONES
+
     return dict(BACKBONES)
 
 
 def miner_problem(loss: str, miner: str, loss_params: dict | None = None, miner_params: dict | None = None) -> str:
     """Why ``miner`` cannot feed ``loss`` ("" if it can), from trainer.model.losses.compatible."""
-    mod = _losses_module()
-    fn = getattr(mod, "compatible", None) if mod else None
-    if fn is None:
-        return ""
+    from trainer.model.losses import compatible
+
     try:
-        res = fn(loss, miner, loss_params or {}, miner_params or {})
+        res = compatible(loss, miner, loss_params or {}, miner_params or {})
     except (KeyError, ValueError) as exc:
         return str(exc)
     return res or ""  # None (or "") when the miner can feed the loss, else a sentence saying why not
@@ -68,10 +58,8 @@ def miner_problem(loss: str, miner: str, loss_params: dict | None = None, miner_
 
 def image_size_problem(backbone: str, size: int) -> str:
     """Why ``size`` px images do not suit ``backbone`` ("" if they do), from trainer.model.backbones.check_image_size."""
-    try:
-        from trainer.model.backbones import check_image_size
-    except ImportError:
-        return ""
+    from trainer.model.backbones import check_image_size
+
     try:
         check_image_size(backbone, size)
     except ValueError as exc:

@@ -27,22 +27,9 @@ def sample_path(samples, i: int) -> Path:
 
 def load_thumbnail_array(path: Path, size_px: int) -> np.ndarray:
     """Decode ``path`` into an RGB uint8 (h, w, 3) thumbnail fitting in size_px; errors name the file."""
-    try:
-        from trainer.data.images import make_thumbnail
-    except ImportError:  # the dataset module is optional for this cache
-        make_thumbnail = None
-    if make_thumbnail is not None:
-        img = make_thumbnail(path, size_px)
-    else:
-        from PIL import Image
+    from trainer.data.images import make_thumbnail
 
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                im.thumbnail((size_px, size_px))
-                img = im.copy()
-        except (OSError, ValueError) as exc:
-            raise OSError(f"{path}: cannot make a thumbnail ({exc})") from exc
+    img = make_thumbnail(path, size_px)
     return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
 
 

@@ -192,12 +192,6 @@ def _count_from_keys(
     return easy, semi, hard_sum, sum_ap * n_neg, sum_an * n_pos
 
 
-# Batches up to this size would run the census on one torch thread. Off (0): switching the thread count around
-# every training step cost the loop 9-13 % of its images/s (bench_train (a): 0.87 with the switch, 1.01 without),
-# more than the census itself gains on one thread.
-_SMALL_BATCH = 0
-
-
 @contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
     """Run the block with ``n`` torch intra-op threads (None: leave as is), restoring the setting afterwards."""
@@ -235,14 +229,13 @@ def batch_census(
         x = x.float()
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
-    with _torch_threads(1 if x.shape[0] <= _SMALL_BATCH else None):
-        key, inverted = _key_matrix(x, lab, metric, distance)
-        key = key.contiguous()
-        if key.shape[0] == 0:
-            return TripletCounts(0, 0, 0, 0, float("nan"), float("nan"))
-        if not bool(torch.isfinite(key).all()):
-            raise ValueError("batch_census: the distance matrix contains NaN or infinite values")
-        easy, semi, hard, w_ap, w_an = _count_from_keys(key, lab, margin)
+    key, inverted = _key_matrix(x, lab, metric, distance)
+    key = key.contiguous()
+    if key.shape[0] == 0:
+        return TripletCounts(0, 0, 0, 0, float("nan"), float("nan"))
+    if not bool(torch.isfinite(key).all()):
+        raise ValueError("batch_census: the distance matrix contains NaN or infinite values")
+    easy, semi, hard, w_ap, w_an = _count_from_keys(key, lab, margin)
     n_e, n_s, n_h = int(easy.sum()), int(semi.sum()), int(hard.sum())
     total = n_e + n_s + n_h
     if total == 0:

@@ -15,7 +15,6 @@ from trainer.analysis.census import (
     _check_category,
     _check_margin,
     _first_true,
-    _key_matrix,
 )
 from trainer.analysis.distances import check_metric, metric_rows
 
@@ -36,44 +35,6 @@ class TripletExamples:
     def __iter__(self):  # allows ``a, p, n, d_ap, d_an = triplet_examples(...)``
         return iter((self.anchor, self.positive, self.negative, self.d_ap, self.d_an))
 
-
-@torch.no_grad()
-def batch_triplet_examples(
-    dist_or_embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    margin: float,
-    category: str,
-    *,
-    metric: Metric | None = None,
-    n: int = 16,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A uniform random sample of up to ``n`` (anchor, positive, negative) batch indices of one category."""
-    _check_category(category)
-    margin = _check_margin(margin)
-    x = torch.as_tensor(dist_or_embeddings).detach().float()
-    lab = torch.as_tensor(labels).detach().to(x.device)
-    key, _ = _key_matrix(x, lab, metric, None)
-    same = lab.unsqueeze(0) == lab.unsqueeze(1)
-    pos = same & ~torch.eye(len(lab), dtype=torch.bool, device=x.device)
-    a_idx, p_idx = torch.nonzero(pos, as_tuple=True)
-    gen = torch.Generator().manual_seed(seed)
-    picked_a, picked_p, picked_n = [], [], []
-    # rejection-free: per sampled pair, choose among the negatives of the right category
-    perm = torch.randperm(len(a_idx), generator=gen)
-    m = torch.tensor(margin, dtype=key.dtype)
-    for j in perm.tolist():
-        a, p = int(a_idx[j]), int(p_idx[j])
-        diff = key[a] - key[a, p]
-        ok = ~same[a] & _category_mask(diff, m, category)
-        cand = torch.nonzero(ok).flatten()
-        if len(cand):
-            picked_a.append(a)
-            picked_p.append(p)
-            picked_n.append(int(cand[torch.randint(len(cand), (1,), generator=gen)]))
-            if len(picked_a) >= n:
-                break
-    return (np.array(picked_a, np.int64), np.array(picked_p, np.int64), np.array(picked_n, np.int64))
 
 
 def _category_mask(diff: Any, m: Any, category: str) -> Any:

@@ -328,9 +328,6 @@ def threshold_at_far(h: PairHistograms, far: float) -> float:
     return float(h.edges[k])
 
 
-def eer_threshold(h: PairHistograms) -> float:
-    """Threshold where FAR = FRR (interpolated between bin edges)."""
-    return roc_from_histograms(h, far_levels=()).eer_threshold
 
 
 def verification_metrics(

@@ -1,4 +1,4 @@
-"""Neighbour query panel (issue #5): the k nearest samples of a query in the embedding of the epoch shown.
+"""Neighbour query panel: the k nearest samples of a query in the embedding of the epoch shown.
 
 A query is the point selected in the map, a row of the searchable sample list, or an image file (chosen or
 dropped on the panel) embedded with the run's checkpoint. The faiss index (trainer.analysis.index.NeighbourIndex: exact up

@@ -1,4 +1,4 @@
-"""Verification threshold studio (issue #6): choose the distance at which two images count as "the same",
+"""Verification threshold studio: choose the distance at which two images count as "the same",
 with known error rates on the held-out classes of the epoch shown.
 
 Everything is a DISTANCE, smaller = more alike; a pair is accepted as "same" when d <= t. The exact all-pairs

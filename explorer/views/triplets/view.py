@@ -1,4 +1,4 @@
-"""Triplet inspection view (issue #5): easy / semi-hard / hard census of an epoch, example triplets, what the miner
+"""Triplet inspection view: easy / semi-hard / hard census of an epoch, example triplets, what the miner
 chose in the last batches, and plain-language diagnostics.
 
 All counting is trainer.analysis.census (exact, PML's rules); this module only schedules it in background jobs, caches

@@ -10,7 +10,7 @@ from pytorch_metric_learning.miners import TripletMarginMiner
 
 from tests.support.twins import brute_distances
 from trainer.analysis.census import batch_census, epoch_census
-from trainer.analysis.triplet_examples import batch_triplet_examples, triplet_examples
+from trainer.analysis.triplet_examples import triplet_examples
 from trainer.analysis.diagnostics import diagnose, near_duplicates_across_classes, suspected_mislabels
 
 MARGINS = [-0.1, 0.0, 0.05, 0.2, 1.0]
@@ -179,19 +179,6 @@ def test_batch_census_stats_match_pml_and_distance_matrix_input():
         batch_census(x, y, 0.2)
     empty = batch_census(torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), 0.2)
     assert empty.n_total == 0
-
-
-def test_batch_triplet_examples_are_in_category():
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(40, 6, generator=g)
-    y = torch.arange(5).repeat(8)
-    d = brute_distances(x.numpy(), "euclidean")
-    for cat in ("easy", "semihard", "hard"):
-        a, p, n = batch_triplet_examples(x, y, 0.3, cat, metric="euclidean", n=10)
-        assert len(a) == 10
-        for i in range(len(a)):
-            assert y[a[i]] == y[p[i]] != y[n[i]] and a[i] != p[i]
-            assert category(d[a[i], p[i]], d[a[i], n[i]], 0.3) == cat
 
 
 # ---------------------------------------------------------------- examples for the gallery
