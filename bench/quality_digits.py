@@ -3,7 +3,7 @@
 Trains the default CPU recipe (the "Quick look (CPU)" preset) and, with --all-losses, every loss for a short run,
 and prints held-out MAP@R / P@1 of the untrained network (epoch 0) against the trained one.
 
-    python bench/quality_digits.py [--epochs 10] [--all-losses] [--loss-epochs 3]
+    python -m bench.quality_digits [--epochs 10] [--all-losses] [--loss-epochs 3]
 """
 
 from __future__ import annotations

@@ -1,22 +1,22 @@
 """GUI latency probe: how late a 10 ms QTimer fires while the map view loads epochs and projects them in the
 background (the event loop must stay responsive). Target: p99 <= 50 ms, max <= 200 ms.
 
-python bench/bench_gui_latency.py [--quick]
+python -m bench.gui_latency [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import numpy as np  # noqa: E402
+
+from bench.common import latency_probe, summary  # noqa: E402
 
 
 def main() -> None:
@@ -55,30 +55,6 @@ def main() -> None:
             probe_training(app, Path(tempfile.mkdtemp(prefix="ee-bench-train-")), epochs=2 if a.quick else 3)
         else:
             probe(app, tmp, n, epochs, a.method, mode)
-
-
-def latency_probe():
-    """A 10 ms QTimer (not started) and the list it fills with how late each tick fired, in ms."""
-    from PySide6.QtCore import QTimer
-
-    lat: list[float] = []
-    last = [time.perf_counter()]
-
-    def tick() -> None:
-        now = time.perf_counter()
-        lat.append((now - last[0]) * 1000 - 10.0)
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(tick)
-    return timer, lat
-
-
-def summary(lat: list[float]) -> str:
-    x = np.array(lat[1:])
-    return (f"timer lateness over {len(x)} ticks: p50 {np.percentile(x, 50):.1f} ms, p99 {np.percentile(x, 99):.1f} ms, "
-            f"max {x.max():.1f} ms (target p99 <= 50, max <= 200)")
 
 
 def probe_training(app, tmp: Path, epochs: int) -> None:

@@ -3,36 +3,24 @@ neighbours) against what a user would otherwise run: pytorch-metric-learning's A
 k (all N - 1 neighbours) plus a separate faiss search for Recall@K. Also prints the per-epoch cost of
 verification_metrics. Synthetic clustered embeddings (Gaussian around class centres, L2-normalised).
 
-    python bench/bench_retrieval.py            # 10,000 x 128, 500 classes
-    python bench/bench_retrieval.py --quick    # 2,000 x 128, 100 classes
+    python -m bench.retrieval            # 10,000 x 128, 500 classes
+    python -m bench.retrieval --quick    # 2,000 x 128, 100 classes
 Timings are wall-clock and noisy on a shared CPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer.analysis.retrieval import retrieval_metrics
 from trainer.analysis.verification import verification_metrics
-
-
-def clustered(n: int, dim: int, n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_classes, dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    labels = rng.integers(0, n_classes, size=n)
-    x = centres[labels] + 1.6 * rng.normal(size=(n, dim)) / np.sqrt(dim)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32), labels
+from bench.common import clustered
 
 
 def pml_default(x: np.ndarray, y: np.ndarray, k_values=(1, 2, 4, 8)) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Triplet census speed against pytorch-metric-learning's TripletMarginMiner, side by side in one run.
 
-    python bench/bench_triplets.py [--quick]
+    python -m bench.triplets [--quick]
 
 1. One training batch (32 classes x 8 = 256 images, D=128): our batch_census (all three categories in one
    call) vs PML's miner called once per type ("easy", "semihard", "hard"); counts must be identical.
@@ -14,29 +14,16 @@ Timings are medians of repeats; the machine is shared, so expect noise.
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pytorch_metric_learning.distances import CosineSimilarity, LpDistance  # noqa: E402
 from pytorch_metric_learning.miners import TripletMarginMiner  # noqa: E402
 
 from trainer.analysis.census import batch_census, epoch_census
-
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+from bench.common import timed
 
 
 def clustered(n: int, classes: int, dim: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

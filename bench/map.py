@@ -3,7 +3,7 @@ projection of a 10k epoch vs umap-learn's default fit_transform; (c) first map i
 
 (d) the app's path: first map from the warmed-up child process.
 
-python bench/bench_map.py [--quick]     (numbers are noisy on a shared CPU)
+python -m bench.map [--quick]     (numbers are noisy on a shared CPU)
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import numpy as np  # noqa: E402
@@ -177,7 +176,7 @@ def main() -> None:
     a = ap.parse_args()
     sizes = (20_000, 100_000) if a.quick else (100_000, 1_000_000)
     for n in sizes:  # one process per size: PySide aborts when a second big plot is built in the same process
-        code = f"import sys; sys.path.insert(0, 'bench'); import bench_map as B; B.bench_fps({n}, {20 if a.quick else 60})"
+        code = f"from bench.map import bench_fps; bench_fps({n}, {20 if a.quick else 60})"
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            cwd=Path(__file__).resolve().parents[1])
         print(r.stdout.strip() or f"(a) n={n:,}: failed: {r.stderr.strip().splitlines()[-1:]}")

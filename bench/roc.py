@@ -2,40 +2,22 @@
 write: a plain chunked torch.histc over masked distance blocks, and scikit-learn's roc_curve + roc_auc_score on
 the full list of pair distances. Synthetic clustered embeddings (Gaussian around class centres, L2-normalised).
 
-    python bench/bench_roc.py            # 20,000 x 128 (2 x 10^8 pairs); sklearn on 5,000 (1.25 x 10^7 pairs)
-    python bench/bench_roc.py --quick    # small sizes
+    python -m bench.roc            # 20,000 x 128 (2 x 10^8 pairs); sklearn on 5,000 (1.25 x 10^7 pairs)
+    python -m bench.roc --quick    # small sizes
 Timings are wall-clock on whatever CPU this runs on; on a shared machine they are noisy.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer.analysis.verification import pair_histograms, roc_from_histograms
-
-
-def clustered(n: int, dim: int, n_classes: int, seed: int = 0, spread: float = 0.35) -> tuple[np.ndarray, np.ndarray]:
-    """Unit vectors scattered around random class centres (n samples, roughly n / n_classes per class)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_classes, dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    labels = rng.integers(0, n_classes, size=n)
-    x = centres[labels] + spread * rng.normal(size=(n, dim)) / np.sqrt(dim) * 3
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32), labels
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from bench.common import clustered, peak_rss_mb
 
 
 def plain_torch_histc(x: np.ndarray, y: np.ndarray, bins: int, rows: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +57,7 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}  (timings noisy on a shared CPU)")
 
     # --- ours on the big set ------------------------------------------------------------------------------------
-    x, y = clustered(n_big, dim, n_classes)
+    x, y = clustered(n_big, dim, n_classes, spread=1.05)
     n_pairs = n_big * (n_big - 1) // 2
     rss0 = peak_rss_mb()
     times = []
@@ -104,7 +86,7 @@ def main() -> None:
     # --- against scikit-learn on the smaller set ----------------------------------------------------------------
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    xs, ys = clustered(n_sk, dim, n_classes, seed=1)
+    xs, ys = clustered(n_sk, dim, n_classes, seed=1, spread=1.05)
     n_pairs_s = n_sk * (n_sk - 1) // 2
     t0 = time.perf_counter()
     h_s = pair_histograms(xs, ys, metric="cosine")

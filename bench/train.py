@@ -5,7 +5,7 @@
 (b) data loading: decode + transform images/s against the model's training images/s;
 (c) per-epoch evaluation time (retrieval + verification metrics) at 10,000 and 100,000 embeddings.
 
-    python bench/bench_train.py [--quick] [--backbone small_cnn] [--image-size 64]
+    python -m bench.train [--quick] [--backbone small_cnn] [--image-size 64]
 """
 
 from __future__ import annotations

@@ -9,36 +9,22 @@ and prints seconds, MB/s and the ratio ours / baseline (> 1 means ours is slower
 several repeats; each repeated write goes to a new file (one file per epoch, for all three); reads are from the
 page cache (the file was just written), as they are in the app.
 
-    python bench/bench_store.py [--quick] [--repeats R]
+    python -m bench.store [--quick] [--repeats R]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer import store  # noqa: E402
 from trainer.store import RunReader, RunWriter, SampleTable  # noqa: E402
-
-
-def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """Median wall time of ``fn`` over ``repeats`` calls, and its last result."""
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+from bench.common import timed
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Neighbour search speed: NeighbourIndex (faiss) vs sklearn brute-force NearestNeighbors and plain numpy.
 
-    python bench/bench_index.py [--quick] [--hnsw-n N] [--skip-hnsw]
+    python -m bench.index [--quick] [--hnsw-n N] [--skip-hnsw]
 
 Single queries (one at a time, as the GUI asks when a point is clicked) on a 100,000-image gallery (D=128;
 10,000 with --quick), cosine; ids must agree with the numpy search.  Then the approximate indexes on ``--hnsw-n``
@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sklearn.neighbors import NearestNeighbors  # noqa: E402
 

@@ -1,6 +1,6 @@
 """What each stage of a run costs as N grows: store, neighbour index, census, pair histograms, map.
 
-    python bench/bench_scaling.py [--quick] [--sizes 10000,100000,1000000] [--dim 128]
+    python -m bench.scaling [--quick] [--sizes 10000,100000,1000000] [--dim 128]
 
 Synthetic clustered embeddings (N/50 classes, D = 128). Each stage is timed side by side with what a user would
 otherwise reach for: np.save/np.load for the store, exact faiss for HNSW, exact all-pairs histograms for the
@@ -12,31 +12,19 @@ The machine is shared: figures are noisy.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
-import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from bench.common import peak_rss_mb
+from bench.common import timed as _timed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+timed = functools.partial(_timed, best=True)  # each stage's best of its repeats
 
-
-def rss_mb() -> float:
-    """Peak resident memory of this process so far (MB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def timed(fn, repeat: int = 1):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def data(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +126,7 @@ def bench_map(x, labels, full_upto: int) -> None:
 
     n = len(x)
     t_s, lay = timed(lambda: project(x, "umap", labels=labels, metric="cosine", max_fit=min(n, 50_000)))
-    line = f"  map     UMAP (fit on <= 50k stratified, rest placed) {t_s:7.1f} s, peak RSS {rss_mb():6.0f} MB"
+    line = f"  map     UMAP (fit on <= 50k stratified, rest placed) {t_s:7.1f} s, peak RSS {peak_rss_mb():6.0f} MB"
     if n <= full_upto:
         import umap
 
@@ -177,7 +165,7 @@ def main() -> None:
                 bench_map(x, labels, full_upto=10_000)
             del x, labels
             gc.collect()
-    print(f"peak RSS {rss_mb():.0f} MB")
+    print(f"peak RSS {peak_rss_mb():.0f} MB")
 
 
 if __name__ == "__main__":

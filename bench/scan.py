@@ -1,6 +1,6 @@
 """Benchmark the folder scan against what a user would otherwise run: torchvision's ImageFolder + PIL.
 
-    python bench/bench_scan.py [--quick] [--dir PATH] [--workers N]
+    python -m bench.scan [--quick] [--dir PATH] [--workers N]
 
 Generates (once, into a temp folder or --dir) 5,000 noisy 256x256 JPEGs in 20 classes (--quick: 500), then times,
 side by side in the same run:
@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from torchvision.datasets import ImageFolder  # noqa: E402  (imported up front: not part of the timing)
 
 from trainer.data.scan import scan_folder
+from bench.common import timed
 
 
 def make_folder(root: Path, n_images: int, n_classes: int = 20, size: int = 256, seed: int = 0) -> None:
@@ -52,12 +50,6 @@ def baseline(root: Path) -> int:
         with open(path, "rb") as f:
             Image.open(f).convert("RGB")
     return len(ds.samples)
-
-
-def timed(fn) -> tuple[float, object]:
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
 
 
 def main() -> None:

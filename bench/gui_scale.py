@@ -1,7 +1,7 @@
 """The real window opening a very large run (issue 7): how long each view takes to show its result, and how late
 a 10 ms timer of the GUI thread fires meanwhile (the explorer's bound: p99 <= 50 ms, max <= 200 ms).
 
-    python bench/bench_gui_scale.py [--n 1000000] [--dim 128] [--classes 2000] [--quick]
+    python -m bench.gui_scale [--n 1000000] [--dim 128] [--classes 2000] [--quick]
 
 A synthetic run of ``--n`` images (half the classes trained, half held out; two epochs, the second better
 clustered) is written to a temporary folder; its image files do not exist, so thumbnails show placeholders. The
@@ -27,8 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import numpy as np  # noqa: E402
@@ -130,7 +128,7 @@ def main() -> None:
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
-    from bench_gui_latency import latency_probe, summary
+    from bench.common import latency_probe, summary
     from explorer.app import create_window
     from explorer.settings import Settings
 

@@ -4,18 +4,16 @@ pyqtgraph way (append to Python lists, ``curve.setData(list)`` on every batch) â
 Each BatchDone updates four curves (loss, easy, semi-hard, hard) and the event loop runs after each one (as it
 does between queued events), so painting is counted too. Batches arrive back to back: the fast-GPU worst case.
 
-python bench/bench_training_view.py [--quick]
+python -m bench.training_view [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
