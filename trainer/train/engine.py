@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,14 +41,41 @@ from trainer.store import (
     is_run_dir,
 )
 from trainer.train import distributed
+from trainer.train.handlers import Checkpoint, EpochCommit, Evaluation, NanGuard, Report, Telemetry
+from trainer.train.loop import Event, Loop, LoopState
 from trainer.train.optim import build_optimizer, lr_schedule
 
-MINED_BATCHES_KEPT = 20  # mined tuples of the last batches of each epoch kept in telemetry
 PRELOAD_LIMIT_BYTES = 1 << 30  # decoded-image cache for small data sets
 
 
 class _Stop(Exception):
     pass
+
+
+@dataclass
+class _Parts:
+    """What one run trains with, built once by Trainer._build."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    miner: Any
+    spec: Any  # the loss's LossSpec
+    margin: float
+    optimizer: torch.optim.Optimizer
+    extra: list  # parameters whose gradients are averaged by hand (proxies, classifier weights)
+    scheduler: Any
+    sampler: ClassBalancedBatchSampler
+    train_idx: np.ndarray
+    labels: torch.Tensor
+    train_ds: ImageDataset
+    eval_ds: ImageDataset
+    workers: int
+    classes: list[str]
+    features: torch.Tensor | None = None  # head-only: the frozen backbone's features
+    forward: Any = None  # the training forward, wrapped for DDP
+    forward_frozen: bool | None = None
 
 
 @dataclass
@@ -194,16 +221,6 @@ class Trainer:
         return resolve_logged(cfg, samples, pick_device(cfg.device).type, self._log)
 
     def _run(self) -> None:
-        from trainer.analysis.census import batch_census
-        from trainer.analysis.retrieval import retrieval_metrics
-        from trainer.analysis.verification import verification_metrics
-        from trainer.model.backbones import (
-            build_model,
-            default_transforms,
-            weights_note_is_trained,
-        )
-        from trainer.model.losses import LOSSES, build_loss, build_miner, loss_margin
-
         if self.resume and is_run_dir(self.run_dir):  # refuse before joining the group: no rank waits on it
             distributed.check_resume_world_size(self.run_dir, self.world_size)
         device = pick_device(self.cfg.device)  # the device is the caller's choice, also on resume
@@ -212,40 +229,59 @@ class Trainer:
         setup = self._prepare_data()
         cfg = self.cfg  # may have been replaced by the saved config on resume
         seed_everything(cfg.seed)
-        amp_dtype = pick_amp(cfg.amp, device)
-        samples, classes, writer = setup.samples, setup.classes, setup.writer
-        n_classes = len(classes)
+        p = self._build(cfg, setup, device)
+        start_epoch = self._restore(p, setup)
+        self.emit(ev.Started(run_dir=self.run_dir, epochs=cfg.optim.epochs, batches_per_epoch=len(p.sampler),
+                             device=str(device), start_epoch=start_epoch,
+                             message=f"{cfg.loss.name} + {cfg.loss.miner} miner on {cfg.model.backbone}"))
+        if start_epoch > cfg.optim.epochs:
+            self.emit(ev.Stopped(epoch=start_epoch - 1, reason="finished", run_dir=self.run_dir))
+            return
+        loop = Loop(batches=lambda epoch: self._batches(p, epoch), forward=lambda s, batch: self._forward(p, s, batch),
+                    update=lambda s: self._update(p, s), embed=lambda: self._embed_all(p), check_control=self._check_control)
+        loop.on(Event.EPOCH_STARTED, lambda s: self._start_epoch(p, s))
+        telemetry = Telemetry(self.emit, margin=p.margin, metric=p.spec.metric)
+        commit = EpochCommit(setup.writer, telemetry)
+        for handler in (NanGuard(cfg.optim.lr), telemetry, Evaluation(setup.samples, p.spec.metric, telemetry,
+                                                                        self._check_control),
+                        commit, Checkpoint(setup.writer, commit, lambda epoch: self._checkpoint_state(epoch, p)),
+                        Report(self.emit, self.run_dir, commit, self._committed)):
+            handler.attach(loop)
+        loop.on(Event.EPOCH_COMPLETED, self._synchronise)
+        loop.run(LoopState(batches_per_epoch=len(p.sampler)), range(start_epoch, cfg.optim.epochs + 1))
+        self.emit(ev.Stopped(epoch=self.last_committed, reason="finished", run_dir=self.run_dir))
+
+    def _build(self, cfg: TrainConfig, setup: _Setup, device: torch.device) -> _Parts:
+        """The model, loss, miner, optimiser and schedule, the sampler and the two datasets of this run."""
+        from trainer.model.backbones import build_model, default_transforms, weights_note_is_trained
+        from trainer.model.losses import LOSSES, build_loss, build_miner, loss_margin
+
+        samples = setup.samples
         train_idx = np.flatnonzero(samples.split == SPLIT_TRAIN)
         if len(train_idx) == 0:
             raise TrainingError("no training images: every class is held out")
         spec = LOSSES.get(cfg.loss.name)
         if spec is None:
             raise TrainingError(f"unknown loss {cfg.loss.name!r}; `python main.py losses` lists them")
-
         model, weights_note = build_model(cfg.model, normalize=spec.normalized, log=self._log)
         self._log(f"backbone {cfg.model.backbone}: {weights_note}")
         model.to(device)
         if self.dist.active and device.type == "cuda":  # BN statistics over the global batch, as one process
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         loss_fn = build_loss(cfg.loss.name, dict(cfg.loss.params), embedding_dim=cfg.model.embedding_dim,
-                             num_classes=n_classes).to(device)
+                             num_classes=len(setup.classes)).to(device)
         miner = build_miner(cfg.loss.miner, dict(cfg.loss.miner_params), metric=spec.metric)
-        margin = loss_margin(cfg.loss.name, dict(cfg.loss.params))
-
         optimizer, extra = build_optimizer(cfg, model, loss_fn, weights_note_is_trained(weights_note))
         self._log("learning rates: " + ", ".join(f"{g['name']} {g['lr']:g}" for g in optimizer.param_groups))
-
-        # ---- data
-        files = sample_files(samples)
-        labels_all = torch.as_tensor(samples.labels, dtype=torch.long)
         sampler = ClassBalancedBatchSampler(
             samples.labels[train_idx], cfg.data.batch_classes, cfg.data.batch_per_class,
             batches_per_epoch=cfg.optim.batches_per_epoch, seed=cfg.seed, rank=self.rank, world_size=self.world_size,
         )
-        batches_per_epoch = len(sampler)
+        n_batches = len(sampler)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(
-            cfg.optim.scheduler, cfg.optim.epochs * batches_per_epoch, cfg.optim.warmup_epochs * batches_per_epoch))
+            cfg.optim.scheduler, cfg.optim.epochs * n_batches, cfg.optim.warmup_epochs * n_batches))
 
+        files = sample_files(samples)
         size = cfg.data.image_size
         load_size = int(size * 1.15)
         eval_tf = default_transforms(size, augment=False, train=False)
@@ -258,144 +294,100 @@ class Trainer:
             self._log(f"decoding {len(files)} images into memory (small data set)")
             eval_ds.preload(progress=lambda d, t: None)
             train_ds.cache = eval_ds.cache  # same decoded images, different transforms
-        workers = 0 if small else cfg.data.num_workers
+        return _Parts(device=device, amp_dtype=pick_amp(cfg.amp, device), model=model, loss_fn=loss_fn, miner=miner,
+                      spec=spec, margin=loss_margin(cfg.loss.name, dict(cfg.loss.params)), optimizer=optimizer,
+                      extra=extra, scheduler=scheduler, sampler=sampler, train_idx=train_idx,
+                      labels=torch.as_tensor(samples.labels, dtype=torch.long), train_ds=train_ds, eval_ds=eval_ds,
+                      workers=0 if small else cfg.data.num_workers, classes=list(setup.classes))
 
-        # ---- resume state
+    def _restore(self, p: _Parts, setup: _Setup) -> int:
+        """On resume, the state of the last checkpoint; in head-only mode, the backbone's features. The first epoch."""
+        cfg = self.cfg
         start_epoch = setup.start_epoch
-        features = None
         if self.resume and start_epoch > 0:
-            state = self._load_checkpoint(start_epoch - 1, n_classes=n_classes, dim=cfg.model.embedding_dim)
-            model.load_state_dict(state["model"])
-            loss_fn.load_state_dict(state["loss"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+            state = self._load_checkpoint(start_epoch - 1, n_classes=len(p.classes), dim=cfg.model.embedding_dim)
+            p.model.load_state_dict(state["model"])
+            p.loss_fn.load_state_dict(state["loss"])
+            p.optimizer.load_state_dict(state["optimizer"])
+            p.scheduler.load_state_dict(state["scheduler"])
             self._log(f"resumed from the checkpoint of epoch {start_epoch - 1}")
         if cfg.model.head_only:
             if self.rank != 0:  # rank 0 computes and caches the features; the others read them
                 distributed.barrier(self.dist)
-            features = self._head_only_features(model, eval_ds, device, workers, amp_dtype, writer)
+            p.features = self._head_only_features(p, setup.writer)
             if self.rank == 0:
                 distributed.barrier(self.dist)
-            model.freeze_backbone(True)
-        forward, forward_frozen = None, None  # DDP is rebuilt when the set of trained parameters changes
+            p.model.freeze_backbone(True)
+        return start_epoch
 
-        self.emit(ev.Started(run_dir=self.run_dir, epochs=cfg.optim.epochs, batches_per_epoch=batches_per_epoch,
-                             device=str(device), start_epoch=start_epoch,
-                             message=f"{cfg.loss.name} + {cfg.loss.miner} miner on {cfg.model.backbone}"))
-        if start_epoch > cfg.optim.epochs:
-            self.emit(ev.Stopped(epoch=start_epoch - 1, reason="finished", run_dir=self.run_dir))
+    # ------------------------------------------------------------------ the loop's steps
+    def _start_epoch(self, p: _Parts, s: LoopState) -> None:
+        if s.epoch == 0:  # the untrained network is only embedded
             return
+        cfg = self.cfg
+        torch.manual_seed(epoch_seed(cfg.seed, s.epoch))
+        p.sampler.set_epoch(s.epoch)
+        frozen = cfg.model.head_only or s.epoch <= cfg.model.freeze_backbone_epochs
+        p.model.freeze_backbone(frozen)
+        p.model.train()
+        if frozen:
+            p.model.backbone.eval()
+        if p.forward is None or p.forward_frozen != frozen:  # DDP is rebuilt when the trained parameters change
+            p.forward = distributed.wrap_model(_Forward(p.model, p.features is not None), self.dist, p.device)
+            p.forward_frozen = frozen
 
-        t_run = time.perf_counter()
-        for epoch in range(start_epoch, cfg.optim.epochs + 1):
-            t_epoch = time.perf_counter()
-            telemetry: dict[str, list] = {k: [] for k in (
-                "loss", "lr", "n_tuples", "n_easy", "n_semihard", "n_hard", "mean_d_ap", "mean_d_an")}
-            mined: list[np.ndarray] = []
-            if epoch > 0:  # epoch 0 is the untrained network
-                torch.manual_seed(epoch_seed(cfg.seed, epoch))
-                sampler.set_epoch(epoch)
-                frozen = cfg.model.head_only or epoch <= cfg.model.freeze_backbone_epochs
-                model.freeze_backbone(frozen)
-                model.train()
-                if frozen:
-                    model.backbone.eval()
-                if forward is None or forward_frozen != frozen:
-                    forward = distributed.wrap_model(_Forward(model, features is not None), self.dist, device)
-                    forward_frozen = frozen
-                t_batch = time.perf_counter()
-                for b, (x, ids) in enumerate(self._batches(sampler, train_idx, train_ds, features, workers, epoch)):
-                    self._check_control()
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        emb = forward(x.to(device, non_blocking=True))
-                    emb = emb.float()
-                    if self.dist.active:  # mine the global batch: every rank's rows, in the sampler's order
-                        order = distributed.batch_order(self.rank, self.world_size, len(ids), sampler.per_class)
-                        emb, ids = distributed.gather_batch(emb, ids, order, self.dist)
-                    idx = ids.cpu().numpy()
-                    y = labels_all[idx].to(device)
-                    tuples = miner(emb, y) if miner is not None else None
-                    loss = loss_fn(emb, y, tuples) if tuples is not None else loss_fn(emb, y)
-                    if not torch.isfinite(loss):
-                        raise TrainingError(
-                            f"the loss became {loss.item()} at epoch {epoch}, batch {b}: training stopped and this "
-                            f"epoch was not saved. Try a lower learning rate (now {cfg.optim.lr:g}).")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    distributed.average_gradients(extra, self.dist)  # proxies / classifier weights stay in sync
-                    optimizer.step()
-                    scheduler.step()
-                    with torch.no_grad():
-                        counts = batch_census(emb.detach(), y, margin, metric=spec.metric)
-                    n_tuples = _count_tuples(tuples)
-                    now = time.perf_counter()
-                    ips = len(idx) / max(now - t_batch, 1e-9)
-                    t_batch = now
-                    lr = optimizer.param_groups[0]["lr"]
-                    for k, v in (("loss", loss.item()), ("lr", lr), ("n_tuples", n_tuples),
-                                 ("n_easy", counts.n_easy), ("n_semihard", counts.n_semihard),
-                                 ("n_hard", counts.n_hard), ("mean_d_ap", counts.mean_d_ap),
-                                 ("mean_d_an", counts.mean_d_an)):
-                        telemetry[k].append(v)
-                    if tuples is not None and b >= batches_per_epoch - MINED_BATCHES_KEPT:
-                        mined.append(_mined_rows(b, tuples, idx))
-                    self.emit(ev.BatchDone(
-                        epoch=epoch, batch=b, batches_per_epoch=batches_per_epoch, loss=float(loss.item()), lr=lr,
-                        images_per_second=ips, n_tuples=n_tuples, n_easy=int(counts.n_easy),
-                        n_semihard=int(counts.n_semihard), n_hard=int(counts.n_hard),
-                        mean_d_ap=float(counts.mean_d_ap), mean_d_an=float(counts.mean_d_an),
-                        seconds_elapsed=now - t_run))
-            self._check_control()
-            # every rank embeds its share of the images; rank 0 gathers them, evaluates and commits
-            embeddings = self._embed_all(model, eval_ds, features, device, workers, amp_dtype)
-            if self.rank == 0:
-                if not np.isfinite(embeddings).all():
-                    raise TrainingError(f"the embeddings of epoch {epoch} contain NaN or Inf: this epoch was not "
-                                        f"saved. Try a lower learning rate (now {cfg.optim.lr:g}).")
-                metrics = self._evaluate(embeddings, samples, spec.metric, retrieval_metrics, verification_metrics)
-                if telemetry["loss"]:
-                    metrics["train_loss"] = float(np.mean(telemetry["loss"]))
-                metrics["epoch_seconds"] = time.perf_counter() - t_epoch
-                if writer is not None:
-                    tel = {k: np.asarray(v, dtype=np.float32 if k in ("loss", "lr", "mean_d_ap", "mean_d_an")
-                                         else np.int64) for k, v in telemetry.items()}
-                    if mined:
-                        rows = np.concatenate(mined)
-                        for j, k in enumerate(("mined_batch", "mined_anchor", "mined_positive", "mined_negative")):
-                            tel[k] = rows[:, j].copy()
-                    path = writer.write_epoch(epoch, embeddings, metrics, tel)
-                    writer.write_checkpoint(epoch, self._checkpoint_state(
-                        epoch, model, loss_fn, optimizer, scheduler, sampler, classes))
-                    self.last_committed = epoch
-                    self.emit(ev.SnapshotReady(run_dir=self.run_dir, epoch=epoch, path=Path(path)))
-                self.emit(ev.EpochDone(epoch=epoch, metrics=metrics, seconds=time.perf_counter() - t_epoch))
-                self._log(_metrics_line(epoch, metrics))
-            distributed.barrier(self.dist)
-            if self.rank != 0:
-                self.last_committed = epoch  # rank 0 has committed it
-        self.emit(ev.Stopped(epoch=self.last_committed, reason="finished", run_dir=self.run_dir))
+    def _forward(self, p: _Parts, s: LoopState, batch) -> None:
+        x, ids = batch
+        with torch.autocast(p.device.type, dtype=p.amp_dtype, enabled=p.amp_dtype is not None):
+            emb = p.forward(x.to(p.device, non_blocking=True))
+        emb = emb.float()
+        if self.dist.active:  # mine the global batch: every rank's rows, in the sampler's order
+            order = distributed.batch_order(self.rank, self.world_size, len(ids), p.sampler.per_class)
+            emb, ids = distributed.gather_batch(emb, ids, order, self.dist)
+        s.ids = ids.cpu().numpy()
+        s.labels = p.labels[s.ids].to(p.device)
+        s.embeddings_batch = emb
+        s.tuples = p.miner(emb, s.labels) if p.miner is not None else None
+        s.loss = p.loss_fn(emb, s.labels, s.tuples) if s.tuples is not None else p.loss_fn(emb, s.labels)
+
+    def _update(self, p: _Parts, s: LoopState) -> None:
+        p.optimizer.zero_grad(set_to_none=True)
+        s.loss.backward()
+        distributed.average_gradients(p.extra, self.dist)  # proxies / classifier weights stay in sync
+        p.optimizer.step()
+        p.scheduler.step()
+        s.lr = p.optimizer.param_groups[0]["lr"]
+
+    def _committed(self, epoch: int) -> None:
+        self.last_committed = epoch
+
+    def _synchronise(self, s: LoopState) -> None:
+        distributed.barrier(self.dist)
+        if self.rank != 0:
+            self.last_committed = s.epoch  # rank 0 has committed it
 
     # ------------------------------------------------------------------ helpers
-    def _batches(self, sampler, train_idx, train_ds, features, workers, epoch):
+    def _batches(self, p: _Parts, epoch: int):
         """(inputs, global ids) of each batch of the epoch; images decoded by DataLoader workers."""
-        if features is not None:
-            for local in sampler:
-                ids = torch.as_tensor(train_idx[np.asarray(local)])
-                yield features[ids], ids
+        if p.features is not None:
+            for local in p.sampler:
+                ids = torch.as_tensor(p.train_idx[np.asarray(local)])
+                yield p.features[ids], ids
             return
         gen = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, epoch))
-        batch_ids = _GlobalBatches(sampler, train_idx)
+        batch_ids = _GlobalBatches(p.sampler, p.train_idx)
         loader = torch.utils.data.DataLoader(
-            train_ds, batch_sampler=batch_ids, num_workers=workers, generator=gen,
+            p.train_ds, batch_sampler=batch_ids, num_workers=p.workers, generator=gen,
             pin_memory=torch.cuda.is_available(), persistent_workers=False)
         yield from loader
 
     @torch.no_grad()
-    def _embed_all(self, model, ds, features, device, workers, amp_dtype, batch_size: int = 256) -> np.ndarray | None:
+    def _embed_all(self, p: _Parts, batch_size: int = 256) -> np.ndarray | None:
         """The embeddings of every image, in sample order, on rank 0 (None on the other ranks).
 
         In a torchrun job each rank embeds one contiguous block of the images (:func:`distributed.shard`) with
         rank 0's BatchNorm statistics, and the blocks are gathered on rank 0."""
+        model, ds, features, device, workers, amp_dtype = p.model, p.eval_ds, p.features, p.device, p.workers, p.amp_dtype
         model.eval()
         distributed.broadcast_buffers(model, self.dist)
         n = len(features) if features is not None else len(ds)
@@ -422,7 +414,8 @@ class Trainer:
         return None if gathered is None else gathered.cpu().numpy().astype(np.float32)
 
     @torch.no_grad()
-    def _head_only_features(self, model, ds, device, workers, amp_dtype, writer) -> torch.Tensor:
+    def _head_only_features(self, p: _Parts, writer: RunWriter | None) -> torch.Tensor:
+        model, ds, device, workers, amp_dtype = p.model, p.eval_ds, p.device, p.workers, p.amp_dtype
         cached = None
         try:
             cached = RunReader(self.run_dir).features()
@@ -444,34 +437,19 @@ class Trainer:
             writer.write_features(feats.numpy())
         return feats
 
-    def _evaluate(self, emb, samples, metric, retrieval_metrics, verification_metrics) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        for name, code in (("heldout", SPLIT_HELDOUT), ("train", SPLIT_TRAIN)):
-            sel = samples.split == code
-            labels = samples.labels[sel]
-            if sel.sum() < 2 or len(np.unique(labels)) < 2:
-                continue
-            self._check_control()
-            for k, v in retrieval_metrics(emb[sel], labels, metric=metric).items():
-                metrics[f"{name}/{k}"] = float(v)
-            if name == "heldout":
-                for k, v in verification_metrics(emb[sel], labels, metric=metric).items():
-                    metrics[f"{name}/{k}"] = float(v)
-        return metrics
-
-    def _checkpoint_state(self, epoch, model, loss_fn, optimizer, scheduler, sampler, classes) -> dict:
+    def _checkpoint_state(self, epoch: int, p: _Parts) -> dict:
         return {
             "format": CHECKPOINT_FORMAT,
             "epoch": epoch,
             "config": self.cfg.to_json(),
-            "classes": list(classes),
+            "classes": list(p.classes),
             "embedding_dim": self.cfg.model.embedding_dim,
             "backbone": self.cfg.model.backbone,
-            "model": model.state_dict(),
-            "loss": loss_fn.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "sampler": sampler.state_dict(),
+            "model": p.model.state_dict(),
+            "loss": p.loss_fn.state_dict(),
+            "optimizer": p.optimizer.state_dict(),
+            "scheduler": p.scheduler.state_dict(),
+            "sampler": p.sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "world_size": self.world_size,
         }
@@ -569,32 +547,3 @@ class _GlobalBatches:
 
     def __len__(self) -> int:
         return len(self.sampler)
-
-
-def _count_tuples(tuples) -> int:
-    if tuples is None:
-        return 0
-    if len(tuples) == 3:
-        return int(len(tuples[0]))
-    return int(len(tuples[0]) + len(tuples[2]))
-
-
-def _mined_rows(batch: int, tuples, global_ids: np.ndarray) -> np.ndarray:
-    """(batch, anchor, positive, negative) rows with global sample ids; -1 where a pair has no such member."""
-    t = [x.detach().cpu().numpy() for x in tuples]
-    if len(t) == 3:
-        a, p, n = t
-        rows = np.stack([np.full(len(a), batch), global_ids[a], global_ids[p], global_ids[n]], axis=1)
-    else:
-        a1, p, a2, n = t
-        pos = np.stack([np.full(len(a1), batch), global_ids[a1], global_ids[p], np.full(len(a1), -1)], axis=1)
-        neg = np.stack([np.full(len(a2), batch), global_ids[a2], np.full(len(a2), -1), global_ids[n]], axis=1)
-        rows = np.concatenate([pos, neg])
-    return rows.astype(np.int64)
-
-
-def _metrics_line(epoch: int, m: dict[str, float]) -> str:
-    keys = [("heldout/precision_at_1", "P@1"), ("heldout/mean_average_precision_at_r", "MAP@R"),
-            ("heldout/r_precision", "RP"), ("heldout/auc", "AUC"), ("train_loss", "loss")]
-    parts = [f"{short} {m[k]:.4f}" for k, short in keys if k in m]
-    return f"epoch {epoch}: " + ", ".join(parts) + f" ({m.get('epoch_seconds', 0):.1f} s)"
