@@ -79,7 +79,7 @@ def probe_training(app, tmp: Path, epochs: int) -> None:
     win.config_panel.apply_preset("Quick look (CPU)")
     win.config_panel.epochs.setValue(epochs)
     win.config_panel.set_runs_root(tmp / "runs")
-    win.jobs.projection_worker().warm_up()  # started with the app; a fresh start is bench_map's first-map figure
+    win.map_view.projection_worker.warm_up()  # started with the app; a fresh start is bench.map's first-map figure
     maps: list[int] = []
     win.map_view.map_ready.connect(maps.append)
     stopped: list = []
@@ -116,12 +116,12 @@ def probe(app, tmp, n: int, epochs: int, method: str, mode: str) -> None:
     preload_modules()
 
     jobs = JobRunner()
-    if mode == "process":
-        jobs.projection_worker().warm_up()  # at app start, before the first epoch: wait for it here
-    else:
+    if mode != "process":
         projection.warm_up()
     state = AppState()
     view = MapView(state, method=method, warm_up=False, jobs=jobs, process=(mode == "process"))
+    if mode == "process":
+        view.projection_worker.warm_up()  # at app start, before the first epoch: wait for it here
     view.resize(1000, 700)
     view.show()
     timer, lat = latency_probe()

@@ -142,7 +142,7 @@ def main() -> None:
     win = create_window(app, settings=settings)
     win.resize(1400, 900)
     win.show()
-    win.jobs.projection_worker().warm_up()  # as at app start (bench_map measures a cold start)
+    win.map_view.projection_worker.warm_up()  # as at app start (bench.map measures a cold start)
     maps: list[int] = []
     win.map_view.map_ready.connect(maps.append)
     timer, lat = latency_probe()

@@ -1,8 +1,10 @@
-"""Background jobs for the GUI: plain functions run in a thread pool, one live job per owner key.
+"""Background jobs for the GUI: plain functions run in a view's own thread pool, one live job per key.
 
-A job is ``fn(*args, progress=cb, partial=cb, is_cancelled=cb)``; it never touches widgets. Submitting a new job
-under the same key cancels the old one (cooperatively, through ``is_cancelled``) and drops its late results, so a
-view only ever sees the answer to its latest question. Results come back on the GUI thread via queued signals.
+A job is ``fn(*args, progress=cb, partial=cb, is_cancelled=cb)``; it never touches widgets. Its results go to the
+callbacks given when it was submitted (``on_result``, ``on_partial``, ``on_progress``, ``on_failed``), on the GUI
+thread, and to no one else. Submitting a new job under the same key cancels the old one (cooperatively, through
+``is_cancelled``) and drops its late results, so a view only ever sees the answer to its latest question. Each view
+owns a runner, so a long job of one view never queues another view's.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ class _Job:
     fn: Callable[..., Any]
     args: tuple
     kwargs: dict
+    on_result: Callable[[Any], None] | None = None
+    on_partial: Callable[[Any], None] | None = None
+    on_progress: Callable[[float, str], None] | None = None
+    on_failed: Callable[[str], None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -84,12 +90,7 @@ class _Runnable(QRunnable):
 
 
 class JobRunner(QObject):
-    """Runs background jobs keyed by owner; a newer job with the same key supersedes (cancels) the older one."""
-
-    finished = Signal(object, object)  # key, result
-    partial = Signal(object, object)  # key, partial result (e.g. a PCA map before the UMAP one)
-    progress = Signal(object, float, str)  # key, fraction 0..1, text
-    failed = Signal(object, str)  # key, message
+    """Runs background jobs by key; a newer job with the same key supersedes (cancels) the older one."""
 
     def __init__(self, parent: QObject | None = None, *, max_threads: int = 2,
                  min_progress_interval: float = 0.05) -> None:
@@ -107,22 +108,14 @@ class JobRunner(QObject):
         self._alive: dict[tuple[Hashable, int], _Runnable] = {}
         self._min_interval = min_progress_interval
         self._closed = False
-        self._projection_worker = None
-
-    def projection_worker(self):
-        """The shared UMAP/t-SNE child process (trainer.analysis.projection_worker.ProjectionWorker), started and warmed up on the
-        first call; :meth:`shutdown` stops it. Keeps numba's GIL out of the GUI process."""
-        from trainer.analysis.projection_worker import ProjectionWorker
-
-        if self._closed:
-            raise RuntimeError("JobRunner is shut down")
-        if self._projection_worker is None:
-            self._projection_worker = ProjectionWorker(warm=True)
-        return self._projection_worker
 
     # ---- public API -------------------------------------------------------------------------------------------
-    def submit(self, key: Hashable, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+    def submit(self, key: Hashable, fn: Callable[..., Any], *args: Any,
+               on_result: Callable[[Any], None] | None = None, on_partial: Callable[[Any], None] | None = None,
+               on_progress: Callable[[float, str], None] | None = None, on_failed: Callable[[str], None] | None = None,
+               **kwargs: Any) -> int:
         """Run ``fn(*args, progress=, partial=, is_cancelled=, **kwargs)`` in the pool; cancel ``key``'s old job.
+        Its result, partial results, progress (fraction 0..1, text) and failure message go to the given callbacks.
 
         After :meth:`shutdown` (the window is closing) a late request, e.g. from a debounce timer, is dropped: -1.
         """
@@ -131,7 +124,7 @@ class JobRunner(QObject):
         self.cancel(key)
         gen = self._generation.get(key, 0) + 1
         self._generation[key] = gen
-        job = _Job(key, gen, fn, args, kwargs)
+        job = _Job(key, gen, fn, args, kwargs, on_result, on_partial, on_progress, on_failed)
         self._current[key] = job
         runnable = _Runnable(job, self._bridge, self._min_interval)
         self._alive[(key, gen)] = runnable
@@ -160,8 +153,6 @@ class JobRunner(QObject):
         for key in list(self._current):
             self.cancel(key)
         self._pool.clear()  # jobs not started yet never start
-        if self._projection_worker is not None:  # before waiting: a worker thread may be blocked on the child
-            self._projection_worker.close(timeout=min(timeout, 2.0))
         return bool(self._pool.waitForDone(int(timeout * 1000)))
 
     # ---- delivery (GUI thread) ---------------------------------------------------------------------------------
@@ -172,25 +163,27 @@ class JobRunner(QObject):
     def _on_finished(self, key, gen, result) -> None:
         if self._stale(key, gen):
             return
-        del self._current[key]
-        self.finished.emit(key, result)
+        job = self._current.pop(key)
+        if job.on_result is not None:
+            job.on_result(result)
 
     @Slot(object, int, object)
     def _on_partial(self, key, gen, result) -> None:
-        if not self._stale(key, gen):
-            self.partial.emit(key, result)
+        if not self._stale(key, gen) and self._current[key].on_partial is not None:
+            self._current[key].on_partial(result)
 
     @Slot(object, int, float, str)
     def _on_progress(self, key, gen, fraction, text) -> None:
-        if not self._stale(key, gen):
-            self.progress.emit(key, fraction, text)
+        if not self._stale(key, gen) and self._current[key].on_progress is not None:
+            self._current[key].on_progress(fraction, text)
 
     @Slot(object, int, str)
     def _on_failed(self, key, gen, message) -> None:
         if self._stale(key, gen):
             return
-        del self._current[key]
-        self.failed.emit(key, message)
+        job = self._current.pop(key)
+        if job.on_failed is not None:
+            job.on_failed(message)
 
     @Slot(object, int)
     def _on_done(self, key, gen) -> None:

@@ -101,7 +101,7 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.state = state or AppState(self)
         self.settings = settings or Settings()
-        self.jobs = jobs or JobRunner(self)
+        self.jobs = jobs or JobRunner(self, max_threads=2)  # the window's own: demo folder, recipe facts, weights
         self.controller = controller or TrainingController(self.state, self)
         self._views: dict[str, QWidget] = {}
         self._closing = False
@@ -110,9 +110,9 @@ class MainWindow(QMainWindow):
         self.tabs.setDocumentMode(True)
         self.setCentralWidget(self.tabs)
         self.start_page = StartPage()
-        self.dataset_view = DatasetView(self.jobs)
+        self.dataset_view = DatasetView()
         self.config_panel = ConfigPanel()
-        self.training_view = TrainingView(self.state, self.controller, jobs=self.jobs)
+        self.training_view = TrainingView(self.state, self.controller)
         train = QSplitter(Qt.Orientation.Horizontal)
         train.addWidget(self.config_panel)
         train.addWidget(self.training_view)
@@ -130,7 +130,7 @@ class MainWindow(QMainWindow):
 
         self.thumbnails = ThumbnailCache(self)
         self.map_view = self._make_map_view()
-        self.neighbours_view = NeighboursView(self.state, jobs=self.jobs, thumbnails=self.thumbnails)
+        self.neighbours_view = NeighboursView(self.state, thumbnails=self.thumbnails)
         explore = QSplitter(Qt.Orientation.Horizontal)  # the map and the neighbours of what is clicked in it
         explore.addWidget(self.map_view)
         explore.addWidget(self.neighbours_view)
@@ -139,10 +139,10 @@ class MainWindow(QMainWindow):
         explore.setSizes([900, 480])
         self.explore_page = explore
         self.add_view("Map", explore)
-        self.triplets_view = TripletsView(self.state, jobs=self.jobs, thumbnails=self.thumbnails)
+        self.triplets_view = TripletsView(self.state, thumbnails=self.thumbnails)
         self.triplets_view.defer_while_hidden = True  # computed when its tab is shown, not for every epoch
         self.add_view("Triplets", self.triplets_view)
-        self.threshold_view = ThresholdView(self.state, jobs=self.jobs, thumbnails=self.thumbnails)
+        self.threshold_view = ThresholdView(self.state, thumbnails=self.thumbnails)
         self.threshold_view.defer_while_hidden = True
         self.add_view("Threshold", self.threshold_view)
 
@@ -166,8 +166,6 @@ class MainWindow(QMainWindow):
         self.controller.epoch_done.connect(lambda e: self.show_status(f"Epoch {e.epoch} done"))
         self.state.run_changed.connect(self._on_run_changed)
         self.state.epoch_changed.connect(self._on_epoch_changed)
-        self.jobs.finished.connect(self._on_job_finished)
-        self.jobs.failed.connect(self._on_job_failed)
 
         cfg = self.settings.last_config()
         if cfg is not None:
@@ -203,8 +201,8 @@ class MainWindow(QMainWindow):
     def _make_map_view(self) -> QWidget:
         from explorer.views.map.view import MapView
 
-        # share the window's job runner and thumbnails, so quitting cancels the map's UMAP jobs too
-        return MapView(self.state, jobs=self.jobs, thumbnails=self.thumbnails)
+        # the map owns its job runner and its projection process; the window shuts them down when it closes
+        return MapView(self.state, thumbnails=self.thumbnails)
 
     def add_view(self, title: str, widget: QWidget) -> int:
         """Add ``widget`` as a tab called ``title`` (with a View-menu entry and Ctrl+<n> for the first nine)."""
@@ -366,30 +364,21 @@ class MainWindow(QMainWindow):
     def open_demo(self) -> None:
         """Build (once) and open the digits demo folder; the building runs in the background."""
         self.show_status("Preparing the demo folder …")
-        self.jobs.submit(DEMO_JOB, _demo_job)
+        self.jobs.submit(DEMO_JOB, _demo_job, on_result=self.open_folder, on_failed=self._on_demo_failed)
 
-    @Slot(object, object)
-    def _on_job_finished(self, key, result) -> None:
-        if key == DEMO_JOB:
-            self.open_folder(result)
-        elif key == RECIPE_FACTS_JOB:
-            device, side, gray = result
-            self.config_panel._device = device
-            self.config_panel.set_image_facts(side, gray)
-        elif key == WEIGHTS_JOB:
-            self.config_panel.set_weights_status(*result)
-        elif key == ESTIMATE_JOB:
-            self.config_panel.set_estimate(result)
+    def _on_image_facts(self, result) -> None:
+        device, side, gray = result
+        self.config_panel._device = device
+        self.config_panel.set_image_facts(side, gray)
 
-    @Slot(object, str)
-    def _on_job_failed(self, key, message: str) -> None:
-        if key == DEMO_JOB:
-            QMessageBox.critical(self, APP_TITLE, f"Could not prepare the demo folder:\n{message.splitlines()[0]}")
+    def _on_demo_failed(self, message: str) -> None:
+        QMessageBox.critical(self, APP_TITLE, f"Could not prepare the demo folder:\n{message.splitlines()[0]}")
 
     @Slot(object)
     def _on_scan_finished(self, scan) -> None:
         self.config_panel.set_scan(scan)
-        self.jobs.submit(RECIPE_FACTS_JOB, _recipe_facts_job, [str(scan.abspath(i)) for i in range(len(scan.paths))])
+        self.jobs.submit(RECIPE_FACTS_JOB, _recipe_facts_job, [str(scan.abspath(i)) for i in range(len(scan.paths))],
+                         on_result=self._on_image_facts)
         self._probe_weights()
         self._estimate_timer.start()
         self.show_status(f"{len(scan.paths)} images in {len(scan.classes)} classes, {len(scan.skipped)} skipped")
@@ -405,7 +394,8 @@ class MainWindow(QMainWindow):
             model = model.__class__(**{**model.__dict__, "backbone": TrainConfig().model.backbone})
         if model.pretrained and model.weights_file is None and model.backbone not in \
                 self.config_panel._weights_status:
-            self.jobs.submit(WEIGHTS_JOB, _weights_job, model)
+            self.jobs.submit(WEIGHTS_JOB, _weights_job, model,
+                             on_result=lambda result: self.config_panel.set_weights_status(*result))
 
     @Slot(str)
     def _on_scan_failed(self, message: str) -> None:
@@ -429,7 +419,7 @@ class MainWindow(QMainWindow):
             return
         n_train = facts.images_per_class * facts.n_train_classes
         self.jobs.submit(ESTIMATE_JOB, _estimate_job, cfg, n_train, int(sum(counts.values())), facts.device,
-                         max(2, facts.n_train_classes))
+                         max(2, facts.n_train_classes), on_result=self.config_panel.set_estimate)
 
     @Slot()
     def open_sweep_dialog(self) -> None:
@@ -573,6 +563,11 @@ class MainWindow(QMainWindow):
             self.training_view.append_log("Stopping the trainer before closing …")
         ok = self.controller.shutdown(timeout)
         ok = self.jobs.shutdown(min(timeout, 5.0)) and ok
+        for view in (self.map_view, self.neighbours_view, self.triplets_view, self.threshold_view,
+                     self.training_view, self.dataset_view):  # each view owns its jobs
+            stop = getattr(view, "shutdown", None) or getattr(getattr(view, "jobs", None), "shutdown", None)
+            if stop is not None:
+                ok = stop(min(timeout, 5.0)) and ok
         self.thumbnails.shutdown(wait=False)
         return ok
 

@@ -1,13 +1,12 @@
-"""JobRunner: results arrive on the GUI thread, a newer job cancels the older one and its late results are dropped."""
+"""JobRunner: results arrive on the GUI thread at the callbacks of their own job, a newer job cancels the older one
+and its late results are dropped, one job's failure leaves the others alone."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-
 from explorer.jobs import JobRunner
-
 
 
 def _slow(tag, gate: threading.Event, *, progress, partial, is_cancelled):
@@ -17,16 +16,17 @@ def _slow(tag, gate: threading.Event, *, progress, partial, is_cancelled):
     return tag
 
 
-def test_result_and_partial_arrive_on_the_gui_thread(qtbot):
+def test_result_partial_and_progress_reach_their_jobs_callbacks_on_the_gui_thread(qtbot):
     runner = JobRunner()
     seen = []
-    runner.partial.connect(lambda k, r: seen.append(("partial", k, r, threading.current_thread() is threading.main_thread())))
+    on_gui = lambda: threading.current_thread() is threading.main_thread()  # noqa: E731
     gate = threading.Event()
     gate.set()
-    with qtbot.waitSignal(runner.finished, timeout=5000) as blocker:
-        runner.submit("a", _slow, "x", gate)
-    assert blocker.args == ["a", "x"]
-    assert seen == [("partial", "a", "x-partial", True)]
+    runner.submit("a", _slow, "x", gate, on_result=lambda r: seen.append(("result", r, on_gui())),
+                  on_partial=lambda r: seen.append(("partial", r, on_gui())),
+                  on_progress=lambda f, t: seen.append(("progress", f, t, on_gui())))
+    qtbot.waitUntil(lambda: any(s[0] == "result" for s in seen), timeout=5000)
+    assert seen == [("partial", "x-partial", True), ("progress", 1.0, "done", True), ("result", "x", True)]
     assert not runner.is_running("a")
     assert runner.shutdown(2)
 
@@ -34,7 +34,6 @@ def test_result_and_partial_arrive_on_the_gui_thread(qtbot):
 def test_new_submit_cancels_old_and_drops_its_stale_result(qtbot):
     runner = JobRunner(max_threads=2)
     results = []
-    runner.finished.connect(lambda k, r: results.append((k, r)))
     flags = []
     old_gate = threading.Event()
 
@@ -43,43 +42,41 @@ def test_new_submit_cancels_old_and_drops_its_stale_result(qtbot):
         flags.append(is_cancelled())
         return "old"  # returned after cancellation: must be dropped
 
-    runner.submit("map", old)
+    runner.submit("map", old, on_result=lambda r: results.append(("old job", r)))
     time.sleep(0.05)
     new_gate = threading.Event()
     new_gate.set()
-    with qtbot.waitSignal(runner.finished, timeout=5000):
-        runner.submit("map", _slow, "new", new_gate)
+    runner.submit("map", _slow, "new", new_gate, on_result=lambda r: results.append(("new job", r)))
+    qtbot.waitUntil(lambda: bool(results), timeout=5000)
     old_gate.set()
     assert runner.wait(5000)
     qtbot.wait(50)  # let any late queued delivery run
-    assert results == [("map", "new")]
+    assert results == [("new job", "new")]
     assert flags == [True]
 
 
 def test_failure_is_reported_not_raised_and_other_keys_are_independent(qtbot):
     runner = JobRunner()
     got = {}
-    runner.failed.connect(lambda k, m: got.setdefault("failed", (k, m)))
-    runner.finished.connect(lambda k, r: got.setdefault(k, r))
 
     def boom(*, progress, partial, is_cancelled):
         raise ValueError("bad file /x/y.png: truncated")
 
     gate = threading.Event()
     gate.set()
-    runner.submit("a", boom)
-    runner.submit("b", _slow, "fine", gate)
+    runner.submit("a", boom, on_result=lambda r: got.setdefault("a", r), on_failed=lambda m: got.setdefault("failed", m))
+    runner.submit("b", _slow, "fine", gate, on_result=lambda r: got.setdefault("b", r),
+                  on_failed=lambda m: got.setdefault("b failed", m))
     qtbot.waitUntil(lambda: "failed" in got and "b" in got, timeout=5000)
-    assert got["failed"][0] == "a" and "truncated" in got["failed"][1]
+    assert "truncated" in got["failed"] and "a" not in got and "b failed" not in got
     assert got["b"] == "fine"
 
 
 def test_cancel_and_shutdown_stop_delivery(qtbot):
     runner = JobRunner()
     results = []
-    runner.finished.connect(lambda k, r: results.append(r))
     gate = threading.Event()
-    runner.submit("k", _slow, "late", gate)
+    runner.submit("k", _slow, "late", gate, on_result=results.append)
     runner.cancel("k")
     assert not runner.is_running("k")
     gate.set()
@@ -87,6 +84,21 @@ def test_cancel_and_shutdown_stop_delivery(qtbot):
     qtbot.wait(50)
     assert results == []
     # a late request after shutdown (a debounce timer while the window closes) is dropped, never run
-    assert runner.submit("k", _slow, "x", gate) == -1
+    assert runner.submit("k", _slow, "x", gate, on_result=results.append) == -1
     qtbot.wait(50)
     assert results == []
+
+
+def test_a_long_job_of_one_runner_does_not_queue_another_runners_job(qtbot):
+    """Each view owns a runner: a census that holds every thread of its runner leaves a neighbour search free."""
+    busy, free = JobRunner(max_threads=1), JobRunner(max_threads=1)
+    hold = threading.Event()
+    done = []
+    busy.submit("census", _slow, "census", hold, on_result=done.append)
+    gate = threading.Event()
+    gate.set()
+    free.submit("search", _slow, "search", gate, on_result=done.append)
+    qtbot.waitUntil(lambda: done == ["search"], timeout=5000)
+    hold.set()
+    qtbot.waitUntil(lambda: done == ["search", "census"], timeout=5000)
+    assert busy.shutdown(2) and free.shutdown(2)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 import numpy as np
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QProgressBar, QPushButton,
                                QSplitter, QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
@@ -42,17 +42,14 @@ class DatasetView(QWidget):
     scan_finished = Signal(object)  # trainer.data.scan.ScanResult
     scan_failed = Signal(str)  # a message naming the folder and the reason
 
-    def __init__(self, jobs: JobRunner, parent: QWidget | None = None, *,
+    def __init__(self, jobs: JobRunner | None = None, parent: QWidget | None = None, *,
                  scan_fn: Callable[..., Any] | None = None) -> None:
         super().__init__(parent)
-        self.jobs = jobs
+        self.jobs = jobs if jobs is not None else JobRunner(self, max_threads=1)
         self.scan_fn = scan_fn
         self.scan = None
         self.root: Path | None = None
         self._build()
-        jobs.finished.connect(self._on_job_finished)
-        jobs.failed.connect(self._on_job_failed)
-        jobs.progress.connect(self._on_job_progress)
 
     def _build(self) -> None:
         self.title = QLabel("No folder open. Use File ▸ Open folder… (Ctrl+O) or drop a folder on the window.")
@@ -105,7 +102,8 @@ class DatasetView(QWidget):
         self.progress.setVisible(True)
         self.cancel_button.setVisible(True)
         kwargs = {"scan_fn": self.scan_fn} if self.scan_fn else {}
-        self.jobs.submit(JOB_KEY, scan_job, self.root, **kwargs)
+        self.jobs.submit(JOB_KEY, scan_job, self.root, on_result=self._on_scanned, on_failed=self._on_scan_failed,
+                         on_progress=self._on_scan_progress, **kwargs)
         self.scan_started.emit(self.root)
 
     def cancel(self) -> None:
@@ -120,24 +118,16 @@ class DatasetView(QWidget):
         self.progress.setVisible(False)
         self.cancel_button.setVisible(False)
 
-    @Slot(object, float, str)
-    def _on_job_progress(self, key, fraction: float, text: str) -> None:
-        if key == JOB_KEY:
-            self.progress.setValue(int(fraction * 1000))
-            self.progress.setFormat(f"{text}  %p%")
+    def _on_scan_progress(self, fraction: float, text: str) -> None:
+        self.progress.setValue(int(fraction * 1000))
+        self.progress.setFormat(f"{text}  %p%")
 
-    @Slot(object, str)
-    def _on_job_failed(self, key, message: str) -> None:
-        if key != JOB_KEY:
-            return
+    def _on_scan_failed(self, message: str) -> None:
         self._done()
         first = message.splitlines()[0] if message else "unknown error"
         self._show_error(f"Could not scan {self.root}: {first}")
 
-    @Slot(object, object)
-    def _on_job_finished(self, key, report: ScanReport) -> None:
-        if key != JOB_KEY:
-            return
+    def _on_scanned(self, report: ScanReport) -> None:
         self._done()
         if report.error:
             self._show_error(f"Could not scan {report.root}: {report.error}")

@@ -38,6 +38,7 @@ from explorer.jobs import JobRunner
 from explorer.state import AppState
 from explorer.widgets.thumbnails import ThumbnailCache
 from trainer.analysis import projection
+from trainer.analysis.projection_worker import ProjectionWorker
 from explorer.views.map.geometry import draw_order, points_in_polygon, splat_points
 from explorer.views.map.jobs import METHOD_TITLES, _warm_up_job, map_job
 from explorer.widgets.palette import class_colour
@@ -125,7 +126,7 @@ class MapView(QWidget):
         super().__init__(parent)
         self.state = state
         self._owns_jobs = jobs is None
-        self.jobs = jobs or JobRunner(self)
+        self.jobs = jobs or JobRunner(self, max_threads=1)
         self.thumbnails = thumbnails or ThumbnailCache(self)
         self.projector = projection.Projector(method)
         self._job_key = ("map", id(self))
@@ -156,8 +157,9 @@ class MapView(QWidget):
         # UMAP / t-SNE run in the job runner's long-lived child process (warmed up there now), so numba never
         # holds this process's GIL; process=False keeps them in a worker thread (tests, benchmarks)
         self.use_process = warm_up if process is None else bool(process)
+        self.projection_worker: ProjectionWorker | None = None
         if self.use_process:
-            self.projector.worker = self.jobs.projection_worker()
+            self.projection_worker = self.projector.worker = ProjectionWorker(warm=True)
         elif warm_up and method == "umap" and not projection.is_warm():
             self.jobs.submit(("umap-warm-up", id(self)), _warm_up_job)
         if state.run is not None:
@@ -320,10 +322,6 @@ class MapView(QWidget):
         st.epoch_changed.connect(self._on_epoch_changed)
         st.selection_changed.connect(self._on_selection_changed)
         st.highlight_changed.connect(self._on_highlight_changed)
-        self.jobs.finished.connect(self._on_job_finished)
-        self.jobs.partial.connect(self._on_job_partial)
-        self.jobs.progress.connect(self._on_job_progress)
-        self.jobs.failed.connect(self._on_job_failed)
         self.thumbnails.ready.connect(self._on_thumbnail)
         self.thumbnails.failed.connect(self._on_thumbnail_failed)
         self.method_combo.currentIndexChanged.connect(self._on_method_changed)
@@ -439,7 +437,9 @@ class MapView(QWidget):
             return
         self._pending_epoch = epoch
         pca_first = self.layout is None and method != "pca"
-        self.jobs.submit(self._job_key, map_job, self.run, epoch, method, self.projector, self.labels, pca_first)
+        self.jobs.submit(self._job_key, map_job, self.run, epoch, method, self.projector, self.labels, pca_first,
+                         on_result=self._on_layout, on_partial=self._on_layout_preview,
+                         on_progress=self._on_map_progress, on_failed=self._on_map_failed)
         self.progress.setValue(0)
         self.progress.show()
 
@@ -482,31 +482,27 @@ class MapView(QWidget):
             self.play_button.setChecked(False)
 
     # ------------------------------------------------------------------------------------------------ jobs
-    def _on_job_partial(self, key, result) -> None:
-        if key != self._job_key or result is None:
+    def _on_layout_preview(self, result) -> None:
+        if result is None:
             return
         epoch, layout, ordered = result
         self._show_layout(epoch, layout, final=False, ordered=ordered)
 
-    def _on_job_finished(self, key, result) -> None:
-        if key != self._job_key or result is None:
+    def _on_layout(self, result) -> None:
+        if result is None:
             return
         epoch, layout, ordered = result
         self.progress.hide()
         self._layouts[(layout.method, epoch)] = layout
         self._show_layout(epoch, layout, final=True, ordered=ordered)
 
-    def _on_job_progress(self, key, fraction: float, text: str) -> None:
-        if key != self._job_key:
-            return
+    def _on_map_progress(self, fraction: float, text: str) -> None:
         self.progress.setValue(int(1000 * max(0.0, min(1.0, fraction))))
         self.progress.setToolTip(text)
         if text:
             self.status.setText(f"Epoch {self._pending_epoch}: {text}…")
 
-    def _on_job_failed(self, key, message: str) -> None:
-        if key != self._job_key:
-            return
+    def _on_map_failed(self, message: str) -> None:
         self.progress.hide()
         first = message.splitlines()[0] if message else "unknown error"
         self.status.setText(f"Could not compute the map of epoch {self._pending_epoch}: {first}")
@@ -816,9 +812,15 @@ class MapView(QWidget):
             self._fill_hover(None)
             self._place_hover()
 
+    def shutdown(self, timeout: float = 2.0) -> bool:
+        """Cancel the map's jobs and stop its projection process (window close, aboutToQuit)."""
+        if self.projection_worker is not None:  # first: a job's thread may be waiting on the child
+            self.projection_worker.close(timeout=min(timeout, 2.0))
+        return self.jobs.shutdown(timeout)
+
     def closeEvent(self, ev) -> None:  # noqa: N802 - Qt naming
         if self._owns_jobs:  # a map with its own runner stops its jobs and projection process itself
-            self.jobs.shutdown(2.0)
+            self.shutdown(2.0)
         super().closeEvent(ev)
 
     def hideEvent(self, ev) -> None:  # noqa: N802 - Qt naming

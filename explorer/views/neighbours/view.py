@@ -86,7 +86,7 @@ class NeighboursView(QWidget):
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.state = state
-        self.jobs = jobs if jobs is not None else JobRunner(self)
+        self.jobs = jobs if jobs is not None else JobRunner(self, max_threads=2)
         if thumbnails is None:
             from explorer.widgets.thumbnails import ThumbnailCache
 
@@ -111,9 +111,6 @@ class NeighboursView(QWidget):
         state.run_changed.connect(self._on_run)
         state.epoch_changed.connect(self._on_epoch)
         state.selection_changed.connect(self._on_selection)
-        self.jobs.finished.connect(self._on_job_finished)
-        self.jobs.progress.connect(self._on_job_progress)
-        self.jobs.failed.connect(self._on_job_failed)
         self.thumbs.ready.connect(self._on_thumb)
         if state.run is not None:
             self._on_run(state.run)
@@ -260,7 +257,8 @@ class NeighboursView(QWidget):
             self.info.setText(f"{p}: not a file, so it cannot be used as a query.")
             return
         self.info.setText(f"Embedding {p.name} with the checkpoint of epoch ≤ {self.state.epoch}…")
-        self.jobs.submit((self._key, "embed"), embed_file_job, self.run, self.state.epoch, str(p), dict(self._models))
+        self.jobs.submit((self._key, "embed"), embed_file_job, self.run, self.state.epoch, str(p), dict(self._models),
+                         on_result=self._on_embedded, **self._reporting)
 
     def choose_file(self) -> None:
         """Ask for an image file and query with it."""
@@ -282,7 +280,8 @@ class NeighboursView(QWidget):
         epochs = [e for e in self.run.epochs if e < self.state.epoch]
         prev = epochs[-1] if epochs else None
         self.jobs.submit((self._key, "search"), neighbour_job, self.run, self.state.epoch, prev, self.gallery,
-                         self.distance_metric, q, self.k, dict(self._cache))
+                         self.distance_metric, q, self.k, dict(self._cache), on_result=self._on_searched,
+                         **self._reporting)
 
     def show_in_map(self) -> None:
         """Highlight the query (when it is a sample) and its neighbours in the map."""
@@ -362,7 +361,7 @@ class NeighboursView(QWidget):
         if self.run is None:
             return
         self.jobs.submit((self._key, "filter"), filter_samples_job, self._haystack, self.run.samples,
-                         self.run.classes, self.search.text())
+                         self.run.classes, self.search.text(), on_result=self._on_filtered, **self._reporting)
 
     def _checkpoint_epoch(self, ckpt: Path) -> int:
         m = self._models.get(str(ckpt))
@@ -387,47 +386,49 @@ class NeighboursView(QWidget):
             self.query_file(files[0])
 
     # ---- jobs ---------------------------------------------------------------------------------------------------
-    def _mine(self, key) -> str | None:
-        return key[1] if isinstance(key, tuple) and len(key) == 2 and key[0] == self._key else None
+    @property
+    def _reporting(self) -> dict:
+        """The progress and failure callbacks every job of this view shares."""
+        return {"on_progress": self._on_job_progress, "on_failed": self._on_job_failed}
 
-    @Slot(object, object)
-    def _on_job_finished(self, key, result) -> None:
-        part = self._mine(key)
-        if part is None:
-            return
+    def _job_done(self) -> None:
+        """Hide the progress bar when nothing else runs."""
         if not self.is_busy():
             self.progress.hide()
+
+    def _on_filtered(self, result) -> None:
+        self._job_done()
         if result is None:
             return
-        if part == "filter":
-            self._haystack, rows = result
-            self.model.set_rows(rows)
-            self.count_label.setText(f"{len(rows):,} of {len(self.run.samples.paths):,} samples")
-        elif part == "embed":
-            self._models[result["checkpoint"]] = result["model"]
-            if result["thumb"] is not None:
-                from explorer.widgets.thumbnails import array_to_pixmap
+        self._haystack, rows = result
+        self.model.set_rows(rows)
+        self.count_label.setText(f"{len(rows):,} of {len(self.run.samples.paths):,} samples")
 
-                self._file_thumb = array_to_pixmap(result["thumb"])
-            self.query = NeighbourQuery("file", sample_id=result["sample_id"], label=result["label"],
-                                        path=result["path"], vector=result["vector"],
-                                        checkpoint_epoch=result["checkpoint_epoch"])
-            self.requery()
-        elif part == "search":
+    def _on_embedded(self, result) -> None:
+        self._job_done()
+        if result is None:
+            return
+        self._models[result["checkpoint"]] = result["model"]
+        if result["thumb"] is not None:
+            from explorer.widgets.thumbnails import array_to_pixmap
+
+            self._file_thumb = array_to_pixmap(result["thumb"])
+        self.query = NeighbourQuery("file", sample_id=result["sample_id"], label=result["label"],
+                                    path=result["path"], vector=result["vector"],
+                                    checkpoint_epoch=result["checkpoint_epoch"])
+        self.requery()
+
+    def _on_searched(self, result) -> None:
+        self._job_done()
+        if result is not None:
             self._show(result)
 
-    @Slot(object, float, str)
-    def _on_job_progress(self, key, fraction: float, text: str) -> None:
-        if self._mine(key) is None:
-            return
+    def _on_job_progress(self, fraction: float, text: str) -> None:
         self.progress.show()
         self.progress.setValue(int(100 * fraction))
         self.progress.setFormat(text or "%p%")
 
-    @Slot(object, str)
-    def _on_job_failed(self, key, message: str) -> None:
-        if self._mine(key) is None:
-            return
+    def _on_job_failed(self, message: str) -> None:
         self.progress.hide()
         self.info.setText("Could not answer: " + message.splitlines()[0])
         self.info.setToolTip(message)

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleS
 from explorer.jobs import JobRunner
 from explorer.state import AppState
 from explorer.widgets.lazy import DeferWhileHidden
+from explorer.widgets.texts import metric_words
 from trainer.analysis import verification
 from trainer.analysis.thresholds import coarsen, snap_threshold
 from trainer.store import write_json_atomic
@@ -66,10 +67,6 @@ def _num(v: float | None) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _metric_words(metric: str) -> str:
-    return "cosine distance 1 − cos(a, b)" if metric == "cosine" else "Euclidean distance ‖a − b‖"
-
-
 def _render_svg(widget: QWidget, path: Path) -> None:
     """Paint ``widget`` into an SVG file with QtSvg (vector output of the plot as shown)."""
     from PySide6.QtCore import QRect
@@ -100,7 +97,7 @@ class ThresholdView(DeferWhileHidden, QWidget):
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.state = state
-        self.jobs = jobs if jobs is not None else JobRunner(self)
+        self.jobs = jobs if jobs is not None else JobRunner(self, max_threads=2)
         if thumbnails is None:
             from explorer.widgets.thumbnails import ThumbnailCache
 
@@ -127,10 +124,6 @@ class ThresholdView(DeferWhileHidden, QWidget):
         state.run_changed.connect(self._on_run)
         state.epoch_changed.connect(self._on_epoch)
         state.threshold_changed.connect(self._on_state_threshold)
-        self.jobs.finished.connect(self._on_job_finished)
-        self.jobs.partial.connect(self._on_job_partial)
-        self.jobs.progress.connect(self._on_job_progress)
-        self.jobs.failed.connect(self._on_job_failed)
         self.thumbs.ready.connect(self._on_thumb)
         if state.run is not None:
             self._on_run(state.run)
@@ -366,7 +359,8 @@ class ThresholdView(DeferWhileHidden, QWidget):
         self.title.setText(f"Epoch {epoch}: computing all pair distances of the held-out classes…")
         self.progress.setValue(0)
         self.progress.show()
-        self.jobs.submit((self._key, "main"), compute_roc, run, int(epoch))
+        self.jobs.submit((self._key, "main"), compute_roc, run, int(epoch), on_result=self._on_roc,
+                         on_progress=self._on_job_progress, on_failed=lambda m: self._on_job_failed("main", m))
 
     def _catch_up(self) -> None:
         self._on_epoch(self.state.epoch)
@@ -400,53 +394,50 @@ class ThresholdView(DeferWhileHidden, QWidget):
 
     # ---- job results ----------------------------------------------------------------------------------------------
     @Slot(object, float, str)
-    def _on_job_progress(self, key, fraction: float, text: str) -> None:
-        if isinstance(key, tuple) and key[0] == self._key:
-            self.progress.show()
-            self.progress.setValue(int(100 * fraction))
-            self.progress.setFormat(f"{text} (%p%)" if text else "%p%")
+    def _on_job_progress(self, fraction: float, text: str) -> None:
+        self.progress.show()
+        self.progress.setValue(int(100 * fraction))
+        self.progress.setFormat(f"{text} (%p%)" if text else "%p%")
 
-    @Slot(object, str)
-    def _on_job_failed(self, key, message: str) -> None:
-        if not (isinstance(key, tuple) and key[0] == self._key):
-            return
+    def _on_job_failed(self, part: str, message: str) -> None:
         self.progress.hide()
         first = message.strip().splitlines()[0] if message.strip() else "unknown error"
-        if key[1] == "main":
+        if part == "main":
             self.title.setText(f"Could not compute the ROC: {first}")
         else:
-            self.errors_note.setText(f"{key[1]} failed: {first}")
+            self.errors_note.setText(f"{part} failed: {first}")
         self.title.setToolTip(message)
 
-    @Slot(object, object)
-    def _on_job_partial(self, key, result) -> None:
-        if key == (self._key, "extras") and "cv" in result:
+    def _on_extras_partial(self, result) -> None:
+        if "cv" in result:
             self.cv = result["cv"]
             self._fill_summary()
             if self._pending_cv_pick:
                 self._pending_cv_pick = False
                 self._pick_cv()
 
-    @Slot(object, object)
-    def _on_job_finished(self, key, result) -> None:
-        if not (isinstance(key, tuple) and key[0] == self._key):
-            return
-        part = key[1]
-        if part == "main":
-            self._show_main(result)
-        elif part == "extras":
-            self.cv = result.get("cv", self.cv)
-            self.boot = result.get("boot")
-            self._fill_summary()
-            if self._pending_cv_pick:
-                self._pending_cv_pick = False
-                self._pick_cv()
-        elif part == "errors":
-            if self.threshold is not None and result["threshold"] == self.threshold:
-                self.errors = result
-                self._show_errors()
+    def _job_done(self) -> None:
         if not self.is_busy():
             self.progress.hide()
+
+    def _on_roc(self, result: RocData) -> None:
+        self._show_main(result)
+        self._job_done()
+
+    def _on_extras(self, result) -> None:
+        self.cv = result.get("cv", self.cv)
+        self.boot = result.get("boot")
+        self._fill_summary()
+        if self._pending_cv_pick:
+            self._pending_cv_pick = False
+            self._pick_cv()
+        self._job_done()
+
+    def _on_errors(self, result) -> None:
+        if self.threshold is not None and result["threshold"] == self.threshold:
+            self.errors = result
+            self._show_errors()
+        self._job_done()
 
     def _show_main(self, d: RocData) -> None:
         self.data = d
@@ -464,7 +455,7 @@ class ThresholdView(DeferWhileHidden, QWidget):
             f"Epoch {d.epoch} · {len(d.ids):,} held-out images in {n_cls} classes never trained on · "
             f"{h.n_genuine:,} genuine and {h.n_impostor:,} impostor pairs, {d.pairs_note or 'all counted exactly'} · "
             + (f"{d.analysis_note} · " if d.analysis_note else "") +
-            f"{_metric_words(d.metric)}, smaller = more alike")
+            f"{metric_words(d.metric)}, smaller = more alike")
         decimals = max(0, int(round(-math.log10(d.step))))
         self._updating = True
         try:
@@ -496,7 +487,9 @@ class ThresholdView(DeferWhileHidden, QWidget):
         self.threshold = None  # force a refresh for the new data
         self._apply_threshold(float(start), source="init")
         self._fill_summary()
-        self.jobs.submit((self._key, "extras"), compute_extras, d.embeddings, d.labels, d.metric, d.analysis_rows)
+        self.jobs.submit((self._key, "extras"), compute_extras, d.embeddings, d.labels, d.metric, d.analysis_rows,
+                         on_result=self._on_extras, on_partial=self._on_extras_partial,
+                         on_progress=self._on_job_progress, on_failed=lambda m: self._on_job_failed("extras", m))
 
     # ---- drawing --------------------------------------------------------------------------------------------------
     def _redraw_hist(self) -> None:
@@ -690,7 +683,8 @@ class ThresholdView(DeferWhileHidden, QWidget):
         if d is None or d.hist is None or self.threshold is None:
             return
         self.jobs.submit((self._key, "errors"), compute_errors, d.embeddings, d.labels, d.metric, self.threshold,
-                         d.analysis_rows)
+                         d.analysis_rows, on_result=self._on_errors, on_progress=self._on_job_progress,
+                         on_failed=lambda m: self._on_job_failed("errors", m))
 
     def _show_errors(self) -> None:
         d, e = self.data, self.errors
@@ -794,7 +788,7 @@ class ThresholdView(DeferWhileHidden, QWidget):
             "version": 1,
             "threshold": float(self.threshold),
             "metric": d.metric,
-            "distance": _metric_words(d.metric),
+            "distance": metric_words(d.metric),
             "direction": "accept a pair as the same class when distance <= threshold (smaller = more alike)",
             "chosen_by": self.rule,
             "run": str(d.run_dir),

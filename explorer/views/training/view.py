@@ -103,7 +103,7 @@ class TrainingView(QWidget):
         super().__init__(parent)
         self.state = state
         self.controller = controller
-        self.jobs = jobs if jobs is not None else JobRunner(self)
+        self.jobs = jobs if jobs is not None else JobRunner(self, max_threads=1)
         self._tel_key = f"telemetry-{id(self)}"
         self._tel_run = None  # the run whose stored batches are being read in the background
         self._tel_queue: list[int] = []  # its epochs not yet asked for, in order
@@ -133,8 +133,6 @@ class TrainingView(QWidget):
         controller.snapshot_ready.connect(self._on_snapshot)
         state.run_changed.connect(self._on_run_changed)
         state.epochs_available.connect(self._on_epochs_available)
-        self.jobs.finished.connect(self._on_job_finished)
-        self.jobs.failed.connect(self._on_job_failed)
         self._update_buttons()
 
     # ---- layout -----------------------------------------------------------------------------------------------
@@ -453,7 +451,8 @@ class TrainingView(QWidget):
         if self._tel_asked or not self._tel_queue or self._tel_run is None:
             return
         self._tel_asked, self._tel_queue = self._tel_queue, []
-        self.jobs.submit(self._tel_key, read_batch_telemetry, self._tel_run, list(self._tel_asked))
+        self.jobs.submit(self._tel_key, read_batch_telemetry, self._tel_run, list(self._tel_asked),
+                         on_result=self._on_telemetry, on_failed=self._on_telemetry_failed)
 
     def _cancel_telemetry(self) -> None:
         self.jobs.cancel(self._tel_key)
@@ -470,16 +469,12 @@ class TrainingView(QWidget):
         self._tel_asked, self._tel_queue = [], []
         self._extend_batches(read_batch_telemetry(run, epochs))
 
-    def _on_job_finished(self, key, result) -> None:
-        if key != self._tel_key:
-            return
+    def _on_telemetry(self, result) -> None:
         self._tel_asked = []
         self._extend_batches(result)
         self._ask_telemetry()
 
-    def _on_job_failed(self, key, message: str) -> None:
-        if key != self._tel_key:
-            return
+    def _on_telemetry_failed(self, message: str) -> None:
         self._tel_asked = []
         self.append_log(f"Could not read the run's stored batches: {message}", "warning")
         self._ask_telemetry()

@@ -50,7 +50,7 @@ class TripletsView(DeferWhileHidden, QWidget):
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.state = state
-        self.jobs = jobs if jobs is not None else JobRunner(self)
+        self.jobs = jobs if jobs is not None else JobRunner(self, max_threads=2)
         if thumbnails is None:
             from explorer.widgets.thumbnails import ThumbnailCache
 
@@ -70,10 +70,6 @@ class TripletsView(DeferWhileHidden, QWidget):
         state.run_changed.connect(self._on_run)
         state.epoch_changed.connect(self._on_epoch)
         state.epochs_available.connect(self._on_epochs)
-        self.jobs.finished.connect(self._on_job_finished)
-        self.jobs.partial.connect(self._on_job_partial)
-        self.jobs.progress.connect(self._on_job_progress)
-        self.jobs.failed.connect(self._on_job_failed)
         self.thumbs.ready.connect(self._on_thumb)
         if state.run is not None:
             self._on_run(state.run)
@@ -289,7 +285,8 @@ class TripletsView(DeferWhileHidden, QWidget):
         if self.run is None or self.state.epoch < 0 or self._defer():
             return
         self.jobs.submit((self._key, "census"), census_job, self.run, self.state.epoch, self.split, self.margin,
-                         self.distance_metric)
+                         self.distance_metric, on_result=self._on_census, on_partial=self._on_census_partial,
+                         **self._reporting)
         self._start_history()
 
     def start_examples(self) -> None:
@@ -299,7 +296,8 @@ class TripletsView(DeferWhileHidden, QWidget):
             return
         self.jobs.submit((self._key, "examples"), examples_job, r.x, r.labels, r.ids,
                          str(self.category_combo.currentData()), r.margin, r.metric, self.class_combo.currentData(),
-                         str(self.sort_combo.currentData()), N_EXAMPLES)
+                         str(self.sort_combo.currentData()), N_EXAMPLES, on_result=self._on_examples,
+                         **self._reporting)
 
     # ---- state --------------------------------------------------------------------------------------------------
     @Slot(object)
@@ -345,7 +343,8 @@ class TripletsView(DeferWhileHidden, QWidget):
         epochs = list(self.run.epochs)
         if any(e not in done for e in epochs):
             self.jobs.submit((self._key, "history"), history_job, self.run, epochs, self.split, self.margin,
-                             self.distance_metric, dict(done))
+                             self.distance_metric, dict(done), on_result=self._on_history,
+                             on_partial=self._on_history, **self._reporting)
 
     def _clear(self) -> None:
         for r in range(3):
@@ -366,45 +365,39 @@ class TripletsView(DeferWhileHidden, QWidget):
         self.class_combo.blockSignals(False)
 
     # ---- jobs ---------------------------------------------------------------------------------------------------
-    def _mine(self, key) -> str | None:
-        return key[1] if isinstance(key, tuple) and len(key) == 2 and key[0] == self._key else None
+    @property
+    def _reporting(self) -> dict:
+        """The progress and failure callbacks every job of this view shares."""
+        return {"on_progress": self._on_job_progress, "on_failed": self._on_job_failed}
 
-    @Slot(object, object)
-    def _on_job_finished(self, key, result) -> None:
-        part = self._mine(key)
-        if part is None:
-            return
+    def _job_done(self) -> None:
         if not any(self.jobs.is_running((self._key, p)) for p in ("census", "history", "examples")):
             self.progress.hide()
-        if part == "census":
-            self._show_census(result)
-        elif part == "history":
-            self.history.setdefault((self.split, self.margin), {}).update(result)
-            self._draw_history()
-        elif part == "examples":
-            self._show_examples(result)
 
-    @Slot(object, object)
-    def _on_job_partial(self, key, result) -> None:
-        part = self._mine(key)
-        if part == "history":
-            self.history.setdefault((self.split, self.margin), {}).update(result)
-            self._draw_history()
-        elif part == "census" and result.census is not None and self.result is None:
+    def _on_census(self, result) -> None:
+        self._job_done()
+        self._show_census(result)
+
+    def _on_census_partial(self, result) -> None:
+        if result.census is not None and self.result is None:
             self._show_census(result, partial=True)
 
-    @Slot(object, float, str)
-    def _on_job_progress(self, key, fraction: float, text: str) -> None:
-        if self._mine(key) is None:
-            return
+    def _on_history(self, result) -> None:
+        if not self.jobs.is_running((self._key, "history")):
+            self._job_done()
+        self.history.setdefault((self.split, self.margin), {}).update(result)
+        self._draw_history()
+
+    def _on_examples(self, result) -> None:
+        self._job_done()
+        self._show_examples(result)
+
+    def _on_job_progress(self, fraction: float, text: str) -> None:
         self.progress.show()
         self.progress.setValue(int(100 * fraction))
         self.progress.setFormat(text or "%p%")
 
-    @Slot(object, str)
-    def _on_job_failed(self, key, message: str) -> None:
-        if self._mine(key) is None:
-            return
+    def _on_job_failed(self, message: str) -> None:
         self.progress.hide()
         self.census_label.setText("Failed: " + message.splitlines()[0])
         self.census_label.setToolTip(message)

@@ -190,7 +190,8 @@ def test_umap_map_with_pca_preview(qtbot, run_dir):
     view = MapView(state, method="umap", warm_up=False)
     qtbot.addWidget(view)
     methods = []
-    view.jobs.partial.connect(lambda k, r: methods.append(r[1].method))
+    preview = view._on_layout_preview  # the job's partial result (the PCA map) goes only to this view's callback
+    view._on_layout_preview = lambda r: (methods.append(r[1].method), preview(r))
     with qtbot.waitSignal(view.map_ready, timeout=120_000):
         state.set_run(RunReader(run_dir))
     assert methods == ["pca"] and view.layout.method == "umap"
@@ -255,3 +256,14 @@ def test_raster_follows_the_view_and_rerenders_at_rest(qtbot, run_dir, monkeypat
         qtbot.wait(10)
     assert view._last_render == last
     qtbot.waitUntil(lambda: view._last_render > last, timeout=3000)  # at rest: re-rendered
+
+
+def test_the_map_owns_its_projection_process_and_stops_it(qtbot):
+    """The projection worker belongs to the map (not to a shared runner): started with it, stopped by its shutdown."""
+    view = MapView(AppState(), method="pca", warm_up=False, process=True)
+    qtbot.addWidget(view)
+    worker = view.projection_worker
+    assert worker is not None and view.projector.worker is worker and worker.is_alive()
+    assert view.shutdown(5.0)
+    assert not worker.is_alive()
+    assert view.jobs.submit("late", lambda **k: None) == -1  # its runner is shut down too
