@@ -107,9 +107,37 @@ class CenterSoftmaxLoss(SoftmaxLoss):
         return super().forward(embeddings, labels) + self.center_weight * self.center_loss(embeddings, labels)
 
 
+LAMBDA_START = 1000.0  # the annealed weight of the plain cosine, as in the SphereFace authors' code
+LAMBDA_DECAY = 0.1  # per training step: lambda = max(lambda_min, LAMBDA_START / (1 + LAMBDA_DECAY * step))
+
+
 class _ExactMarginTermsMixin:
     """PML's L-Softmax builds its multiple-angle coefficients by passing tensors to scipy.special.binom, which
-    NumPy 2 deprecates; the same coefficients computed with math.comb."""
+    NumPy 2 deprecates; the same coefficients computed with math.comb.
+
+    The multiplicative margin is annealed as both papers' own code does: the target logit is
+    (lambda cos(theta) + psi(theta)) / (1 + lambda), with lambda falling from 1000 to ``lambda_min``; PML applies
+    psi at full strength from the first step, and from random weights neither loss then learns at all (held-out
+    MAP@R below the untrained network on every benchmark task)."""
+
+    def setup_annealing(self, lambda_min: float) -> None:
+        self.lambda_min = float(lambda_min)
+        self.register_buffer("anneal_step", torch.zeros((), dtype=torch.float64))
+        self.register_load_state_dict_pre_hook(self._default_step)
+
+    @staticmethod
+    def _default_step(module, state_dict, prefix, *args) -> None:
+        state_dict.setdefault(prefix + "anneal_step", torch.zeros((), dtype=torch.float64))  # older checkpoints
+
+    def current_lambda(self) -> float:
+        return max(self.lambda_min, LAMBDA_START / (1.0 + LAMBDA_DECAY * float(self.anneal_step)))
+
+    def modify_cosine_of_target_classes(self, cosine_of_target_classes):
+        psi = super().modify_cosine_of_target_classes(cosine_of_target_classes)
+        lam = self.current_lambda()
+        if self.training and torch.is_grad_enabled():
+            self.anneal_step += 1
+        return (lam * cosine_of_target_classes + psi) / (1.0 + lam)
 
     def init_margin(self) -> None:
         self.margin = int(self.margin)
@@ -122,11 +150,19 @@ class _ExactMarginTermsMixin:
 
 
 class LargeMarginSoftmaxLoss(_ExactMarginTermsMixin, losses.LargeMarginSoftmaxLoss):
-    """PML's L-Softmax without the NumPy deprecation warning."""
+    """PML's L-Softmax, annealed, without the NumPy deprecation warning."""
+
+    def __init__(self, *args, lambda_min: float = 5.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.setup_annealing(lambda_min)
 
 
 class SphereFaceLoss(_ExactMarginTermsMixin, losses.SphereFaceLoss):
-    """PML's SphereFace (A-Softmax) without the NumPy deprecation warning."""
+    """PML's SphereFace (A-Softmax), annealed, without the NumPy deprecation warning."""
+
+    def __init__(self, *args, lambda_min: float = 5.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.setup_annealing(lambda_min)
 
 
 def _index_pairs_with_tuple() -> None:
@@ -208,6 +244,9 @@ def P(name: str, default: ParamValue, help: str, **kw: Any) -> Param:  # noqa: N
 
 
 _MARGIN_DEG = P("margin", 28.6, "additive angular margin in degrees (0.5 rad = 28.6 deg)", minimum=0, maximum=90)
+_LAMBDA_MIN = P("lambda_min", 5.0, "final weight of the plain cosine in the target logit (lambda cos + psi) / "
+                "(1 + lambda); lambda starts at 1000 and decays as 1000 / (1 + 0.1 step), as in the authors' code "
+                "(0 = the full margin at once)", minimum=0)
 _SCALE = P("scale", 64.0, "logit scale s: cosines are multiplied by it before the softmax", minimum=0)
 
 
@@ -365,10 +404,12 @@ _LOSS_LIST: list[LossSpec] = [
         params=(
             P("margin", 4, "integer angle multiplier m (1 = plain softmax)", minimum=1),
             P("scale", 1.0, "logit scale", minimum=0),
+            _LAMBDA_MIN,
         ),
         family="classifier", normalized=False, metric="cosine", accepts_miner=False,
         reference="Liu et al. 2016",
-        build=lambda p, d, c: LargeMarginSoftmaxLoss(c, d, margin=p["margin"], scale=p["scale"]),
+        build=lambda p, d, c: LargeMarginSoftmaxLoss(c, d, margin=p["margin"], scale=p["scale"],
+                                                     lambda_min=p["lambda_min"]),
     ),
     _spec(
         name="sphereface", title="SphereFace (A-Softmax)",
@@ -376,10 +417,11 @@ _LOSS_LIST: list[LossSpec] = [
         params=(
             P("margin", 4, "integer angle multiplier m", minimum=1),
             P("scale", 1.0, "logit scale", minimum=0),
+            _LAMBDA_MIN,
         ),
         family="classifier", normalized=False, metric="cosine", accepts_miner=False,
         reference="Liu et al. 2017",
-        build=lambda p, d, c: SphereFaceLoss(c, d, margin=p["margin"], scale=p["scale"]),
+        build=lambda p, d, c: SphereFaceLoss(c, d, margin=p["margin"], scale=p["scale"], lambda_min=p["lambda_min"]),
     ),
     _spec(
         name="cosface", title="CosFace",

@@ -271,7 +271,7 @@ def test_unknown_and_bad_params_are_refused() -> None:
         L.build_miner("hard_triplets", {}, metric="manhattan")
     # integral floats from JSON are fine for int parameters, ints for floats
     loss = L.build_loss("sphereface", {"margin": 2.0, "scale": 1}, embedding_dim=8, num_classes=4)
-    assert loss.params == {"margin": 2, "scale": 1.0} and isinstance(loss.params["margin"], int)
+    assert loss.params == {"margin": 2, "scale": 1.0, "lambda_min": 5.0} and isinstance(loss.params["margin"], int)
 
 
 def test_margins_and_metrics() -> None:
@@ -326,3 +326,36 @@ def test_histogram_loss_takes_equal_embeddings():
     loss = loss_fn(emb.requires_grad_(), labels)
     assert torch.isfinite(loss)
     loss.backward()
+
+
+@pytest.mark.parametrize("name", ["large_margin_softmax", "sphereface"])
+def test_multiplicative_margins_are_annealed_as_the_authors_code_does(name) -> None:
+    """Target logit (lambda cos + psi) / (1 + lambda), psi(theta) = (-1)^k cos(m theta) - 2k, lambda falling from 1000
+    as 1000 / (1 + 0.1 step) to lambda_min; checked against the formula one value at a time."""
+    loss = L.build_loss(name, {"margin": 4, "lambda_min": 5.0}, embedding_dim=6, num_classes=3)
+    inner = loss.inner
+    cosines = torch.tensor([0.95, 0.5, 0.0, -0.3, -0.9], dtype=torch.float64)
+
+    def brute(c: float, lam: float) -> float:
+        theta = math.acos(c)
+        k = math.floor(theta / (math.pi / 4))
+        psi = (-1) ** k * math.cos(4 * theta) - 2 * k
+        return (lam * c + psi) / (1 + lam)
+
+    for step, lam in ((0, 1000.0), (90, 100.0), (10_000, 5.0)):
+        inner.anneal_step.fill_(step)
+        inner.eval()  # evaluation does not advance the schedule
+        got = inner.modify_cosine_of_target_classes(cosines.float())
+        assert float(inner.anneal_step) == step
+        for c, g in zip(cosines.tolist(), got.tolist()):
+            assert g == pytest.approx(brute(c, lam), abs=1e-5)
+    inner.train()
+    inner.anneal_step.fill_(0)
+    x, y = torch.randn(12, 6), torch.arange(3).repeat(4)
+    for _ in range(3):
+        loss(x, y).backward()
+    assert float(inner.anneal_step) == 3  # one step per training forward, kept in the checkpoint
+    state = loss.state_dict()
+    assert float(state["inner.anneal_step"]) == 3
+    del state["inner.anneal_step"]  # a checkpoint written before the schedule existed still loads
+    loss.load_state_dict(state)
