@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -181,14 +182,25 @@ def cmd_train(argv: list[str]) -> int:
     from trainer import events as ev
     from trainer.train.engine import Trainer
 
+    from trainer.train.checks import config_problems
+
     args = _train_parser().parse_args(argv)
-    cfg = _config_from_args(args)
+    try:
+        cfg = _config_from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    problems = [] if args.resume else config_problems(cfg, run_dir=Path(args.out))
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
     if args.dry_run:
         return _dry_run(cfg)
     if not args.resume and Path(args.out).exists() and any(Path(args.out).iterdir()):
         print(f"error: {args.out} exists and is not empty; use --resume to continue it, or another --out",
               file=sys.stderr)
-        return 2
+        return 1
     state = {"bar": None, "failed": None, "epoch_bar": None}
 
     def emit(e) -> None:
@@ -235,7 +247,7 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def _dry_run(cfg) -> int:
-    from trainer.errors import TrainingError
+    from trainer.errors import ExplorerError
     from trainer.model.device import pick_device
     from trainer.train.engine import scan_samples
     from trainer.train.recipe import describe_estimate, estimate_epoch_seconds, resolve_logged
@@ -255,7 +267,7 @@ def _dry_run(cfg) -> int:
         times = estimate_epoch_seconds(cfg, n_train, len(samples.paths), device.type, len(classes))
         print("estimated time: " + describe_estimate(*times, device.type, cfg.optim.epochs)
               + " (timed on synthetic batches; image decoding not included)")
-    except (TrainingError, ValueError, OSError) as exc:
+    except (ExplorerError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -288,7 +300,7 @@ def cmd_lr_find(argv: list[str]) -> int:
     p.add_argument("--end-lr", type=float, default=1.0, help="highest rate tested (default 1)")
     p.add_argument("--steps", type=int, default=100, help="batches, one rate each (default 100)")
     args = p.parse_args(argv)
-    from trainer.errors import TrainingError
+    from trainer.errors import ExplorerError
     from trainer.train.lr_find import lr_range_test
 
     cfg = _config_from_args(args)
@@ -309,7 +321,7 @@ def cmd_lr_find(argv: list[str]) -> int:
                             else None, progress=progress)
         if bar is not None:
             bar.close()
-    except (TrainingError, ValueError, OSError) as exc:
+    except (ExplorerError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print("lr          loss     smoothed")
@@ -396,13 +408,13 @@ def cmd_embed(argv: list[str]) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=128)
     args = p.parse_args(argv)
-    from trainer.errors import TrainingError
+    from trainer.errors import ExplorerError
     from trainer.inference import embed_folder
 
     try:
         info = embed_folder(Path(args.run_dir), Path(args.image_dir), Path(args.out), checkpoint=args.checkpoint,
                             device=args.device, batch_size=args.batch_size)
-    except (TrainingError, ValueError, OSError) as exc:
+    except (ExplorerError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {info['n']} embeddings of dimension {info['dim']} to {args.out}"
@@ -419,16 +431,19 @@ def cmd_evaluate(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    from trainer.errors import TrainingError
+    from trainer.errors import ExplorerError
     from trainer.inference import evaluate_run
 
     try:
         metrics = evaluate_run(Path(args.run_dir), data=args.data, epoch=args.epoch, device=args.device)
-    except (TrainingError, ValueError, OSError) as exc:
+    except (ExplorerError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(metrics, indent=2, sort_keys=True))
+    for note in metrics.pop("warnings", []):
+        print(f"warning: {note}", file=sys.stderr)
+    if args.json:  # strict JSON: a metric that is not defined (NaN) is null
+        strict = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        print(json.dumps(strict, indent=2, sort_keys=True, allow_nan=False))
     else:
         width = max(map(len, metrics))
         for k, v in metrics.items():

@@ -80,7 +80,7 @@ def test_train_evaluate_embed(tmp_path):
               "--batches-per-epoch", "2", "--device", "cpu", "--workers", "0", "--quiet", "--loss", "contrastive")
     assert res.returncode == 0, res.stdout + res.stderr
     res = run("train", str(data), "--out", str(out))
-    assert res.returncode == 2 and "--resume" in res.stderr
+    assert res.returncode == 1 and "--resume" in res.stderr
 
     res = run("evaluate", str(out), "--json")
     assert res.returncode == 0, res.stderr

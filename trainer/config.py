@@ -90,19 +90,22 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """Build from a dict written by :meth:`to_dict`; unknown keys are refused with their name."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a config must be an object, not {d!r}")
         d = dict(d)
         version = d.pop("version", CONFIG_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ValueError(f"config version {version!r} is not a number")
         if version > CONFIG_VERSION:
             raise ValueError(f"config version {version} is newer than this program understands ({CONFIG_VERSION})")
         parts = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig}
         kwargs: dict[str, Any] = {}
+        own = {f.name: f for f in dataclasses.fields(cls)}
         for key, value in d.items():
             if key in parts:
                 kwargs[key] = _build(parts[key], value)
-            elif key == "auto":
-                kwargs[key] = tuple(value)
-            elif key in {f.name for f in dataclasses.fields(cls)}:
-                kwargs[key] = value
+            elif key in own:
+                kwargs[key] = _check_type("TrainConfig", key, str(own[key].type), value)
             else:
                 raise ValueError(f"unknown config key {key!r}")
         return cls(**kwargs)
@@ -126,15 +129,35 @@ class TrainConfig:
         return dataclasses.replace(self, **flat)
 
 
-def _build(klass: type, value: dict[str, Any]) -> Any:
-    names = {f.name for f in dataclasses.fields(klass)}
-    unknown = set(value) - names
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),),
+          "dict": (dict,), "tuple": (list, tuple)}
+
+
+def _check_type(owner: str, name: str, annotation: str, value: Any) -> Any:
+    """``value`` if it has the field's type (JSON spelling: a list for a tuple, an int for a float)."""
+    allowed: tuple[type, ...] = ()
+    for part in annotation.split("|"):
+        allowed += _TYPES.get(part.strip().split("[")[0], ())
+    ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+    if ok and isinstance(value, (list, tuple)):
+        ok = all(isinstance(v, str) for v in value)
+    if ok and isinstance(value, dict):
+        ok = all(isinstance(k, str) for k in value)
+    if not ok:
+        raise ValueError(f"config {owner}.{name} must be {annotation.replace('tuple[str, ...]', 'a list of names')}, "
+                         f"not {value!r}")
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _build(klass: type, value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise ValueError(f"config section {klass.__name__} must be an object, not {value!r}")
+    fields = {f.name: f for f in dataclasses.fields(klass)}
+    unknown = set(value) - set(fields)
     if unknown:
         raise ValueError(f"unknown {klass.__name__} keys: {sorted(unknown)}")
-    value = dict(value)
-    if klass is DataConfig and value.get("holdout_classes") is not None:
-        value["holdout_classes"] = tuple(value["holdout_classes"])
-    return klass(**value)
+    checked = {k: _check_type(klass.__name__, k, str(fields[k].type), v) for k, v in value.items()}
+    return klass(**checked)
 
 
 # Named starting points for the GUI and the CLI (``--preset``): dotted keys for :meth:`TrainConfig.replace`.

@@ -23,6 +23,7 @@ import re
 import shutil
 import socket
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from trainer.errors import ExplorerError
 from trainer.model.checkpoint import CHECKPOINT_FORMAT
 
 SPLIT_TRAIN = 0
@@ -59,7 +61,7 @@ DEFAULT_MARGIN = 0.1
 METRICS = ("cosine", "euclidean")
 
 
-class RunError(RuntimeError):
+class RunError(ExplorerError):
     """A run directory is missing, not a run, written by a newer version, or damaged beyond repair."""
 
 
@@ -156,6 +158,41 @@ def _h5open(path: Path, mode: str = "r") -> h5py.File:
     return h5py.File(path, mode, locking=False)
 
 
+def _h5open_member(path: Path) -> h5py.File:
+    """Open one of a run's own HDF5 files for reading, refusing anything that would read outside it: external
+    links, soft links, virtual datasets and external storage (RunError naming the file and the object)."""
+    f = _h5open(path)
+    try:
+        _check_h5_self_contained(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _check_h5_self_contained(group: h5py.Group, path: Path) -> None:
+    for name in group:
+        link = group.get(name, getlink=True)
+        if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
+            raise RunError(f"{path} is damaged: {group.name.rstrip('/')}/{name} is a link "
+                           f"({type(link).__name__}); a run's files hold their data themselves")
+        obj = group[name]
+        if isinstance(obj, h5py.Group):
+            _check_h5_self_contained(obj, path)
+        elif isinstance(obj, h5py.Dataset) and (obj.is_virtual or obj.external):
+            raise RunError(f"{path} is damaged: dataset {obj.name} keeps its data "
+                           f"{'in other files (virtual)' if obj.is_virtual else 'in external files'}")
+
+
+def file_crc32(path: Path, chunk: int = 1 << 22) -> int:
+    """CRC-32 of a file's bytes (the integrity record of an epoch or checkpoint in the manifest)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
 def _encode_paths(paths: list[str]) -> np.ndarray:
     return np.array([p.encode(*_PATH_ENCODING) for p in paths], dtype=object)
 
@@ -195,10 +232,66 @@ def _read_manifest(run_dir: Path) -> dict[str, Any]:
     if version > FORMAT_VERSION:
         raise RunError(f"{path} was written by a newer Embedding Explorer (run format version {version}; this "
                        f"program reads up to version {FORMAT_VERSION}): please update the program")
-    for key, kind in (("config", dict), ("classes", list), ("epochs", list), ("checkpoints", list)):
+    for key, kind in (("config", dict), ("classes", list), ("epochs", list), ("checkpoints", list),
+                      ("samples", dict)):
         if not isinstance(m.get(key), kind):
             raise RunError(f"{path} is damaged: {key!r} is missing or not a {kind.__name__}")
+    _check_entries(run_dir, m)
     return m
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_entries(run_dir: Path, m: dict[str, Any]) -> None:
+    """The path rule: every file the manifest names is the run's own file under its own name (so nothing it names
+    can lead outside the run), the run's folders are not links, and each listed file is a regular file."""
+    where = run_dir / MANIFEST
+    for sub in (EPOCHS_DIR, CHECKPOINTS_DIR):
+        if (run_dir / sub).is_symlink():
+            raise RunError(f"{run_dir} is damaged: {sub}/ is a link to {os.readlink(run_dir / sub)!r}; a run's "
+                           f"folders must be real folders inside it")
+    named: list[tuple[str, Any, str]] = []
+    seen: dict[str, set[int]] = {"epochs": set(), "checkpoints": set()}
+    for key, folder, suffix in (("epochs", EPOCHS_DIR, ".h5"), ("checkpoints", CHECKPOINTS_DIR, ".pt")):
+        for i, entry in enumerate(m[key]):
+            what = f"{key} entry {i}"
+            if not isinstance(entry, dict) or not _is_int(entry.get("epoch")) or entry["epoch"] < 0:
+                raise RunError(f"{where} is damaged: {what} has no valid epoch number")
+            if entry["epoch"] in seen[key]:
+                raise RunError(f"{where} is damaged: epoch {entry['epoch']} is listed twice in {key!r}")
+            seen[key].add(entry["epoch"])
+            if not _is_int(entry.get("size")) or (key == "epochs" and not (
+                    _is_int(entry.get("n")) and _is_int(entry.get("d")))):
+                raise RunError(f"{where} is damaged: {what} (epoch {entry['epoch']}) lacks its size or shape")
+            if "crc32" in entry and not _is_int(entry["crc32"]):
+                raise RunError(f"{where} is damaged: {what} has an invalid checksum {entry['crc32']!r}")
+            metrics = entry.get("metrics", {})
+            if not isinstance(metrics, dict) or not all(
+                    isinstance(v, (int, float, type(None))) and not isinstance(v, bool) for v in metrics.values()):
+                raise RunError(f"{where} is damaged: {what} (epoch {entry['epoch']}) has invalid metrics")
+            if not isinstance(entry.get("written", 0.0), (int, float)):
+                raise RunError(f"{where} is damaged: {what} (epoch {entry['epoch']}) has an invalid time")
+            named.append((what, entry.get("file"), f"{folder}/{_epoch_name(entry['epoch'])}{suffix}"))
+    feat = m.get("features")
+    if feat is not None:
+        if not isinstance(feat, dict) or not _is_int(feat.get("size")):
+            raise RunError(f"{where} is damaged: the 'features' entry is not valid")
+        named.append(("the feature cache", feat.get("file"), FEATURES_FILE))
+    if not all(isinstance(c, str) for c in m["classes"]):
+        raise RunError(f"{where} is damaged: the class names are not all text")
+    if not _is_int(m["samples"].get("n")):
+        raise RunError(f"{where} is damaged: the 'samples' entry has no sample count")
+    named.append(("the sample table", m["samples"].get("file"), SAMPLES_FILE))
+    for what, got, want in named:
+        if got != want:
+            raise RunError(f"{where} is damaged: {what} names {got!r}; a run's files have fixed names inside it "
+                           f"(expected {want!r})")
+        p = run_dir / want
+        if p.is_symlink() or (p.exists() and not p.is_file()):
+            raise RunError(f"{where} is damaged: {want} is {'a link' if p.is_symlink() else 'not a regular file'}; "
+                           f"a run's files must be regular files inside it")
 
 
 def _check_metric_margin(metric: Any, margin: Any, what: str) -> tuple[str, float]:
@@ -221,6 +314,29 @@ def run_metric_margin(manifest: dict[str, Any], where: Path) -> tuple[str, float
         return loss_metric(loss["name"]), float(loss_margin(loss["name"], loss.get("params") or {}))
     except (KeyError, TypeError, ValueError, AttributeError):
         return DEFAULT_METRIC, DEFAULT_MARGIN
+
+
+def _clear_run_folder(run_dir: Path) -> None:
+    """Remove a run's own files from ``run_dir`` (never following links), keeping the lock file its creator holds."""
+    for p in run_dir.iterdir():
+        if p.name == LOCK_FILE:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def refuse_output_in_run(out: Path, run_dir: Path | None = None) -> None:
+    """An output file (embeddings, exports) may not land inside a run: RunError naming both. A run's files are
+    only ever written by the run's own writer."""
+    target = Path(out).resolve()
+    runs = [Path(run_dir).resolve()] if run_dir is not None else []
+    runs += [p for p in (target.parent, target.parent.parent) if is_run_dir(p)]
+    for run in runs:
+        if target == run or run in target.parents:
+            raise RunError(f"refusing to write {out}: it is inside the run {run}, whose files only the trainer "
+                           f"writes; choose a path outside it")
 
 
 def is_run_dir(path: str | os.PathLike[str]) -> bool:
@@ -294,7 +410,7 @@ def _write_samples(path: Path, samples: SampleTable) -> None:
 
 def _read_samples(path: Path) -> SampleTable:
     try:
-        with _h5open(path) as f:
+        with _h5open_member(path) as f:
             return SampleTable(
                 paths=_decode_paths(f["paths"][()]),
                 labels=f["labels"][()].astype(np.int64),
@@ -314,8 +430,10 @@ def _check_epoch_file(path: Path, entry: dict[str, Any]) -> str | None:
     size = path.stat().st_size
     if size != entry.get("size"):
         return f"its size is {size} bytes, the manifest says {entry.get('size')}"
+    if "crc32" in entry and file_crc32(path) != entry["crc32"]:
+        return "its checksum does not match the manifest (the file changed after it was committed)"
     try:
-        with _h5open(path) as f:
+        with _h5open_member(path) as f:
             shape = f["embeddings"].shape
             if shape != (entry["n"], entry["d"]):
                 return f"embeddings have shape {shape}, the manifest says {(entry['n'], entry['d'])}"
@@ -326,6 +444,8 @@ def _check_epoch_file(path: Path, entry: dict[str, Any]) -> str | None:
                     return f"{key} has shape {f[key].shape}, expected ({entry['n']},)"
     except (OSError, KeyError, ValueError) as exc:
         return f"it cannot be read as HDF5 ({exc})"
+    except RunError as exc:
+        return str(exc).split(": ", 1)[-1]
     return None
 
 
@@ -425,20 +545,20 @@ class RunWriter:
             names = {p.name for p in run_dir.iterdir()}
             if MANIFEST in names:
                 if not overwrite:
-                    raise RunError(f"{run_dir} already holds a run; pass overwrite=True to replace it "
-                                   f"or open it to resume")
+                    raise RunError(f"{run_dir} already holds a run: continue it (train --resume, or Continue in the "
+                                   f"app) or choose another output folder")
                 foreign = sorted(n for n in names if n not in _OWN_NAMES and not n.endswith((TMP_SUFFIX, ".json")))
                 if foreign:
                     raise RunError(f"refusing to overwrite {run_dir}: it holds files that are not part of a run "
                                    f"({', '.join(foreign[:5])})")
-                shutil.rmtree(run_dir)
+                _clear_run_folder(run_dir)
             elif names:
                 # only the leftovers of a create() that was interrupted before its manifest may be cleared
                 crashed = {SAMPLES_FILE, SAMPLES_FILE + TMP_SUFFIX, MANIFEST + TMP_SUFFIX, EPOCHS_DIR, CHECKPOINTS_DIR,
                            LOCK_FILE}
                 if names <= crashed and not any(
                         (run_dir / d).is_dir() and any((run_dir / d).iterdir()) for d in (EPOCHS_DIR, CHECKPOINTS_DIR)):
-                    shutil.rmtree(run_dir)
+                    _clear_run_folder(run_dir)
                 else:
                     raise RunError(f"cannot create a run in {run_dir}: the folder is not empty and is not a run")
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -503,6 +623,8 @@ class RunWriter:
                 msgs.append(f"dropped checkpoint {p}: its epoch {c['epoch']} was rolled back")
             elif not p.is_file() or p.stat().st_size != c.get("size"):
                 msgs.append(f"dropped checkpoint {p}: the file is missing or has the wrong size")
+            elif "crc32" in c and file_crc32(p) != c["crc32"]:
+                msgs.append(f"dropped checkpoint {p}: its checksum does not match the manifest")
             else:
                 ckpts.append(c)
                 continue
@@ -611,10 +733,11 @@ class RunWriter:
             t = f.create_group("telemetry")
             for k, v in tel.items():
                 t.create_dataset(k, data=v)
+        crc = file_crc32(tmp)
         _replace(tmp, path)
         self._m["epochs"].append({
             "epoch": epoch, "file": rel, "n": n, "d": int(emb.shape[1]), "size": path.stat().st_size,
-            "written": time.time(), "metrics": {k: _json_float(v) for k, v in clean_metrics.items()},
+            "crc32": crc, "written": time.time(), "metrics": {k: _json_float(v) for k, v in clean_metrics.items()},
         })
         self._commit()
         return path
@@ -639,9 +762,10 @@ class RunWriter:
         with open(tmp, "wb") as f:
             torch.save({**state, "format": CHECKPOINT_FORMAT}, f)
             f.flush()
+        crc = file_crc32(tmp)
         _replace(tmp, path)
         self._m["checkpoints"] = [c for c in self._m["checkpoints"] if c["epoch"] != epoch]
-        self._m["checkpoints"].append({"epoch": epoch, "file": rel, "size": path.stat().st_size})
+        self._m["checkpoints"].append({"epoch": epoch, "file": rel, "size": path.stat().st_size, "crc32": crc})
         self._m["checkpoints"].sort(key=lambda c: c["epoch"])
         self._commit()
         return path
@@ -701,6 +825,7 @@ class RunReader:
         self.messages: list[str] = []
         self._entries: dict[int, dict[str, Any]] = {}
         self._layout: dict[tuple[str, Any], tuple[int, np.dtype]] = {}  # (file, written) -> data offset, dtype
+        self._verified: set[tuple] = set()  # files whose checksum was checked
         self._m: dict[str, Any] = {}
         self.epochs: list[int] = []
         self._apply(m)
@@ -732,6 +857,11 @@ class RunReader:
         self.epochs = sorted(entries)
         return new
 
+    @property
+    def listed_epochs(self) -> list[int]:
+        """Every epoch the manifest commits, the damaged ones included (``epochs`` holds the usable ones)."""
+        return sorted(e["epoch"] for e in self._m["epochs"])
+
     def refresh(self) -> list[int]:
         """Re-read the manifest; returns the epochs committed (or rewritten) since the last look."""
         return self._apply(_read_manifest(self.run_dir))
@@ -748,11 +878,34 @@ class RunReader:
                            f"(committed: {self.epochs or 'none'})") from None
 
     def _open_epoch(self, epoch: int) -> tuple[h5py.File, Path]:
-        path = self.run_dir / self._entry(epoch)["file"]
+        entry = self._entry(epoch)
+        path = self.run_dir / entry["file"]
         try:
-            return _h5open(path), path
+            self._verify(entry, path, f"epoch {epoch}")
+            return _h5open_member(path), path
         except OSError as exc:
             raise RunError(f"cannot read epoch {epoch} from {path}: {exc}") from None
+
+    def _verify(self, entry: dict[str, Any], path: Path, what: str) -> None:
+        """Check a committed file against its integrity record once (size at open, the checksum here)."""
+        key = (entry["file"], entry.get("written"), entry.get("crc32"))
+        if key in self._verified or "crc32" not in entry:
+            return
+        if file_crc32(path) != entry["crc32"]:
+            raise RunError(f"{path} is damaged: the checksum of {what} does not match the manifest (the file "
+                           f"changed after it was committed)")
+        self._verified.add(key)
+
+    def verified_checkpoint(self, epoch: int | None = None) -> Path | None:
+        """:meth:`checkpoint_path`, after checking the file against its integrity record (RunError if damaged)."""
+        path = self.checkpoint_path(epoch)
+        if path is None:
+            return None
+        entry = next(c for c in self._m["checkpoints"] if self.run_dir / c["file"] == path)
+        if not path.is_file() or path.stat().st_size != entry["size"]:
+            raise RunError(f"{path} is damaged: the checkpoint is missing or has the wrong size")
+        self._verify(entry, path, f"the checkpoint of epoch {entry['epoch']}")
+        return path
 
     def load_epoch(self, epoch: int) -> EpochData:
         """All of one committed epoch: embeddings, metrics, telemetry and the per-row arrays."""
@@ -828,7 +981,7 @@ class RunReader:
                     names.append(k)
         out: dict[str, np.ndarray] = {"epoch": np.array([e["epoch"] for e in entries], dtype=np.int64)}
         for k in names:
-            vals = [e["metrics"].get(k) for e in entries]
+            vals = [e.get("metrics", {}).get(k) for e in entries]
             out[k] = np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
         return out
 
@@ -853,7 +1006,7 @@ class RunReader:
             return None
         path = self.run_dir / feat["file"]
         try:
-            with _h5open(path) as f:
+            with _h5open_member(path) as f:
                 return f["features"][()]
         except (OSError, KeyError) as exc:
             raise RunError(f"feature cache {path} cannot be read: {exc}") from None

@@ -6,17 +6,43 @@ It produces a :class:`~trainer.config.TrainConfig` and explains invalid combinat
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
-from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
-                               QGroupBox, QHBoxLayout, QLabel, QLayout, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
-                               QRadioButton, QScrollArea, QSizePolicy, QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLayout,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QRadioButton,
+    QScrollArea,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
-from trainer.config import PRESETS, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
+from trainer.config import (
+    PRESETS,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+)
+from trainer.train.checks import config_problems, split_counts
 from trainer.train.recipe import RECIPE_KEYS, Facts, derive
 
 CUSTOM = "Custom"
@@ -43,98 +69,6 @@ def backbone_specs() -> dict[str, Any]:
     from trainer.model.backbones import BACKBONES
 
     return dict(BACKBONES)
-
-
-def miner_problem(loss: str, miner: str, loss_params: dict | None = None, miner_params: dict | None = None) -> str:
-    """Why ``miner`` cannot feed ``loss`` ("" if it can), from trainer.model.losses.compatible."""
-    from trainer.model.losses import compatible
-
-    try:
-        res = compatible(loss, miner, loss_params or {}, miner_params or {})
-    except (KeyError, ValueError) as exc:
-        return str(exc)
-    return res or ""  # None (or "") when the miner can feed the loss, else a sentence saying why not
-
-
-def image_size_problem(backbone: str, size: int) -> str:
-    """Why ``size`` px images do not suit ``backbone`` ("" if they do), from trainer.model.backbones.check_image_size."""
-    from trainer.model.backbones import check_image_size
-
-    try:
-        check_image_size(backbone, size)
-    except ValueError as exc:
-        return str(exc)
-    return ""
-
-
-def _split_counts(counts: dict[str, int], data: DataConfig) -> tuple[dict[str, int], int]:
-    """Training classes with their image counts, and the number of held-out classes, as the split will make them."""
-    names = sorted(counts)
-    if data.test_dir:
-        return dict(counts), 0
-    if data.holdout_classes:
-        held = set(data.holdout_classes)
-        return {n: counts[n] for n in names if n not in held}, len(held & set(names))
-    n_hold = int(round(data.holdout_fraction * len(names)))
-    n_train = len(names) - n_hold
-    # which classes are held out is random; a middle estimate: assume training classes of typical size
-    ordered = sorted(names, key=lambda n: counts[n])
-    lo = (len(ordered) - n_train) // 2
-    return {n: counts[n] for n in ordered[lo:lo + n_train]}, n_hold
-
-
-def config_problems(cfg: TrainConfig, class_counts: dict[str, int] | None) -> list[str]:
-    """Every reason ``cfg`` cannot (or should not) start on a folder with ``class_counts``, in plain words."""
-    out: list[str] = []
-    d, m, lo, o = cfg.data, cfg.model, cfg.loss, cfg.optim
-    if not d.data_dir:
-        out.append("Open an image folder first (File ▸ Open folder…).")
-    elif not Path(d.data_dir).is_dir():
-        out.append(f"The image folder {d.data_dir} does not exist.")
-    if d.test_dir and not Path(d.test_dir).is_dir():
-        out.append(f"The test folder {d.test_dir} does not exist.")
-    problem = image_size_problem(m.backbone, d.image_size)
-    if problem:
-        out.append(problem + ".")
-    problem = miner_problem(lo.name, lo.miner, lo.params, lo.miner_params)
-    if problem:
-        out.append(problem[0].upper() + problem[1:] + ("" if problem.endswith(".") else "."))
-    C, K = d.batch_classes, d.batch_per_class
-    if K < 2:
-        out.append(f"K = {K} image per class gives no positive pair; use K >= 2.")
-    if C < 2:
-        out.append(f"C = {C} class per batch gives no negative pair; use C >= 2.")
-    if not d.test_dir and d.holdout_classes is None and not 0.0 < d.holdout_fraction < 1.0:
-        out.append(f"The held-out fraction {d.holdout_fraction} must be between 0 and 1.")
-    if class_counts:
-        if d.holdout_classes:
-            unknown = sorted(set(d.holdout_classes) - set(class_counts))
-            if unknown:
-                out.append(f"Held-out classes not in the folder: {', '.join(unknown[:5])}.")
-        train, n_hold = _split_counts(class_counts, d)
-        n_train_images = int(sum(train.values()))
-        if len(train) < 2:
-            out.append(f"Only {len(train)} training class(es) would remain after holding classes out; "
-                       "hold out fewer classes or give a test folder.")
-        if not d.test_dir and n_hold == 1:
-            out.append("Only one held-out class: retrieval metrics need at least two; hold out more classes.")
-        if not d.test_dir and n_hold == 0:
-            out.append("No class is held out: pick held-out classes, a fraction, or a test folder.")
-        if train and C * K > n_train_images:
-            out.append(f"A batch of C x K = {C} x {K} = {C * K} images is larger than the {n_train_images} "
-                       "training images; lower C or K.")
-        if train and C > len(train):
-            out.append(f"C = {C} classes per batch, but only {len(train)} training classes; lower C.")
-        if train:
-            median = float(np.median(list(train.values())))
-            if K > median:
-                out.append(f"K = {K} images per class is larger than most classes have (median {median:g}); "
-                           "images would repeat within a batch — lower K.")
-    if o.epochs < 1:
-        out.append("Train for at least one epoch.")
-    if not (o.lr > 0 and math.isfinite(o.lr)):
-        out.append("The learning rate must be a positive number.")
-    return out
 
 
 _KEY_TITLES = {
@@ -619,7 +553,7 @@ class ConfigPanel(QWidget):
     def _fit_to_folder(self, cfg: TrainConfig) -> TrainConfig:
         """``cfg`` with C lowered to the folder's number of training classes where it asks for more."""
         if self._class_counts:
-            train, _ = _split_counts(self._class_counts, cfg.data)
+            train, _ = split_counts(self._class_counts, cfg.data)
             if len(train) >= 2 and cfg.data.batch_classes > len(train):
                 return cfg.replace(**{"data.batch_classes": len(train)})
         return cfg
@@ -677,7 +611,7 @@ class ConfigPanel(QWidget):
         if not self._class_counts:
             return None
         cfg = self.config()
-        train, _ = _split_counts(self._class_counts, cfg.data)
+        train, _ = split_counts(self._class_counts, cfg.data)
         # the backbone the weights are asked for: the default one while the recipe picks the backbone (it
         # picks from whether those weights load)
         asked = TrainConfig().model.backbone if "model.backbone" in cfg.auto else cfg.model.backbone

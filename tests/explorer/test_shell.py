@@ -11,17 +11,21 @@ from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QLabel, QMessageBox
 
+from explorer.app import (  # noqa: E402
+    XCB_LIBRARIES,
+    create_window,
+    display_problem,
+    missing_xcb_libraries,
+    protect_none_refcount,
+)
 from tests.support import ROOT
 from tests.support.images import make_class_folder  # noqa: E402
 
-from explorer.app import (XCB_LIBRARIES, create_window, display_problem, missing_xcb_libraries,  # noqa: E402
-                          protect_none_refcount)
-
 protect_none_refcount()  # shiboken6 6.12 on Python 3.11 drops a reference to None per void Qt call
-from explorer.panels.config_panel import ConfigPanel, config_problems
+from explorer.panels.config_panel import ConfigPanel
 from explorer.settings import MAX_RECENT, SETTINGS_VERSION, Settings  # noqa: E402
 from trainer.config import PRESETS, TrainConfig  # noqa: E402
-
+from trainer.train.checks import config_problems
 
 
 @pytest.fixture(autouse=True)

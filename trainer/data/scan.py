@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import os
 import stat
@@ -142,6 +141,7 @@ class ScanResult:
 
 
 # One verified file: ok, reason-or-notes, width, height, content hash ("" when unreadable).
+HASH_BLOCK_BYTES = 1 << 22
 _Record = tuple[bool, str, int, int, str]
 
 
@@ -151,17 +151,21 @@ def _verify_file(abspath: str, size: int, max_pixels: int) -> _Record:
         return (False, "empty file: 0 bytes", 0, 0, "")
     try:
         with open(abspath, "rb") as f:
-            data = f.read()
+            try:  # decoded straight from the file: a huge file that is not an image is refused from its header
+                im, notes = _decode(f, draft_size=None, max_pixels=max_pixels)
+                ok, reason, width, height = True, "; ".join(notes), im.width, im.height
+                del im
+            except ImageLoadError as exc:
+                ok, reason, width, height = False, exc.reason, 0, 0
+            f.seek(0)
+            h = hashlib.blake2b(digest_size=16)
+            while block := f.read(HASH_BLOCK_BYTES):  # in blocks: memory stays small whatever the file's size
+                h.update(block)
     except PermissionError:
         return (False, "unreadable: permission denied", 0, 0, "")
     except OSError as exc:
         return (False, f"unreadable: {exc.strerror or exc}", 0, 0, "")
-    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-    try:
-        im, notes = _decode(io.BytesIO(data), draft_size=None, max_pixels=max_pixels)
-    except ImageLoadError as exc:
-        return (False, exc.reason, 0, 0, digest)
-    return (True, "; ".join(notes), im.width, im.height, digest)
+    return (ok, reason, width, height, h.hexdigest())
 
 
 def _verify_chunk(items: list[tuple[str, int]], max_pixels: int) -> list[_Record]:

@@ -21,12 +21,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from trainer.errors import ExplorerError
+
 DIST_FILE = "distributed.json"  # side file in the run: world size and backend it was trained with
 TIMEOUT_ENV = "EE_DIST_TIMEOUT_S"  # seconds a collective (or barrier) may wait for a peer
 DEFAULT_TIMEOUT_S = 1800.0
 
 
-class DistributedError(RuntimeError):
+class DistributedError(ExplorerError):
     """A distributed set-up problem the user can act on; the message says what."""
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import traceback
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from trainer.data.loader import (
     seed_everything,
 )
 from trainer.data.split import class_disjoint_split
-from trainer.errors import TrainingError
+from trainer.errors import ExplorerError, TrainingError
 from trainer.model.checkpoint import (
     CHECKPOINT_FORMAT,
     check_checkpoint,
@@ -108,6 +109,7 @@ class Trainer:
         self.pause = pause or threading.Event()
         self.resume = resume
         self._lock: RunLock | None = None
+        self._made_dir = False  # this trainer created the run folder (removed again if no run was committed)
         self.rank = rank
         self.world_size = world_size
         self.dist = distributed.DistInfo()
@@ -125,7 +127,7 @@ class Trainer:
             self.emit(ev.Failed(str(exc)))
         except _Stop:
             self.emit(ev.Stopped(epoch=self.last_committed, reason="user", run_dir=self.run_dir))
-        except TrainingError as exc:
+        except ExplorerError as exc:  # a bad run, checkpoint, option or divergence: one line, no traceback
             self.emit(ev.Log(str(exc), level="error"))
             self.emit(ev.Failed(str(exc)))
         except Exception as exc:  # a bug or an unexpected environment problem: say what and keep the run valid
@@ -136,6 +138,8 @@ class Trainer:
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
+            if self._made_dir and not is_run_dir(self.run_dir):  # a failed start leaves nothing behind
+                shutil.rmtree(self.run_dir, ignore_errors=True)
             if self.dist.active:
                 distributed.shutdown()
 
@@ -148,6 +152,8 @@ class Trainer:
             return RunLock(self.run_dir).acquire()
         except RunError as exc:
             raise TrainingError(str(exc)) from None
+        except OSError as exc:
+            raise TrainingError(f"cannot lock the run folder {self.run_dir}: {exc.strerror or exc}") from None
 
     def _check_control(self) -> None:
         if self.stop.is_set():
@@ -163,6 +169,10 @@ class Trainer:
 
         cfg = self.cfg
         if self.resume:
+            if not self.run_dir.is_dir():
+                raise TrainingError(f"cannot resume {self.run_dir}: the folder does not exist")
+            if not is_run_dir(self.run_dir):
+                RunReader(self.run_dir)  # raises the reason it is not a readable run
             if self.rank == 0:  # before open(): it deletes leftovers, which would be another trainer's files
                 self._lock = self._acquire_lock()
             writer = RunWriter.open(self.run_dir) if self.rank == 0 else None
@@ -195,15 +205,29 @@ class Trainer:
         if cfg.auto:
             cfg = self.cfg = self._resolve_recipe(cfg, samples)
         from trainer.model.losses import LOSSES, loss_margin, loss_metric
+        from trainer.train.checks import config_problems
 
         if cfg.loss.name not in LOSSES:  # refused before the run folder exists
             raise TrainingError(f"unknown loss {cfg.loss.name!r}; `python main.py losses` lists them")
+        problems = config_problems(cfg, run_dir=self.run_dir)
+        n_train_classes = len(np.unique(labels[split == SPLIT_TRAIN]))
+        if cfg.data.batch_classes > n_train_classes:  # the form's words, with the split as it was made
+            problems.append(f"C = {cfg.data.batch_classes} classes per batch, but only {n_train_classes} training "
+                            f"classes; lower C.")
+        if problems:
+            raise TrainingError(" ".join(problems))
         writer = None
-        if self.rank == 0:
+        if self.rank == 0:  # lock first, then create: a second trainer on the same folder is refused, not raced
+            made = not self.run_dir.exists()
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise TrainingError(f"cannot create the run folder {self.run_dir}: {exc.strerror or exc}") from None
+            self._lock = self._acquire_lock()
+            self._made_dir = made  # only the lock holder may remove the folder again if its start fails
             writer = RunWriter.create(self.run_dir, config=cfg.to_dict(), classes=classes, samples=samples,
                                       metric=loss_metric(cfg.loss.name),
                                       margin=loss_margin(cfg.loss.name, cfg.loss.params))
-            self._lock = self._acquire_lock()
             if self.dist.active:
                 distributed.record_world_size(self.dist, writer)
             distributed.barrier(self.dist)

@@ -494,3 +494,25 @@ def test_draft_and_thumbnail(tmp_path):
     assert load_image(path).size == (600, 400)
     thumb = make_thumbnail(path, 64)
     assert thumb.mode == "RGB" and thumb.size == (64, 43)
+
+
+def test_a_huge_file_that_is_not_an_image_is_refused_without_reading_it_into_memory(tmp_path):
+    """A 400 MB file named .png (zeros, sparse on disk): refused from its header, hashed in blocks."""
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    make_class_folder(tmp_path / "data", n_classes=2, per_class=2)
+    with open(tmp_path / "data" / "class_0" / "huge.png", "wb") as f:
+        f.truncate(400 << 20)
+    code = ("import resource, sys; from trainer.data.scan import scan_folder; "
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+            f"r = scan_folder({str(tmp_path / 'data')!r}, workers=1, use_cache=False); "
+            "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before; "
+            "print(grown // 1024, [s.reason for s in r.skipped if s.path.endswith('huge.png')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    grown_mb, reasons = out.stdout.split(" ", 1)
+    assert "not a decodable image" in reasons
+    assert int(grown_mb) < 100  # it was 2.1 GB for a 2 GiB file when the scan read every file whole

@@ -214,7 +214,7 @@ def test_foreign_and_mismatched_checkpoints_are_refused(folder, tmp_path):
     with pytest.raises(TrainingError, match="cannot load safely|not a checkpoint"):
         load_checkpoint(garbage)
 
-    run_collect(tiny_config(folder, **{"optim.epochs": 0}), tmp_path / "run")
+    run_collect(tiny_config(folder, **{"optim.epochs": 1, "optim.batches_per_epoch": 1}), tmp_path / "run")
     path = RunReader(tmp_path / "run").checkpoint_path(0)
     state = load_checkpoint(path)
     check_checkpoint(state, path, classes=state["classes"], dim=16)
@@ -238,7 +238,7 @@ def test_head_lr_multiplier_follows_the_weights_as_loaded_not_as_asked_for():
 
 
 def test_head_and_loss_learning_rates_reach_their_optimizer_groups(folder, tmp_path):
-    cfg = tiny_config(folder, **{"optim.epochs": 0, "optim.lr": 2e-4, "optim.loss_lr": 0.05,
+    cfg = tiny_config(folder, **{"optim.epochs": 1, "optim.batches_per_epoch": 1, "optim.lr": 2e-4, "optim.loss_lr": 0.05,
                                  "optim.head_lr_mult": 4.0, "loss.name": "proxy_anchor", "loss.miner": "none"})
     events = run_collect(cfg, tmp_path / "run")
     assert not [e for e in events if isinstance(e, ev.Failed)]
@@ -251,7 +251,7 @@ def test_head_and_loss_learning_rates_reach_their_optimizer_groups(folder, tmp_p
     assert any("learning rates: head 0.0008, backbone 0.0002, loss 0.05" in e.message
                for e in events if isinstance(e, ev.Log))
     # default on a network trained from scratch: the head at the backbone's rate
-    run_collect(tiny_config(folder, **{"optim.epochs": 0}), tmp_path / "run2")
+    run_collect(tiny_config(folder, **{"optim.epochs": 1, "optim.batches_per_epoch": 1}), tmp_path / "run2")
     groups = {g["name"]: g for g in load_checkpoint(RunReader(tmp_path / "run2").checkpoint_path(0))
               ["optimizer"]["param_groups"]}
     assert groups["head"]["initial_lr"] == groups["backbone"]["initial_lr"] == pytest.approx(1e-3)
@@ -260,7 +260,7 @@ def test_head_and_loss_learning_rates_reach_their_optimizer_groups(folder, tmp_p
 def test_a_bad_head_lr_multiplier_fails_with_its_name(folder, tmp_path):
     events = run_collect(tiny_config(folder, **{"optim.head_lr_mult": 0.0}), tmp_path / "run")
     failed = [e for e in events if isinstance(e, ev.Failed)]
-    assert failed and "head_lr_mult" in failed[0].message
+    assert failed and "head rate multiplier (head-lr-mult)" in failed[0].message
 
 
 def test_the_flip_option_reaches_the_training_transforms(folder, tmp_path, monkeypatch):
@@ -276,7 +276,7 @@ def test_the_flip_option_reaches_the_training_transforms(folder, tmp_path, monke
     monkeypatch.setattr(models, "default_transforms", spy)
     for flip in (True, False):
         made.clear()
-        cfg = tiny_config(folder, **{"optim.epochs": 0, "data.augment": True, "data.flip": flip})
+        cfg = tiny_config(folder, **{"optim.epochs": 1, "optim.batches_per_epoch": 1, "data.augment": True, "data.flip": flip})
         assert not [e for e in run_collect(cfg, tmp_path / f"run{flip}") if isinstance(e, ev.Failed)]
         train = [kw for kw in made if kw.get("train")]
         assert train and all(kw.get("flip") is flip and kw.get("augment") is True for kw in train)

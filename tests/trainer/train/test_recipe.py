@@ -154,7 +154,7 @@ def test_a_failed_download_gives_the_random_weights_recipe_and_head_rate(tmp_pat
 
     monkeypatch.setattr(models, "_download_state_dict", _fail_download)
     data = make_folder(tmp_path / "data")
-    cfg = tiny_config(data, **{"model.backbone": "resnet18", "model.pretrained": True, "optim.epochs": 0,
+    cfg = tiny_config(data, **{"model.backbone": "resnet18", "model.pretrained": True, "optim.epochs": 1, "optim.batches_per_epoch": 1,
                                "data.image_size": 32, "auto": ("optim.lr", "optim.head_lr_mult")})
     events = run_collect(cfg, tmp_path / "run")
     assert not [e for e in events if isinstance(e, ev.Failed)]
@@ -174,7 +174,7 @@ def test_loaded_trained_weights_give_the_trained_recipe(tmp_path, monkeypatch):
     state = torchvision.models.resnet18(weights=None).state_dict()
     monkeypatch.setattr(models, "_download_state_dict", lambda weights, *a, **k: state)
     data = make_folder(tmp_path / "data")
-    cfg = tiny_config(data, **{"model.backbone": "resnet18", "model.pretrained": True, "optim.epochs": 0,
+    cfg = tiny_config(data, **{"model.backbone": "resnet18", "model.pretrained": True, "optim.epochs": 1, "optim.batches_per_epoch": 1,
                                "data.image_size": 32, "auto": ("optim.lr", "optim.head_lr_mult")})
     events = run_collect(cfg, tmp_path / "run")
     assert not [e for e in events if isinstance(e, ev.Failed)]
