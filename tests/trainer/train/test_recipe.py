@@ -220,3 +220,9 @@ def test_crop_scale_option_reaches_the_config_and_is_checked():
     assert cfg.data.crop_scale == 0.8 and "data.crop_scale" not in cfg.auto
     with pytest.raises(SystemExit, match="--crop-scale must be in"):
         main._config_from_args(main._train_parser().parse_args(["data", "--out", "o", "--crop-scale", "1.5"]))
+
+
+def test_the_recipe_loss_comes_with_the_temperature_of_the_sweeps_and_the_pair_loss_with_its_defaults():
+    many, few = values(facts(n_train_classes=40)), values(facts(n_train_classes=12))
+    assert many["loss.name"] == "normalized_softmax" and many["loss.params"] == {"temperature": 0.07}
+    assert few["loss.name"] == "multi_similarity" and few["loss.params"] == {}
