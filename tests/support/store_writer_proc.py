@@ -1,6 +1,8 @@
 """Subprocess for the SIGKILL test of trainer/store.py: writes synthetic epochs as fast as it can.
 
 Usage: python store_writer_proc.py RUN_DIR SEED N D MAX_EPOCHS
+With the environment variable ``EE_HOLD_IN`` = ``epoch`` or ``checkpoint``, the process stops inside that kind of
+write (its temporary file written, before the rename) and prints ``holding E``, so the parent can kill it there.
 Creates the run (or reopens it to resume), then writes epochs last_epoch+1 .. MAX_EPOCHS-1 whose content is
 a deterministic function of (epoch, seed) (see :func:`synthetic_epoch`), so the parent can verify every
 committed epoch after killing this process at a random moment. Prints ``imported`` once its imports are done,
@@ -16,6 +18,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repository root
 
+import os  # noqa: E402
+import time  # noqa: E402
+
+from trainer import store  # noqa: E402
 from trainer.store import RunWriter, SampleTable, is_run_dir  # noqa: E402
 
 
@@ -47,9 +53,20 @@ def main(argv: list[str]) -> None:
         w = RunWriter.create(run_dir, config={"seed": seed, "n": n, "d": d}, classes=[f"c{i}" for i in range(7)],
                              samples=synthetic_samples(n), overwrite=True)
     print(f"opened {w.last_epoch}", flush=True)
+    hold = os.environ.get("EE_HOLD_IN")
+    replace = store._replace
+
+    def holding_replace(tmp: Path, final: Path) -> None:
+        if hold and final.parent.name == {"epoch": "epochs", "checkpoint": "checkpoints"}[hold]:
+            print(f"holding {final.name}", flush=True)
+            time.sleep(60)  # the parent kills us here
+        replace(tmp, final)
+
+    store._replace = holding_replace
     for epoch in range(w.last_epoch + 1, max_epochs):
         emb, metrics, telemetry = synthetic_epoch(epoch, seed, n, d)
         w.write_epoch(epoch, emb, metrics, telemetry)
+        w.write_checkpoint(epoch, {"epoch": epoch})
         print(f"committed {epoch}", flush=True)
     print("done", flush=True)
 

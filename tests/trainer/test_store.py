@@ -615,3 +615,32 @@ def test_the_run_records_its_metric_and_margin_and_old_runs_derive_them_once(tmp
             RunReader(tmp_path / "rec")
     with pytest.raises(RunError, match="unknown metric"):
         RunWriter.create(tmp_path / "bad", config={}, classes=CLASSES, samples=synthetic_samples(10), metric="l1")
+
+
+@pytest.mark.parametrize("inside", ["epoch", "checkpoint"])
+def test_a_kill_inside_an_epoch_or_checkpoint_write_keeps_the_last_committed_epoch(tmp_path: Path, inside) -> None:
+    """Killed with its temporary file written but not yet renamed: the run reopens at the last whole epoch, the
+    leftover is removed, and every checksum holds."""
+    run, seed, n, d = tmp_path / "run", 7, 300, 16
+    env = dict(os.environ, PYTHONPATH=str(ROOT), EE_HOLD_IN=inside)
+    proc = subprocess.Popen([sys.executable, str(WRITER_PROC), str(run), str(seed), str(n), str(d), "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        held = next(line for line in proc.stdout if line.startswith("holding"))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert held.split()[1] == ("epoch_0000.h5" if inside == "epoch" else "epoch_0000.pt")
+    assert any(p.name.endswith(".tmp") for p in run.rglob("*"))  # it died with its temporary file written
+    w = RunWriter.open(run)
+    assert not any(p.name.endswith(".tmp") for p in run.rglob("*"))
+    r = RunReader(run)
+    for e in r.epochs:
+        assert_epoch_intact(r, e, seed, n, d)  # the checksums are verified on this first read
+    # a kill in an epoch write loses that epoch; one in a checkpoint write keeps its epoch, without a checkpoint
+    assert r.epochs == ([] if inside == "epoch" else [0]) and r.checkpoints == []
+    w.close()
