@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QHBoxL
                                QSpinBox, QSplitter, QTableView, QVBoxLayout, QWidget)
 from explorer.jobs import JobRunner
 from explorer.state import AppState
+from explorer.widgets.view_setup import setup_view, subscribe
 from explorer.views.neighbours.jobs import GALLERIES, INDEX_CACHE, IndexEntry, NeighbourQuery, NeighbourResult, checkpoint_for, embed_file_job, filter_samples_job, neighbour_job
 from explorer.widgets.framed import OTHER, QUERY, SAME, framed_pixmap
 from explorer.widgets.texts import SPLIT_NAMES, metric_words
@@ -85,15 +86,7 @@ class NeighboursView(QWidget):
     def __init__(self, state: AppState, jobs: JobRunner | None = None, thumbnails=None,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.state = state
-        self.jobs = jobs if jobs is not None else JobRunner(self, max_threads=2)
-        if thumbnails is None:
-            from explorer.widgets.thumbnails import ThumbnailCache
-
-            thumbnails = ThumbnailCache(self, size_px=128)
-        self.thumbs = thumbnails
-        self._key = f"neighbours-{id(self)}"
-        self.run = None
+        setup_view(self, state, jobs, thumbnails, name="neighbours", thumb_px=128)
         self.distance_metric = "cosine"
         self.query: NeighbourQuery | None = None
         self.result: NeighbourResult | None = None
@@ -108,12 +101,8 @@ class NeighboursView(QWidget):
         self._filter_timer = QTimer(self, singleShot=True, interval=200)
         self._filter_timer.timeout.connect(self._start_filter)
 
-        state.run_changed.connect(self._on_run)
-        state.epoch_changed.connect(self._on_epoch)
-        state.selection_changed.connect(self._on_selection)
-        self.thumbs.ready.connect(self._on_thumb)
-        if state.run is not None:
-            self._on_run(state.run)
+        subscribe(self, state, run_changed=self._on_run, epoch_changed=self._on_epoch,
+                  selection_changed=self._on_selection)
 
     # ---- layout -------------------------------------------------------------------------------------------------
     def _build(self) -> None:

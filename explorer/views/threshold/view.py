@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleS
                                QSplitter, QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 from explorer.jobs import JobRunner
 from explorer.state import AppState
+from explorer.widgets.view_setup import setup_view, subscribe
 from explorer.widgets.lazy import DeferWhileHidden
 from explorer.widgets.texts import metric_words
 from trainer.analysis import verification
@@ -96,17 +97,7 @@ class ThresholdView(DeferWhileHidden, QWidget):
     def __init__(self, state: AppState, jobs: JobRunner | None = None, thumbnails=None,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.state = state
-        self.jobs = jobs if jobs is not None else JobRunner(self, max_threads=2)
-        if thumbnails is None:
-            from explorer.widgets.thumbnails import ThumbnailCache
-
-            thumbnails = ThumbnailCache(self, size_px=72)
-            self._own_thumbs = True
-        else:
-            self._own_thumbs = False
-        self.thumbs = thumbnails
-        self._key = f"roc-{id(self)}"
+        setup_view(self, state, jobs, thumbnails, name="threshold", thumb_px=72)
         self.data: RocData | None = None
         self.cv: dict | None = None
         self.boot: dict | None = None
@@ -121,13 +112,8 @@ class ThresholdView(DeferWhileHidden, QWidget):
         self._errors_timer = QTimer(self, singleShot=True, interval=200)
         self._errors_timer.timeout.connect(self._start_errors_job)
 
-        state.run_changed.connect(self._on_run)
-        state.epoch_changed.connect(self._on_epoch)
-        state.threshold_changed.connect(self._on_state_threshold)
-        self.thumbs.ready.connect(self._on_thumb)
-        if state.run is not None:
-            self._on_run(state.run)
-            self._on_epoch(state.epoch)
+        subscribe(self, state, replay=("run_changed", "epoch_changed"), run_changed=self._on_run,
+                  epoch_changed=self._on_epoch, threshold_changed=self._on_state_threshold)
 
     # ---- layout -------------------------------------------------------------------------------------------------
     def _build(self) -> None:

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QGr
                                QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 from explorer.jobs import JobRunner
 from explorer.state import AppState
+from explorer.widgets.view_setup import setup_view, subscribe
 from explorer.widgets.lazy import DeferWhileHidden
 from explorer.widgets.framed import OTHER, QUERY, SAME, framed_pixmap
 from trainer.store import SPLIT_HELDOUT
@@ -49,15 +50,7 @@ class TripletsView(DeferWhileHidden, QWidget):
     def __init__(self, state: AppState, jobs: JobRunner | None = None, thumbnails=None,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.state = state
-        self.jobs = jobs if jobs is not None else JobRunner(self, max_threads=2)
-        if thumbnails is None:
-            from explorer.widgets.thumbnails import ThumbnailCache
-
-            thumbnails = ThumbnailCache(self, size_px=96)
-        self.thumbs = thumbnails
-        self._key = f"triplets-{id(self)}"
-        self.run = None
+        setup_view(self, state, jobs, thumbnails, name="triplets", thumb_px=96)
         self.distance_metric = "cosine"
         self.result: CensusResult | None = None
         self.examples = None
@@ -67,13 +60,8 @@ class TripletsView(DeferWhileHidden, QWidget):
         self._restart = QTimer(self, singleShot=True, interval=250)
         self._restart.timeout.connect(self.recompute)
 
-        state.run_changed.connect(self._on_run)
-        state.epoch_changed.connect(self._on_epoch)
-        state.epochs_available.connect(self._on_epochs)
-        self.thumbs.ready.connect(self._on_thumb)
-        if state.run is not None:
-            self._on_run(state.run)
-            self._on_epoch(state.epoch)
+        subscribe(self, state, replay=("run_changed", "epoch_changed"), run_changed=self._on_run,
+                  epoch_changed=self._on_epoch, epochs_available=self._on_epochs)
 
     # ---- layout -------------------------------------------------------------------------------------------------
     def _build(self) -> None:
