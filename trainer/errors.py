@@ -12,3 +12,10 @@ class ExplorerError(RuntimeError):
 
 class TrainingError(ExplorerError):
     """A problem the user can act on (bad data, NaN loss, mismatched checkpoint, a bad option)."""
+
+
+def short_reason(exc: BaseException, limit: int = 240) -> str:
+    """An exception's message in one line: its first two non-empty lines (torch puts the useful part second)."""
+    lines = [line.strip().rstrip(":") for line in str(exc).splitlines() if line.strip()]
+    text = "; ".join(lines[:2]) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

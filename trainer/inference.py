@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from trainer.config import TrainConfig
-from trainer.errors import TrainingError
+from trainer.errors import TrainingError, short_reason
 from trainer.model.checkpoint import check_checkpoint, load_checkpoint
 from trainer.model.device import pick_device
 from trainer.store import SPLIT_HELDOUT, RunError, RunReader, refuse_output_in_run
@@ -26,7 +26,7 @@ class RunModel:
         from trainer.model.losses import LOSSES
 
         self.reader = RunReader(run_dir)
-        path = Path(checkpoint) if checkpoint else self.reader.verified_checkpoint()
+        path = self.reader.verified_checkpoint_file(checkpoint) if checkpoint else self.reader.verified_checkpoint()
         if path is None:
             raise TrainingError(f"run {run_dir} has no checkpoint yet (no epoch has been committed)")
         state = load_checkpoint(path)
@@ -51,8 +51,7 @@ class RunModel:
         try:
             self.model.load_state_dict(state["model"])
         except (RuntimeError, TypeError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TrainingError(f"{path} does not fit the run's network ({first})") from None
+            raise TrainingError(f"{path} does not fit the run's network ({short_reason(exc)})") from None
         self.model.to(self.device).eval()
         self.transform = default_transforms(self.cfg.data.image_size, augment=False, train=False)
 

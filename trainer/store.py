@@ -896,6 +896,14 @@ class RunReader:
                            f"changed after it was committed)")
         self._verified.add(key)
 
+    def verified_checkpoint_file(self, path: Path | str) -> Path:
+        """``path`` itself; when it is one of this run's checkpoints, after checking it against its record."""
+        path = Path(path)
+        for c in self._m["checkpoints"]:
+            if (self.run_dir / c["file"]).resolve() == path.resolve():
+                return self.verified_checkpoint(c["epoch"])
+        return path
+
     def verified_checkpoint(self, epoch: int | None = None) -> Path | None:
         """:meth:`checkpoint_path`, after checking the file against its integrity record (RunError if damaged)."""
         path = self.checkpoint_path(epoch)

@@ -24,7 +24,7 @@ from trainer.data.loader import (
     seed_everything,
 )
 from trainer.data.split import class_disjoint_split
-from trainer.errors import ExplorerError, TrainingError
+from trainer.errors import ExplorerError, TrainingError, short_reason
 from trainer.model.checkpoint import (
     CHECKPOINT_FORMAT,
     check_checkpoint,
@@ -330,10 +330,15 @@ class Trainer:
         start_epoch = setup.start_epoch
         if self.resume and start_epoch > 0:
             state = self._load_checkpoint(start_epoch - 1, n_classes=len(p.classes), dim=cfg.model.embedding_dim)
-            p.model.load_state_dict(state["model"])
-            p.loss_fn.load_state_dict(state["loss"])
-            p.optimizer.load_state_dict(state["optimizer"])
-            p.scheduler.load_state_dict(state["scheduler"])
+            try:
+                p.model.load_state_dict(state["model"])
+                p.loss_fn.load_state_dict(state["loss"])
+                p.optimizer.load_state_dict(state["optimizer"])
+                p.scheduler.load_state_dict(state["scheduler"])
+            except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+                raise TrainingError(f"cannot continue from the checkpoint of epoch {start_epoch - 1}: it does not "
+                                    f"fit this run's network and optimiser ({short_reason(exc)}); start a new "
+                                    f"run") from None
             self._log(f"resumed from the checkpoint of epoch {start_epoch - 1}")
         if cfg.model.head_only:
             if self.rank != 0:  # rank 0 computes and caches the features; the others read them
