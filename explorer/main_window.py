@@ -578,7 +578,23 @@ class MainWindow(QMainWindow):
             width = max(self.explore_page.width(), 900)
             self.explore_page.setSizes([int(width * 0.62), int(width * 0.38)])
 
+    def confirm_close_while_training(self) -> bool:
+        """Closing while the trainer runs loses the epoch in progress: ask first (window close and Ctrl+Q)."""
+        if not self.controller.is_running():
+            return True
+        run = self.state.run
+        kept = f"epoch {run.last_epoch}" if run is not None and run.last_epoch >= 0 else "no epoch yet"
+        answer = QMessageBox.question(
+            self, APP_TITLE,
+            f"Training is running. Quit now?\n\nThe epoch in progress is lost; the run keeps {kept} and can be "
+            f"continued later (Continue this run, or train --resume).",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Cancel)
+        return answer == QMessageBox.StandardButton.Yes
+
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        if not self._closing and not self.confirm_close_while_training():
+            event.ignore()
+            return
         self.settings.set_window_geometry(self.saveGeometry())
         if not self.controller.is_running():
             self.settings.set_last_config(self.config_panel.config())

@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from explorer.widgets.wheel_guard import WheelGuard
 from trainer.config import (
     PRESETS,
     DataConfig,
@@ -319,6 +320,7 @@ class ConfigPanel(QWidget):
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setMinimumWidth(inner.sizeHint().width() + 24)
         scroll.setWidget(inner)
+        self.wheel_guard = WheelGuard(self, scroll)  # the wheel scrolls the form; it edits a field only once focused
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll, 1)

@@ -165,3 +165,36 @@ def test_the_window_measures_the_folder_and_probes_the_weights_for_the_form(qtbo
         qtbot.waitUntil(lambda: "per epoch on cpu" in win.config_panel.estimate_label.text(), timeout=120_000)
     finally:
         win.shutdown(10)
+
+
+def _wheel(widget, steps: int = -3) -> None:
+    from PySide6.QtCore import QPoint, QPointF, Qt
+    from PySide6.QtGui import QWheelEvent
+    from PySide6.QtWidgets import QApplication
+
+    pos = QPointF(widget.width() / 2, widget.height() / 2)
+    event = QWheelEvent(pos, QPointF(widget.mapToGlobal(pos.toPoint())), QPoint(0, 0), QPoint(0, 120 * steps),
+                        Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False)
+    QApplication.sendEvent(widget, event)
+
+
+def test_the_wheel_scrolls_the_form_instead_of_editing_the_field_under_the_pointer(qtbot):
+    panel = ConfigPanel()
+    qtbot.addWidget(panel)
+    panel.resize(420, 300)  # short enough to scroll
+    panel.show()
+    qtbot.waitExposed(panel)
+    panel.apply_preset("Quick look (CPU)")
+    scroll = panel.findChild(type(panel.wheel_guard.scroll))
+    bar = scroll.verticalScrollBar()
+    assert bar.maximum() > 0
+    lr, preset = panel.lr.value(), panel.preset_combo.currentText()
+    before = bar.value()
+    for w in (panel.lr, panel.preset_combo, panel.batch_classes):
+        _wheel(w)
+    assert panel.lr.value() == lr and panel.preset_combo.currentText() == preset  # nothing edited, nothing Custom
+    assert bar.value() > before  # the form scrolled
+    panel.lr.setFocus()
+    qtbot.waitUntil(panel.lr.hasFocus, timeout=2000)
+    _wheel(panel.lr, steps=1)  # once focused, the wheel does step the field
+    assert panel.lr.value() != lr

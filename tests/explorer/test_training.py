@@ -231,7 +231,7 @@ def test_pause_resume_and_stop(qtbot, window, folder):
     assert RunReader(run_dir).config["data"]["data_dir"] == str(folder)  # what is on disk is a valid run
 
 
-def test_closing_the_window_while_training_stops_cleanly(qtbot, tmp_path, folder):
+def test_closing_the_window_while_training_asks_first_then_stops_cleanly(qtbot, tmp_path, folder, monkeypatch):
     settings = Settings(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
     win = create_window(QApplication.instance(), settings=settings)
     win.config_panel.set_runs_root(tmp_path / "runs")
@@ -240,8 +240,22 @@ def test_closing_the_window_while_training_stops_cleanly(qtbot, tmp_path, folder
         run_dir = win.start_training()
     thread = win.controller._thread
     assert thread.is_alive()
-    win.close()  # joins the trainer (with a timeout) before the window goes
-    assert not thread.is_alive()
+    asked: list[str] = []
+
+    def answer(reply):
+        def question(parent, title, text, *args):
+            asked.append(text)
+            return reply
+        return question
+
+    win.show()
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.Cancel))
+    win.quit_action.trigger()  # Ctrl+Q: the user changes their mind
+    assert asked and "The epoch in progress is lost" in asked[0]
+    assert win.isVisible() and thread.is_alive() and win.controller.is_running()
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.Yes))
+    win.close()  # confirmed: joins the trainer (with a timeout) before the window goes
+    assert len(asked) == 2 and not thread.is_alive()
     reader = RunReader(run_dir)
     assert reader.classes == [f"class_{c}" for c in range(4)]
     win.deleteLater()
