@@ -398,3 +398,35 @@ def test_fuzzed_configs_raise_only_value_errors(cfg):
         TrainConfig.from_dict(cfg)
     except ValueError:
         pass
+
+
+@pytest.mark.parametrize("option, words", [
+    (("--epochs", "-1"), "at least one epoch (epochs = -1)"),
+    (("--epochs", "0"), "at least one epoch (epochs = 0)"),
+    (("--lr", "-1"), "learning rate (lr) must be a positive number"),
+    (("--lr", "nan"), "learning rate (lr) must be a positive number, not nan"),
+    (("--batches-per-epoch", "0"), "Batches per epoch must be at least 1"),
+    (("--batches-per-epoch", "-5"), "Batches per epoch must be at least 1"),
+    (("--seed", "-1"), "seed must be between 0 and 2^32 - 1"),
+    (("--freeze-backbone-epochs", "-2"), "frozen backbone must be 0 or more"),
+    (("--workers", "-1"), "Loader workers must be 0 or more"),
+    (("--batch-classes", "100"), "C = 100 classes per batch, but only 3 training classes; lower C"),
+])
+def test_bad_options_are_refused_with_their_name_and_leave_nothing(capsys, trained, tmp_path, option, words):
+    out = tmp_path / "runs" / "r"
+    rc, err = _cli(capsys, "train", str(trained[1]), "--out", str(out), "--backbone", "small_cnn", "--image-size", "24",
+                   "--epochs", "1", *option)
+    _assert_refused(rc, err, words)
+    assert not out.exists()
+
+
+def test_folders_the_run_must_not_use_are_refused(capsys, trained, tmp_path):
+    data = trained[1]
+    rc, err = _cli(capsys, "train", str(data), "--out", str(tmp_path / "r"), "--test-dir", str(data))
+    _assert_refused(rc, err, "is the training folder or inside it")
+    rc, err = _cli(capsys, "train", str(data), "--out", str(data / "run"))
+    _assert_refused(rc, err, "inside the image folder")
+    assert not (data / "run").exists()
+    rc, err = _cli(capsys, "train", str(data), "--out", str(tmp_path / "missing"), "--resume")
+    _assert_refused(rc, err, "cannot resume", "does not exist")
+    assert "trainer.lock" not in err
