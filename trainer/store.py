@@ -327,6 +327,15 @@ def _clear_run_folder(run_dir: Path) -> None:
             p.unlink()
 
 
+def refuse_run_file(out: Path) -> None:
+    """An export (a picture, a table) may go into a run folder, but never over one of the run's own files."""
+    target = Path(out).resolve()
+    for run, rel in ((target.parent, target.name), (target.parent.parent, f"{target.parent.name}/{target.name}")):
+        if is_run_dir(run) and (rel in _OWN_NAMES or rel.split("/")[0] in (EPOCHS_DIR, CHECKPOINTS_DIR)
+                                or rel.endswith(TMP_SUFFIX)):
+            raise RunError(f"refusing to write {out}: it is one of the files of the run {run}; choose another name")
+
+
 def refuse_output_in_run(out: Path, run_dir: Path | None = None) -> None:
     """An output file (embeddings, exports) may not land inside a run: RunError naming both. A run's files are
     only ever written by the run's own writer."""

@@ -430,3 +430,14 @@ def test_folders_the_run_must_not_use_are_refused(capsys, trained, tmp_path):
     rc, err = _cli(capsys, "train", str(data), "--out", str(tmp_path / "missing"), "--resume")
     _assert_refused(rc, err, "cannot resume", "does not exist")
     assert "trainer.lock" not in err
+
+
+def test_exports_may_sit_beside_a_run_but_never_replace_its_files(run, tmp_path):
+    from trainer.store import refuse_run_file
+
+    for own in ("manifest.json", "samples.h5", "trainer.lock", "epochs/epoch_0001.h5", "epochs/map.png",
+                "checkpoints/plot.png", "manifest.json.tmp"):
+        with pytest.raises(RunError, match="one of the files of the run"):
+            refuse_run_file(run / own)
+    refuse_run_file(run / "map_epoch0002.png")  # a picture beside the run's files is the user's choice
+    refuse_run_file(tmp_path / "elsewhere.png")

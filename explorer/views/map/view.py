@@ -986,6 +986,9 @@ class MapView(QWidget):
         if not path:
             return
         try:
+            from trainer.store import refuse_run_file
+
+            refuse_run_file(Path(path))
             (self.export_png if suffix == "png" else self.export_svg)(path)
             self.status.setText(f"Saved {path}")
         except Exception as exc:  # disk full, no permission: say so

@@ -819,9 +819,12 @@ class ThresholdView(DeferWhileHidden, QWidget):
         """Save the histogram and the ROC as PNG and SVG into ``folder``; returns the files written."""
         from pyqtgraph.exporters import ImageExporter, SVGExporter
 
+        from trainer.store import refuse_run_file
+
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"cannot export plots to {folder}: not an existing folder")
+        refuse_run_file(folder / "plot.png")  # beside a run's files is fine, among its epochs or checkpoints not
         epoch = self.data.epoch if self.data is not None else 0
         out = []
         for name, widget in (("pair_histogram", self.hist_plot), ("roc", self.roc_plot)):
@@ -862,7 +865,7 @@ class ThresholdView(DeferWhileHidden, QWidget):
             return
         try:
             files = self.export_plots(folder)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RuntimeError) as exc:  # RunError: a run's own folder
             QMessageBox.warning(self, "Export plots", f"Could not export the plots: {exc}")
             return
         self.errors_note.setText(f"Wrote {', '.join(p.name for p in files)} to {folder}")
