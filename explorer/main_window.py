@@ -580,7 +580,7 @@ class MainWindow(QMainWindow):
 
     def confirm_close_while_training(self) -> bool:
         """Closing while the trainer runs loses the epoch in progress: ask first (window close and Ctrl+Q)."""
-        if not self.controller.is_running():
+        if not self.controller.is_running() or not self.isVisible():  # only a window on screen asks its user
             return True
         run = self.state.run
         kept = f"epoch {run.last_epoch}" if run is not None and run.last_epoch >= 0 else "no epoch yet"

@@ -44,7 +44,7 @@ def window(qtbot, tmp_path, monkeypatch):
 
     monkeypatch.setattr(MainWindow, "_make_map_view", lambda self: QLabel("map"))
     shown: list[str] = []
-    for kind in ("critical", "warning", "information"):
+    for kind in ("critical", "warning", "information", "question"):
         monkeypatch.setattr(QMessageBox, kind, lambda *a, **k: shown.append(a[2]) or QMessageBox.StandardButton.Ok)
     settings = Settings(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
     from PySide6.QtWidgets import QApplication
