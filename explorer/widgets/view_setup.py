@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtWidgets import QWidget
+from PySide6.QtWidgets import QLabel, QProgressBar, QWidget
 
 from explorer.jobs import JobRunner
 from explorer.state import AppState
@@ -37,3 +37,20 @@ def subscribe(view: QWidget, state: AppState, *, replay: tuple[str, ...] = ("run
         current = {"run_changed": state.run, "epoch_changed": state.epoch}
         for signal in replay:
             slots[signal](current[signal])
+
+
+def job_reporting(bar: QProgressBar, label: QLabel, failure: str) -> dict[str, Callable[..., None]]:
+    """``on_progress`` / ``on_failed`` callbacks for a view's jobs: the bar shows the fraction and the step; a failure
+    hides it and writes ``failure`` + the message's first line into ``label`` (the whole message in its tooltip)."""
+
+    def on_progress(fraction: float, text: str) -> None:
+        bar.show()
+        bar.setValue(int(100 * fraction))
+        bar.setFormat(text or "%p%")
+
+    def on_failed(message: str) -> None:
+        bar.hide()
+        label.setText(failure + (message.splitlines()[0] if message else "unknown error"))
+        label.setToolTip(message)
+
+    return {"on_progress": on_progress, "on_failed": on_failed}

@@ -15,20 +15,15 @@ from PySide6.QtWidgets import QLabel, QMessageBox
 
 from explorer.app import create_window, protect_none_refcount
 from explorer.settings import Settings
-from tests.support.runs import make_folder, run_collect, tiny_config
-from trainer.store import RunReader, file_crc32
+from tests.support.runs import trained_run
+from trainer.store import file_crc32
 
 protect_none_refcount()
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("gui-hostile")
-    data = make_folder(root / "data")
-    run = root / "run"
-    run_collect(tiny_config(data), run)
-    assert RunReader(run).epochs == [0, 1, 2]
-    return run, data
+    return trained_run(tmp_path_factory.mktemp("gui-hostile"))
 
 
 @pytest.fixture()

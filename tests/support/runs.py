@@ -99,3 +99,14 @@ def run_collect(cfg, run_dir, **kwargs) -> list:
 
     Trainer(cfg, run_dir, emit=emit, **kwargs).run()
     return got
+
+
+def trained_run(root: Path) -> tuple[Path, Path]:
+    """A real run of :func:`tiny_config` (epochs 0-2, checkpoints) in ``root / "run"`` and its image folder."""
+    from trainer.store import RunReader
+
+    data = make_folder(root / "data")
+    run = root / "run"
+    events = run_collect(tiny_config(data), run)
+    assert RunReader(run).epochs == [0, 1, 2], events[-1]
+    return run, data

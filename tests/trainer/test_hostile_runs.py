@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import main as cli
-from tests.support.runs import make_folder, run_collect, tiny_config
+from tests.support.runs import make_folder, run_collect, tiny_config, trained_run
 from trainer.config import TrainConfig
 from trainer.errors import ExplorerError
 from trainer.store import RunError, RunReader, RunWriter
@@ -27,12 +27,7 @@ from trainer.store import RunError, RunReader, RunWriter
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """A real two-epoch run of the tiny config, and its image folder."""
-    root = tmp_path_factory.mktemp("hostile")
-    data = make_folder(root / "data")
-    run = root / "run"
-    events = run_collect(tiny_config(data), run)
-    assert RunReader(run).epochs == [0, 1, 2], events[-1]
-    return run, data
+    return trained_run(tmp_path_factory.mktemp("hostile"))
 
 
 @pytest.fixture()

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QHBoxL
                                QSpinBox, QSplitter, QTableView, QVBoxLayout, QWidget)
 from explorer.jobs import JobRunner
 from explorer.state import AppState
-from explorer.widgets.view_setup import setup_view, subscribe
+from explorer.widgets.view_setup import job_reporting, setup_view, subscribe
 from explorer.views.neighbours.jobs import GALLERIES, INDEX_CACHE, IndexEntry, NeighbourQuery, NeighbourResult, checkpoint_for, embed_file_job, filter_samples_job, neighbour_job
 from explorer.widgets.framed import OTHER, QUERY, SAME, framed_pixmap
 from explorer.widgets.texts import SPLIT_NAMES, metric_words
@@ -378,7 +378,7 @@ class NeighboursView(QWidget):
     @property
     def _reporting(self) -> dict:
         """The progress and failure callbacks every job of this view shares."""
-        return {"on_progress": self._on_job_progress, "on_failed": self._on_job_failed}
+        return job_reporting(self.progress, self.info, "Could not answer: ")
 
     def _job_done(self) -> None:
         """Hide the progress bar when nothing else runs."""
@@ -411,16 +411,6 @@ class NeighboursView(QWidget):
         self._job_done()
         if result is not None:
             self._show(result)
-
-    def _on_job_progress(self, fraction: float, text: str) -> None:
-        self.progress.show()
-        self.progress.setValue(int(100 * fraction))
-        self.progress.setFormat(text or "%p%")
-
-    def _on_job_failed(self, message: str) -> None:
-        self.progress.hide()
-        self.info.setText("Could not answer: " + message.splitlines()[0])
-        self.info.setToolTip(message)
 
     # ---- showing a result ---------------------------------------------------------------------------------------
     def _show(self, r: NeighbourResult) -> None:

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QGr
                                QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 from explorer.jobs import JobRunner
 from explorer.state import AppState
-from explorer.widgets.view_setup import setup_view, subscribe
+from explorer.widgets.view_setup import job_reporting, setup_view, subscribe
 from explorer.widgets.lazy import DeferWhileHidden
 from explorer.widgets.framed import OTHER, QUERY, SAME, framed_pixmap
 from trainer.store import SPLIT_HELDOUT
@@ -356,7 +356,7 @@ class TripletsView(DeferWhileHidden, QWidget):
     @property
     def _reporting(self) -> dict:
         """The progress and failure callbacks every job of this view shares."""
-        return {"on_progress": self._on_job_progress, "on_failed": self._on_job_failed}
+        return job_reporting(self.progress, self.census_label, "Failed: ")
 
     def _job_done(self) -> None:
         if not any(self.jobs.is_running((self._key, p)) for p in ("census", "history", "examples")):
@@ -379,16 +379,6 @@ class TripletsView(DeferWhileHidden, QWidget):
     def _on_examples(self, result) -> None:
         self._job_done()
         self._show_examples(result)
-
-    def _on_job_progress(self, fraction: float, text: str) -> None:
-        self.progress.show()
-        self.progress.setValue(int(100 * fraction))
-        self.progress.setFormat(text or "%p%")
-
-    def _on_job_failed(self, message: str) -> None:
-        self.progress.hide()
-        self.census_label.setText("Failed: " + message.splitlines()[0])
-        self.census_label.setToolTip(message)
 
     # ---- showing results ----------------------------------------------------------------------------------------
     def _class_name(self, c: int) -> str:
