@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
+
 TESTS = Path(__file__).resolve().parent
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -21,10 +23,28 @@ os.environ.setdefault("XDG_CONFIG_HOME", tempfile.mkdtemp(prefix="ee-test-config
 
 def pytest_collection_modifyitems(config, items):
     """Everything under tests/explorer/ needs Qt: marked ``gui`` here, so no module can forget it."""
-    import pytest
-
     gui = pytest.mark.gui
     for item in items:
         parts = Path(str(item.fspath)).resolve().relative_to(TESTS).parts
         if parts[0] == "explorer":
             item.add_marker(gui)
+
+
+# ---- the hostile-run suites (tests/trainer/ and tests/explorer/): one real run, trained once, copied per test
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """(run folder, image folder) of a real run of the tiny config, epochs 0-2 with checkpoints."""
+    from tests.support.runs import trained_run
+
+    return trained_run(tmp_path_factory.mktemp("trained"))
+
+
+@pytest.fixture()
+def run(trained, tmp_path):
+    """A fresh copy of the trained run, to damage."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained[0], copy)
+    return copy

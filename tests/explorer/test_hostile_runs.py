@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,22 +14,9 @@ from PySide6.QtWidgets import QLabel, QMessageBox
 
 from explorer.app import create_window, protect_none_refcount
 from explorer.settings import Settings
-from tests.support.runs import trained_run
 from trainer.store import file_crc32
 
 protect_none_refcount()
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    return trained_run(tmp_path_factory.mktemp("gui-hostile"))
-
-
-@pytest.fixture()
-def run(trained, tmp_path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(trained[0], copy)
-    return copy
 
 
 @pytest.fixture()

@@ -18,24 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import main as cli
-from tests.support.runs import make_folder, run_collect, tiny_config, trained_run
+from tests.support.runs import make_folder, run_collect, tiny_config
 from trainer.config import TrainConfig
 from trainer.errors import ExplorerError
 from trainer.store import RunError, RunReader, RunWriter
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """A real two-epoch run of the tiny config, and its image folder."""
-    return trained_run(tmp_path_factory.mktemp("hostile"))
-
-
-@pytest.fixture()
-def run(trained, tmp_path) -> Path:
-    """A fresh copy of the trained run to damage."""
-    copy = tmp_path / "run"
-    shutil.copytree(trained[0], copy)
-    return copy
 
 
 @pytest.fixture()
