@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -15,10 +17,18 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # pytest refuses an ini option that no plugin knows
 os.environ.setdefault("PYTEST_QT_API", "pyside6")
 # Caches (demo folder, scan cache) go to a per-session temporary folder unless CI points them elsewhere.
+# Both are removed again when the test process ends.
+def _temporary_folder(prefix: str) -> str:
+    folder = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 if "EMBEDDING_EXPLORER_CACHE" not in os.environ:
-    os.environ["EMBEDDING_EXPLORER_CACHE"] = tempfile.mkdtemp(prefix="ee-test-cache-")
+    os.environ["EMBEDDING_EXPLORER_CACHE"] = _temporary_folder("ee-test-cache-")
 # Qt settings (QSettings) go to a temporary folder too.
-os.environ.setdefault("XDG_CONFIG_HOME", tempfile.mkdtemp(prefix="ee-test-config-"))
+if "XDG_CONFIG_HOME" not in os.environ:
+    os.environ["XDG_CONFIG_HOME"] = _temporary_folder("ee-test-config-")
 
 
 def pytest_collection_modifyitems(config, items):
