@@ -105,6 +105,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=["auto", "off", "fp16", "bf16"], help="mixed precision (default auto)")
     p.add_argument("--workers", type=int, help=f"data-loading processes (default {d.data.num_workers})")
     p.add_argument("--resume", action="store_true", help="continue the stopped or killed run in --out")
+    p.add_argument("--keep-all-checkpoints", action="store_const", const="all", dest="keep_checkpoints",
+                   help="keep every epoch's checkpoint (default: the last and the best by held-out MAP@R)")
     p.add_argument("--quiet", action="store_true", help="no progress bars, only the log")
     lp = p.add_argument_group("loss parameters (each applies to the losses named in its help)")
     for name, uses in sorted(_loss_param_names().items()):
@@ -133,7 +135,7 @@ def _config_from_args(args: argparse.Namespace, loss_for_params: str | None = No
         "batches_per_epoch": "optim.batches_per_epoch", "lr": "optim.lr", "loss_lr": "optim.loss_lr",
         "head_lr_mult": "optim.head_lr_mult",
         "test_dir": "data.test_dir", "holdout_fraction": "data.holdout_fraction", "seed": "seed",
-        "device": "device", "amp": "amp", "workers": "data.num_workers",
+        "device": "device", "amp": "amp", "workers": "data.num_workers", "keep_checkpoints": "keep_checkpoints",
     }
     for arg, key in mapping.items():
         value = getattr(args, arg)
@@ -208,8 +210,9 @@ def cmd_train(argv: list[str]) -> int:
             print(f"training on {e.device}: {e.message}; {e.epochs} epochs x {e.batches_per_epoch} batches "
                   f"-> {e.run_dir}")
             if not args.quiet:
-                state["epoch_bar"] = tqdm(total=e.epochs + 1, initial=e.start_epoch, desc="run", unit="epoch",
-                                          position=0)
+                # epochs of training (the untrained epoch 0 that is measured first is not one of them)
+                state["epoch_bar"] = tqdm(total=e.epochs, initial=min(e.start_epoch, e.epochs), desc="epochs",
+                                          unit="epoch", position=0)
         elif isinstance(e, ev.BatchDone):
             if args.quiet:
                 return
@@ -222,7 +225,7 @@ def cmd_train(argv: list[str]) -> int:
             state["bar"].set_postfix(loss=f"{e.loss:.4f}", img_s=f"{e.images_per_second:.0f}",
                                      hard=e.n_hard, semi=e.n_semihard)
         elif isinstance(e, ev.EpochDone):
-            if state["epoch_bar"] is not None:
+            if state["epoch_bar"] is not None and e.epoch > 0:
                 state["epoch_bar"].update(1)
         elif isinstance(e, ev.Log):
             (tqdm.write if not args.quiet else print)(f"[{e.level}] {e.message}" if e.level != "info" else e.message)
@@ -243,7 +246,33 @@ def cmd_train(argv: list[str]) -> int:
     if state["failed"] is not None:
         print(f"error: {state['failed'].message}", file=sys.stderr)
         return 1
+    print(_train_summary(Path(args.out)))
     return 0
+
+
+def _train_summary(run_dir: Path) -> str:
+    """The lines printed when training ends: where the run is, its best epoch, and how to open or use it."""
+    import numpy as np
+
+    from trainer.errors import ExplorerError
+    from trainer.store import RunReader
+
+    key = "heldout/mean_average_precision_at_r"
+    try:
+        run = RunReader(run_dir)
+        table = run.metrics_history()
+        values = table.get(key, np.zeros(0))
+        history = {int(e): float(v) for e, v in zip(table["epoch"], values) if np.isfinite(v)}
+    except (ExplorerError, OSError, ValueError) as exc:
+        return f"the run is in {run_dir} (its summary could not be read: {exc})"
+    lines = [f"run: {run_dir} ({len(run.epochs)} epochs stored, {len(run.checkpoints)} checkpoints)"]
+    if history:
+        best = max(history, key=lambda e: (history[e], -e))  # the first of equals
+        first, last = min(history), max(history)
+        lines.append(f"held-out MAP@R: epoch {first} {history[first]:.3f} -> epoch {last} {history[last]:.3f}; "
+                     f"best epoch {best} ({history[best]:.3f})")
+    lines.append(f"open it: python main.py {run_dir}   evaluate: python main.py evaluate {run_dir}")
+    return "\n".join(lines)
 
 
 def _dry_run(cfg) -> int:
@@ -411,12 +440,27 @@ def cmd_embed(argv: list[str]) -> int:
     from trainer.errors import ExplorerError
     from trainer.inference import embed_folder
 
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def bar(name: str, unit: str):
+        def update(done: int, total: int) -> None:
+            if name not in bars:
+                bars[name] = tqdm(total=total, desc=name, unit=unit, file=sys.stderr)
+            bars[name].update(done - bars[name].n)
+        return update
+
     try:
         info = embed_folder(Path(args.run_dir), Path(args.image_dir), Path(args.out), checkpoint=args.checkpoint,
-                            device=args.device, batch_size=args.batch_size)
+                            device=args.device, batch_size=args.batch_size, progress=bar("embed", "img"),
+                            scan_progress=bar("scan", "file"))
     except (ExplorerError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        for b in bars.values():
+            b.close()
     print(f"wrote {info['n']} embeddings of dimension {info['dim']} to {args.out}"
           + (f" ({info['n_skipped']} files skipped)" if info.get("n_skipped") else ""))
     return 0
@@ -470,9 +514,9 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = run = None
     if args.path:
-        from trainer.store import is_run_dir
+        from trainer.store import looks_like_run
 
-        if is_run_dir(args.path):
+        if looks_like_run(args.path):
             run = args.path
         else:
             folder = args.path

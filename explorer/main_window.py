@@ -52,10 +52,10 @@ def new_run_dir(runs_root: Path, data_dir: str | Path) -> Path:
     return path
 
 
-def _is_run_dir(path: Path) -> bool:
-    from trainer.store import is_run_dir
+def _looks_like_run(path: Path) -> bool:
+    from trainer.store import looks_like_run
 
-    return bool(is_run_dir(path))
+    return looks_like_run(path)
 
 
 def _recipe_facts_job(paths: list[str], progress=None, partial=None, is_cancelled=None):
@@ -320,13 +320,11 @@ class MainWindow(QMainWindow):
         if not path.is_dir():
             QMessageBox.warning(self, APP_TITLE, f"{path} is not a folder (or no longer exists).")
             return
-        self.open_run(path) if _is_run_dir(path) else self.open_folder(path)
+        self.open_run(path) if _looks_like_run(path) else self.open_folder(path)
 
     def open_folder(self, path: str | Path) -> None:
         """Scan an image folder in the background and make it the training data."""
         path = Path(path).expanduser()
-        self.settings.add_recent_folder(path)
-        self._refresh_recent()
         self.config_panel.set_data_dir(path)
         self.dataset_view.open_folder(path)
         self.show_view("Data")
@@ -344,7 +342,9 @@ class MainWindow(QMainWindow):
             reader = RunReader(path)
         except Exception as exc:
             QMessageBox.critical(self, APP_TITLE, f"Could not open the run {path}:\n{exc}")
+            self.show_status(f"Could not open the run {path.name}")
             return False
+        self.show_status(f"Opened the run {path}")  # replaces a message about what was open before
         self.controller.note_run_opened(path)
         try:  # show the run's configuration on the left, so "Continue this run" and a rerun start from it
             from trainer.config import TrainConfig
@@ -376,6 +376,8 @@ class MainWindow(QMainWindow):
 
     @Slot(object)
     def _on_scan_finished(self, scan) -> None:
+        self.settings.add_recent_folder(self.dataset_view.root or scan.root)  # only a folder that can be trained on joins Recent
+        self._refresh_recent()
         self.config_panel.set_scan(scan)
         self.jobs.submit(RECIPE_FACTS_JOB, _recipe_facts_job, [str(scan.abspath(i)) for i in range(len(scan.paths))],
                          on_result=self._on_image_facts)
@@ -533,7 +535,8 @@ class MainWindow(QMainWindow):
             self.run_label.setText("No run open")
             self.setWindowTitle(APP_TITLE)
             return
-        name = Path(str(self.controller.following or self.controller.run_dir or "")).name or "run"
+        # the run's own folder: the controller may still point at the run opened before (or at none yet)
+        name = Path(str(getattr(run, "run_dir", "") or "")).resolve().name or "run"
         self.run_label.setText(f"Run: {name}")
         self.setWindowTitle(f"{name} — {APP_TITLE}")
 

@@ -79,6 +79,15 @@ def test_train_evaluate_embed(tmp_path):
               "--image-size", "24", "--embedding-dim", "8", "--batch-classes", "2", "--batch-per-class", "3",
               "--batches-per-epoch", "2", "--device", "cpu", "--workers", "0", "--quiet", "--loss", "contrastive")
     assert res.returncode == 0, res.stdout + res.stderr
+    # the summary says where the run is, its best epoch by held-out MAP@R, and how to open it
+    from trainer.store import RunReader
+
+    history = RunReader(out).metrics_history()
+    maps = history["heldout/mean_average_precision_at_r"]
+    best = int(history["epoch"][int(np.nanargmax(maps))])
+    assert f"run: {out}" in res.stdout, res.stdout
+    assert f"best epoch {best} ({np.nanmax(maps):.3f})" in res.stdout, res.stdout
+    assert f"python main.py {out}" in res.stdout
     res = run("train", str(data), "--out", str(out))
     assert res.returncode == 1 and "--resume" in res.stderr
 
@@ -91,6 +100,7 @@ def test_train_evaluate_embed(tmp_path):
     h5 = tmp_path / "emb.h5"
     res = run("embed", str(out), str(data), "--out", str(h5))
     assert res.returncode == 0, res.stderr
+    assert "embed" in res.stderr and "24/24" in res.stderr, res.stderr  # its progress bar, not 4 silent minutes
     with h5py.File(h5, "r") as f:
         emb = f["embeddings"][:]
         assert emb.shape == (24, 8) and np.isfinite(emb).all()

@@ -76,6 +76,9 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
     amp: str = "auto"  # "auto" | "off" | "fp16" | "bf16"
     eval_every: int = 1
+    # "last_best": keep the checkpoints of the last epoch and of the best one by held-out MAP@R (a ResNet-18
+    # checkpoint is 135 MB); "all": every epoch's
+    keep_checkpoints: str = "last_best"
     # dotted keys (``optim.lr``, ``loss.name``, ...) whose values the recipe (trainer/recipe.py) chooses when the
     # run starts, from what is known then; every other key is the user's choice and is kept as it is
     auto: tuple[str, ...] = ()

@@ -6,6 +6,7 @@ Shared by ``main.py embed`` / ``main.py evaluate`` and the app's neighbour panel
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
@@ -56,8 +57,10 @@ class RunModel:
         self.transform = default_transforms(self.cfg.data.image_size, augment=False, train=False)
 
     @torch.no_grad()
-    def embed_files(self, files: list[Path], batch_size: int = 128) -> np.ndarray:
-        """Embeddings (N, D) float32 of image files (decoded like the training images)."""
+    def embed_files(self, files: list[Path], batch_size: int = 128,
+                    progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Embeddings (N, D) float32 of image files (decoded like the training images); ``progress(done, total)``
+        after each batch."""
         from trainer.data.loader import ImageDataset
 
         ds = ImageDataset(files, self.transform, load_size=int(self.cfg.data.image_size * 1.15))
@@ -65,14 +68,18 @@ class RunModel:
         for s in range(0, len(ds), batch_size):
             x = torch.stack([ds[i][0] for i in range(s, min(s + batch_size, len(ds)))]).to(self.device)
             out.append(self.model(x).float().cpu())
+            if progress is not None:
+                progress(min(s + batch_size, len(ds)), len(ds))
         if not out:
             return np.zeros((0, self.cfg.model.embedding_dim), dtype=np.float32)
         return torch.cat(out).numpy().astype(np.float32)
 
 
 def embed_folder(run_dir: Path, image_dir: Path, out: Path, *, checkpoint: str | None = None, device: str = "auto",
-                 batch_size: int = 128) -> dict:
-    """Embed every usable image below ``image_dir`` into ``out`` (HDF5: embeddings, paths, labels, classes)."""
+                 batch_size: int = 128, progress: Callable[[int, int], None] | None = None,
+                 scan_progress: Callable[[int, int], None] | None = None) -> dict:
+    """Embed every usable image below ``image_dir`` into ``out`` (HDF5: embeddings, paths, labels, classes);
+    ``scan_progress`` / ``progress`` ``(done, total)`` report the folder scan and the embedding."""
     from trainer.data.scan import ScanError, scan_folder
 
     out = Path(out)
@@ -82,7 +89,7 @@ def embed_folder(run_dir: Path, image_dir: Path, out: Path, *, checkpoint: str |
     labels = None
     classes: list[str] = []
     try:
-        scan = scan_folder(image_dir)
+        scan = scan_folder(image_dir, progress=scan_progress)
         rel = list(scan.paths)
         labels = np.asarray(scan.labels, dtype=np.int64)
         classes = list(scan.classes)
@@ -95,7 +102,7 @@ def embed_folder(run_dir: Path, image_dir: Path, out: Path, *, checkpoint: str |
             raise
         rel = sorted(p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         n_skipped = 0
-    emb = rm.embed_files([image_dir / r for r in rel], batch_size=batch_size)
+    emb = rm.embed_files([image_dir / r for r in rel], batch_size=batch_size, progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
 

@@ -357,6 +357,12 @@ def is_run_dir(path: str | os.PathLike[str]) -> bool:
         return False
 
 
+def looks_like_run(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` has a run's manifest, readable or not: such a folder is opened as a run, so that a
+    damaged manifest is named as such instead of the folder being scanned as images."""
+    return (Path(path) / MANIFEST).is_file()
+
+
 def _leftovers(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
     """Files of ours that the manifest does not account for: ``*.tmp`` and uncommitted epochs/checkpoints."""
     listed = {e["file"] for e in manifest["epochs"]} | {c["file"] for c in manifest["checkpoints"]}
@@ -484,15 +490,26 @@ class RunLock:
             import fcntl
         except ImportError:  # pragma: no cover - Windows
             return self
-        f = open(self.path, "a+")
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
+        for _ in range(5):
+            f = open(self.path, "a+")
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                f.close()
+                raise RunError(f"{self.path.parent} is being trained by {holder}; wait for it to finish or stop "
+                               f"it before continuing this run") from None
+            # the holder before us removes the file as it lets go: a lock on the file it removed locks nothing
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             f.close()
-            raise RunError(f"{self.path.parent} is being trained by {holder}; wait for it to finish or stop it "
-                           f"before continuing this run") from None
+        else:  # pragma: no cover - five holders in a row let go while we opened
+            raise RunError(f"{self.path} keeps being replaced; is another program training this run?")
         f.seek(0)
         f.truncate()
         f.write(f"process {os.getpid()} on {socket.gethostname()}")
@@ -501,7 +518,12 @@ class RunLock:
         return self
 
     def release(self) -> None:
+        """Let go of the lock and remove the lock file (a clean exit leaves no trainer.lock behind)."""
         if self._f is not None:
+            try:
+                self.path.unlink(missing_ok=True)  # while still holding it: nobody can take the lock in between
+            except OSError:
+                pass
             self._f.close()  # closing the file releases the flock
             self._f = None
 
@@ -673,6 +695,15 @@ class RunWriter:
     def classes(self) -> list[str]:
         return list(self._m["classes"])
 
+    @property
+    def checkpoint_epochs(self) -> list[int]:
+        """Epochs with a committed checkpoint, ascending."""
+        return [int(c["epoch"]) for c in self._m["checkpoints"]]
+
+    def epoch_metrics(self) -> dict[int, dict]:
+        """The metrics the manifest holds for each committed epoch."""
+        return {int(e["epoch"]): dict(e.get("metrics", {})) for e in self._m["epochs"]}
+
     # ------------------------------------------------------------------ writes
     def _commit(self) -> None:
         self._m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -778,6 +809,20 @@ class RunWriter:
         self._m["checkpoints"].sort(key=lambda c: c["epoch"])
         self._commit()
         return path
+
+    def prune_checkpoints(self, keep: set[int]) -> list[int]:
+        """Forget and delete every checkpoint whose epoch is not in ``keep``; returns the epochs removed.
+
+        The manifest is committed first: a kill before the files go leaves files that no manifest names, which
+        readers ignore and the next write of the run removes."""
+        gone = [c for c in self._m["checkpoints"] if c["epoch"] not in keep]
+        if not gone:
+            return []
+        self._m["checkpoints"] = [c for c in self._m["checkpoints"] if c["epoch"] in keep]
+        self._commit()
+        for c in gone:
+            (self.run_dir / CHECKPOINTS_DIR / f"{_epoch_name(int(c['epoch']))}.pt").unlink(missing_ok=True)
+        return [int(c["epoch"]) for c in gone]
 
     def write_features(self, features: np.ndarray) -> Path:
         """Cache the frozen backbone's features (N, F) for head-only training (atomic, recorded in the manifest)."""

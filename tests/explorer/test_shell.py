@@ -156,6 +156,21 @@ def test_scan_error_names_the_folder_and_reason(qtbot, window, tmp_path):
     assert window.dataset_view.classes_table.rowCount() == 0
 
 
+def test_a_folder_without_class_folders_lists_what_it_skipped_and_stays_out_of_recent(qtbot, window, tmp_path):
+    """Issue 15 item 13: "12 skipped" came with an empty Skipped list, and the failed folder joined Recent."""
+    flat = tmp_path / "flat"
+    make_class_folder(tmp_path / "src", n_classes=2, per_class=3)
+    flat.mkdir()
+    for i, png in enumerate(sorted((tmp_path / "src").rglob("*.png"))):
+        png.rename(flat / f"img_{i}.png")
+    with qtbot.waitSignal(window.dataset_view.scan_failed, timeout=30000):
+        window.open_folder(flat)
+    rows = window.dataset_view.skipped_rows()
+    assert sorted(r[0] for r in rows) == sorted(f"img_{i}.png" for i in range(6)), rows
+    assert window.dataset_view.issues.tabText(0) == "Skipped (6)"
+    assert str(flat) not in window.settings.recent_folders()
+
+
 # ---- config panel -------------------------------------------------------------------------------------------------
 def _valid_cfg(folder: Path) -> TrainConfig:
     return TrainConfig().replace(**{
@@ -284,6 +299,27 @@ def test_open_run_sets_the_state_and_bad_runs_are_explained(qtbot, window, tmp_p
     bogus.mkdir()
     assert not window.open_run(bogus)
     assert messages[-1][0] == "critical" and str(bogus) in messages[-1][2]
+
+
+def test_the_status_bar_names_the_run_that_is_open_and_a_damaged_manifest_is_named(qtbot, window, tmp_path,
+                                                                                 messages):
+    """Issue 15 items 3 and 4: run B opened after run A is called B (A's name stayed before); a run opened
+    straight away is called by its folder ("Run: run" before); a manifest that cannot be read is named as such,
+    not scanned as an image folder; an earlier message leaves the status line."""
+    a, b = tmp_path / "runs" / "alpha", tmp_path / "runs" / "beta"
+    _write_run(a, 1)
+    _write_run(b, 1)
+    window.show_status("Could not scan /somewhere: need at least two class sub-folders")
+    assert window.open_run(a)
+    assert window.run_label.text().startswith("Run: alpha") and "alpha" in window.windowTitle()
+    assert "Could not scan" not in window.status_label.text()
+    assert window.open_run(b)
+    assert window.run_label.text().startswith("Run: beta") and "beta" in window.windowTitle()
+    (b / "manifest.json").write_text("{ not json")
+    messages.clear()
+    window.open_path(b)
+    assert messages and messages[-1][0] == "critical" and "manifest" in messages[-1][2]
+    assert "need at least two class" not in window.status_label.text()
 
 
 def test_run_app_explains_a_missing_display_instead_of_crashing(monkeypatch, capsys):

@@ -82,6 +82,7 @@ def tiny_config(data_dir: Path, **changes) -> TrainConfig:
         "model.backbone": "small_cnn", "model.pretrained": False, "model.embedding_dim": 16,
         "optim.epochs": 2, "optim.batches_per_epoch": 3, "optim.lr": 1e-3,
         "loss.name": "triplet", "loss.miner": "semihard_triplets", "device": "cpu", "amp": "off", "seed": 3,
+        "keep_checkpoints": "all",  # the tests load the checkpoints of early epochs; the default prunes them
     })
     return cfg.replace(**changes) if changes else cfg
 

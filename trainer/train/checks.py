@@ -67,6 +67,9 @@ def config_problems(cfg: TrainConfig, class_counts: dict[str, int] | None = None
     problem = miner_problem(lo.name, lo.miner, lo.params, lo.miner_params)
     if problem:
         out.append(problem[0].upper() + problem[1:] + ("" if problem.endswith(".") else "."))
+    if cfg.keep_checkpoints not in ("last_best", "all"):
+        out.append(f"Keep checkpoints is {cfg.keep_checkpoints!r}: use \"last_best\" (the last and the best epoch's) "
+                   f"or \"all\" (--keep-all-checkpoints).")
     C, K = d.batch_classes, d.batch_per_class
     if K < 2:
         out.append(f"K = {K} image per class gives no positive pair; use K >= 2.")

@@ -268,7 +268,8 @@ class Trainer:
         commit = EpochCommit(setup.writer, telemetry)
         for handler in (NanGuard(cfg.optim.lr), telemetry, Evaluation(setup.samples, p.spec.metric, telemetry,
                                                                         self._check_control),
-                        commit, Checkpoint(setup.writer, commit, lambda epoch: self._checkpoint_state(epoch, p)),
+                        commit, Checkpoint(setup.writer, commit, lambda epoch: self._checkpoint_state(epoch, p),
+                                   keep_all=cfg.keep_checkpoints == "all"),
                         Report(self.emit, self.run_dir, commit, self._committed)):
             handler.attach(loop)
         loop.on(Event.EPOCH_COMPLETED, self._synchronise)

@@ -143,18 +143,40 @@ class EpochCommit:
             self.path = Path(self.writer.write_epoch(s.epoch, s.embeddings, s.metrics, self.telemetry.arrays()))
 
 
-class Checkpoint:
-    """Writes the training state of a committed epoch (after its epoch file: a kill in between retrains it)."""
+BEST_BY = "heldout/mean_average_precision_at_r"  # what "the best checkpoint" is best at
 
-    def __init__(self, writer: RunWriter | None, commit: EpochCommit, state: Callable[[int], dict]) -> None:
-        self.writer, self.commit, self.state = writer, commit, state
+
+def checkpoints_to_keep(epoch_metrics: dict[int, dict], with_checkpoint: list[int]) -> set[int]:
+    """The last checkpointed epoch and the best one by held-out MAP@R (the first of equals; epochs without the
+    metric never count as best)."""
+    if not with_checkpoint:
+        return set()
+    keep = {max(with_checkpoint)}
+    scored = [(float(epoch_metrics.get(e, {}).get(BEST_BY, float("nan"))), -e) for e in with_checkpoint]
+    scored = [t for t in scored if t[0] == t[0]]  # drop NaN
+    if scored:
+        keep.add(-max(scored)[1])
+    return keep
+
+
+class Checkpoint:
+    """Writes the training state of a committed epoch (after its epoch file: a kill in between retrains it), then
+    drops the checkpoints that are neither the last nor the best, unless the config keeps them all."""
+
+    def __init__(self, writer: RunWriter | None, commit: EpochCommit, state: Callable[[int], dict],
+                 keep_all: bool = False) -> None:
+        self.writer, self.commit, self.state, self.keep_all = writer, commit, state, keep_all
 
     def attach(self, loop: Loop) -> None:
         loop.on(Event.EPOCH_COMPLETED, self.save)
 
     def save(self, s: LoopState) -> None:
-        if self.writer is not None and self.commit.path is not None:
-            self.writer.write_checkpoint(s.epoch, self.state(s.epoch))
+        if self.writer is None or self.commit.path is None:
+            return
+        self.writer.write_checkpoint(s.epoch, self.state(s.epoch))
+        if not self.keep_all:
+            keep = checkpoints_to_keep(self.writer.epoch_metrics(), self.writer.checkpoint_epochs)
+            self.writer.prune_checkpoints(keep)
 
 
 class Report:

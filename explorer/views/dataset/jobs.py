@@ -20,6 +20,7 @@ class ScanReport:
     root: Path
     scan: Any = None  # trainer.data.scan.ScanResult
     error: str = ""
+    partial: Any = None  # with an error: what the listing found (its skipped files and why), if it got that far
     thumbnails: dict[str, list[np.ndarray]] = field(default_factory=dict)  # class -> RGB uint8 (h, w, 3)
 
 
@@ -39,6 +40,7 @@ def scan_job(root: Path, *, progress: Callable[[float, str], None], partial: Cal
         scan = scan_fn(root, progress=on_progress)
     except (ValueError, OSError) as exc:  # ScanError is a ValueError: missing root, fewer than two classes, ...
         report.error = str(exc) or type(exc).__name__
+        report.partial = getattr(exc, "result", None)
         return report
     report.scan = scan
     labels = np.asarray(scan.labels)

@@ -130,18 +130,29 @@ class DatasetView(QWidget):
     def _on_scanned(self, report: ScanReport) -> None:
         self._done()
         if report.error:
-            self._show_error(f"Could not scan {report.root}: {report.error}")
+            self._show_error(f"Could not scan {report.root}: {report.error}", report.partial)
             return
         self.show_scan(report.scan, report.thumbnails)
         self.scan_finished.emit(report.scan)
 
-    def _show_error(self, message: str) -> None:
+    def _show_error(self, message: str, partial=None) -> None:
+        """Show why the folder cannot be used; ``partial`` (the listing, if it got that far) fills the lists of
+        skipped files and notes, so that the "N skipped" of the message can be read file by file."""
         self.title.setText(message)
         self.title.setProperty("error", True)
         self.title.style().unpolish(self.title)
         self.title.style().polish(self.title)
         self.classes_table.setRowCount(0)
-        self.skipped_table.setRowCount(0)
+        skipped = [(s.path, s.reason) for s in getattr(partial, "skipped", [])]
+        notes = [(s.path, s.reason) for s in getattr(partial, "notes", [])]
+        self._fill(self.skipped_table, skipped)
+        self._fill(self.notes_table, notes)
+        self.duplicates_table.setRowCount(0)
+        self.issues.setTabText(0, f"Skipped ({len(skipped)})")
+        self.issues.setTabText(1, f"Notes ({len(notes)})")
+        self.issues.setTabText(2, "Duplicates (0)")
+        if skipped:
+            self.issues.setCurrentIndex(0)
         self.scan_failed.emit(message)
 
     # ---- drawing ----------------------------------------------------------------------------------------------

@@ -79,6 +79,44 @@ def test_a_run_commits_every_epoch_with_metrics_and_telemetry(folder, tmp_path):
     assert run_in_training(tmp_path / "run") is None  # the finished trainer released its lock
 
 
+def test_checkpoints_kept_are_the_last_and_the_best_against_a_brute_force_choice():
+    from trainer.train.handlers import BEST_BY, checkpoints_to_keep
+
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        n = int(rng.integers(1, 7))
+        held = sorted(rng.choice(10, size=n, replace=False).tolist())
+        values = rng.choice([0.1, 0.2, 0.3, np.nan], size=10)
+        metrics = {e: ({BEST_BY: float(values[e])} if rng.random() < 0.8 else {}) for e in range(10)}
+        want = {max(held)}
+        scored = [e for e in held if not np.isnan(metrics[e].get(BEST_BY, np.nan))]
+        if scored:
+            top = max(metrics[e][BEST_BY] for e in scored)
+            want.add(min(e for e in scored if metrics[e][BEST_BY] == top))  # the first of equals
+        assert checkpoints_to_keep(metrics, held) == want, (held, metrics)
+    assert checkpoints_to_keep({}, []) == set()
+
+
+def test_by_default_a_run_keeps_the_last_and_the_best_checkpoint_and_no_lock_file(folder, tmp_path):
+    """Issue 15 item 22: a 135 MB checkpoint per epoch was kept, and trainer.lock stayed after a clean exit."""
+    run = tmp_path / "run"
+    cfg = tiny_config(folder, **{"optim.epochs": 3, "keep_checkpoints": "last_best"})
+    assert not [e for e in run_collect(cfg, run) if isinstance(e, ev.Failed)]
+    reader = RunReader(run)
+    history = reader.metrics_history()
+    maps = history["heldout/mean_average_precision_at_r"]
+    best = int(history["epoch"][int(np.nanargmax(maps))])
+    assert reader.checkpoints == sorted({best, 3})
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"epoch_{e:04d}.pt" for e in sorted({best, 3})]
+    assert not (run / "trainer.lock").exists()
+    # it continues from the last checkpoint as before
+    events = run_collect(tiny_config(folder, **{"optim.epochs": 4, "keep_checkpoints": "last_best"}), run,
+                         resume=True)
+    assert not [e for e in events if isinstance(e, ev.Failed)]
+    assert RunReader(run).epochs == [0, 1, 2, 3, 4] and 4 in RunReader(run).checkpoints
+    assert not (run / "trainer.lock").exists()
+
+
 def test_a_run_being_trained_is_not_resumed_by_a_second_trainer(folder, tmp_path):
     run = tmp_path / "run"
     assert not [e for e in run_collect(tiny_config(folder, **{"optim.epochs": 1}), run) if isinstance(e, ev.Failed)]
