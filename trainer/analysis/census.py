@@ -171,7 +171,6 @@ def _count_from_keys(
     Every column is looked up in the anchor's sorted negatives (B^2 binary searches, no B^3 mask); the counts
     are then kept for the positive columns only.
     """
-    b = key.shape[0]
     same = labels.unsqueeze(0) == labels.unsqueeze(1)
     pos_mask = same.clone()
     pos_mask.fill_diagonal_(False)
