@@ -192,6 +192,8 @@ def cmd_train(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if args.preset and args.batch_classes is None and not args.resume:
+        cfg = _fit_preset_to_folder(cfg)
     problems = [] if args.resume else config_problems(cfg, run_dir=Path(args.out))
     if problems:
         for problem in problems:
@@ -250,6 +252,25 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
+def _fit_preset_to_folder(cfg):
+    """A preset's C lowered to the folder's training classes, as the form does (said on stdout when it changes)."""
+    import numpy as np
+
+    from trainer.data.scan import scan_folder
+    from trainer.train.checks import fit_to_folder
+
+    try:
+        scan = scan_folder(cfg.data.data_dir)
+    except (ValueError, OSError):  # the trainer names the folder's problem itself
+        return cfg
+    counts = np.bincount(np.asarray(scan.labels, dtype=np.int64), minlength=len(scan.classes))
+    fitted = fit_to_folder(cfg, {c: int(n) for c, n in zip(scan.classes, counts)})
+    if fitted.data.batch_classes != cfg.data.batch_classes:
+        print(f"the preset's C = {cfg.data.batch_classes} classes per batch lowered to "
+              f"{fitted.data.batch_classes}: the folder keeps {fitted.data.batch_classes} classes for training")
+    return fitted
+
+
 def _train_summary(run_dir: Path) -> str:
     """The lines printed when training ends: where the run is, its best epoch, and how to open or use it."""
     import numpy as np
@@ -290,6 +311,16 @@ def _dry_run(cfg) -> int:
                                  lambda m, level="info": print(m if level == "info" else f"[{level}] {m}"))
         n_train = int((samples.split == SPLIT_TRAIN).sum())
         print(f"{len(samples.paths)} images in {len(classes)} classes, {n_train} for training")
+        import numpy as np
+
+        from trainer.train.checks import config_problems
+
+        counts = np.bincount(np.asarray(samples.labels, dtype=np.int64), minlength=len(classes))
+        problems = config_problems(cfg, {c: int(n) for c, n in zip(classes, counts)})
+        for problem in problems:  # what the trainer would stop on, said before anything is timed
+            print(f"error: {problem}", file=sys.stderr)
+        if problems:
+            return 1
         user = [f"{k} = {v}" for k, v in _flat(cfg.to_dict()).items() if k not in set(cfg.auto) and k in _SHOWN]
         if user:
             print("not chosen by the recipe (your options, a preset or the defaults): " + ", ".join(user))

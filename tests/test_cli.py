@@ -108,3 +108,19 @@ def test_train_evaluate_embed(tmp_path):
 
     res = run("evaluate", str(tmp_path / "nope"))
     assert res.returncode == 1 and "nope" in res.stderr
+
+
+def test_a_preset_fits_its_classes_per_batch_to_a_small_folder(tmp_path):
+    """`train --preset quick-cpu` on the demo digits stopped with "C = 8 classes per batch, but only 5 training
+    classes"; the form lowered C and the command line did not. Now both do, and the command line says so."""
+    data = make_folder(tmp_path / "data", n_classes=6, per_class=6)
+    out = tmp_path / "run"
+    res = run("train", str(data), "--out", str(out), "--preset", "quick-cpu", "--epochs", "1", "--image-size", "24",
+              "--batches-per-epoch", "1", "--device", "cpu", "--workers", "0", "--quiet")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "lowered to 3" in res.stdout, res.stdout
+    assert json.loads((out / "manifest.json").read_text())["config"]["data"]["batch_classes"] == 3
+    # an explicit -- batch-classes is the user's choice and is refused, not changed
+    res = run("train", str(data), "--out", str(tmp_path / "r2"), "--preset", "quick-cpu", "--batch-classes", "8",
+              "--dry-run")
+    assert res.returncode == 1 and "C = 8" in res.stderr, res.stdout + res.stderr

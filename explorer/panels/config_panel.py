@@ -43,7 +43,7 @@ from trainer.config import (
     OptimConfig,
     TrainConfig,
 )
-from trainer.train.checks import config_problems, split_counts
+from trainer.train.checks import config_problems, fit_to_folder, split_counts
 from trainer.train.recipe import RECIPE_KEYS, Facts, derive
 
 CUSTOM = "Custom"
@@ -554,11 +554,7 @@ class ConfigPanel(QWidget):
 
     def _fit_to_folder(self, cfg: TrainConfig) -> TrainConfig:
         """``cfg`` with C lowered to the folder's number of training classes where it asks for more."""
-        if self._class_counts:
-            train, _ = split_counts(self._class_counts, cfg.data)
-            if len(train) >= 2 and cfg.data.batch_classes > len(train):
-                return cfg.replace(**{"data.batch_classes": len(train)})
-        return cfg
+        return fit_to_folder(cfg, self._class_counts)
 
     def _set_holdout_items(self, counts: dict[str, int] | None, held: tuple[str, ...]) -> None:
         self.holdout_list.blockSignals(True)

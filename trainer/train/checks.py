@@ -33,6 +33,16 @@ def image_size_problem(backbone: str, size: int) -> str:
     return ""
 
 
+def fit_to_folder(cfg: TrainConfig, class_counts: dict[str, int] | None) -> TrainConfig:
+    """``cfg`` with C lowered to the folder's number of training classes where it asks for more (a preset's C of
+    8 on the demo digits, which keep 5 training classes). The form and ``train --preset`` both apply it."""
+    if class_counts:
+        train, _ = split_counts(class_counts, cfg.data)
+        if len(train) >= 2 and cfg.data.batch_classes > len(train):
+            return cfg.replace(**{"data.batch_classes": len(train)})
+    return cfg
+
+
 def split_counts(counts: dict[str, int], data: DataConfig) -> tuple[dict[str, int], int]:
     """Training classes with their image counts, and the number of held-out classes, as the split will make them."""
     names = sorted(counts)
