@@ -457,3 +457,40 @@ def test_stored_batches_are_read_off_the_gui_thread_in_order(qtbot, tmp_path):
     assert view.telemetry_pending()
     view._on_started(ev.Started(run_dir=str(run_dir), start_epoch=6, epochs=7, batches_per_epoch=4, device="cpu"))
     assert not view.telemetry_pending() and list(view.loss_series.x[:view.loss_series.n]) == want_x
+
+
+def test_the_map_survives_continue_and_a_query_by_image_with_the_real_projection_process(qtbot, real_map, tmp_path,
+                                                                                        run, trained):
+    """Issue 15 item 1: after "Continue this run" (and a query by image while it trained) the map reported "the
+    projection process ended unexpectedly" and never drew the last epoch. Here with the real child process."""
+    from explorer.views.map.view import MapView
+    from explorer.views.neighbours.view import NeighboursView
+
+    settings = Settings(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    win = create_window(QApplication.instance(), settings=settings)
+    qtbot.addWidget(win)
+    win.show()
+    try:
+        map_view, neighbours = win.findChild(MapView), win.findChild(NeighboursView)
+        assert map_view.projection_worker is not None  # the real child process, not a thread
+        assert win.open_run(run)
+        qtbot.waitUntil(lambda: map_view.shown_epoch == 2 and map_view.layout.method == "umap", timeout=120000)
+        win.config_panel.epochs.setValue(4)
+        queried = []
+
+        def query_once(e) -> None:
+            if not queried:
+                queried.append(e.epoch)
+                neighbours.query_file(next(Path(trained[1]).rglob("*.png")))
+
+        win.controller.snapshot_ready.connect(query_once)
+        with qtbot.waitSignal(win.controller.stopped, timeout=120000) as stopped:
+            assert win.continue_run() == run
+        assert stopped.args[0].reason == "finished" and queried == [3]
+        qtbot.waitUntil(lambda: map_view.shown_epoch == 4 and map_view.layout.method == "umap"
+                        and not map_view.jobs.is_running(map_view._job_key), timeout=120000)
+        assert "Could not" not in map_view.status.text(), map_view.status.text()
+        assert map_view.projection_worker.is_alive()
+        qtbot.waitUntil(lambda: neighbours.query is not None and neighbours.query.kind == "file", timeout=60000)
+    finally:
+        win.shutdown(20)
