@@ -11,8 +11,8 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
-from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMenu, QMessageBox, QSplitter, QTabWidget,
-                               QWidget)
+from PySide6.QtWidgets import (QApplication, QFileDialog, QLabel, QMainWindow, QMenu, QMessageBox, QSplitter,
+                               QTabWidget, QWidget)
 
 from explorer.panels.config_panel import ConfigPanel
 from explorer.views.dataset.view import DatasetView
@@ -22,6 +22,7 @@ from explorer.panels.start_page import StartPage
 from explorer.state import AppState
 from explorer.training import TrainingController
 from explorer.views.training.view import TrainingView
+from explorer.widgets.labels import shrinkable
 
 APP_TITLE = "Embedding Explorer"
 DEMO_JOB = "demo-folder"
@@ -146,7 +147,7 @@ class MainWindow(QMainWindow):
         self.threshold_view.defer_while_hidden = True
         self.add_view("Threshold", self.threshold_view)
 
-        self.status_label = QLabel("")
+        self.status_label = shrinkable(QLabel(""), wrap=False)  # a long path is clipped, not a wider window
         self.statusBar().addWidget(self.status_label, 1)
         self.run_label = QLabel("No run open")
         self.statusBar().addPermanentWidget(self.run_label)
@@ -194,8 +195,22 @@ class MainWindow(QMainWindow):
         geometry = self.settings.window_geometry()
         if geometry is not None:
             self.restoreGeometry(geometry)
+            self._fit_to_screen()  # a size saved on a larger screen (or grown by a bug) is not restored as is
         else:
             self.resize(1280, 820)
+            self._fit_to_screen()
+
+    def _fit_to_screen(self) -> None:
+        """Keep the window inside the available area of its screen."""
+        screen = self.screen() or QApplication.primaryScreen()
+        if screen is None:
+            return
+        area = screen.availableGeometry()
+        frame = self.frameGeometry().size() - self.geometry().size()  # the window manager's decorations
+        w = min(self.width(), max(640, area.width() - frame.width()))
+        h = min(self.height(), max(480, area.height() - frame.height()))
+        if (w, h) != (self.width(), self.height()):
+            self.resize(w, h)
 
     # ---- views ------------------------------------------------------------------------------------------------
     def _make_map_view(self) -> QWidget:

@@ -361,3 +361,61 @@ def test_preloading_loads_the_census_kernels_before_the_window_shows():
                          cwd=str(ROOT))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[:2] == ["0", "1"] and out.stdout.strip().endswith("[]")
+
+
+def test_a_long_file_path_never_widens_the_window_and_a_saved_size_fits_the_screen(qtbot, real_map, tmp_path, run,
+                                                                                 trained):
+    """Issue 15 item 7: a query with a long file path widened the window (1280 -> 1343 px, measured here 1780),
+    and the wider size was saved and restored at the next launch."""
+    import shutil
+
+    from PySide6.QtWidgets import QApplication
+
+    from explorer.views.neighbours.view import NeighboursView
+
+    settings = Settings(QSettings(str(tmp_path / "w.ini"), QSettings.Format.IniFormat))
+    win = create_window(QApplication.instance(), settings=settings)
+    qtbot.addWidget(win)
+    win.resize(1280, 800)
+    win.show()
+    try:
+        assert win.open_run(run)
+        long = tmp_path / ("a_very_long_folder_name_" * 6) / ("an_image_with_a_long_name_" * 4 + ".png")
+        long.parent.mkdir(parents=True)
+        shutil.copy(next(Path(trained[1]).rglob("*.png")), long)
+        neighbours = win.findChild(NeighboursView)
+        widths = []
+        win.show_view("Map")
+        neighbours.query_file(long)
+        qtbot.waitUntil(lambda: (widths.append(win.width()) or True)
+                        and neighbours.query_label.text().startswith("Query:"), timeout=60000)
+        assert max(widths) == 1280 and win.width() == 1280
+        assert win.minimumSizeHint().width() <= 1280
+        assert str(long) in neighbours.query_label.text()
+        win.show_status(f"Opened the run {long}")  # a long status line is clipped, not a wider window
+        qtbot.wait(50)
+        assert win.width() == 1280
+    finally:
+        win.shutdown(10)
+    # a saved geometry wider than the screen is brought back inside it
+    big = create_window(QApplication.instance(), settings=settings)
+    qtbot.addWidget(big)
+    big.resize(5000, 3000)
+    settings.set_window_geometry(big.saveGeometry())
+    big.shutdown(5)
+    again = create_window(QApplication.instance(), settings=settings)
+    qtbot.addWidget(again)
+    area = again.screen().availableGeometry()
+    assert again.width() <= area.width() and again.height() <= area.height()
+    again.shutdown(5)
+
+
+def test_long_paths_get_break_opportunities_and_nothing_else_changes():
+    from explorer.widgets.texts import ZERO_WIDTH_SPACE, breakable
+
+    path = "/home/someone/" + "a_very_long_folder_name_" * 4 + "/image.png"
+    out = breakable(f"Query: image file {path}<br>class <b>x</b>")
+    assert out.replace(ZERO_WIDTH_SPACE, "") == f"Query: image file {path}<br>class <b>x</b>"
+    assert out.count(ZERO_WIDTH_SPACE) >= 8
+    assert "<br>" in out and "<b>" in out and "</b>" in out  # tags stay whole
+    assert breakable("a short_word here") == "a short_word here"

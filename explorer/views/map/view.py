@@ -287,6 +287,7 @@ class MapView(QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.progress.setMaximumWidth(180)
+        self.progress.setMinimumWidth(1)  # it takes the room there is: showing it must not widen the window
         self.progress.setTextVisible(False)
         self.progress.hide()
         status.addWidget(self.progress)

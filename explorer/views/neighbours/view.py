@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QHBoxL
                                QSpinBox, QSplitter, QTableView, QVBoxLayout, QWidget)
 from explorer.jobs import JobRunner
 from explorer.state import AppState
+from explorer.widgets.labels import PathLabel
 from explorer.widgets.view_setup import job_reporting, setup_view, subscribe
 from explorer.views.neighbours.jobs import GALLERIES, INDEX_CACHE, IndexEntry, NeighbourQuery, NeighbourResult, checkpoint_for, embed_file_job, filter_samples_job, neighbour_job
 from explorer.widgets.framed import OTHER, QUERY, SAME, framed_pixmap
@@ -137,12 +138,12 @@ class NeighboursView(QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         self.progress.setMaximumWidth(220)
+        self.progress.setMinimumWidth(1)  # it takes the room there is: showing it must not widen the window
         self.progress.hide()
         bar.addWidget(self.progress)
         lay.addLayout(bar)
 
-        self.info = QLabel("Open a run, then select a point in the map, a sample in the list, or drop an image here.")
-        self.info.setWordWrap(True)
+        self.info = PathLabel("Open a run, then select a point in the map, a sample in the list, or drop an image here.")
         self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay.addWidget(self.info)
 
@@ -181,8 +182,7 @@ class NeighboursView(QWidget):
         self.query_icon.setFixedSize(96, 96)
         self.query_icon.setToolTip("The query")
         qrow.addWidget(self.query_icon)
-        self.query_label = QLabel("No query yet")
-        self.query_label.setWordWrap(True)
+        self.query_label = PathLabel("No query yet")  # a long file path wraps; it never widens the window
         qrow.addWidget(self.query_label, 1)
         rl.addLayout(qrow)
         self.grid = QListWidget()

@@ -125,6 +125,7 @@ class ThresholdView(DeferWhileHidden, QWidget):
         self.title.setStyleSheet("font-weight: bold")
         self.progress = QProgressBar()
         self.progress.setMaximumWidth(260)
+        self.progress.setMinimumWidth(1)  # it takes the room there is: showing it must not widen the window
         self.progress.setRange(0, 100)
         self.progress.setTextVisible(True)
         self.progress.hide()

@@ -94,6 +94,7 @@ class TripletsView(DeferWhileHidden, QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         self.progress.setMaximumWidth(260)
+        self.progress.setMinimumWidth(1)  # it takes the room there is: showing it must not widen the window
         self.progress.hide()
         bar.addWidget(self.progress)
         lay.addLayout(bar)
