@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal, Slot
+from PySide6.QtCore import QEvent, QPointF, QRectF, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QColor, QIcon, QKeySequence, QPixmap, QShortcut
 from PySide6.QtWidgets import (
     QComboBox,
@@ -339,6 +339,9 @@ class MapView(QWidget):
         self.lasso_button.toggled.connect(self._on_lasso_toggled)
         scene = self.plot.scene()
         self._hover_proxy = pg.SignalProxy(scene.sigMouseMoved, rateLimit=30, slot=self._on_mouse_moved)
+        # the card followed mouse moves only: a pointer leaving the plot in one quick move (to another panel or
+        # window) left it on screen for minutes
+        self.plot.viewport().installEventFilter(self)
         scene.sigMouseClicked.connect(self._on_mouse_clicked)
 
     # ------------------------------------------------------------------------------------------- run/epochs
@@ -513,6 +516,7 @@ class MapView(QWidget):
     def _show_layout(self, epoch: int, layout: projection.Layout, *, final: bool,
                      ordered: np.ndarray | None = None) -> None:
         """Show ``layout``; ``ordered``, if given, is its positions in :func:`draw_order` (gathered by the job)."""
+        self.hide_hover()  # the points move: a card left from before would point at the wrong place
         xy = np.asarray(layout.xy, np.float32)
         # a new run, or another kind of layout (the PCA preview giving way to UMAP): its scale is new, so refit
         first = self.layout is None or len(self.xy) != len(xy) or self.layout.method != layout.method
@@ -827,6 +831,16 @@ class MapView(QWidget):
     def hideEvent(self, ev) -> None:  # noqa: N802 - Qt naming
         self.hide_hover()
         super().hideEvent(ev)
+
+    _HOVER_ENDS = (QEvent.Type.Leave, QEvent.Type.WindowDeactivate, QEvent.Type.Hide, QEvent.Type.Wheel,
+                   QEvent.Type.MouseButtonPress)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt naming
+        """The plot's viewport: the hover card goes when the pointer leaves it, the window loses focus, or the
+        user scrolls or clicks (the point under the card moves away)."""
+        if event.type() in self._HOVER_ENDS and self.hover_id >= 0:
+            self.hide_hover()
+        return False
 
     def _on_mouse_clicked(self, ev) -> None:
         if ev.button() != Qt.MouseButton.LeftButton or ev.double():

@@ -88,6 +88,30 @@ def test_map_click_hover_and_search(qtbot, run_dir, tmp_path):
     assert len(view.highlight_item.data) == 3 and len(view.highlight_lines.xData) == 4
 
 
+def test_the_hover_card_goes_when_the_pointer_leaves_the_window_loses_focus_or_the_map_changes(qtbot, run_dir):
+    """Issue 15 item 6: a thumbnail card stayed on screen for minutes, across tab switches and new layouts."""
+    from PySide6.QtCore import QEvent
+    from PySide6.QtWidgets import QApplication
+
+    state, view = _open(qtbot, run_dir)
+    p = view.point_view_pos(37)
+
+    def shown() -> bool:
+        return view.hover_label.isVisible() and view.hover_id == 37
+
+    for event in (QEvent.Type.Leave, QEvent.Type.WindowDeactivate):
+        assert view.hover_at(p.x(), p.y()) == 37 and shown()
+        QApplication.sendEvent(view.plot.viewport(), QEvent(event))
+        assert not view.hover_label.isVisible() and view.hover_id == -1, event
+    assert view.hover_at(p.x(), p.y()) == 37 and shown()
+    with qtbot.waitSignal(view.map_ready, timeout=60_000):  # another epoch's layout: the points move
+        state.set_epoch(1)
+    assert not view.hover_label.isVisible()
+    assert view.hover_at(*(lambda q: (q.x(), q.y()))(view.point_view_pos(37))) == 37 and shown()
+    view.hide()  # a tab switch
+    assert not view.hover_label.isVisible()
+
+
 def test_class_hide_history_and_export(qtbot, run_dir, tmp_path):
     state, view = _open(qtbot, run_dir)
     view.set_class_visible(1, False)
