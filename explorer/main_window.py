@@ -536,13 +536,17 @@ class MainWindow(QMainWindow):
 
     @Slot(bool)
     def _on_running_changed(self, running: bool) -> None:
-        self.config_panel.setEnabled(not running)
+        self.config_panel.set_training(running)
         for a in (self.open_folder_action, self.open_run_action, self.open_demo_action, self.sweep_action,
                   self.lr_find_action):
             a.setEnabled(not running)
         self.start_page.setEnabled(not running)
         if running:
             self.show_status("Training …")
+            if self.state.run is None and self.controller.run_dir is not None:  # no epoch committed yet
+                name = Path(self.controller.run_dir).name
+                self.run_label.setText(f"Run: {name}  ·  training, no epoch yet")
+                self.setWindowTitle(f"{name} — {APP_TITLE}")
 
     @Slot(object)
     def _on_run_changed(self, run) -> None:

@@ -152,6 +152,10 @@ class TrainingController(QObject):
         self._stop.set()
         self._pause.clear()  # a paused loop must wake up to notice the stop
 
+    def stopping(self) -> bool:
+        """True once a stop was asked for and the trainer has not ended yet."""
+        return self._stop.is_set() and self.is_running()
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the trainer thread; True if it has ended."""
         thread = self._thread

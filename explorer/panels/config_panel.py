@@ -719,9 +719,21 @@ class ConfigPanel(QWidget):
             out.append("Tick at least two classes to hold out.")
         return out
 
+    def set_training(self, training: bool) -> None:
+        """Lock the form while a run trains, and say so under it ("Ready to start." stayed there before)."""
+        self._training = training
+        self.setEnabled(not training)
+        self.refresh_problems()
+
     @Slot()
     def refresh_problems(self) -> list[str]:
         """Show the current problems under the form."""
+        if getattr(self, "_training", False):
+            self.problems_label.setText("Training: the settings are locked until the run ends (Stop: Ctrl+.).")
+            self.problems_label.setProperty("ok", True)
+            self.problems_label.style().unpolish(self.problems_label)
+            self.problems_label.style().polish(self.problems_label)
+            return []
         problems = self.problems()
         if problems:
             items = "".join(f"<li>{p}</li>" for p in problems)

@@ -188,7 +188,9 @@ def test_one_epoch_from_the_window(qtbot, real_map, window, folder, boxes):
     with qtbot.waitSignal(ctl.snapshot_ready, timeout=60000) as snap:
         run_dir = window.start_training()
         assert run_dir is not None and run_dir.parent == window.config_panel.runs_root_path()
-        assert not window.config_panel.isEnabled()  # the form is locked while training
+        assert not window.config_panel.isEnabled()  # the form is locked while training, and says so
+        assert window.config_panel.problems_label.text().startswith("Training:")
+        assert window.run_label.text().startswith(f"Run: {run_dir.name}")  # not "No run open"
     assert snap.args[0].epoch == 0  # epoch 0 is the untrained network
     assert window.state.run is not None and window.state.epochs == [0] and window.state.epoch == 0
     qtbot.waitUntil(lambda: not ctl.is_running() and view_idle(window), timeout=30000)
@@ -200,6 +202,7 @@ def test_one_epoch_from_the_window(qtbot, real_map, window, folder, boxes):
     assert list(view._metric_series["heldout/precision_at_1"].x[:2]) == [0, 1]
     assert "Finished" in view.status_label.text()
     assert window.config_panel.isEnabled() and view.start_button.isEnabled()
+    assert window.config_panel.problems_label.text() == "Ready to start."
     assert RunReader(run_dir).epochs == [0, 1]
     assert window.settings.last_config() == _cfg(folder)
     assert boxes == []
@@ -225,6 +228,8 @@ def test_pause_resume_and_stop(qtbot, window, folder):
         pass
     with qtbot.waitSignal(ctl.stopped, timeout=20000) as blocker:
         view.stop_button.click()
+        # said at once, before the trainer ends its batch (it read "Training on cpu" for ~10 s)
+        assert view.status_label.text().startswith("Stopping") and not view.stop_button.isEnabled()
     assert blocker.args[0].reason == "user"
     qtbot.waitUntil(lambda: not ctl.is_running() and view.start_button.isEnabled(), timeout=30000)
     assert not ctl.is_running() and view.start_button.isEnabled() and not view.pause_button.isChecked()
@@ -293,12 +298,19 @@ def test_following_a_run_written_elsewhere(qtbot, tmp_path):
     ctl = TrainingController(state, poll_interval_ms=50)
     view = TrainingView(state, ctl)
     qtbot.addWidget(view)
+    from trainer.store import RunLock
+
+    lock = RunLock(run_dir).acquire()  # as the command line holds it while it trains
     ctl.follow(run_dir)
     qtbot.waitUntil(lambda: state.run is not None, timeout=5000)
     assert state.epochs == []
+    # issue 15 item 8: it read "Idle" until the first epoch; now it says whose run it follows
+    assert "Following cli-run: trained by process" in view.status_label.text()
+    assert "waiting for its first epoch" in view.status_label.text()
     emb = np.zeros((n, 4), dtype=np.float32)
     with qtbot.waitSignal(state.epochs_available, timeout=5000, check_params_cb=lambda e: e == [0]):
         writer.write_epoch(0, emb, {"heldout/precision_at_1": 0.5})
+    assert "epochs 0-0 committed so far" in view.status_label.text() and not view.continue_button.isEnabled()
     tel = {"loss": np.array([0.9, 0.7, 0.5], np.float32), "n_easy": np.array([1, 2, 3]),
            "n_semihard": np.array([4, 5, 6]), "n_hard": np.array([7, 8, 9])}
     with qtbot.waitSignal(state.epoch_changed, timeout=5000, check_params_cb=lambda e: e == 1):
@@ -312,6 +324,7 @@ def test_following_a_run_written_elsewhere(qtbot, tmp_path):
     assert list(view.loss_series.y[:view.loss_series.n]) == pytest.approx([0.9, 0.7, 0.5])
     assert list(view.loss_series.x[:view.loss_series.n]) == [0, 1, 2]
     assert list(view.miner_series["hard"].y[:3]) == [7, 8, 9]
+    lock.release()
     ctl.shutdown()
     assert ctl._timer.isActive() is False
 
@@ -459,6 +472,18 @@ def test_stored_batches_are_read_off_the_gui_thread_in_order(qtbot, tmp_path):
     assert not view.telemetry_pending() and list(view.loss_series.x[:view.loss_series.n]) == want_x
 
 
+def _wait_map(qtbot, map_view, epoch: int) -> None:
+    """Wait for the UMAP map of ``epoch``; a timeout says what the map shows instead."""
+    def done() -> bool:
+        return (map_view.shown_epoch == epoch and map_view.layout is not None and map_view.layout.method == "umap"
+                and not map_view.jobs.is_running(map_view._job_key))
+    try:
+        qtbot.waitUntil(done, timeout=180000)
+    except Exception:
+        raise AssertionError(f"no UMAP map of epoch {epoch}: shown {map_view.shown_epoch}, "
+                             f"status {map_view.status.text()!r}") from None
+
+
 def test_the_map_survives_continue_and_a_query_by_image_with_the_real_projection_process(qtbot, real_map, tmp_path,
                                                                                         run, trained):
     """Issue 15 item 1: after "Continue this run" (and a query by image while it trained) the map reported "the
@@ -474,7 +499,7 @@ def test_the_map_survives_continue_and_a_query_by_image_with_the_real_projection
         map_view, neighbours = win.findChild(MapView), win.findChild(NeighboursView)
         assert map_view.projection_worker is not None  # the real child process, not a thread
         assert win.open_run(run)
-        qtbot.waitUntil(lambda: map_view.shown_epoch == 2 and map_view.layout.method == "umap", timeout=120000)
+        _wait_map(qtbot, map_view, 2)
         win.config_panel.epochs.setValue(4)
         queried = []
 
@@ -487,8 +512,7 @@ def test_the_map_survives_continue_and_a_query_by_image_with_the_real_projection
         with qtbot.waitSignal(win.controller.stopped, timeout=120000) as stopped:
             assert win.continue_run() == run
         assert stopped.args[0].reason == "finished" and queried == [3]
-        qtbot.waitUntil(lambda: map_view.shown_epoch == 4 and map_view.layout.method == "umap"
-                        and not map_view.jobs.is_running(map_view._job_key), timeout=120000)
+        _wait_map(qtbot, map_view, 4)
         assert "Could not" not in map_view.status.text(), map_view.status.text()
         assert map_view.projection_worker.is_alive()
         qtbot.waitUntil(lambda: neighbours.query is not None and neighbours.query.kind == "file", timeout=60000)

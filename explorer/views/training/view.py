@@ -7,6 +7,7 @@ window through :attr:`TrainingView.start_requested` (it owns the configuration p
 from __future__ import annotations
 
 import time
+from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal, Slot
@@ -133,6 +134,7 @@ class TrainingView(QWidget):
         controller.snapshot_ready.connect(self._on_snapshot)
         state.run_changed.connect(self._on_run_changed)
         state.epochs_available.connect(self._on_epochs_available)
+        controller.following_changed.connect(self._on_following)
         self._update_buttons()
 
     # ---- layout -----------------------------------------------------------------------------------------------
@@ -155,7 +157,7 @@ class TrainingView(QWidget):
             "the left to train longer (Ctrl+Shift+Enter)")
         self.continue_button.clicked.connect(self.continue_requested)
         self.pause_button.toggled.connect(self._on_pause_toggled)
-        self.stop_button.clicked.connect(self.controller.stop)
+        self.stop_button.clicked.connect(self.request_stop)
         self.status_label = QLabel("Idle")
         self.status_label.setObjectName("trainingStatus")
 
@@ -241,6 +243,17 @@ class TrainingView(QWidget):
             self.pause_button.setChecked(False)
             self.pause_button.setText("Pause")
             self.pause_button.blockSignals(False)
+
+    @Slot()
+    def request_stop(self) -> None:
+        """Stop: said at once (the trainer ends its batch, or its evaluation pass, first)."""
+        if not self.controller.is_running():
+            return
+        self.controller.stop()
+        self.stop_button.setEnabled(False)
+        self.pause_button.setEnabled(False)
+        self.status_label.setText("Stopping after this batch… (the epochs already committed are kept)")
+        self.append_log("Stop requested")
 
     @Slot(bool)
     def _on_pause_toggled(self, checked: bool) -> None:
@@ -395,12 +408,30 @@ class TrainingView(QWidget):
     def _on_paused(self, paused: bool) -> None:
         if self._dirty:
             self._redraw()
+        if self.controller.stopping():
+            return  # a stop wakes a paused loop: "Training" would be wrong
         self.status_label.setText("Paused" if paused else "Training")
         self.append_log("Paused" if paused else "Resumed")
 
     @Slot(object)
     def _on_snapshot(self, e: ev.SnapshotReady) -> None:
         self.append_log(f"Epoch {e.epoch} saved: {e.path}")
+
+    @Slot(object)
+    def _on_following(self, run_dir) -> None:
+        """A run opened while another process trains it: say so (it read "Idle", 0 %, until its first epoch)."""
+        if run_dir is None or self._live:
+            return
+        from trainer.store import run_in_training
+
+        holder = run_in_training(run_dir)
+        if holder:
+            done = list(self.state.epochs)
+            self.status_label.setText(f"Following {Path(run_dir).name}: trained by {holder}; "
+                                      + (f"epochs 0-{done[-1]} committed so far" if done
+                                         else "waiting for its first epoch"))
+            self.continue_button.setEnabled(False)
+            self.continue_button.setToolTip(f"This run is being trained by {holder}")
 
     @Slot(object)
     def _on_run_changed(self, run) -> None:
@@ -431,6 +462,7 @@ class TrainingView(QWidget):
         if done:
             self.status_label.setText(f"Opened run: epochs 0-{done[-1]} committed"
                                       + (", checkpoint saved" if getattr(run, "checkpoints", []) else ""))
+        self._on_following(self.controller.following)
 
     def _draw_batches(self, run, epochs: list[int]) -> None:
         """Append the stored per-batch loss and miner counts of ``epochs`` (in order) to the batch curves.
@@ -513,3 +545,4 @@ class TrainingView(QWidget):
                 self._add_metrics(int(epoch), {k: float(v[i]) for k, v in history.items() if k != "epoch"})
         self._draw_batches(run, new)
         self._update_buttons()
+        self._on_following(self.controller.following)
