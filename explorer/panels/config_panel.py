@@ -157,6 +157,12 @@ class ConfigPanel(QWidget):
                                  "embedding")
         self.pretrained = QCheckBox("ImageNet-pretrained weights")
         self.pretrained.setToolTip("Start from torchvision's ImageNet weights (downloaded once); off: random start")
+        # said next to the box when the weights cannot be loaded: the tick stays the user's wish, the note says
+        # what will happen (it was only in the log, twice)
+        self.weights_warning = QLabel("")
+        self.weights_warning.setWordWrap(True)
+        self.weights_warning.setStyleSheet("color: #a05a00;")
+        self.weights_warning.hide()
         self.head_only = QCheckBox("Train the head only (backbone frozen, features cached)")
         self.head_only.setToolTip("Much faster on a CPU: the backbone runs once per image, only the head learns")
         self.embedding_dim = QSpinBox()
@@ -171,6 +177,7 @@ class ConfigPanel(QWidget):
         f = QFormLayout(model_box)
         f.addRow("Backbone", self.backbone)
         f.addRow("", self.pretrained)
+        f.addRow("", self.weights_warning)
         f.addRow("", self.head_only)
         f.addRow("Embedding dimension", self.embedding_dim)
         f.addRow("Image size", self.image_size)
@@ -231,14 +238,23 @@ class ConfigPanel(QWidget):
         lr_row = QHBoxLayout()
         lr_row.addWidget(self.lr, 1)
         lr_row.addWidget(self.lr_find_button)
-        self.augment = QCheckBox("Augment training images (flip, crop, colour)")
+        self.augment = QCheckBox("Augment training images (crops, colour)")
+        # its own box: a run with "flip": false showed "Augment (flip, crop, colour)" ticked
+        self.flip = QCheckBox("Mirror left-right")
+        self.flip.setToolTip("Random horizontal flips (off for text, digits and other things that a mirror "
+                             "turns into something else)")
+        self.augment.toggled.connect(self.flip.setEnabled)
         sched_box = QGroupBox("Batches and schedule")
         sf = QFormLayout(sched_box)
         sf.addRow("Batch", ck)
         sf.addRow("Epochs", self.epochs)
         sf.addRow("Batches per epoch", self.batches_per_epoch)
         sf.addRow("Learning rate", lr_row)
-        sf.addRow("", self.augment)
+        aug_row = QHBoxLayout()
+        aug_row.addWidget(self.augment)
+        aug_row.addWidget(self.flip)
+        aug_row.addStretch(1)
+        sf.addRow("", aug_row)
 
         # held-out split
         self.split_fraction = QRadioButton("Hold out a share of the classes")
@@ -329,17 +345,19 @@ class ConfigPanel(QWidget):
         keyed = ((self.loss, ("loss.name", "loss.params")), (self.miner, ("loss.miner",)),
                  (self.embedding_dim, ("model.embedding_dim",)), (self.image_size, ("data.image_size",)),
                  (self.batch_classes, ("data.batch_classes",)), (self.batch_per_class, ("data.batch_per_class",)),
-                 (self.lr, ("optim.lr",)), (self.augment, ("data.augment",)), (self.backbone, ("model.backbone",)))
+                 (self.lr, ("optim.lr",)), (self.augment, ("data.augment",)), (self.flip, ("data.flip",)), (self.backbone, ("model.backbone",)))
         for w, keys in keyed:
             signal = w.toggled if isinstance(w, QCheckBox) else (
                 w.currentIndexChanged if isinstance(w, QComboBox) else w.valueChanged)
             signal.connect(lambda *_, keys=keys: self._edited(keys))
+        self.backbone.currentIndexChanged.connect(lambda _i: self._show_weights_warning())
+        self.pretrained.toggled.connect(lambda _on: self._show_weights_warning())
         for w in (self.backbone, self.pretrained):  # what the recipe is derived from
             (w.toggled if isinstance(w, QCheckBox) else w.currentIndexChanged).connect(self._rederive)
         for w in (self.backbone, self.loss, self.miner):
             w.currentIndexChanged.connect(notify)
         self.loss.currentIndexChanged.connect(self._rebuild_params)
-        for w in (self.pretrained, self.head_only, self.augment):
+        for w in (self.pretrained, self.head_only, self.augment, self.flip):
             w.toggled.connect(notify)
         for w in (self.embedding_dim, self.image_size, self.batch_classes, self.batch_per_class, self.epochs,
                   self.batches_per_epoch, self.lr, self.holdout_fraction):
@@ -447,6 +465,7 @@ class ConfigPanel(QWidget):
                              "holdout_classes": held if split == 1 else None,
                              "image_size": self.image_size.value(),
                              "augment": self.augment.isChecked(),
+                             "flip": self.flip.isChecked(),
                              "batch_classes": self.batch_classes.value(),
                              "batch_per_class": self.batch_per_class.value()})
         model = ModelConfig(**{**b.model.__dict__,
@@ -487,6 +506,8 @@ class ConfigPanel(QWidget):
             self.batches_per_epoch.setValue(cfg.optim.batches_per_epoch or 0)
             self.lr.setValue(cfg.optim.lr)
             self.augment.setChecked(cfg.data.augment)
+            self.flip.setChecked(cfg.data.flip)
+            self.flip.setEnabled(cfg.data.augment)
             self.holdout_fraction.setValue(cfg.data.holdout_fraction)
             self.test_dir.setText(cfg.data.test_dir or "")
             if cfg.data.test_dir:
@@ -698,6 +719,19 @@ class ConfigPanel(QWidget):
         """Whether `backbone`'s trained weights can be loaded (probed off the GUI thread)."""
         self._weights_status[backbone] = (trained, why)
         self._rederive()
+        self._show_weights_warning()
+
+    def _show_weights_warning(self) -> None:
+        cfg = self.config()
+        asked = TrainConfig().model.backbone if "model.backbone" in cfg.auto else cfg.model.backbone
+        status = self._weights_status.get(asked)
+        if cfg.model.pretrained and cfg.model.weights_file is None and status is not None and not status[0]:
+            switched = f"; the recipe picked {cfg.model.backbone} for that" if cfg.model.backbone != asked else ""
+            self.weights_warning.setText(f"⚠ {status[1]}: the network starts from random weights{switched}.")
+            self.weights_warning.setToolTip(status[1])
+            self.weights_warning.show()
+        else:
+            self.weights_warning.hide()
 
     @Slot(float)
     def apply_learning_rate(self, lr: float) -> None:

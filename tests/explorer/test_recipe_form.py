@@ -43,7 +43,12 @@ def test_a_new_folder_starts_from_the_recipe_and_the_weights_as_probed(qtbot, fo
     # ImageNet weights ticked and not yet known to fail: the trained-weights recipe
     assert cfg.model.pretrained and cfg.data.image_size == 224 and cfg.optim.lr == 1e-4
     assert cfg.model.backbone == "resnet18"
+    assert panel.weights_warning.isHidden()
     panel.set_weights_status("resnet18", False, "ImageNet weights unavailable: URLError")
+    # issue 15 item 9: the box stays the user's wish, and the fallback is said next to it (not only in the log)
+    assert not panel.weights_warning.isHidden() and panel.pretrained.isChecked()
+    assert "starts from random weights" in panel.weights_warning.text()
+    assert "picked small_cnn" in panel.weights_warning.text()
     cfg = panel.config()
     assert cfg.data.image_size == 48 and cfg.optim.lr == 1e-3  # random weights: the images' size, Adam's rate
     assert cfg.model.backbone == "small_cnn"  # ... and on a CPU, the small network
@@ -51,6 +56,7 @@ def test_a_new_folder_starts_from_the_recipe_and_the_weights_as_probed(qtbot, fo
     assert "cpu" in panel.recipe_label.text()
     panel.pretrained.setChecked(False)
     assert panel.config().optim.lr == 1e-3
+    assert panel.weights_warning.isHidden()  # nothing is asked for, so nothing falls back
     # a backbone chosen by the user stays, and its weights are what counts
     panel._select(panel.backbone, "resnet18")
     panel.pretrained.setChecked(True)

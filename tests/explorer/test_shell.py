@@ -204,6 +204,13 @@ def test_config_panel_round_trips_a_config_and_applies_presets(qtbot, folder, tm
                                         "data.holdout_classes": ("class_0", "class_3")})
     panel.set_config(cfg)
     assert panel.config() == cfg
+    # issue 15 item 11: a run without mirroring shows its own unticked box ("Augment (flip, ...)" was ticked)
+    for augment, flip in ((True, False), (True, True), (False, False)):
+        other = cfg.replace(**{"data.augment": augment, "data.flip": flip})
+        panel.set_config(other)
+        assert panel.flip.isChecked() == flip and panel.flip.isEnabled() == augment
+        assert panel.config() == other
+    panel.set_config(cfg)
     # the loss parameters are widgets with their defaults shown; only changed values go into the config
     assert "margin" in panel._param_widgets
     name = "Quick look (CPU)"

@@ -288,8 +288,11 @@ class Trainer:
         spec = LOSSES.get(cfg.loss.name)
         if spec is None:
             raise TrainingError(f"unknown loss {cfg.loss.name!r}; `python main.py losses` lists them")
-        model, weights_note = build_model(cfg.model, normalize=spec.normalized, log=self._log)
-        self._log(f"backbone {cfg.model.backbone}: {weights_note}")
+        def log_weights(note: str) -> None:  # once; a fallback from asked-for weights is a warning
+            fell_back = cfg.model.pretrained and note.startswith("random init: could not")
+            self._log(f"backbone {cfg.model.backbone}: {note}", "warning" if fell_back else "info")
+
+        model, weights_note = build_model(cfg.model, normalize=spec.normalized, log=log_weights)
         model.to(device)
         if self.dist.active and device.type == "cuda":  # BN statistics over the global batch, as one process
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
