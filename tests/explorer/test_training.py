@@ -213,6 +213,8 @@ def test_one_epoch_from_the_window(qtbot, real_map, window, folder, boxes):
 def test_pause_resume_and_stop(qtbot, window, folder):
     window.config_panel.set_config(_cfg(folder, **{"optim.epochs": 50, "optim.batches_per_epoch": 400}))
     ctl, view = window.controller, window.training_view
+    batches: list = []
+    ctl.batch_done.connect(batches.append)
     with qtbot.waitSignal(ctl.batch_done, timeout=60000):
         run_dir = window.start_training()
     assert view.pause_button.isEnabled() and view.stop_button.isEnabled() and not view.start_button.isEnabled()
@@ -220,12 +222,18 @@ def test_pause_resume_and_stop(qtbot, window, folder):
         view.pause_button.click()
     assert view.pause_button.text() == "Resume" and view.status_label.text() == "Paused"
     n = view.loss_series.n
-    qtbot.wait(300)
-    assert view.loss_series.n == n  # no batch while paused
+    seen: list = []
+    ctl.batch_done.connect(seen.append)
+    qtbot.wait(1500)
+    assert view.loss_series.n == n and not seen  # no batch while paused
     with qtbot.waitSignal(ctl.paused, timeout=10000, check_params_cb=lambda p: p is False):
         view.pause_button.click()
     with qtbot.waitSignal(ctl.batch_done, timeout=10000):
         pass
+    # issue 15 item 12: the pause is not training time, neither in the speed nor in the ETA
+    assert view._paused_seconds >= 1.4
+    before = np.median([e.images_per_second for e in batches[-5:]])
+    assert seen[0].images_per_second > 0.1 * before, (seen[0].images_per_second, before)
     with qtbot.waitSignal(ctl.stopped, timeout=20000) as blocker:
         view.stop_button.click()
         # said at once, before the trainer ends its batch (it read "Training on cpu" for ~10 s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,6 +110,7 @@ class Trainer:
         self.pause = pause or threading.Event()
         self.resume = resume
         self._lock: RunLock | None = None
+        self._telemetry: Telemetry | None = None
         self._made_dir = False  # this trainer created the run folder (removed again if no run was committed)
         self.rank = rank
         self.world_size = world_size
@@ -160,9 +162,12 @@ class Trainer:
             raise _Stop
         if self.pause.is_set():
             self.emit(ev.Paused(True))
+            t0 = time.perf_counter()
             while self.pause.is_set():
                 if self.stop.wait(0.05):
                     raise _Stop
+            if self._telemetry is not None:  # the pause is not training time
+                self._telemetry.exclude(time.perf_counter() - t0)
             self.emit(ev.Paused(False))
 
     def _prepare_data(self) -> _Setup:
@@ -264,7 +269,7 @@ class Trainer:
         loop = Loop(batches=lambda epoch: self._batches(p, epoch), forward=lambda s, batch: self._forward(p, s, batch),
                     update=lambda s: self._update(p, s), embed=lambda: self._embed_all(p), check_control=self._check_control)
         loop.on(Event.EPOCH_STARTED, lambda s: self._start_epoch(p, s))
-        telemetry = Telemetry(self.emit, margin=p.margin, metric=p.spec.metric)
+        telemetry = self._telemetry = Telemetry(self.emit, margin=p.margin, metric=p.spec.metric)
         commit = EpochCommit(setup.writer, telemetry)
         for handler in (NanGuard(cfg.optim.lr), telemetry, Evaluation(setup.samples, p.spec.metric, telemetry,
                                                                         self._check_control),

@@ -63,6 +63,11 @@ class Telemetry:
         self.mined = []
         self._t_batch = time.perf_counter()
 
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` (a pause) out of the current batch's time: after Pause -> Resume the first batch
+        reported 2 images/s and the window's ETA tripled."""
+        self._t_batch += max(0.0, float(seconds))
+
     def record(self, s: LoopState) -> None:
         with torch.no_grad():
             counts = self._census(s.embeddings_batch.detach(), s.labels, self.margin, metric=self.metric)

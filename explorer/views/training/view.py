@@ -114,6 +114,8 @@ class TrainingView(QWidget):
         self._start_epoch = 0
         self._t0 = 0.0
         self._batches_done = 0  # since this session's Started
+        self._paused_seconds = 0.0  # of that time, spent paused (not training): left out of the ETA
+        self._paused_at: float | None = None
         self._epoch_t0 = 0.0
         self._last_draw = 0.0
         self._dirty = False
@@ -302,6 +304,7 @@ class TrainingView(QWidget):
         self._start_epoch = int(e.start_epoch)
         self._t0 = self._epoch_t0 = time.monotonic()
         self._batches_done = 0
+        self._paused_seconds, self._paused_at = 0.0, None
         self.epoch_progress.setMaximum(self._batches_per_epoch)
         self.run_progress.setMaximum(self._epochs * self._batches_per_epoch)
         self.run_progress.setValue(max(0, self._start_epoch - 1) * self._batches_per_epoch)
@@ -335,7 +338,7 @@ class TrainingView(QWidget):
         self.epoch_progress.setMaximum(bpe)
         self.epoch_progress.setValue(e.batch + 1)
         self.run_progress.setValue(min(self.run_progress.maximum(), x + 1))
-        seconds_per_batch = (now - self._t0) / self._batches_done
+        seconds_per_batch = max(0.0, now - self._t0 - self._paused_seconds) / self._batches_done
         left_epoch = (bpe - e.batch - 1) * seconds_per_batch
         left_run = max(0, self._epochs * bpe - x - 1) * seconds_per_batch
         self.epoch_eta.setText(f"epoch {e.epoch}/{self._epochs}, {format_seconds(left_epoch)} left")
@@ -406,6 +409,12 @@ class TrainingView(QWidget):
 
     @Slot(bool)
     def _on_paused(self, paused: bool) -> None:
+        now = time.monotonic()
+        if paused and self._paused_at is None:
+            self._paused_at = now
+        elif not paused and self._paused_at is not None:
+            self._paused_seconds += now - self._paused_at
+            self._paused_at = None
         if self._dirty:
             self._redraw()
         if self.controller.stopping():
