@@ -526,3 +526,28 @@ def test_the_map_survives_continue_and_a_query_by_image_with_the_real_projection
         qtbot.waitUntil(lambda: neighbours.query is not None and neighbours.query.kind == "file", timeout=60000)
     finally:
         win.shutdown(20)
+
+
+def test_the_log_follows_new_lines_unless_the_user_scrolled_up(qtbot, tmp_path):
+    """Issue 15 item 15: from epoch 7 on, "Finished" had to be scrolled to."""
+    state = AppState()
+    view = TrainingView(state, TrainingController(state))
+    qtbot.addWidget(view)
+    view.resize(900, 600)
+    bar = view.log_view.verticalScrollBar()
+    view.hide()  # lines that arrive while the tab is hidden
+    for i in range(400):
+        view.append_log(f"line {i}")
+    view.show()
+    qtbot.waitUntil(lambda: bar.maximum() > 0 and bar.value() == bar.maximum(), timeout=3000)
+    for i in range(50):
+        view.append_log(f"more {i}")
+    assert bar.value() == bar.maximum()
+    # the user scrolls up to read: new lines do not pull them away ...
+    bar.setValue(0)
+    view.append_log("while reading")
+    assert bar.value() == 0
+    # ... until they are back at the end
+    bar.setValue(bar.maximum())
+    view.append_log("Finished")
+    assert bar.value() == bar.maximum() and view.log_view.toPlainText().endswith("Finished")

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QKeySequence
 from PySide6.QtWidgets import (QGridLayout, QHBoxLayout, QLabel, QMessageBox, QPlainTextEdit, QProgressBar,
                                QPushButton, QSplitter, QVBoxLayout, QWidget)
@@ -216,6 +216,9 @@ class TrainingView(QWidget):
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(5000)
         self.log_view.setPlaceholderText("Trainer messages appear here.")
+        # the log follows new lines unless the user scrolled up to read (then it stays where they are until they
+        # scroll back to the end); it stopped following after a few epochs before
+        self._log_follows = True
 
         plots = QSplitter(Qt.Orientation.Vertical)
         top = QSplitter(Qt.Orientation.Horizontal)
@@ -291,7 +294,24 @@ class TrainingView(QWidget):
     def append_log(self, message: str, level: str = "info") -> None:
         """Add a time-stamped line to the log panel."""
         prefix = {"warning": "WARNING ", "error": "ERROR "}.get(level, "")
-        self.log_view.appendPlainText(f"{time.strftime('%H:%M:%S')}  {prefix}{message}")
+        self._append_log_text(f"{time.strftime('%H:%M:%S')}  {prefix}{message}")
+
+    def _append_log_text(self, text: str) -> None:
+        bar = self.log_view.verticalScrollBar()
+        if self.log_view.isVisible():  # hidden, its range is not laid out: keep what the user last chose
+            self._log_follows = bar.value() >= bar.maximum() - 1
+        self.log_view.appendPlainText(text)
+        if self._log_follows:
+            self.scroll_log_to_end()
+
+    def scroll_log_to_end(self) -> None:
+        bar = self.log_view.verticalScrollBar()
+        bar.setValue(bar.maximum())
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        if self._log_follows:  # lines added while the tab was hidden: the range was not laid out then
+            QTimer.singleShot(0, self.scroll_log_to_end)
 
     @Slot(object)
     def _on_started(self, e: ev.Started) -> None:
@@ -389,7 +409,7 @@ class TrainingView(QWidget):
     def _on_failed(self, e: ev.Failed) -> None:
         self.append_log(f"Training failed: {e.message}", "error")
         if e.detail:
-            self.log_view.appendPlainText(e.detail.rstrip())
+            self._append_log_text(e.detail.rstrip())
         self.status_label.setText("Failed")
         self.errors.append(e.message)
         box = QMessageBox(QMessageBox.Icon.Critical, "Training failed", e.message, QMessageBox.StandardButton.Ok,
