@@ -14,6 +14,7 @@ from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QKeySequence
 from PySide6.QtWidgets import (QGridLayout, QHBoxLayout, QLabel, QMessageBox, QPlainTextEdit, QProgressBar,
                                QPushButton, QSplitter, QVBoxLayout, QWidget)
+from explorer.widgets.charts import count_chart, set_legend_title
 from explorer.jobs import JobRunner
 from explorer.state import AppState
 from explorer.training import TrainingController
@@ -91,6 +92,9 @@ class _Series:
     def clear(self) -> None:
         self.n = 0
         self.curve.setData([], [])
+
+
+METRIC_TITLE = "Metrics per epoch"
 
 
 class TrainingView(QWidget):
@@ -183,19 +187,16 @@ class TrainingView(QWidget):
         progress.addWidget(self.speed_label, 2, 0, 1, 2)
         progress.setColumnStretch(0, 1)
 
-        self.loss_plot = pg.PlotWidget(title="Loss per batch")
-        self.loss_plot.setBackground("w")
-        self.loss_plot.setLabel("bottom", "batch")
+        self.loss_plot = count_chart("Loss per batch", "batch")
         self.loss_plot.showGrid(x=True, y=True, alpha=0.2)
         self.loss_series = _Series(self.loss_plot.plot(pen=pg.mkPen("#1f77b4", width=1.5)))
         for plot in (self.loss_plot,):  # long per-batch curves: draw about one point per pixel
             plot.setDownsampling(auto=True, mode="peak")
             plot.setClipToView(True)
 
-        self.miner_plot = pg.PlotWidget(title="Miner: triplets per batch (PML rules)")
-        self.miner_plot.setBackground("w")
-        self.miner_plot.setLabel("bottom", "batch")
-        self.miner_plot.addLegend(offset=(5, 5))
+        self.miner_plot = count_chart("Miner: triplets per batch (PML rules)", "batch")
+        set_legend_title(self.miner_plot, "Miner: triplets per batch (PML rules)",
+                         [("easy", "#2ca02c"), ("semi-hard", "#ff7f0e"), ("hard", "#d62728")])
         self.miner_series = {
             "easy": _Series(self.miner_plot.plot(pen=pg.mkPen("#2ca02c", width=1.5), name="easy")),
             "semi-hard": _Series(self.miner_plot.plot(pen=pg.mkPen("#ff7f0e", width=1.5), name="semi-hard")),
@@ -206,11 +207,9 @@ class TrainingView(QWidget):
         self.miner_plot.setToolTip("easy: d(a,n) > d(a,p) + margin; semi-hard: d(a,p) < d(a,n) <= d(a,p) + margin; "
                                    "hard: d(a,n) <= d(a,p)")
 
-        self.metric_plot = pg.PlotWidget(title="Held-out metrics per epoch")
-        self.metric_plot.setBackground("w")
-        self.metric_plot.setLabel("bottom", "epoch")
+        self.metric_plot = count_chart(METRIC_TITLE, "epoch")
         self.metric_plot.showGrid(x=True, y=True, alpha=0.2)
-        self.metric_plot.addLegend(offset=(5, 5), colCount=3)
+        self._metric_legend: list[tuple[str, str]] = []
 
         self.log_view = QPlainTextEdit()
         self.log_view.setReadOnly(True)
@@ -283,7 +282,8 @@ class TrainingView(QWidget):
         for s in self._metric_series.values():
             s.clear()
         self.metric_plot.clear()
-        self.metric_plot.addLegend(offset=(5, 5), colCount=3)
+        self._metric_legend = []
+        set_legend_title(self.metric_plot, METRIC_TITLE, [])
         self._metric_series.clear()
         self.epoch_progress.setValue(0)
         self.run_progress.setValue(0)
@@ -398,6 +398,9 @@ class TrainingView(QWidget):
                 curve = self.metric_plot.plot(pen=pg.mkPen(color, width=2, style=style), symbol="o", symbolSize=5,
                                               symbolBrush=color, symbolPen=None, name=label)
                 series = self._metric_series[key] = _Series(curve, 64)
+                self._metric_legend.append((label, color))
+                set_legend_title(self.metric_plot, METRIC_TITLE, self._metric_legend,
+                                 dashed={metric_label(k) for k in self._metric_series if k.startswith("train/")})
             series.append(epoch, float(value))
             series.flush()
 

@@ -17,6 +17,7 @@ from PySide6.QtGui import QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QGroupBox, QHBoxLayout,
                                QHeaderView, QLabel, QListView, QListWidget, QListWidgetItem, QProgressBar, QSplitter,
                                QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
+from explorer.widgets.charts import count_chart, set_legend_title
 from explorer.jobs import JobRunner
 from explorer.state import AppState
 from explorer.widgets.view_setup import job_reporting, setup_view, subscribe
@@ -123,14 +124,12 @@ class TripletsView(DeferWhileHidden, QWidget):
         bl.addWidget(self.census_label)
         bl.addStretch(1)
         top.addWidget(box)
-        self.share_plot = pg.PlotWidget(background="w")
+        self.share_plot = count_chart("Share of triplets per epoch", "epoch", y_label="share of triplets")
+        set_legend_title(self.share_plot, "Share of triplets per epoch",
+                         [(CATEGORY_TITLES[c], COLOURS[c]) for c in CATEGORY_TITLES])
         sp = self.share_plot.getPlotItem()
-        sp.setTitle("Share of triplets per epoch")
-        sp.setLabel("bottom", "epoch")
-        sp.setLabel("left", "share of triplets")
         sp.showGrid(x=True, y=True, alpha=0.2)
         sp.setYRange(0, 1)
-        sp.addLegend(offset=(-10, 10))
         self.share_curves = {cat: sp.plot([], [], name=CATEGORY_TITLES[cat], pen=pg.mkPen(COLOURS[cat], width=2),
                                           symbol="o", symbolSize=6, symbolBrush=COLOURS[cat])
                              for cat in CATEGORY_TITLES}
@@ -202,13 +201,12 @@ class TripletsView(DeferWhileHidden, QWidget):
         w = QWidget()
         lay = QVBoxLayout(w)
         split = QSplitter(Qt.Orientation.Horizontal)
-        self.miner_plot = pg.PlotWidget(background="w")
+        self.miner_plot = count_chart("Per-batch triplet census during the epoch", "batch",
+                                      y_label="triplets in the batch")
+        set_legend_title(self.miner_plot, "Per-batch triplet census during the epoch",
+                         [(CATEGORY_TITLES[c], COLOURS[c]) for c in CATEGORY_TITLES])
         mp = self.miner_plot.getPlotItem()
-        mp.setTitle("Per-batch triplet census during the epoch")
-        mp.setLabel("bottom", "batch")
-        mp.setLabel("left", "triplets in the batch")
         mp.showGrid(x=True, y=True, alpha=0.2)
-        mp.addLegend(offset=(-10, 10))
         self.miner_curves = {cat: mp.plot([], [], name=CATEGORY_TITLES[cat], pen=pg.mkPen(COLOURS[cat], width=2))
                              for cat in CATEGORY_TITLES}
         split.addWidget(self.miner_plot)
