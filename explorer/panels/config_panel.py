@@ -163,8 +163,9 @@ class ConfigPanel(QWidget):
         self.weights_warning.setWordWrap(True)
         self.weights_warning.setStyleSheet("color: #a05a00;")
         self.weights_warning.hide()
-        self.head_only = QCheckBox("Train the head only (backbone frozen, features cached)")
-        self.head_only.setToolTip("Much faster on a CPU: the backbone runs once per image, only the head learns")
+        self.head_only = QCheckBox("Train the head only")
+        self.head_only.setToolTip("The backbone stays frozen and its features are cached: much faster on a CPU, "
+                                  "the backbone runs once per image and only the head learns")
         self.embedding_dim = QSpinBox()
         self.embedding_dim.setRange(2, 4096)
         self.embedding_dim.setToolTip("Length of the embedding vector")

@@ -1,4 +1,4 @@
-"""What the views' charts share: counts (epochs, batches) on whole-number axes, and legends in the title line.
+"""What the views' charts share: counts (epochs, batches) on whole-number axes, and legends under the title.
 
 With one epoch the held-out chart's x axis ran -400..400 "epoch (x0.001)"; epochs and batches got fractional
 ticks; legends were drawn over the data lines. Here an epoch or batch axis only ticks whole numbers, never scales
@@ -61,5 +61,5 @@ def set_legend_title(plot: pg.PlotWidget, title: str, entries: list[tuple[str, o
         css = pg.mkColor(color).name()  # "#rrggbb" from any colour pyqtgraph takes
         marks.append(f"<span style='color:{css}'>{mark}</span>&nbsp;{escape(name)}")
     legend = "&nbsp;&nbsp; ".join(marks)
-    plot.setTitle(f"{escape(title)}" + (f"&nbsp;&nbsp;&nbsp;<span style='font-size:9pt'>{legend}</span>"
-                                        if legend else ""))
+    # on a line of its own under the title: one long line made the chart (and the window) wider
+    plot.setTitle(f"{escape(title)}" + (f"<br><span style='font-size:8pt'>{legend}</span>" if legend else ""))

@@ -14,6 +14,7 @@ from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QKeySequence
 from PySide6.QtWidgets import (QGridLayout, QHBoxLayout, QLabel, QMessageBox, QPlainTextEdit, QProgressBar,
                                QPushButton, QSplitter, QVBoxLayout, QWidget)
+from explorer.widgets.labels import shrinkable
 from explorer.widgets.charts import count_chart, set_legend_title
 from explorer.jobs import JobRunner
 from explorer.state import AppState
@@ -164,7 +165,7 @@ class TrainingView(QWidget):
         self.continue_button.clicked.connect(self.continue_requested)
         self.pause_button.toggled.connect(self._on_pause_toggled)
         self.stop_button.clicked.connect(self.request_stop)
-        self.status_label = QLabel("Idle")
+        self.status_label = shrinkable(QLabel("Idle"))  # a long status wraps; it never widens the window
         self.status_label.setObjectName("trainingStatus")
 
         buttons = QHBoxLayout()

@@ -436,9 +436,9 @@ class TripletsView(DeferWhileHidden, QWidget):
         if self.state.epoch >= 0:
             self.epoch_line.setValue(self.state.epoch)
         sampled = any(done[e][3] for e in epochs)
-        self.share_plot.getPlotItem().setTitle(
-            "Share of triplets per epoch" + (f" (large split: {HISTORY_MAX_ANCHORS:,} sampled anchors per past epoch)"
-                                             if sampled else ""))
+        set_legend_title(self.share_plot, "Share of triplets per epoch"
+                         + (f" (large split: {HISTORY_MAX_ANCHORS:,} sampled anchors per past epoch)" if sampled else ""),
+                         [(CATEGORY_TITLES[c], COLOURS[c]) for c in CATEGORY_TITLES])
 
     def history_points(self) -> dict[int, tuple]:
         """Epoch -> (share easy, semi-hard, hard, sampled) of the current split and margin (the chart's data)."""
