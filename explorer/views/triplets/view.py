@@ -117,7 +117,14 @@ class TripletsView(DeferWhileHidden, QWidget):
             it = QTableWidgetItem(CATEGORY_TITLES[cat])
             it.setForeground(QColor(*COLOURS[cat]))
             self.census_table.setItem(r, 0, it)
-        self.census_table.setMaximumHeight(120)
+        # three rows, always all shown: the table is exactly as tall as its header and rows ("Hard" was cut off
+        # behind a scroll bar)
+        self.census_table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.census_table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.census_table.resizeRowsToContents()
+        t = self.census_table
+        t.setFixedHeight(t.horizontalHeader().sizeHint().height() + sum(t.rowHeight(r) for r in range(t.rowCount()))
+                         + 2 * t.frameWidth() + 2)
         bl.addWidget(self.census_table)
         self.census_label = QLabel("")
         self.census_label.setWordWrap(True)

@@ -132,6 +132,10 @@ def test_rules_label_and_shares_chart_one_point_per_epoch(qtbot, view, run_dir):
         assert pts[e][:3] == pytest.approx((c.share_easy, c.share_semihard, c.share_hard))
     xs, ys = view.share_curves["hard"].getData()
     assert list(xs) == r.epochs and len(ys) == len(r.epochs)
+    # issue 15 item 18: all three census rows are shown, no scroll bar ("Hard" was cut off)
+    t = view.census_table
+    assert t.verticalScrollBar().maximum() == 0
+    assert t.viewport().height() >= sum(t.rowHeight(i) for i in range(3))
 
 
 def test_examples_are_of_their_category_and_click_highlights(qtbot, view, run_dir):
