@@ -184,6 +184,7 @@ class MainWindow(QMainWindow):
         self.config_panel.set_runs_root(self.settings.runs_root())
         self.config_panel.preset_applied.connect(self.settings.set_last_preset)
         self.config_panel.lr_find_requested.connect(self.find_learning_rate)
+        self.config_panel.open_folder_requested.connect(self.ask_open_folder)
         self.config_panel.backbone.currentIndexChanged.connect(self._probe_weights)
         self.config_panel.pretrained.toggled.connect(self._probe_weights)
         self._estimate_timer = QTimer(self)
@@ -394,6 +395,7 @@ class MainWindow(QMainWindow):
         self.settings.add_recent_folder(self.dataset_view.root or scan.root)  # only a folder that can be trained on joins Recent
         self._refresh_recent()
         self.config_panel.set_scan(scan)
+        self._show_split()
         self.jobs.submit(RECIPE_FACTS_JOB, _recipe_facts_job, [str(scan.abspath(i)) for i in range(len(scan.paths))],
                          on_result=self._on_image_facts)
         self._probe_weights()
@@ -420,9 +422,25 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def _on_config_changed(self) -> None:
+        self._show_split()
         if self.config_panel.facts() is not None and not self.controller.is_running():
             self.config_panel.set_estimate("Estimating the time per epoch …")
             self._estimate_timer.start()
+
+    def _show_split(self) -> None:
+        """Mark in the Data tab the classes the form's settings hold out (the split the trainer will make)."""
+        scan = self.dataset_view.scan
+        if scan is None:
+            return
+        from trainer.data.split import held_out_classes
+
+        d = self.config_panel.config().data
+        if d.test_dir:
+            self.dataset_view.set_held_out(set(), f"the held-out classes come from the test folder {d.test_dir}")
+            return
+        self.dataset_view.set_held_out(held_out_classes(
+            list(scan.classes), holdout_fraction=d.holdout_fraction, holdout_classes=d.holdout_classes,
+            seed=self.config_panel.config().seed))
 
     @Slot()
     def _estimate_epoch(self) -> None:

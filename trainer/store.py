@@ -357,6 +357,32 @@ def is_run_dir(path: str | os.PathLike[str]) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class RunSummary:
+    """What a list of recent runs shows, from the manifest alone."""
+
+    epochs: int  # committed epochs, the untrained epoch 0 included
+    last_epoch: int  # -1 when none
+    updated: str  # the manifest's last commit time, "YYYY-mm-ddTHH:MM:SS+zzzz" ("" when unknown)
+    best_map_at_r: float | None  # held-out MAP@R of the best epoch, None when no epoch has it
+
+
+def run_summary(path: str | os.PathLike[str]) -> RunSummary | None:
+    """The summary of the run in ``path``; None when it is not a readable run."""
+    try:
+        m = _read_manifest(Path(path))
+    except (RunError, OSError):
+        return None
+    values = []
+    for e in m["epochs"]:
+        v = e.get("metrics", {}).get("heldout/mean_average_precision_at_r") if isinstance(e, dict) else None
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            values.append(float(v))
+    last = max((int(e.get("epoch", -1)) for e in m["epochs"] if isinstance(e, dict)), default=-1)
+    return RunSummary(epochs=len(m["epochs"]), last_epoch=last, updated=str(m.get("updated") or m.get("created") or ""),
+                      best_map_at_r=max(values) if values else None)
+
+
 def looks_like_run(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` has a run's manifest, readable or not: such a folder is opened as a run, so that a
     damaged manifest is named as such instead of the folder being scanned as images."""

@@ -99,6 +99,7 @@ class ConfigPanel(QWidget):
     changed = Signal()
     preset_applied = Signal(str)
     lr_find_requested = Signal()
+    open_folder_requested = Signal()  # the "…" next to Images: the window asks for a folder and scans it
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -304,7 +305,14 @@ class ConfigPanel(QWidget):
         runs_row.addWidget(runs_browse)
         where_box = QGroupBox("Data and output")
         wf = QFormLayout(where_box)
-        wf.addRow("Images", self.data_dir)
+        images_browse = QPushButton("…")
+        images_browse.setToolTip("Open an image folder (one sub-folder per class); Ctrl+O")
+        images_browse.clicked.connect(self.open_folder_requested)
+        self.images_browse = images_browse
+        images_row = QHBoxLayout()
+        images_row.addWidget(self.data_dir, 1)
+        images_row.addWidget(images_browse)
+        wf.addRow("Images", images_row)
         wf.addRow("Runs folder", runs_row)
 
         self.problems_label = QLabel()

@@ -76,14 +76,32 @@ class StartPage(QWidget):
         outer.addStretch(1)
 
     def set_recent(self, folders: list[str], runs: list[str]) -> None:
-        """Show the recent lists (newest first); entries that no longer exist are greyed out."""
+        """Show the recent lists (newest first); entries that no longer exist are greyed out. A run shows when it
+        was last written, how many epochs it has and its best held-out MAP@R; one without a committed epoch is
+        greyed out (a run stopped before its first epoch, or one whose first epoch is still training)."""
+        from trainer.store import run_summary
+
         for lst, paths in ((self.recent_folders, folders), (self.recent_runs, runs)):
             lst.clear()
             for p in paths:
-                item = QListWidgetItem(f"{Path(p).name}    —    {p}")
+                text, tip, grey = f"{Path(p).name}    —    {p}", p, not Path(p).exists()
+                if grey:
+                    tip = f"{p} (not found)"
+                elif lst is self.recent_runs:
+                    summary = run_summary(p)
+                    if summary is None:
+                        text, tip, grey = f"{Path(p).name}    —    not a readable run", f"{p} (not a readable run)", True
+                    elif summary.last_epoch < 0:
+                        text, tip, grey = f"{Path(p).name}    —    no epoch committed", f"{p} (no epoch committed)", True
+                    else:
+                        when = summary.updated[:16].replace("T", " ")
+                        best = (f", best MAP@R {summary.best_map_at_r:.3f}" if summary.best_map_at_r is not None
+                                else "")
+                        text = f"{Path(p).name}    —    {when}, epochs 0-{summary.last_epoch}{best}"
+                        tip = f"{p}\nlast written {when}; {summary.epochs} epochs committed{best}"
+                item = QListWidgetItem(text)
                 item.setData(Qt.ItemDataRole.UserRole, p)
-                item.setToolTip(p)
-                if not Path(p).exists():
+                item.setToolTip(tip)
+                if grey:
                     item.setForeground(Qt.GlobalColor.gray)
-                    item.setToolTip(f"{p} (not found)")
                 lst.addItem(item)

@@ -116,6 +116,25 @@ def test_settings_recent_lists_are_deduplicated_capped_and_persist(tmp_path, set
     assert again.last_config() == cfg
 
 
+def test_recent_runs_show_when_how_far_and_how_good_and_a_run_without_epochs_is_greyed(qtbot, tmp_path):
+    """Issue 15 item 19: Recent runs listed a stopped run with no epochs, with no date, epoch count or metric."""
+    from PySide6.QtCore import Qt
+
+    from explorer.panels.start_page import StartPage
+
+    good, empty = tmp_path / "good", tmp_path / "empty"
+    _write_run(good, 3)
+    _write_run(empty, 0)
+    page = StartPage()
+    qtbot.addWidget(page)
+    page.set_recent([], [str(good), str(empty), str(tmp_path / "gone")])
+    texts = [page.recent_runs.item(i).text() for i in range(3)]
+    assert "epochs 0-2" in texts[0] and "20" in texts[0]  # the date it was last written
+    assert "no epoch committed" in texts[1] and page.recent_runs.item(2).toolTip().endswith("(not found)")
+    greys = [page.recent_runs.item(i).foreground().color() == Qt.GlobalColor.gray for i in range(3)]
+    assert greys == [False, True, True]
+
+
 def test_settings_of_another_version_are_dropped(tmp_path):
     q = QSettings(str(tmp_path / "old.ini"), QSettings.Format.IniFormat)
     q.setValue("version", SETTINGS_VERSION + 1)
@@ -143,6 +162,16 @@ def test_open_folder_shows_counts_thumbnails_and_skipped_file(qtbot, window, fol
     assert window.settings.recent_folders()[0] == str(folder)
     # the scan reached the config panel: its class list feeds the held-out picker and the checks
     assert window.config_panel.holdout_list.count() == 4
+    # issue 15 item 19: the Data tab marks the classes the next run holds out, the split the trainer makes
+    from trainer.data.split import class_disjoint_split
+    from trainer.store import SPLIT_HELDOUT
+
+    cfg = window.config_panel.config()
+    labels = np.arange(4)
+    split = class_disjoint_split(labels, view.scan.classes, holdout_fraction=cfg.data.holdout_fraction, seed=cfg.seed)
+    want = {view.scan.classes[i] for i in labels if split[i] == SPLIT_HELDOUT}
+    shown = {view.classes_table.item(r, 0).text() for r in range(4) if view.classes_table.item(r, 3).text() == "held out"}
+    assert shown == want and len(want) == 2
     window.grab().save(str(folder.parent / "data_view.png"))
 
 

@@ -35,11 +35,31 @@ def class_disjoint_split(
         if held.all() or not held.any():
             raise ValueError("the held-out classes must leave at least one class for training, and hold out one")
     else:
-        if not 0.0 < holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be between 0 and 1, got {holdout_fraction}")
-        n_held = int(round(n_classes * holdout_fraction))
-        n_held = min(max(n_held, 1), n_classes - 1)
-        order = np.random.default_rng(seed).permutation(n_classes)
-        held = np.zeros(n_classes, dtype=bool)
-        held[order[:n_held]] = True
+        held = _random_held(n_classes, holdout_fraction, seed)
     return np.where(held[labels], SPLIT_HELDOUT, SPLIT_TRAIN).astype(np.int8)
+
+
+def _random_held(n_classes: int, holdout_fraction: float, seed: int) -> np.ndarray:
+    if not 0.0 < holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be between 0 and 1, got {holdout_fraction}")
+    n_held = int(round(n_classes * holdout_fraction))
+    n_held = min(max(n_held, 1), n_classes - 1)
+    order = np.random.default_rng(seed).permutation(n_classes)
+    held = np.zeros(n_classes, dtype=bool)
+    held[order[:n_held]] = True
+    return held
+
+
+def held_out_classes(classes: Sequence[str], *, holdout_fraction: float = 0.5,
+                     holdout_classes: Sequence[str] | None = None, seed: int = 0) -> set[str]:
+    """The classes :func:`class_disjoint_split` holds out of ``classes`` with these settings (for showing the
+    split before training: the Data tab and the form); empty when the settings are not valid."""
+    if len(classes) < 2:
+        return set()
+    if holdout_classes is not None:
+        return set(holdout_classes) & set(classes)
+    try:
+        held = _random_held(len(classes), holdout_fraction, seed)
+    except ValueError:
+        return set()
+    return {c for c, h in zip(classes, held) if h}

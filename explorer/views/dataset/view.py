@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 import numpy as np
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtGui import QColor, QImage, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QProgressBar, QPushButton,
                                QSplitter, QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 from explorer.jobs import JobRunner
@@ -67,7 +67,8 @@ class DatasetView(QWidget):
         top.addWidget(self.progress, 1)
         top.addWidget(self.cancel_button)
 
-        self.classes_table = _table(["Class", "Images", "Samples"])
+        self.classes_table = _table(["Class", "Images", "Samples", "Split"])
+        self._held: set[str] | None = None  # classes the next run holds out (None: not known)
         self.classes_table.setSortingEnabled(False)
         header = self.classes_table.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
@@ -198,12 +199,34 @@ class DatasetView(QWidget):
             else:
                 t.removeCellWidget(row, 2)
 
+        self.set_held_out(self._held)
         self._fill(self.skipped_table, [(s.path, s.reason) for s in scan.skipped])
         self._fill(self.notes_table, [(s.path, s.reason) for s in scan.notes])
         self._fill(self.duplicates_table, [(" = ".join(g),) for g in scan.duplicates])
         self.issues.setTabText(0, f"Skipped ({len(scan.skipped)})")
         self.issues.setTabText(1, f"Notes ({len(scan.notes)})")
         self.issues.setTabText(2, f"Duplicates ({len(scan.duplicates)})")
+
+    def set_held_out(self, held: set[str] | None, note: str = "") -> None:
+        """Mark the classes the next run holds out (never trained on, evaluated on); ``note`` explains the
+        column when nothing of this folder is held out (a separate test folder)."""
+        self._held = held
+        t = self.classes_table
+        for row in range(t.rowCount()):
+            name_item = t.item(row, 0)
+            if name_item is None:
+                continue
+            if held is None:
+                t.setItem(row, 3, QTableWidgetItem(""))
+                continue
+            out = name_item.text() in held
+            item = QTableWidgetItem("held out" if out else "train")
+            item.setToolTip(note or ("never trained on: the held-out metrics, the threshold and the triplet "
+                                     "census of held-out anchors are measured on it" if out else
+                                     "trained on"))
+            if out:
+                item.setForeground(QColor(120, 60, 160))
+            t.setItem(row, 3, item)
 
     @staticmethod
     def _fill(table: QTableWidget, rows: list[tuple[str, ...]]) -> None:

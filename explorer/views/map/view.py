@@ -996,6 +996,8 @@ class MapView(QWidget):
 
     def _ask_export(self, suffix: str) -> None:
         name = f"map_epoch{max(self.shown_epoch, 0):04d}.{suffix}"
+        if self.run is not None:  # next to the run, not in whatever folder the program was started from
+            name = str(Path(self.run.run_dir).parent / f"{Path(self.run.run_dir).name}_{name}")
         path, _ = QFileDialog.getSaveFileName(self, f"Export map as {suffix.upper()}", name,
                                               f"{suffix.upper()} image (*.{suffix})")
         if not path:

@@ -251,7 +251,9 @@ class NeighboursView(QWidget):
 
     def choose_file(self) -> None:
         """Ask for an image file and query with it."""
-        path, _ = QFileDialog.getOpenFileName(self, "Query with an image file", "",
+        roots = list(getattr(getattr(self.run, "samples", None), "roots", []) or [])
+        start = str(roots[0]) if roots else ""  # the run's image folder, not the program's working folder
+        path, _ = QFileDialog.getOpenFileName(self, "Query with an image file", start,
                                               "Images (*.png *.jpg *.jpeg *.bmp *.gif *.tif *.tiff *.webp);;All files (*)")
         if path:
             self.query_file(path)

@@ -86,3 +86,19 @@ def test_class_disjoint_split_is_seeded_and_disjoint():
     assert set(labels[explicit == SPLIT_HELDOUT]) == {5, 6, 7, 8, 9}
     with pytest.raises(ValueError, match="not in the data"):
         class_disjoint_split(labels, classes, holdout_classes=["x"])
+
+
+def test_the_held_out_classes_shown_before_training_are_the_ones_the_split_holds_out():
+    from trainer.data.split import class_disjoint_split, held_out_classes
+    from trainer.store import SPLIT_HELDOUT
+
+    rng = np.random.default_rng(2)
+    for _ in range(100):
+        n = int(rng.integers(2, 30))
+        classes = [f"c{i}" for i in range(n)]
+        fraction, seed = float(rng.uniform(0.05, 0.95)), int(rng.integers(0, 1000))
+        split = class_disjoint_split(np.arange(n), classes, holdout_fraction=fraction, seed=seed)
+        assert held_out_classes(classes, holdout_fraction=fraction, seed=seed) == \
+            {classes[i] for i in range(n) if split[i] == SPLIT_HELDOUT}
+    assert held_out_classes(["a", "b", "c"], holdout_classes=("b", "zz")) == {"b"}
+    assert held_out_classes(["a", "b"], holdout_fraction=1.5) == set()
