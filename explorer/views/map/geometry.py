@@ -69,3 +69,24 @@ def draw_order(n: int) -> np.ndarray:
     order = np.random.default_rng(0).permutation(n)
     order.flags.writeable = False
     return order
+
+
+def view_needs_fit(xy: np.ndarray, view: tuple[tuple[float, float], tuple[float, float]], *, min_share: float = 0.4,
+                   outside: float = 0.05) -> bool:
+    """True when the view shows a layout badly: more than ``outside`` of the view's span of the layout's extent
+    (1st-99th percentile) lies outside the view, or the layout fills less than ``min_share`` of the view on both
+    axes (the view keeps its aspect ratio, so one axis may stay narrow). After an aligned new epoch the UMAP was
+    a thin strip until Fit."""
+    if len(xy) == 0:
+        return False
+    lo = np.percentile(xy, 1, axis=0)
+    hi = np.percentile(xy, 99, axis=0)
+    shares = []
+    for axis in (0, 1):
+        v0, v1 = view[axis]
+        span = max(v1 - v0, 1e-12)
+        d0, d1 = float(lo[axis]), float(hi[axis])
+        if d0 < v0 - outside * span or d1 > v1 + outside * span:
+            return True
+        shares.append((d1 - d0) / span)
+    return max(shares) < min_share

@@ -39,7 +39,7 @@ from explorer.state import AppState
 from explorer.widgets.thumbnails import ThumbnailCache
 from trainer.analysis import projection
 from trainer.analysis.projection_worker import ProjectionWorker
-from explorer.views.map.geometry import draw_order, points_in_polygon, splat_points
+from explorer.views.map.geometry import view_needs_fit, draw_order, points_in_polygon, splat_points
 from explorer.views.map.jobs import METHOD_TITLES, _warm_up_job, map_job
 from explorer.widgets.palette import class_colour
 
@@ -334,6 +334,8 @@ class MapView(QWidget):
         self.legend.itemChanged.connect(self._on_legend_item_changed)
         self.legend.itemDoubleClicked.connect(self._on_legend_double_clicked)
         self.viewbox.sigRangeChanged.connect(self._on_range_changed)
+        # a wheel or drag by the user: a new epoch keeps their view instead of fitting its own
+        self.viewbox.sigRangeChangedManually.connect(lambda *_: setattr(self, "_user_moved_view", True))
         self.viewbox.sigBoxSelected.connect(self._on_box_selected)
         self.viewbox.sigLassoSelected.connect(lambda poly, add: self.select_in_polygon(poly, add=add))
         self.lasso_button.toggled.connect(self._on_lasso_toggled)
@@ -545,7 +547,7 @@ class MapView(QWidget):
                 self._xy_cache = (self.xy, self._draw_order, ordered)  # what _draw_source would gather
             if first:
                 self.fit_view()  # renders once, at the fitted range
-            else:
+            elif not self._refit_if_untouched():
                 self._render()
         self._on_selection_changed(self.state.selection)
         self._on_highlight_changed(self.state.highlight)
@@ -558,6 +560,10 @@ class MapView(QWidget):
             self._anim_timer.stop()
             self.xy = self._anim_to if self._anim_to is not None else self.xy
             self._anim_from = self._anim_to = None
+            if self._refit_if_untouched():  # the new layout has another extent
+                self._on_selection_changed(self.state.selection)
+                self._on_highlight_changed(self.state.highlight)
+                return
         else:
             e = t * t * (3 - 2 * t)  # smoothstep
             self.xy = (self._anim_from + (self._anim_to - self._anim_from) * e).astype(np.float32)
@@ -670,7 +676,16 @@ class MapView(QWidget):
         hi = [float(p[:, 0].max()), float(p[:, 1].max())]
         pad = 0.04 * max(hi[0] - lo[0], hi[1] - lo[1], 1e-6)
         self.viewbox.setRange(xRange=(lo[0] - pad, hi[0] + pad), yRange=(lo[1] - pad, hi[1] + pad), padding=0)
+        self._user_moved_view = False
         self._render()
+
+    def _refit_if_untouched(self) -> bool:
+        """Fit a new epoch's layout when the view shows it badly, unless the user zoomed or panned since the
+        last fit (their view stays)."""
+        if not getattr(self, "_user_moved_view", False) and view_needs_fit(self.xy, self.viewbox.viewRange()):
+            self.fit_view()
+            return True
+        return False
 
     # -------------------------------------------------------------------------------------- class filter
     def _on_legend_item_changed(self, item: QListWidgetItem) -> None:
@@ -954,15 +969,65 @@ class MapView(QWidget):
 
     # ------------------------------------------------------------------------------------------- export
     def export_png(self, path: str | Path, width: int | None = None) -> Path:
-        """Save the map as a PNG image (``width`` pixels wide; default: as on screen)."""
+        """Save the map as a PNG image (the plot ``width`` pixels wide; default: as on screen), with a title line
+        (run, epoch, layout) and the class legend beside it: the bare plot was 342 x 664 px with neither."""
         from pyqtgraph.exporters import ImageExporter
+        from PySide6.QtGui import QImage, QPainter
 
         self.hide_hover()
         exp = ImageExporter(self.plot.plotItem)
         if width:
             exp.parameters()["width"] = int(width)
-        exp.export(str(path))
+        plot_image = exp.export(toBytes=True)
+        title_h, legend_w = self._decoration_size(plot_image.height())
+        canvas = QImage(plot_image.width() + legend_w, plot_image.height() + title_h, QImage.Format.Format_RGB32)
+        canvas.fill(QColor("white"))
+        painter = QPainter(canvas)
+        try:
+            painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+            painter.drawImage(0, title_h, plot_image)
+            self._paint_decorations(painter, plot_image.width(), plot_image.height(), title_h, legend_w)
+        finally:
+            painter.end()
+        if not canvas.save(str(path), "PNG"):
+            raise OSError(f"{path}: the PNG could not be written")
         return Path(path)
+
+    def export_title(self) -> str:
+        """The line an exported map carries: run, epoch and layout."""
+        run = Path(str(self.run.run_dir)).name if self.run is not None else "no run"
+        method = METHOD_TITLES.get(self.layout.method, self.layout.method) if self.layout is not None else "map"
+        return f"{run} · epoch {max(self.shown_epoch, 0)} · {method} of {len(self.xy):,} images"
+
+    def _legend_rows(self, height: int) -> list[tuple[str, tuple[int, int, int]]]:
+        rows = [(f"{name}", class_colour(i)) for i, name in enumerate(self.classes) if i not in self._hidden]
+        fit = max(1, (height - 8) // 18)
+        if len(rows) > fit:
+            rows = rows[:fit - 1] + [(f"… {len(rows) - fit + 1} more classes", (255, 255, 255))]
+        return rows
+
+    def _decoration_size(self, plot_height: int) -> tuple[int, int]:
+        longest = max((len(name) for name, _ in self._legend_rows(plot_height)), default=0)
+        return 30, (min(260, 40 + 7 * longest) if self.classes else 0)
+
+    def _paint_decorations(self, painter, plot_w: int, plot_h: int, title_h: int, legend_w: int) -> None:
+        from PySide6.QtGui import QFont
+
+        font = QFont(painter.font())
+        font.setPointSize(11)
+        font.setBold(True)
+        painter.setFont(font)
+        painter.setPen(QColor(30, 30, 30))
+        painter.drawText(QRectF(8, 0, plot_w + legend_w - 16, title_h), int(Qt.AlignmentFlag.AlignVCenter),
+                         self.export_title())
+        font.setBold(False)
+        font.setPointSize(9)
+        painter.setFont(font)
+        y = title_h + 6
+        for name, rgb in self._legend_rows(plot_h):
+            painter.fillRect(QRectF(plot_w + 8, y + 3, 11, 11), QColor(*rgb))
+            painter.drawText(QRectF(plot_w + 24, y, legend_w - 28, 18), int(Qt.AlignmentFlag.AlignVCenter), name)
+            y += 18
 
     def export_svg(self, path: str | Path) -> Path:
         """Save the map as an SVG (vector symbols when few points are in view, else the embedded raster).
@@ -976,18 +1041,20 @@ class MapView(QWidget):
 
         self.hide_hover()
         rect = self.plot.plotItem.sceneBoundingRect()
+        title_h, legend_w = self._decoration_size(int(rect.height()))
         gen = QSvgGenerator()
         gen.setFileName(str(path))
-        gen.setSize(QSize(int(rect.width()), int(rect.height())))
-        gen.setViewBox(QRectF(0, 0, rect.width(), rect.height()))
-        gen.setTitle("Embedding map")
+        gen.setSize(QSize(int(rect.width()) + legend_w, int(rect.height()) + title_h))
+        gen.setViewBox(QRectF(0, 0, rect.width() + legend_w, rect.height() + title_h))
+        gen.setTitle(self.export_title())
         gen.setDescription(self.status.text())
         painter = QPainter()
         if not painter.begin(gen):
             raise OSError(f"{path}: cannot open for writing")
         try:
             painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-            self.plot.scene().render(painter, QRectF(0, 0, rect.width(), rect.height()), rect)
+            self.plot.scene().render(painter, QRectF(0, title_h, rect.width(), rect.height()), rect)
+            self._paint_decorations(painter, int(rect.width()), int(rect.height()), title_h, legend_w)
         finally:
             painter.end()
         if not Path(path).exists() or Path(path).stat().st_size == 0:

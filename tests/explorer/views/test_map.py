@@ -131,9 +131,20 @@ def test_class_hide_history_and_export(qtbot, run_dir, tmp_path):
     assert np.median(np.linalg.norm(view.xy - before, axis=1)) < 0.3 * span
     png, svg = view.export_png(tmp_path / "m.png"), view.export_svg(tmp_path / "m.svg")
     assert png.stat().st_size > 1000 and svg.stat().st_size > 1000
+    # issue 15 item 16: the exported picture carries its title (run, epoch, layout) and the class legend
+    from explorer.widgets.palette import class_colour
+
+    plot_w = view.plot.plotItem.sceneBoundingRect().width()
     with Image.open(png) as im:
-        assert im.size[0] > 100
-    assert b"<svg" in svg.read_bytes()[:400]
+        rgb = np.asarray(im.convert("RGB"))
+    assert rgb.shape[1] > plot_w + 40 and rgb.shape[0] > view.plot.plotItem.sceneBoundingRect().height() + 20
+    legend = rgb[30:, int(plot_w):]
+    for i in range(3):  # each class's colour square is in the legend column
+        assert (np.abs(legend.astype(int) - np.array(class_colour(i))).sum(axis=2) < 10).sum() >= 80, i
+    assert (rgb[:30] < 100).all(axis=2).sum() > 50  # the title's dark text
+    assert view.export_title().startswith(f"{run_dir.name} · epoch 1 · PCA of 120 images")
+    head = svg.read_bytes()[:600]
+    assert b"<svg" in head and b"epoch 1" in svg.read_bytes()
 
 
 def test_many_points_switch_to_raster(qtbot, run_dir, monkeypatch):
@@ -291,3 +302,47 @@ def test_the_map_owns_its_projection_process_and_stops_it(qtbot):
     assert view.shutdown(5.0)
     assert not worker.is_alive()
     assert view.jobs.submit("late", lambda **k: None) == -1  # its runner is shut down too
+
+
+def test_a_view_needs_a_fit_when_the_layout_leaves_it_or_shrinks_in_it_like_a_brute_force_check():
+    from explorer.views.map.geometry import view_needs_fit
+
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        xy = rng.normal(size=(200, 2)) * rng.uniform(0.1, 3, size=2) + rng.normal(size=2)
+        view = tuple(tuple(sorted(rng.normal(size=2) * 3)) for _ in range(2))
+        lo, hi = np.percentile(xy, 1, axis=0), np.percentile(xy, 99, axis=0)
+        spans = [view[a][1] - view[a][0] for a in (0, 1)]
+        out = any(lo[a] < view[a][0] - 0.05 * spans[a] or hi[a] > view[a][1] + 0.05 * spans[a] for a in (0, 1))
+        small = all((hi[a] - lo[a]) < 0.4 * spans[a] for a in (0, 1))
+        assert view_needs_fit(xy, view) == (out or small)
+
+
+def test_a_new_epoch_that_shrinks_in_the_view_is_fitted_unless_the_user_zoomed(qtbot, run_dir):
+    state, view = _open(qtbot, run_dir)
+    view.fit_view()
+    fitted = view.viewbox.viewRange()
+    small = view.xy * 0.1  # the next layout is a tenth of the size: a dot in the middle of the view
+    from trainer.analysis.projection import Layout
+
+    layout = Layout(xy=small, method=view.layout.method, seconds=0.0)
+    view._show_layout(1, layout, final=True)
+    qtbot.waitUntil(lambda: not view._anim_timer.isActive(), timeout=3000)
+    now = view.viewbox.viewRange()
+    assert (now[0][1] - now[0][0]) < 0.5 * (fitted[0][1] - fitted[0][0])  # fitted to the new extent
+    # a user's zoom (the mouse wheel) stays
+    from PySide6.QtCore import QPoint, QPointF, Qt
+    from PySide6.QtGui import QWheelEvent
+    from PySide6.QtWidgets import QApplication
+
+    vp = view.plot.viewport()
+    pos = QPointF(vp.width() / 2, vp.height() / 2)
+    QApplication.sendEvent(vp, QWheelEvent(pos, QPointF(vp.mapToGlobal(pos.toPoint())), QPoint(0, 0), QPoint(0, 240),
+                                           Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier,
+                                           Qt.ScrollPhase.NoScrollPhase, False))
+    qtbot.wait(50)
+    zoomed = view.viewbox.viewRange()
+    assert not np.allclose(zoomed, now)
+    view._show_layout(2, Layout(xy=small * 20, method=view.layout.method, seconds=0.0), final=True)
+    qtbot.waitUntil(lambda: not view._anim_timer.isActive(), timeout=3000)
+    assert np.allclose(view.viewbox.viewRange(), zoomed)
