@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QSlider,
     QSplitter,
+    QStyle,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -252,8 +253,8 @@ class MapView(QWidget):
         side_lay.addWidget(QLabel("Classes (tick to show; double-click: only this)"))
         self.legend = QListWidget()
         self.legend.setToolTip("Tick or untick a class to show or hide its points; double-click shows only it")
-        self.legend.setMinimumWidth(150)
-        self.legend.setMaximumWidth(240)
+        self.legend.setMinimumWidth(120)
+        self.legend.setMaximumWidth(200)
         side_lay.addWidget(self.legend, 1)
         self.marker_note = QLabel("● train   ▲ held-out")
         self.marker_note.setToolTip("Marker shape: circles are training images, triangles held-out images")
@@ -267,7 +268,10 @@ class MapView(QWidget):
         hist = QHBoxLayout()
         self.play_button = QToolButton()
         self.play_button.setCheckable(True)
-        self.play_button.setText("▶")
+        # the style's icons: the pause glyph rendered as an empty box with common Linux fonts
+        self._play_icons = (self.style().standardIcon(QStyle.StandardPixmap.SP_MediaPlay),
+                            self.style().standardIcon(QStyle.StandardPixmap.SP_MediaPause))
+        self.play_button.setIcon(self._play_icons[0])
         self.play_button.setToolTip("Play the run's history epoch by epoch (Alt+P)")
         hist.addWidget(self.play_button)
         self.slider = QSlider(Qt.Orientation.Horizontal)
@@ -308,7 +312,7 @@ class MapView(QWidget):
         self._search_timer.setInterval(300)
         self._search_timer.timeout.connect(self.apply_search)
 
-        for seq, slot in (("Ctrl+F", self._focus_search), ("Escape", lambda: self.state.set_selection([])),
+        for seq, slot in (("Ctrl+F", self._focus_search), ("Escape", self.clear_selection),
                           ("Ctrl+0", self.fit_view), ("L", self.lasso_button.toggle), ("Alt+Left", lambda: self.step_epoch(-1)),
                           ("Alt+Right", lambda: self.step_epoch(1)), ("Alt+P", self.play_button.toggle),
                           ("Ctrl+Shift+E", self._ask_export_png)):
@@ -472,7 +476,7 @@ class MapView(QWidget):
             self.state.set_epoch(epochs[value])
 
     def _on_play_toggled(self, on: bool) -> None:
-        self.play_button.setText("⏸" if on else "▶")
+        self.play_button.setIcon(self._play_icons[1] if on else self._play_icons[0])
         if on:
             epochs = getattr(self, "_epochs", [])
             if epochs and self.state.epoch == epochs[-1]:
@@ -917,20 +921,40 @@ class MapView(QWidget):
         self.search.setFocus()
         self.search.selectAll()
 
+    def clear_selection(self) -> None:
+        """Esc: no selection, no highlight, an empty search."""
+        self.search.blockSignals(True)
+        self.search.clear()
+        self.search.blockSignals(False)
+        self.state.set_selection([])
+        self.state.set_highlight([])
+
     def apply_search(self) -> np.ndarray:
-        """Select the images whose class or file name contains the search text (case-insensitive)."""
+        """Select what the search text names (case-insensitive): a class of that name; else the classes whose
+        names contain it; else the images whose file path contains it ("file:" searches file paths only).
+        Typing "7" selected 626 images, every file name with a 7 in it, as well as class 7."""
         self._search_timer.stop()
-        text = self.search.text().strip().lower()
+        raw = self.search.text().strip()
+        text = raw.lower()
         if not text or len(self.labels) == 0:
             return np.zeros(0, np.int64)
-        cls_hit = np.array([text in c.lower() for c in self.classes] or [False], bool)
-        by_class = cls_hit[self.labels] if len(cls_hit) == len(self.classes) else np.zeros(len(self.labels), bool)
-        by_file = np.fromiter((text in p.lower() for p in self.paths), bool, count=len(self.paths))
-        ids = np.flatnonzero(by_class | by_file)
+        files_only = text.startswith("file:")
+        if files_only:
+            text = text[len("file:"):].strip()
+        names = [c.lower() for c in self.classes]
+        exact = np.array([n == text for n in names] or [False], bool)
+        contains = np.array([text in n for n in names] or [False], bool)
+        cls_hit = np.zeros(max(1, len(names)), bool) if files_only else (exact if exact.any() else contains)
+        if cls_hit.any():
+            ids = np.flatnonzero(cls_hit[self.labels])
+            which = ", ".join(c for c, h in zip(self.classes, cls_hit) if h)
+            what = f"class {which}" if cls_hit.sum() == 1 else f"{int(cls_hit.sum())} classes ({which})"
+            self.status.setText(f"“{raw}”: {what}, {len(ids):,} images selected (file:{text} searches file names)")
+        else:
+            by_file = np.fromiter((text in p.lower() for p in self.paths), bool, count=len(self.paths))
+            ids = np.flatnonzero(by_file)
+            self.status.setText(f"“{raw}”: no class of that name; {len(ids):,} images whose file name contains it")
         self.state.set_selection(ids)
-        n_cls = int(cls_hit.sum()) if len(self.classes) else 0
-        self.status.setText(f"“{self.search.text().strip()}”: {len(ids):,} images selected "
-                            f"({n_cls} matching classes, {int(by_file.sum()):,} matching file names)")
         return ids
 
     @Slot(object)
@@ -941,8 +965,11 @@ class MapView(QWidget):
             self.selection_item.clear()
             return
         p = self.xy[ids]
-        self.selection_item.setData(x=p[:, 0], y=p[:, 1], brush=None, pen=pg.mkPen((0, 0, 0), width=2),
-                                    size=13 if len(ids) < 2000 else 9)
+        # the points themselves, larger and outlined, in their class colours: black rings hid the colours
+        brushes = [self._brushes[int(c)] if 0 <= int(c) < len(self._brushes) else self._brushes[0]
+                   for c in self.labels[ids]]
+        self.selection_item.setData(x=p[:, 0], y=p[:, 1], brush=brushes, pen=pg.mkPen((20, 20, 20), width=1.2),
+                                    size=11 if len(ids) < 2000 else 8)
 
     @Slot(object)
     def _on_highlight_changed(self, ids) -> None:

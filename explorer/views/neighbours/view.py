@@ -81,6 +81,9 @@ class SampleTableModel(QAbstractTableModel):
         return None
 
 
+SELECTION_GALLERY = 200  # thumbnails of a multi-selection shown in the grid
+
+
 class NeighboursView(QWidget):
     """Top-k neighbours of a query (map selection, sample list row or image file) with class marks and P@k."""
 
@@ -97,6 +100,8 @@ class NeighboursView(QWidget):
         self._models: dict[str, Any] = {}
         self._haystack: np.ndarray | None = None
         self._items: dict[int, list[QListWidgetItem]] = {}
+        self.selected = np.zeros(0, np.int64)  # the map's selection when it has several samples
+        self._list_shows_selection = False
         self._build()
         self.setAcceptDrops(True)
         self._filter_timer = QTimer(self, singleShot=True, interval=200)
@@ -122,18 +127,20 @@ class NeighboursView(QWidget):
         self.k_spin.setToolTip("How many nearest neighbours to show")
         self.k_spin.valueChanged.connect(lambda _v: self.requery())
         bar.addWidget(self.k_spin)
-        bar.addWidget(QLabel("Gallery:"))
+        # two rows: in one the panel asked for 577 px and left the map a third of a 1280 px window
+        bar2 = QHBoxLayout()
+        bar2.addWidget(QLabel("Gallery:"))
         self.gallery_combo = QComboBox()
         for key, text in GALLERIES.items():
             self.gallery_combo.addItem(text, key)
         self.gallery_combo.setToolTip("Which samples of the epoch the neighbours are drawn from")
         self.gallery_combo.currentIndexChanged.connect(lambda _i: self.requery())
-        bar.addWidget(self.gallery_combo)
+        bar2.addWidget(self.gallery_combo, 1)
         self.map_button = QPushButton("Show in map")
         self.map_button.setToolTip("Highlight the query and its neighbours in the map (Ctrl+M)")
         self.map_button.setEnabled(False)
         self.map_button.clicked.connect(self.show_in_map)
-        bar.addWidget(self.map_button)
+        bar2.addWidget(self.map_button)
         bar.addStretch(1)
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
@@ -142,6 +149,7 @@ class NeighboursView(QWidget):
         self.progress.hide()
         bar.addWidget(self.progress)
         lay.addLayout(bar)
+        lay.addLayout(bar2)
 
         self.info = PathLabel("Open a run, then select a point in the map, a sample in the list, or drop an image here.")
         self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -168,6 +176,7 @@ class NeighboursView(QWidget):
             # on each reset of the model, ~1.5 s of the GUI thread per committed epoch for 1,800 samples
             self.table.horizontalHeader().setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
         self.table.setToolTip("Click a sample to query with it")
+        self.table.setTextElideMode(Qt.TextElideMode.ElideLeft)  # a path's end (its file name) is what tells
         self.table.selectionModel().currentRowChanged.connect(self._on_table_row)
         ll.addWidget(self.table)
         self.count_label = QLabel("")
@@ -329,9 +338,56 @@ class NeighboursView(QWidget):
 
     @Slot(object)
     def _on_selection(self, ids) -> None:
-        ids = np.asarray(ids)
-        if len(ids):
+        """One selected sample is the query; several (a lasso, a box, a search) are shown as a gallery and fill
+        the sample list, and the query stays (it was replaced by the first id, an unrelated sample)."""
+        ids = np.asarray(ids, np.int64)
+        if len(ids) == 1:
+            self.selected = ids
+            self._restore_rows()
             self.query_sample(int(ids[0]))
+        elif len(ids) > 1:
+            self.show_selection(ids)
+        else:
+            self.selected = ids
+            self._restore_rows()
+
+    def show_selection(self, ids: np.ndarray) -> None:
+        """The selected images: their thumbnails in the grid (first SELECTION_GALLERY), all of them in the list."""
+        if self.run is None:
+            return
+        ids = np.asarray(ids, np.int64)
+        ids = ids[(ids >= 0) & (ids < len(self.run.samples.paths))]
+        self.selected = ids
+        self.model.set_rows(ids)
+        self._list_shows_selection = True
+        self.count_label.setText(f"{len(ids):,} selected of {len(self.run.samples.paths):,} samples (Esc in the "
+                                 "map clears)")
+        self.result = None
+        self.grid.clear()
+        self._items.clear()
+        labels = np.asarray(self.run.samples.labels)
+        names = list(self.run.classes)
+        for sid in ids[:SELECTION_GALLERY]:
+            sid = int(sid)
+            c = int(labels[sid])
+            item = QListWidgetItem(f"{names[c] if 0 <= c < len(names) else c}\n#{sid}")
+            item.setData(Qt.ItemDataRole.UserRole, sid)
+            item.setData(Qt.ItemDataRole.UserRole + 1, (True, False))
+            item.setToolTip(f"sample {sid}: {self.run.samples.paths[sid]} — double-click to query with it")
+            self._set_item_icon(item, self.thumbs.request(sid))
+            self.grid.addItem(item)
+            self._items.setdefault(sid, []).append(item)
+        shown = min(len(ids), SELECTION_GALLERY)
+        self.query_label.setText(f"Selection: {len(ids):,} images" + (f" (the first {shown:,} shown)"
+                                                                       if shown < len(ids) else "")
+                                 + " — double-click one to find its neighbours")
+        self.map_button.setEnabled(False)
+
+    def _restore_rows(self) -> None:
+        """The sample list as the search box filters it (after a selection filled it)."""
+        if self._list_shows_selection:
+            self._list_shows_selection = False
+            self._start_filter()
 
     def _on_table_row(self, current: QModelIndex, _previous: QModelIndex) -> None:
         if current.isValid():

@@ -83,6 +83,13 @@ def test_map_click_hover_and_search(qtbot, run_dir, tmp_path):
     assert view.apply_search().tolist() == list(range(60, 90))
     view.search.setText("cat_1")
     assert view.apply_search().tolist() == list(range(10, 20))
+    # issue 15 item 17: a class name wins over file names that contain the text ("7" selected 626 digit files)
+    view.search.setText("o")  # in "dog" and "owl": those two classes, not every file name with an "o"
+    assert view.apply_search().tolist() == list(range(30, 90)) and "2 classes" in view.status.text()
+    view.search.setText("file:owl_0")
+    assert view.apply_search().tolist() == list(range(60, 70))
+    view.clear_selection()
+    assert len(state.selection) == 0 and view.search.text() == ""
     # highlight draws a star from the first id
     state.set_highlight([0, 40, 80])
     assert len(view.highlight_item.data) == 3 and len(view.highlight_lines.xData) == 4

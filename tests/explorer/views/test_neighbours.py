@@ -197,3 +197,26 @@ def test_external_image_query_finds_itself(qtbot, view, tmp_path):
     assert int(res.ids[0]) == sid
     assert res.distances[0] == pytest.approx(0.0, abs=1e-3)
     assert "image file" in view.query_label.text()
+
+
+def test_a_multi_selection_is_a_gallery_and_a_list_and_the_query_stays(qtbot, view, run_dir):
+    """Issue 15 item 17: a lasso or search replaced the neighbour query with an unrelated first sample, and the
+    sample list ignored the selection."""
+    r = open_run(qtbot, view, run_dir)
+    select(qtbot, view, 7)
+    query_before, shown_before = view.query, view.shown_ids().tolist()
+    chosen = np.flatnonzero(r.samples.labels == r.samples.labels[20])
+    view.state.set_selection(chosen)
+    wait_idle(qtbot, view)
+    assert view.query is query_before  # the query is not replaced
+    assert view.shown_ids().tolist() == chosen[:200].tolist() != shown_before  # the gallery of the selection
+    assert view.model.rows.tolist() == chosen.tolist()  # the list shows the selection
+    assert f"Selection: {len(chosen):,} images" in view.query_label.text()
+    # a double-click in the gallery queries that sample
+    view._on_grid_double_click(view.grid.item(2))
+    wait_idle(qtbot, view)
+    assert view.query.sample_id == int(chosen[2])
+    # clearing the selection gives the list back
+    view.state.set_selection([])
+    wait_idle(qtbot, view)
+    qtbot.waitUntil(lambda: len(view.model.rows) == len(r.samples.paths), timeout=5000)
