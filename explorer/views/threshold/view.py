@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleS
                                QSplitter, QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 from explorer.jobs import JobRunner
 from explorer.state import AppState
+from explorer.widgets.labels import shrinkable
 from explorer.widgets.view_setup import setup_view, subscribe
 from explorer.widgets.lazy import DeferWhileHidden
 from explorer.widgets.texts import metric_words
@@ -233,7 +234,7 @@ class ThresholdView(DeferWhileHidden, QWidget):
         for r, (key, text) in enumerate(rows):
             name = QLabel(text + ":")
             name.setStyleSheet("color: #555")
-            val = QLabel("–")
+            val = shrinkable(QLabel("–"))  # new numbers during a drag wrap in place; the layout does not jump
             val.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             grid.addWidget(name, r, 0, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop)
             grid.addWidget(val, r, 1)
@@ -246,8 +247,12 @@ class ThresholdView(DeferWhileHidden, QWidget):
         self.summary.verticalHeader().setDefaultSectionSize(24)
         self.summary.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.summary.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
-        self.summary.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.summary.horizontalHeader().setStretchLastSection(True)
+        header = self.summary.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)  # the row names do not change
+        # the values do ("computing…" while a drag refreshes them): fixed widths, or the table jumped
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Interactive)
+        self.summary.setColumnWidth(1, 190)
+        header.setStretchLastSection(True)
         left = QWidget()
         ll = QVBoxLayout(left)
         ll.setContentsMargins(0, 0, 0, 0)
@@ -465,14 +470,24 @@ class ThresholdView(DeferWhileHidden, QWidget):
         self.roc_plot.getPlotItem().setXRange(math.log10(max(1.0 / max(h.n_impostor, 1), 1e-7)), 0, padding=0.02)
         if math.isfinite(roc.eer) and roc.eer > 0:
             self.eer_marker.setData([roc.eer], [1.0 - roc.eer])
-        if self.state.threshold is None:
+        # a threshold chosen by a rule follows the rule on the new epoch (it stayed at the old EER, still labelled
+        # "EER"); one the user set by hand (drag, spin box) stays where they put it
+        rule = self.pick.currentData()
+        far_rule = rule not in (None, "eer", "cv") and self.rule.startswith("FAR")
+        if self.state.threshold is None or self.rule == "EER":
             start, self.rule = roc.eer_threshold, "EER"
+        elif far_rule:
+            start = verification.threshold_at_far(h, float(rule))
         else:
             start = self.state.threshold
+            if self.rule.startswith("best accuracy"):
+                self._pending_cv_pick = True  # set again once this epoch's cross-validation is done
+        by_rule = self.rule == "EER" or far_rule
         if start is None or not math.isfinite(start):
-            start = float(h.edges[h.bins // 2])
+            start, by_rule = float(h.edges[h.bins // 2]), False
         self.threshold = None  # force a refresh for the new data
-        self._apply_threshold(float(start), source="init")
+        # by a rule: as if picked again (the pick box keeps showing the rule)
+        self._apply_threshold(float(start), source="pick" if by_rule else "init", rule=self.rule if by_rule else None)
         self._fill_summary()
         self.jobs.submit((self._key, "extras"), compute_extras, d.embeddings, d.labels, d.metric, d.analysis_rows,
                          on_result=self._on_extras, on_partial=self._on_extras_partial,

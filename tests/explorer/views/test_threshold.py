@@ -475,3 +475,32 @@ def test_beyond_the_exact_range_pairs_are_sampled_by_class_and_said(tmp_path, mo
     twin = rv.compute_extras(small.embeddings[rows], small.labels[rows], small.metric, **noop)
     np.testing.assert_allclose(extras["cv"]["fold_thresholds"], twin["cv"]["fold_thresholds"])
     assert extras["cv"]["accuracy_mean"] == pytest.approx(twin["cv"]["accuracy_mean"])
+
+
+def test_a_threshold_chosen_by_a_rule_follows_it_on_a_new_epoch_and_a_hand_set_one_stays(qtbot, view, tmp_path):
+    """Issue 15 item 10: the threshold stayed at the old value, still labelled "(EER ...)", when a new epoch
+    moved the EER."""
+    run_dir = make_run(tmp_path)
+    open_run(qtbot, view, run_dir)
+    assert view.rule == "EER"
+    eer_1 = view.threshold
+    view.state.set_epoch(0)
+    wait_idle(qtbot, view)
+    assert view.data.epoch == 0 and view.rule == "EER"
+    assert view.threshold == pytest.approx(snap_threshold(view.data.hist, view.data.roc.eer_threshold))
+    assert view.threshold != eer_1  # epoch 0's EER is elsewhere, and the threshold went with it
+    # a FAR target is kept as the rule
+    view._on_pick(2)  # the second FAR target
+    far_rule = view.rule
+    assert far_rule.startswith("FAR")
+    view.state.set_epoch(1)
+    wait_idle(qtbot, view)
+    assert view.rule == far_rule
+    assert view.threshold == pytest.approx(snap_threshold(
+        view.data.hist, verification.threshold_at_far(view.data.hist, float(view.pick.currentData()))))
+    # a value set by hand stays
+    view.spin.setValue(0.5)
+    mine = view.threshold
+    view.state.set_epoch(0)
+    wait_idle(qtbot, view)
+    assert view.rule == "manual" and view.threshold == pytest.approx(snap_threshold(view.data.hist, mine))
