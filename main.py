@@ -55,7 +55,7 @@ def _loss_param_names() -> dict[str, list[tuple[str, object, str]]]:
 def _train_parser() -> argparse.ArgumentParser:
     from trainer.config import PRESET_IDS, PRESETS, TrainConfig
     from trainer.model.losses import LOSSES, MINERS
-    from trainer.model.backbones import BACKBONES
+    from trainer.model.backbone_specs import BACKBONES
 
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="main.py train", description="Train a backbone with a metric-learning loss on "

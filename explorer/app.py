@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -129,12 +130,16 @@ def preload_modules(names: Sequence[str] = PRELOADED_MODULES) -> list[str]:
 
 
 def create_window(app, *, demo: bool = False, folder: str | Path | None = None, run: str | Path | None = None,
-                  settings=None):
-    """Build the main window on ``app``, wire quit to stop the workers, and open what was asked for."""
+                  settings=None, preload: bool = True):
+    """Build the main window on ``app``, wire quit to stop the workers, and open what was asked for.
+
+    ``preload`` imports the heavy libraries first, on this thread (tests); the app shows its window first and
+    imports them in the background (:func:`preload_in_background`)."""
     from explorer.main_window import MainWindow
 
     protect_none_refcount()
-    preload_modules()
+    if preload:
+        preload_modules()
     if STYLE_SHEET.is_file() and not app.styleSheet():
         app.setStyleSheet(STYLE_SHEET.read_text(encoding="utf-8"))
     window = MainWindow(settings=settings)
@@ -162,9 +167,75 @@ def run_app(argv: Sequence[str] | None = None, *, demo: bool = False, folder: st
     app.setOrganizationName(ORGANIZATION)
     app.setApplicationName(APPLICATION)
     app.setApplicationDisplayName("Embedding Explorer")
-    window = create_window(app, demo=demo, folder=folder, run=run)
-    window.show()
+    window = create_window(app, demo=demo, folder=folder, run=run, preload=False)
+    window.show()  # on screen before PyTorch, faiss and numba load (that took 30-45 s of black screen cold)
+    thread = preload_in_background(window)
+    probe = os.environ.get(STARTUP_PROBE)
+    if probe:  # bench/startup.py: when the window was on screen and when the libraries were loaded, then quit
+        _report_startup(app, window, thread, Path(probe))
     return int(app.exec())
+
+
+STARTUP_PROBE = "EMBEDDING_EXPLORER_STARTUP_PROBE"  # a file to write start-up times to (the benchmark)
+
+
+def _report_startup(app, window, thread, path: Path) -> None:
+    import json
+
+    from PySide6.QtCore import QTimer
+
+    t0 = float(os.environ.get("EMBEDDING_EXPLORER_T0", "0") or 0)
+    times: dict[str, float] = {}
+
+    def shown() -> None:
+        times["shown_s"] = time.time() - t0
+        wait_ready()
+
+    def wait_ready() -> None:
+        if thread.is_alive():
+            QTimer.singleShot(50, wait_ready)
+            return
+        times["ready_s"] = time.time() - t0
+        try:
+            import resource
+
+            times["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        except ImportError:  # pragma: no cover - Windows
+            pass
+        path.write_text(json.dumps(times))
+        window.close()
+        app.quit()
+
+    QTimer.singleShot(0, shown)  # the first turn of the event loop: the window has been shown and painted
+
+
+def preload_in_background(window):
+    """Import :data:`PRELOADED_MODULES` in a thread while the window is on screen, saying so in its status bar."""
+    import threading
+
+    from PySide6.QtCore import QTimer
+
+    started = time.perf_counter()
+    window.show_status("Loading PyTorch and the analysis libraries in the background …")
+    done: list[list[str]] = []
+
+    def work() -> None:
+        done.append(preload_modules())
+
+    thread = threading.Thread(target=work, name="embedding-explorer-preload", daemon=True)
+    thread.start()
+
+    def check() -> None:
+        if thread.is_alive():
+            QTimer.singleShot(200, check)
+            return
+        failed = done[0] if done else []
+        if window.status_label.text().startswith("Loading PyTorch"):  # not replaced by a newer message
+            window.show_status(f"Ready ({time.perf_counter() - started:.1f} s to load the libraries)"
+                               + (f"; could not load {', '.join(failed)}" if failed else ""))
+
+    QTimer.singleShot(200, check)
+    return thread
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m explorer.app [folder]`

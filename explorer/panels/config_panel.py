@@ -67,7 +67,7 @@ def miner_specs() -> dict[str, Any]:
 
 
 def backbone_specs() -> dict[str, Any]:
-    from trainer.model.backbones import BACKBONES
+    from trainer.model.backbone_specs import BACKBONES
 
     return dict(BACKBONES)
 

@@ -455,3 +455,20 @@ def test_long_paths_get_break_opportunities_and_nothing_else_changes():
     assert out.count(ZERO_WIDTH_SPACE) >= 8
     assert "<br>" in out and "<b>" in out and "</b>" in out  # tags stay whole
     assert breakable("a short_word here") == "a short_word here"
+
+
+def test_the_app_shows_its_window_before_the_heavy_libraries_finish_loading(tmp_path):
+    """Issue 15 item 20: the first launch was a black screen while PyTorch, faiss and numba loaded. The window
+    now shows first and they load in the background (bench/startup.py measures how long each takes)."""
+    import json
+    import os
+    import subprocess
+    import time
+
+    probe = tmp_path / "probe.json"
+    env = dict(os.environ, EMBEDDING_EXPLORER_STARTUP_PROBE=str(probe), EMBEDDING_EXPLORER_T0=repr(time.time()),
+               XDG_CONFIG_HOME=str(tmp_path), QT_QPA_PLATFORM="offscreen")
+    res = subprocess.run([sys.executable, str(ROOT / "main.py")], env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    times = json.loads(probe.read_text())
+    assert 0 < times["shown_s"] <= times["ready_s"]

@@ -24,7 +24,7 @@ def miner_problem(loss: str, miner: str, loss_params: dict | None = None, miner_
 
 def image_size_problem(backbone: str, size: int) -> str:
     """Why ``size`` px images do not suit ``backbone`` ("" if they do), from trainer.model.backbones.check_image_size."""
-    from trainer.model.backbones import check_image_size
+    from trainer.model.backbone_specs import check_image_size
 
     try:
         check_image_size(backbone, size)

@@ -167,7 +167,7 @@ def rules(facts: Facts, backbone_default_size: int, fixed_image_size: bool,
 
 def derive(cfg: TrainConfig, facts: Facts) -> tuple[TrainConfig, list[Choice]]:
     """`cfg` with the keys of ``cfg.auto`` set by the recipe for `facts`; the choices made, with reasons."""
-    from trainer.model.backbones import backbone_spec
+    from trainer.model.backbone_specs import backbone_spec
 
     auto = set(cfg.auto)
     bb = choose_backbone(facts, cfg.model.backbone) if "model.backbone" in auto else None
