@@ -9,6 +9,9 @@
     python main.py embed RUN_DIR IMAGE_DIR --out FILE.h5
     python main.py evaluate RUN_DIR [--data DIR] [--json]
     python main.py losses
+    python main.py export RUN_DIR --out BUNDLE [--epoch E|best|last] [--far F]
+    python main.py verify BUNDLE_OR_RUN IMAGE_A IMAGE_B [--far F] [--pairs FILE.csv --out FILE.csv]
+    python main.py search BUNDLE_OR_RUN QUERY... --gallery DIR|FILE.h5 [-k K]
 
 This file only parses the command line; the work is in ``trainer/`` (headless) and ``explorer/`` (the GUI).
 """
@@ -22,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-COMMANDS = ("train", "lr-find", "sweep", "embed", "evaluate", "losses")
+COMMANDS = ("train", "lr-find", "sweep", "embed", "evaluate", "losses", "export", "verify", "search")
 
 
 # ----------------------------------------------------------------------------- parsers
@@ -526,6 +529,116 @@ def cmd_evaluate(argv: list[str]) -> int:
     return 0
 
 
+def _epoch_arg(text: str):
+    if text in ("best", "last"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an epoch number, best or last, not {text!r}") from None
+
+
+def cmd_export(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="main.py export", description="Write a model bundle: the run's network as ONNX "
+                                "and TorchScript, its preprocessing, metric and calibrated threshold, a model card "
+                                "and embed.py (onnxruntime only). It needs neither the app nor the run.")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="the bundle folder to create")
+    p.add_argument("--epoch", type=_epoch_arg, default="best",
+                   help="best (by held-out MAP@R, default), last, or an epoch with a checkpoint")
+    p.add_argument("--format", default="onnx,torchscript", help="onnx,torchscript (default) or onnx")
+    p.add_argument("--far", type=float, help="threshold at this false-accept rate instead of the equal error rate "
+                                             "(a threshold saved from the studio for that epoch is used otherwise)")
+    args = p.parse_args(argv)
+    from trainer.errors import ExplorerError
+
+    try:
+        from trainer.export.bundle import export_bundle
+    except ImportError as exc:
+        print(f"error: exporting needs onnx and onnxruntime: pip install 'embedding-explorer[export]' ({exc})",
+              file=sys.stderr)
+        return 1
+    try:
+        export_bundle(Path(args.run_dir), Path(args.out), epoch=args.epoch, far=args.far,
+                      formats=tuple(f.strip() for f in args.format.split(",") if f.strip()), log=print)
+    except ImportError as exc:
+        print(f"error: exporting needs onnx and onnxruntime: pip install 'embedding-explorer[export]' ({exc})",
+              file=sys.stderr)
+        return 1
+    except (ExplorerError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_verify(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="main.py verify", description="Same or not the same: the distance of two "
+                                "images, the threshold, and what that threshold means on the held-out classes.")
+    p.add_argument("model", help="a bundle folder (main.py export) or a run folder")
+    p.add_argument("images", nargs="*", help="IMAGE_A IMAGE_B")
+    p.add_argument("--pairs", help="a CSV of image pairs (two columns) instead of IMAGE_A IMAGE_B")
+    p.add_argument("--out", help="with --pairs: write the decisions to this CSV")
+    p.add_argument("--far", type=float, help="decide at the largest threshold with this false-accept rate")
+    args = p.parse_args(argv)
+    if bool(args.pairs) == bool(args.images) or (args.images and len(args.images) != 2):
+        p.error("give IMAGE_A IMAGE_B, or --pairs FILE.csv")
+    from trainer.errors import ExplorerError
+    from trainer.export.use import meaning, open_model, read_pairs, verify_pairs, write_decisions
+
+    try:
+        model = open_model(args.model)
+        pairs = read_pairs(args.pairs) if args.pairs else [(args.images[0], args.images[1])]
+        rows = verify_pairs(model, pairs, far=args.far)
+        _, rule, rates = model.threshold_at(args.far)
+        if args.out:
+            write_decisions(args.out, rows)
+    except ImportError as exc:
+        print(f"error: a bundle needs onnxruntime: pip install onnxruntime ({exc})", file=sys.stderr)
+        return 1
+    except (ExplorerError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.pairs:
+        same = sum(r["same"] for r in rows)
+        print(f"{len(rows)} pairs: {same} the same, {len(rows) - same} not"
+              + (f"; decisions written to {args.out}" if args.out else ""))
+    else:
+        r = rows[0]
+        print(f"{'same' if r['same'] else 'not the same'}: distance {r['distance']:.4f} "
+              f"{'<=' if r['same'] else '>'} threshold {r['threshold']:.4f}")
+    print(f"threshold: {rule}; {meaning(rates)}")
+    return 0
+
+
+def cmd_search(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="main.py search", description="Nearest neighbours of query images in a "
+                                "gallery, with distances and whether each is within the threshold.")
+    p.add_argument("model", help="a bundle folder (main.py export) or a run folder")
+    p.add_argument("queries", nargs="+", help="query image files")
+    p.add_argument("--gallery", required=True, help="an image folder, or an .h5 file written by main.py embed")
+    p.add_argument("-k", type=int, default=5, help="neighbours per query (default 5)")
+    args = p.parse_args(argv)
+    from trainer.errors import ExplorerError
+    from trainer.export.use import gallery, open_model, search
+
+    try:
+        model = open_model(args.model)
+        gx, gpaths = gallery(model, args.gallery)
+        results = search(model, args.queries, gx, gpaths, k=args.k)
+    except ImportError as exc:
+        print(f"error: a bundle needs onnxruntime: pip install onnxruntime ({exc})", file=sys.stderr)
+        return 1
+    except (ExplorerError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    t = float(model.threshold["value"])
+    for q, hits in zip(args.queries, results):
+        print(f"{q}:")
+        for rank, h in enumerate(hits, 1):
+            print(f"  {rank:2d}. {h['distance']:.4f} {'within' if h['within'] else 'beyond'} {t:.4f}  {h['path']}")
+    return 0
+
+
 def cmd_losses(argv: list[str]) -> int:
     argparse.ArgumentParser(prog="main.py losses", description="List every loss and miner with its parameters and "
                             "defaults.").parse_args(argv)
@@ -539,7 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
         return {"train": cmd_train, "lr-find": cmd_lr_find, "sweep": cmd_sweep, "embed": cmd_embed,
-                "evaluate": cmd_evaluate, "losses": cmd_losses}[argv[0]](argv[1:])
+                "evaluate": cmd_evaluate, "losses": cmd_losses, "export": cmd_export, "verify": cmd_verify,
+                "search": cmd_search}[argv[0]](argv[1:])
     args = _app_parser().parse_args(argv)
     from explorer.app import run_app
 
