@@ -3,6 +3,8 @@ and a run written directly with RunWriter (clustered embeddings, telemetry with 
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import numpy as np
@@ -75,13 +77,17 @@ def make_folder(root: Path, n_classes: int = 6, per_class: int = 8, size: int = 
     return root
 
 
+# The device the training tests run on: cpu, or cuda on a GPU machine (bench/gpu_check.sh sets it)
+TEST_DEVICE = os.environ.get("EE_TEST_DEVICE", "cpu")
+
+
 def tiny_config(data_dir: Path, **changes) -> TrainConfig:
     cfg = TrainConfig().replace(**{
         "data.data_dir": str(data_dir), "data.image_size": 24, "data.augment": False, "data.batch_classes": 3,
         "data.batch_per_class": 4, "data.num_workers": 0, "data.holdout_fraction": 0.34,
         "model.backbone": "small_cnn", "model.pretrained": False, "model.embedding_dim": 16,
         "optim.epochs": 2, "optim.batches_per_epoch": 3, "optim.lr": 1e-3,
-        "loss.name": "triplet", "loss.miner": "semihard_triplets", "device": "cpu", "amp": "off", "seed": 3,
+        "loss.name": "triplet", "loss.miner": "semihard_triplets", "device": TEST_DEVICE, "amp": "off", "seed": 3,
         "keep_checkpoints": "all",  # the tests load the checkpoints of early epochs; the default prunes them
     })
     return cfg.replace(**changes) if changes else cfg

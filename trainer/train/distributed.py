@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from trainer.errors import ExplorerError
 
+BACKEND_ENV = "EMBEDDING_EXPLORER_DIST_BACKEND"  # force gloo (or nccl) instead of the device's default
 DIST_FILE = "distributed.json"  # side file in the run: world size and backend it was trained with
 TIMEOUT_ENV = "EE_DIST_TIMEOUT_S"  # seconds a collective (or barrier) may wait for a peer
 DEFAULT_TIMEOUT_S = 1800.0
@@ -72,10 +73,17 @@ def init(rank: int, world_size: int, device: torch.device) -> DistInfo:
             f"WORLD_SIZE={world_size} but {', '.join(missing)} not set: start distributed training with "
             f"`torchrun --nproc_per_node=N main.py train ...` (it sets them), not by setting WORLD_SIZE by hand")
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    forced = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if forced and forced not in ("gloo", "nccl"):
+        raise DistributedError(f"{BACKEND_ENV}={forced!r}: use gloo or nccl")
     if device.type == "cuda":
-        backend = "nccl"
-        torch.cuda.set_device(local_rank)
+        # gloo on CUDA: several processes on one GPU (NCCL refuses two ranks on one device), as bench/gpu_check.sh
+        # runs it
+        backend = forced or "nccl"
+        torch.cuda.set_device(local_rank if backend == "nccl" else local_rank % torch.cuda.device_count())
     elif device.type == "cpu":
+        if forced == "nccl":
+            raise DistributedError("NCCL needs CUDA devices; on the CPU the backend is gloo")
         backend = "gloo"
     else:
         raise DistributedError(f"distributed training runs on CPU (gloo) or CUDA (NCCL), not on {device.type}")
@@ -88,7 +96,7 @@ def init(rank: int, world_size: int, device: torch.device) -> DistInfo:
 def local_device(device: torch.device, info: DistInfo) -> torch.device:
     """This rank's device: ``cuda:LOCAL_RANK`` for CUDA jobs, the given device otherwise."""
     if info.active and device.type == "cuda":
-        return torch.device("cuda", info.local_rank)
+        return torch.device("cuda", info.local_rank % max(1, torch.cuda.device_count()))
     return device
 
 

@@ -78,6 +78,7 @@ class _Parts:
     features: torch.Tensor | None = None  # head-only: the frozen backbone's features
     forward: Any = None  # the training forward, wrapped for DDP
     forward_frozen: bool | None = None
+    scaler: Any = None  # fp16 on CUDA: the loss is scaled so small gradients do not underflow to zero
 
 
 @dataclass
@@ -390,9 +391,18 @@ class Trainer:
 
     def _update(self, p: _Parts, s: LoopState) -> None:
         p.optimizer.zero_grad(set_to_none=True)
-        s.loss.backward()
-        distributed.average_gradients(p.extra, self.dist)  # proxies / classifier weights stay in sync
-        p.optimizer.step()
+        if p.scaler is None and p.amp_dtype == torch.float16 and p.device.type == "cuda":
+            p.scaler = torch.amp.GradScaler("cuda")
+        if p.scaler is not None:
+            p.scaler.scale(s.loss).backward()
+            p.scaler.unscale_(p.optimizer)  # real gradients before they are averaged across ranks
+            distributed.average_gradients(p.extra, self.dist)
+            p.scaler.step(p.optimizer)  # skipped when a gradient overflowed; the scale is lowered
+            p.scaler.update()
+        else:
+            s.loss.backward()
+            distributed.average_gradients(p.extra, self.dist)  # proxies / classifier weights stay in sync
+            p.optimizer.step()
         p.scheduler.step()
         s.lr = p.optimizer.param_groups[0]["lr"]
 
