@@ -470,6 +470,8 @@ def cmd_embed(argv: list[str]) -> int:
     p.add_argument("--checkpoint", help="checkpoint file (default: the run's last)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--projector", help="also write a TensorBoard projector folder (tensors, metadata, sprite)")
+    p.add_argument("--parquet", help="also write a Parquet table (id, path, label, split, vector)")
     args = p.parse_args(argv)
     from trainer.errors import ExplorerError
     from trainer.inference import embed_folder
@@ -497,7 +499,32 @@ def cmd_embed(argv: list[str]) -> int:
             b.close()
     print(f"wrote {info['n']} embeddings of dimension {info['dim']} to {args.out}"
           + (f" ({info['n_skipped']} files skipped)" if info.get("n_skipped") else ""))
+    try:
+        _write_formats(args, info)
+    except ImportError as exc:
+        print(f"error: the Parquet table needs pyarrow: pip install pyarrow ({exc})", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _write_formats(args, info: dict) -> None:
+    """``embed --projector`` / ``--parquet``: the same embeddings in TensorBoard's and Parquet's layouts."""
+    from trainer.export.formats import write_parquet, write_projector
+
+    splits = ["embedded"] * info["n"]
+    if args.projector:
+        from trainer.data.images import load_image
+
+        paths = info["paths"]
+        write_projector(args.projector, info["embeddings"], paths, info["labels"], splits,
+                        images=lambda i: load_image(paths[i], draft_size=64))
+        print(f"wrote a TensorBoard projector folder to {args.projector} (tensorboard --logdir {args.projector})")
+    if args.parquet:
+        write_parquet(args.parquet, info["embeddings"], info["paths"], info["labels"], splits)
+        print(f"wrote a Parquet table to {args.parquet}")
 
 
 def cmd_evaluate(argv: list[str]) -> int:

@@ -123,7 +123,9 @@ def embed_folder(run_dir: Path, image_dir: Path, out: Path, *, checkpoint: str |
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"n": len(rel), "dim": int(emb.shape[1]), "n_skipped": n_skipped}
+    return {"n": len(rel), "dim": int(emb.shape[1]), "n_skipped": n_skipped, "embeddings": emb,
+            "paths": [str(image_dir / r) for r in rel],
+            "labels": [classes[int(c)] for c in labels] if labels is not None else [""] * len(rel)}
 
 
 def evaluate_run(run_dir: Path, *, data: str | None = None, epoch: int | None = None, device: str = "auto") -> dict:
