@@ -270,6 +270,11 @@ class MainWindow(QMainWindow):
         self.lr_find_action = self._action(file, "Find a learning &rate…", self.find_learning_rate, None,
                                            "Learning-rate range test on the form's folder and model")
         file.addSeparator()
+        from explorer.panels.exports import ExportActions
+
+        self.exports = ExportActions(self)
+        self.exports.add_to(file)
+        file.addSeparator()
         self.quit_action = self._action(file, "&Quit", self.close, "Ctrl+Q")
         self.view_menu = bar.addMenu("&View")
         self._view_separator = self.view_menu.addSeparator()

@@ -99,3 +99,37 @@ def write_parquet(path: str | Path, embeddings: np.ndarray, paths: Sequence[str]
     pq.write_table(table, tmp)
     tmp.replace(path)
     return Path(path)
+
+
+SPLIT_WORDS = {0: "train", 1: "held-out"}
+
+
+def sample_files(samples) -> list[str]:
+    """The absolute file of every sample of a run's sample table."""
+    roots = [Path(r) if r else None for r in samples.roots]
+    index = np.asarray(samples.root_index)
+    return [str(roots[int(index[i])] / p) if roots[int(index[i])] is not None else str(p)
+            for i, p in enumerate(samples.paths)]
+
+
+def selection_rows(samples, classes: Sequence[str], ids: Sequence[int]) -> list[tuple[int, str, str, str]]:
+    """(id, file, class, split) of the samples ``ids`` (a map selection, neighbours, error pairs ...)."""
+    files = sample_files(samples)
+    labels, split = np.asarray(samples.labels), np.asarray(samples.split)
+    out = []
+    for i in ids:
+        i = int(i)
+        c = int(labels[i])
+        out.append((i, files[i], classes[c] if 0 <= c < len(classes) else str(c), SPLIT_WORDS.get(int(split[i]), "?")))
+    return out
+
+
+def write_selection_csv(path: str | Path, rows: Sequence[tuple[int, str, str, str]]) -> Path:
+    """A CSV of selected samples: id, path, label, split (a header row first)."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "path", "label", "split"])
+        w.writerows(rows)
+    return Path(path)

@@ -1,0 +1,75 @@
+"""File > Export (issue 17 items 1, 5, 6): the model bundle, the epoch's embeddings, the selection as CSV and on
+the clipboard, from the window, doing what the commands do."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QSettings
+from PySide6.QtWidgets import QApplication, QLabel, QMessageBox
+
+from explorer.app import create_window
+from explorer.settings import Settings
+
+
+@pytest.fixture()
+def window(qtbot, tmp_path, monkeypatch, run):
+    from explorer.main_window import MainWindow
+
+    monkeypatch.setattr(MainWindow, "_make_map_view", lambda self: QLabel("map"))
+    shown: list[str] = []
+    for kind in ("critical", "warning", "information"):
+        monkeypatch.setattr(QMessageBox, kind, lambda *a, **k: shown.append(a[2]))
+    win = create_window(QApplication.instance(), settings=Settings(QSettings(str(tmp_path / "s.ini"),
+                                                                              QSettings.Format.IniFormat)))
+    qtbot.addWidget(win)
+    win.shown = shown
+    assert win.open_run(run)
+    yield win
+    win.shutdown(10)
+
+
+def test_export_model_writes_the_bundle_the_command_writes(qtbot, window, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bundle"
+    assert window.exports.export_model(str(out))
+    qtbot.waitUntil(lambda: bool(window.shown), timeout=120000)
+    assert "Wrote the bundle" in window.shown[-1] and "impostor pairs" in window.shown[-1]
+    info = json.loads((out / "bundle.json").read_text())
+    assert info["format"] == "embedding-explorer-bundle" and (out / "model.onnx").is_file()
+
+
+def test_export_embeddings_writes_a_projector_folder_and_a_parquet_table(qtbot, window, tmp_path):
+    pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    assert window.exports.export_embeddings(str(tmp_path))
+    epoch = window.state.epoch
+    name = f"{window.state.run.run_dir.name}-epoch{epoch:04d}"
+    qtbot.waitUntil(lambda: (tmp_path / f"{name}.parquet").exists(), timeout=60000)
+    t = pq.read_table(tmp_path / f"{name}.parquet")
+    want = window.state.run.load_epoch(epoch).embeddings
+    np.testing.assert_array_equal(np.array(t.column("vector").to_pylist(), np.float32), want)
+    assert (tmp_path / f"{name}-projector" / "projector_config.pbtxt").is_file()
+
+
+def test_the_selection_goes_out_as_csv_and_as_paths_on_the_clipboard(qtbot, window, tmp_path):
+    from trainer.export.formats import sample_files
+
+    assert window.exports.copy_selection() == 0 and "Nothing is selected" in window.status_label.text()
+    run = window.state.run
+    ids = [3, 0, 7]
+    window.state.set_selection(ids)
+    assert window.exports.copy_selection() == 3
+    files = sample_files(run.samples)
+    ids = sorted(ids)  # the selection is kept in sample order
+    assert QApplication.clipboard().text().splitlines() == [files[i] for i in ids]
+    assert window.exports.export_selection(str(tmp_path / "sel.csv"))
+    with open(tmp_path / "sel.csv", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["id", "path", "label", "split"]
+    assert [int(r[0]) for r in rows[1:]] == ids and rows[1][1] == files[0]
+    assert rows[1][2] == run.classes[int(run.samples.labels[0])]
