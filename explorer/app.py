@@ -111,8 +111,9 @@ PRELOADED_MODULES = ("sklearn.decomposition", "faiss", "numba", "trainer.analysi
                      "trainer.train.engine", "trainer.analysis.pairs", "trainer.inference", "trainer.analysis.projection")
 
 
-def preload_modules(names: Sequence[str] = PRELOADED_MODULES) -> list[str]:
-    """Import ``names`` now (on the GUI thread, before the window shows); returns those that failed to import."""
+def preload_modules(names: Sequence[str] = PRELOADED_MODULES, *, warm_census: bool = True) -> list[str]:
+    """Import ``names`` now; returns those that failed to import. ``warm_census`` also loads the census's numba
+    kernels, which must happen on the GUI thread (numba and a garbage collection in another thread can clash)."""
     import importlib
 
     failed = []
@@ -121,7 +122,7 @@ def preload_modules(names: Sequence[str] = PRELOADED_MODULES) -> list[str]:
             importlib.import_module(name)
         except Exception:  # a missing optional library surfaces where it is used, with its own message
             failed.append(name)
-    if "trainer.analysis.census" in names and "trainer.analysis.census" not in failed:
+    if warm_census and "trainer.analysis.census" in names and "trainer.analysis.census" not in failed:
         try:  # numba loads the census kernels under the GIL (~0.4 s): a stall of the first census otherwise
             importlib.import_module("trainer.analysis.census").warm_up()
         except Exception:
@@ -220,7 +221,7 @@ def preload_in_background(window):
     done: list[list[str]] = []
 
     def work() -> None:
-        done.append(preload_modules())
+        done.append(preload_modules(warm_census=False))
 
     thread = threading.Thread(target=work, name="embedding-explorer-preload", daemon=True)
     thread.start()
@@ -230,6 +231,7 @@ def preload_in_background(window):
             QTimer.singleShot(200, check)
             return
         failed = done[0] if done else []
+        failed += preload_modules(("trainer.analysis.census",))  # its numba kernels, here on the GUI thread
         if window.status_label.text().startswith("Loading PyTorch"):  # not replaced by a newer message
             window.show_status(f"Ready ({time.perf_counter() - started:.1f} s to load the libraries)"
                                + (f"; could not load {', '.join(failed)}" if failed else ""))

@@ -621,7 +621,7 @@ class MainWindow(QMainWindow):
         if not getattr(self, "_split_sized", False):  # first show: the map gets most of the width
             self._split_sized = True
             width = max(self.explore_page.width(), 900)
-            self.explore_page.setSizes([int(width * 0.64), int(width * 0.36)])
+            self.explore_page.setSizes([int(width * 0.6), int(width * 0.4)])
 
     def confirm_close_while_training(self) -> bool:
         """Closing while the trainer runs loses the epoch in progress: ask first (window close and Ctrl+Q)."""

@@ -9,6 +9,8 @@ the weighted mean of their nearest sampled neighbours. No Qt here: the GUI runs 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import re
 import threading
@@ -271,7 +273,45 @@ def _scale_for_umap(xy: np.ndarray) -> np.ndarray:
     return (xy * (10.0 / m if m > 0 else 1.0)).astype(np.float32)
 
 
-def project(
+_gc_pause_lock = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = True
+
+
+@contextlib.contextmanager
+def _gc_paused_while_compiling(method: str):
+    """Pause the cyclic garbage collector while numba may compile in a thread other than the main one.
+
+    numba compiles with LLVM in the calling thread; a collection in another thread can free llvmlite objects
+    (whose finalizers call into LLVM) at the same moment, and that aborted the test process once, during the first
+    UMAP of a map projected in a worker thread. The app projects in its own child process (its main thread); this
+    guards the in-thread mode (tests, benchmarks) until the kernels are compiled."""
+    global _gc_pauses, _gc_was_enabled
+    if method == "pca" or is_warm() or threading.current_thread() is threading.main_thread():
+        yield
+        return
+    with _gc_pause_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_pause_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+def project(*args, **kwargs) -> Layout:
+    """:func:`_project` (see there), with the garbage collector paused while numba may compile in this thread."""
+    method = str(kwargs.get("method", args[1] if len(args) > 1 else "umap")).lower()
+    with _gc_paused_while_compiling(method):
+        return _project(*args, **kwargs)
+
+
+def _project(
     embeddings: np.ndarray,
     method: str = "umap",
     *,

@@ -70,8 +70,8 @@ class SampleTableModel(QAbstractTableModel):
         sid = int(self.rows[index.row()])
         if role == Qt.ItemDataRole.DisplayRole:
             col = index.column()
-            if col == 0:
-                return self.samples.paths[sid]
+            if col == 0:  # the file's name: its folder is the class, in the next column (the full path: tooltip)
+                return self.samples.paths[sid].replace("\\", "/").rsplit("/", 1)[-1]
             if col == 1:
                 c = int(self.samples.labels[sid])
                 return self.classes[c] if 0 <= c < len(self.classes) else str(c)
@@ -212,7 +212,10 @@ class NeighboursView(QWidget):
         legend.setWordWrap(True)
         rl.addWidget(legend)
         split.addWidget(right)
-        split.setSizes([330, 900])
+        # the list needs room for file names (it showed "...ng"), the grid for two columns of thumbnails
+        split.setStretchFactor(0, 2)
+        split.setStretchFactor(1, 3)
+        split.setSizes([190, 310])
         lay.addWidget(split, 1)
 
         for keys, slot in (("Ctrl+F", self.search.setFocus), ("Ctrl+M", self.show_in_map)):

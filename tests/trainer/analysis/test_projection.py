@@ -232,3 +232,30 @@ def test_requests_to_the_worker_carry_arrays_out_of_band_and_arrive_intact():
     assert np.array_equal(emb * 2, kw["embeddings"])
     projection_worker._send_request(a, None)
     assert projection_worker._recv_request(b) is None
+
+
+def test_the_garbage_collector_is_paused_while_a_worker_thread_may_compile_and_restored_after(monkeypatch):
+    import gc
+    import threading
+
+    from trainer.analysis import projection as proj
+
+    monkeypatch.setattr(proj, "is_warm", lambda: False)
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen[threading.current_thread().name] = gc.isenabled()
+        return "layout"
+
+    monkeypatch.setattr(proj, "_project", fake)
+    assert gc.isenabled()
+    t = threading.Thread(target=lambda: proj.project(np.zeros((3, 2)), "umap"), name="worker")
+    t.start()
+    t.join()
+    assert seen["worker"] is False and gc.isenabled()  # paused in the worker, enabled again after
+    proj.project(np.zeros((3, 2)), "umap")  # on the main thread nothing is paused
+    assert seen[threading.main_thread().name] is True
+    t = threading.Thread(target=lambda: proj.project(np.zeros((3, 2)), method="pca"), name="pca")
+    t.start()
+    t.join()
+    assert seen["pca"] is True  # PCA compiles nothing
