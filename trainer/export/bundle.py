@@ -65,8 +65,15 @@ def heldout_rows(reader: RunReader, epoch: int) -> tuple[np.ndarray, np.ndarray]
     return reader.rows(epoch, ids), np.asarray(reader.samples.labels, np.int64)[ids]
 
 
+def per_class_spread(x: np.ndarray, labels: np.ndarray, metric: str, threshold: float, class_names=None) -> dict:
+    """How one threshold treats each held-out class: the spread of their FAR and FRR, and the worst ones."""
+    from trainer.analysis.thresholds import per_class_rates, spread_summary
+
+    return spread_summary(per_class_rates(x, labels, threshold, metric=metric), class_names)
+
+
 def calibrate(x: np.ndarray, labels: np.ndarray, metric: str, *, far: float | None = None,
-              n_boot: int = 200) -> dict:
+              n_boot: int = 200, class_names=None) -> dict:
     """The threshold on held-out embeddings: at the equal error rate, or the largest with FAR <= ``far``; its
     rates with 95 % class-bootstrap intervals, and the coarse ROC."""
     from trainer.analysis import verification
@@ -90,6 +97,7 @@ def calibrate(x: np.ndarray, labels: np.ndarray, metric: str, *, far: float | No
         "far_ci95": [ci["far"]["low"], ci["far"]["high"]], "frr_ci95": [ci["frr"]["low"], ci["frr"]["high"]],
         "n_genuine_pairs": int(h.n_genuine), "n_impostor_pairs": int(h.n_impostor),
         "n_images": int(len(labels)), "n_classes": int(len(np.unique(labels))),
+        "per_class": per_class_spread(x, labels, metric, point["threshold"], class_names),
         "roc": roc_table(edges, gen, imp),
     }
 
@@ -147,10 +155,10 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, epoch: int | str | No
     size = int(cfg.data.image_size)
     log(f"exporting epoch {e} of {run_dir} ({cfg.model.backbone}, {size} px, {reader.metric} distance)")
     x, labels = heldout_rows(reader, e)
-    threshold = calibrate(x, labels, reader.metric, far=far)
+    threshold = calibrate(x, labels, reader.metric, far=far, class_names=reader.classes)
     saved = saved_threshold(reader, e) if far is None else None
     if saved is not None:  # the user's own choice in the studio, with its rates on the same held-out pairs
-        threshold = _rates_at(threshold, x, labels, reader.metric, saved)
+        threshold = _rates_at(threshold, x, labels, reader.metric, saved, reader.classes)
     model = rm.model.to("cpu").eval()
     example = torch.from_numpy(np.random.default_rng(0).normal(size=(4, 3, size, size)).astype(np.float32))
     tmp = out.with_name(out.name + ".tmp")
@@ -214,7 +222,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, epoch: int | str | No
     return info
 
 
-def _rates_at(calibrated: dict, x, labels, metric: str, saved: dict) -> dict:
+def _rates_at(calibrated: dict, x, labels, metric: str, saved: dict, class_names=None) -> dict:
     from trainer.analysis import verification
     from trainer.analysis.thresholds import rates_ci_at_threshold, threshold_grid
 
@@ -225,7 +233,8 @@ def _rates_at(calibrated: dict, x, labels, metric: str, saved: dict) -> dict:
     ci = rates_ci_at_threshold(x, labels, point["threshold"], metric=metric, n_boot=200)
     return {**calibrated, "value": point["threshold"], "rule": saved["rule"], "far": point["far"],
             "frr": point["frr"], "tar": point["tar"], "far_ci95": [ci["far"]["low"], ci["far"]["high"]],
-            "frr_ci95": [ci["frr"]["low"], ci["frr"]["high"]]}
+            "frr_ci95": [ci["frr"]["low"], ci["frr"]["high"]],
+            "per_class": per_class_spread(x, labels, metric, point["threshold"], class_names)}
 
 
 def _epoch_metrics(reader: RunReader, epoch: int) -> dict:
@@ -257,6 +266,18 @@ def _pct(v: float) -> str:
     return f"{100 * v:.2f} %" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
 
 
+def _spread_text(spread: dict | None) -> str:
+    """One threshold for every class: how unevenly it treats the held-out classes (OPIS's question)."""
+    if not spread or not spread.get("far") or not spread.get("frr"):
+        return ""
+    f, r = spread["far"], spread["frr"]
+    worst_f = ", ".join(f"{n} {_pct(v)}" for n, v in f["worst"][:3])
+    worst_r = ", ".join(f"{n} {_pct(v)}" for n, v in r["worst"][:3])
+    return (f"\nPer held-out class at this threshold: FAR {_pct(f['min'])} - {_pct(f['max'])} (standard deviation "
+            f"{_pct(f['std'])}; highest: {worst_f}); FRR {_pct(r['min'])} - {_pct(r['max'])} (standard deviation "
+            f"{_pct(r['std'])}; highest: {worst_r}).")
+
+
 def model_card(info: dict) -> str:
     """The bundle's README.md."""
     t, src, pre, rec = info["threshold"], info["source"], info["preprocessing"], info["recipe"]
@@ -283,6 +304,7 @@ On {t['n_images']:,} images of {t['n_classes']} held-out classes never trained o
 {_pct(t['far_ci95'][0])} - {_pct(t['far_ci95'][1])}) and rejects {_pct(t['frr'])} of genuine pairs
 ({_pct(t['frr_ci95'][0])} - {_pct(t['frr_ci95'][1])}); TAR {_pct(t['tar'])}. Intervals resample classes.
 A different operating point: `python main.py verify THIS_FOLDER A B --far 1e-3` reads the stored ROC.
+{_spread_text(t.get('per_class'))}
 
 ## Data and recipe
 {len(info['classes'])} classes, of which {len(info['heldout_classes'])} held out. Backbone {rec['backbone']},

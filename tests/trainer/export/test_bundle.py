@@ -43,6 +43,12 @@ def test_the_bundle_holds_what_it_says_and_its_networks_equal_the_checkpoint(bun
     assert 0 <= t["far"] <= 1 and 0 <= t["frr"] <= 1 and t["far_ci95"][0] <= t["far"] <= t["far_ci95"][1]
     assert "threshold" in on_disk["roc"] and len(on_disk["roc"]["far"]) == len(on_disk["roc"]["threshold"])
     assert f"**{t['value']:.4f}**" in (out / "README.md").read_text()  # the model card states the threshold
+    # how unevenly the one threshold treats the held-out classes (issue 17 item 7)
+    spread = t["per_class"]
+    assert spread["far"]["min"] <= spread["far"]["mean"] <= spread["far"]["max"]
+    assert spread["frr"]["n_classes"] == len(on_disk["heldout_classes"])
+    assert {n for n, _ in spread["far"]["worst"]} <= set(on_disk["heldout_classes"])
+    assert "Per held-out class at this threshold" in (out / "README.md").read_text()
     # 200 inputs: 48 real preprocessed images and 152 random ones, through the checkpoint, ONNX and TorchScript
     from trainer.inference import RunModel
 
