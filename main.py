@@ -12,6 +12,7 @@
     python main.py export RUN_DIR --out BUNDLE [--epoch E|best|last] [--far F]
     python main.py verify BUNDLE_OR_RUN IMAGE_A IMAGE_B [--far F] [--pairs FILE.csv --out FILE.csv]
     python main.py search BUNDLE_OR_RUN QUERY... --gallery DIR|FILE.h5 [-k K]
+    python main.py compare RUN_OR_SWEEP... [--json]
 
 This file only parses the command line; the work is in ``trainer/`` (headless) and ``explorer/`` (the GUI).
 """
@@ -25,7 +26,7 @@ import os
 import sys
 from pathlib import Path
 
-COMMANDS = ("train", "lr-find", "sweep", "embed", "evaluate", "losses", "export", "verify", "search")
+COMMANDS = ("train", "lr-find", "sweep", "embed", "evaluate", "losses", "export", "verify", "search", "compare")
 
 
 # ----------------------------------------------------------------------------- parsers
@@ -666,6 +667,29 @@ def cmd_search(argv: list[str]) -> int:
     return 0
 
 
+def cmd_compare(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="main.py compare", description="Compare runs: held-out MAP@R at each run's best "
+                                "and last epoch with 95 %% intervals over held-out classes, the difference to the "
+                                "first run (paired when the samples are the same), and the settings that differ.")
+    p.add_argument("runs", nargs="+", help="run folders, or a sweep folder (all its runs)")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    args = p.parse_args(argv)
+    from trainer.analysis.compare import compare, format_table, load_entries
+    from trainer.errors import ExplorerError
+
+    try:
+        result = compare(load_entries(args.runs), n_boot=args.resamples)
+    except (ExplorerError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print("\n".join(format_table(result)))
+    return 0
+
+
 def cmd_losses(argv: list[str]) -> int:
     argparse.ArgumentParser(prog="main.py losses", description="List every loss and miner with its parameters and "
                             "defaults.").parse_args(argv)
@@ -680,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in COMMANDS:
         return {"train": cmd_train, "lr-find": cmd_lr_find, "sweep": cmd_sweep, "embed": cmd_embed,
                 "evaluate": cmd_evaluate, "losses": cmd_losses, "export": cmd_export, "verify": cmd_verify,
-                "search": cmd_search}[argv[0]](argv[1:])
+                "search": cmd_search, "compare": cmd_compare}[argv[0]](argv[1:])
     args = _app_parser().parse_args(argv)
     from explorer.app import run_app
 
