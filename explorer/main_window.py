@@ -269,6 +269,9 @@ class MainWindow(QMainWindow):
                                          "several seeds each, and compare their held-out MAP@R")
         self.lr_find_action = self._action(file, "Find a learning &rate…", self.find_learning_rate, None,
                                            "Learning-rate range test on the form's folder and model")
+        self.compare_action = self._action(file, "Compare r&uns…", self.open_compare_dialog, "Ctrl+Shift+K",
+                                           "Several runs or a sweep side by side, with intervals over the held-out "
+                                           "classes (main.py compare)")
         file.addSeparator()
         from explorer.panels.exports import ExportActions
 
@@ -479,6 +482,16 @@ class MainWindow(QMainWindow):
         self._sweep_dialog = dialog
 
     @Slot()
+    def open_compare_dialog(self, paths=None):
+        """File > Compare runs: starts with the open run (and the given paths)."""
+        from explorer.dialogs.compare import CompareDialog
+
+        first = [str(self.state.run.run_dir)] if self.state.run is not None else []
+        dialog = CompareDialog(self.jobs, self, paths=first + [str(p) for p in (paths or [])])
+        dialog.show()  # not exec(): the window keeps working
+        self._compare_dialog = dialog
+        return dialog
+
     def find_learning_rate(self) -> None:
         """Open the learning-rate range test for the form's configuration."""
         from explorer.dialogs.lr_find import LRFindDialog

@@ -48,11 +48,12 @@ def count_chart(title: str, x_label: str, *, y_label: str = "", background: str 
     if y_label:
         plot.setLabel("left", y_label)
     plot.getPlotItem().getViewBox().setLimits(minXRange=2)  # one epoch: a few units around it, not +-400
+    plot.getPlotItem().getAxis("left").enableAutoSIPrefix(False)  # "MAP@R (x0.001)" helps nobody
     return plot
 
 
 def set_legend_title(plot: pg.PlotWidget, title: str, entries: list[tuple[str, object]], *,
-                     dashed: set[str] = frozenset()) -> None:
+                     dashed: set[str] = frozenset(), per_line: int = 5) -> None:
     """Put ``title`` and a legend of ``(name, colour)`` entries in the chart's title line (dashed entries drawn
     with a dashed mark), instead of a legend box over the data."""
     marks = []
@@ -60,6 +61,7 @@ def set_legend_title(plot: pg.PlotWidget, title: str, entries: list[tuple[str, o
         mark = "╌" if name in dashed else "━"
         css = pg.mkColor(color).name()  # "#rrggbb" from any colour pyqtgraph takes
         marks.append(f"<span style='color:{css}'>{mark}</span>&nbsp;{escape(name)}")
-    legend = "&nbsp;&nbsp; ".join(marks)
+    legend = "<br>".join("&nbsp;&nbsp; ".join(marks[i:i + per_line]) for i in range(0, len(marks), per_line))
     # on a line of its own under the title: one long line made the chart (and the window) wider
-    plot.setTitle(f"{escape(title)}" + (f"<br><span style='font-size:8pt'>{legend}</span>" if legend else ""))
+    body = f"<span style='font-size:8pt'>{legend}</span>" if legend else ""
+    plot.setTitle(escape(title) + ("<br>" if title and body else "") + body)

@@ -73,3 +73,21 @@ def test_the_selection_goes_out_as_csv_and_as_paths_on_the_clipboard(qtbot, wind
     assert rows[0] == ["id", "path", "label", "split"]
     assert [int(r[0]) for r in rows[1:]] == ids and rows[1][1] == files[0]
     assert rows[1][2] == run.classes[int(run.samples.labels[0])]
+
+
+def test_compare_runs_shows_the_table_the_command_prints(qtbot, window, trained, tmp_path):
+    """Issue 18 item 1: File > Compare runs, from the open run and a second one on the same samples."""
+    from tests.support.runs import run_collect, tiny_config
+
+    other = tmp_path / "contrastive"
+    run_collect(tiny_config(trained[1], **{"loss.name": "contrastive", "loss.miner": "none"}), other)
+    dialog = window.open_compare_dialog([other])
+    qtbot.addWidget(dialog)
+    qtbot.waitUntil(lambda: dialog.result is not None, timeout=60000)
+    assert dialog.table.rowCount() == 2
+    assert dialog.table.item(0, 3).text() == "(the reference)"
+    assert "real difference" in dialog.table.item(1, 3).text() or "within noise" in dialog.table.item(1, 3).text()
+    assert "loss.name = triplet / contrastive" in dialog.diff.text()
+    assert len(dialog.chart.getPlotItem().listDataItems()) == 2
+    best = dialog.result["runs"][0]["best"]
+    assert f"{best['map_at_r']:.3f}" in dialog.table.item(0, 1).text()
