@@ -109,6 +109,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=["auto", "off", "fp16", "bf16"], help="mixed precision (default auto)")
     p.add_argument("--workers", type=int, help=f"data-loading processes (default {d.data.num_workers})")
     p.add_argument("--resume", action="store_true", help="continue the stopped or killed run in --out")
+    p.add_argument("--edits", help="an edits file: images excluded or relabelled (File > Edits in the window)")
     p.add_argument("--keep-all-checkpoints", action="store_const", const="all", dest="keep_checkpoints",
                    help="keep every epoch's checkpoint (default: the last and the best by held-out MAP@R)")
     p.add_argument("--quiet", action="store_true", help="no progress bars, only the log")
@@ -140,11 +141,14 @@ def _config_from_args(args: argparse.Namespace, loss_for_params: str | None = No
         "head_lr_mult": "optim.head_lr_mult",
         "test_dir": "data.test_dir", "holdout_fraction": "data.holdout_fraction", "seed": "seed",
         "device": "device", "amp": "amp", "workers": "data.num_workers", "keep_checkpoints": "keep_checkpoints",
+        "edits": "data.edits",
     }
     for arg, key in mapping.items():
         value = getattr(args, arg)
         if value is not None:
             changes[key] = value
+    if getattr(args, "edits", None):
+        changes["data.edits"] = str(Path(args.edits).resolve())
     if args.crop_scale is not None and not 0.0 < args.crop_scale <= 1.0:
         raise SystemExit(f"error: --crop-scale must be in (0, 1], not {args.crop_scale:g}")
     if args.holdout_classes:

@@ -50,6 +50,8 @@ class DataConfig:
     batch_classes: int = 8  # C
     batch_per_class: int = 4  # K
     num_workers: int = 2
+    # an edits file (trainer/data/edits.py): images excluded or relabelled without touching the folder
+    edits: str | None = None
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,8 @@ def config_problems(cfg: TrainConfig, class_counts: dict[str, int] | None = None
         out.append(f"The image folder {d.data_dir} does not exist.")
     if d.test_dir and not Path(d.test_dir).is_dir():
         out.append(f"The test folder {d.test_dir} does not exist.")
+    if d.edits and not Path(d.edits).is_file():
+        out.append(f"The edits file {d.edits} does not exist (--edits).")
     problem = image_size_problem(m.backbone, d.image_size)
     if problem:
         out.append(problem + ".")

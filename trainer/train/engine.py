@@ -236,6 +236,10 @@ class Trainer:
                                       margin=loss_margin(cfg.loss.name, cfg.loss.params))
             if self.dist.active:
                 distributed.record_world_size(self.dist, writer)
+            if cfg.data.edits:  # the run keeps the edits it was trained with, whatever becomes of the file
+                from trainer.data.edits import Edits
+
+                writer.save_json("edits.json", Edits.load(cfg.data.edits).to_dict())
             distributed.barrier(self.dist)
         n_train = int((split == SPLIT_TRAIN).sum())
         self._log(
@@ -532,6 +536,17 @@ def scan_samples(cfg: TrainConfig, log: Callable[..., None]) -> tuple[SampleTabl
     classes = list(scan.classes)
     paths = list(scan.paths)
     labels = np.asarray(scan.labels, dtype=np.int64)
+    if cfg.data.edits:
+        from trainer.data.edits import Edits, EditsError, apply_edits
+
+        try:
+            keep, labels, report = apply_edits(paths, labels, classes, Edits.load(cfg.data.edits))
+        except EditsError as exc:
+            raise TrainingError(str(exc)) from None
+        paths = [paths[int(i)] for i in keep]
+        log(f"edits {cfg.data.edits}: {report['excluded']} images excluded, {report['relabelled']} relabelled"
+            + (f"; {len(report['missing'])} edited files are not in the folder (first: {report['missing'][0]})"
+               if report["missing"] else ""), "warning" if report["missing"] else "info")
     roots = [str(scan.root)]
     root_index = np.zeros(len(paths), dtype=np.int16)
     if cfg.data.test_dir:

@@ -1,0 +1,36 @@
+"""Suspected mislabels (issue 18 item 3): neighbour votes against a loop, and flipped labels ranked first."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.support.twins import brute_distance
+from trainer.analysis.label_issues import neighbour_probabilities, rank_label_issues
+
+
+def test_neighbour_votes_equal_a_loop():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, size=40)
+    x = (rng.normal(size=(4, 5))[y] + rng.normal(size=(40, 5))).astype(np.float32)
+    got = neighbour_probabilities(x, y, "euclidean", k=6, smoothing=0.5)
+    for i in range(40):
+        near = sorted(((brute_distance(x[i], x[j], "euclidean"), j) for j in range(40) if j != i))[:6]
+        votes = np.full(4, 0.5)
+        for _, j in near:
+            votes[y[j]] += 1
+        np.testing.assert_allclose(got[i], votes / votes.sum(), atol=1e-9)
+
+
+def test_flipped_labels_are_ranked_first():
+    rng = np.random.default_rng(2)
+    n_classes, per = 8, 40
+    y_true = np.repeat(np.arange(n_classes), per)
+    x = (4 * rng.normal(size=(n_classes, 16))[y_true] + rng.normal(size=(len(y_true), 16))).astype(np.float32)
+    flipped = rng.choice(len(y_true), size=len(y_true) // 10, replace=False)
+    y = y_true.copy()
+    y[flipped] = (y[flipped] + rng.integers(1, n_classes, size=len(flipped))) % n_classes
+    r = rank_label_issues(x, y, "euclidean", k=10)
+    top = set(r["order"][: len(flipped)].tolist())
+    assert len(top & set(flipped.tolist())) / len(flipped) >= 0.9
+    assert "cleanlab" in r["method"]
+    assert (r["suggested"][flipped] == y_true[flipped]).mean() >= 0.9  # the neighbours know the right class
