@@ -279,6 +279,10 @@ class MainWindow(QMainWindow):
         self.exports.add_to(file)
         file.addSeparator()
         self.quit_action = self._action(file, "&Quit", self.close, "Ctrl+Q")
+        from explorer.panels.curate import CurateActions
+
+        self.curate = CurateActions(self)
+        self.curate.add_to(bar.addMenu("&Edit"))
         self.view_menu = bar.addMenu("&View")
         self._view_separator = self.view_menu.addSeparator()
         self._action(self.view_menu, "Full screen", self._toggle_full_screen, "F11")

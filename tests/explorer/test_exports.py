@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,3 +92,36 @@ def test_compare_runs_shows_the_table_the_command_prints(qtbot, window, trained,
     assert len(dialog.chart.getPlotItem().listDataItems()) == 2
     best = dialog.result["runs"][0]["best"]
     assert f"{best['map_at_r']:.3f}" in dialog.table.item(0, 1).text()
+
+
+def test_mark_undo_find_suspects_and_train_again_with_the_edits(qtbot, window, tmp_path):
+    """Issue 18 item 2: exclude / relabel the selection, undo, select suspected mislabels, export the edits and
+    train again: the new run leaves the excluded images out and records the edits."""
+    from trainer.data.edits import Edits, edits_path_for
+    from trainer.store import RunReader
+
+    run = window.state.run
+    paths = list(run.samples.paths)
+    window.state.set_selection([0, 1])
+    assert window.curate.exclude_selected() == 2
+    window.state.set_selection([2])
+    assert window.curate.relabel_selected(run.classes[-1]) == 1
+    assert window.curate.undo() and len(window.curate.edits) == 2  # the relabel is undone
+    saved = Edits.load(edits_path_for(run.run_dir))  # beside the run, never in the image folder
+    assert {e.path for e in saved.edits} == {paths[0], paths[1]}
+    assert edits_path_for(run.run_dir).parent == run.run_dir.parent  # beside the run, not inside it
+    assert not list(Path(run.samples.roots[0]).rglob("*.edits.json"))  # nor in the image folder
+    assert window.curate.export_csv(str(tmp_path / "edits.csv"))
+    assert (tmp_path / "edits.csv").read_text().splitlines()[0] == "path,old_label,new_label,note"
+    # suspected mislabels: a ranking of the training images, selected in the map
+    assert window.curate.select_suspects()
+    qtbot.waitUntil(lambda: "likeliest mislabels" in window.status_label.text(), timeout=30000)
+    assert len(window.state.selection) >= 1
+    window.state.set_selection([0, 1])  # back to the two excluded ones for the retrain
+    with qtbot.waitSignal(window.controller.stopped, timeout=120000):
+        out = window.curate.train_again()
+    assert out is not None
+    qtbot.waitUntil(lambda: not window.controller.is_running(), timeout=30000)
+    new = RunReader(out)
+    assert paths[0] not in list(new.samples.paths) and paths[1] not in list(new.samples.paths)
+    assert (out / "edits.json").is_file() and new.config["data"]["edits"] == str(edits_path_for(run.run_dir))

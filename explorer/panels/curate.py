@@ -1,0 +1,183 @@
+"""The Edit menu: mark the selected images (exclude, relabel), undo, find suspected mislabels, export the edits,
+and train again with them. The marks live in the edits file beside the open run (trainer/data/edits.py), never
+in the image folder; a new run applies them (``train --edits``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtGui import QKeySequence
+from PySide6.QtWidgets import QFileDialog, QInputDialog, QMenu, QMessageBox
+
+SUSPECTS_JOB = "suspected-mislabels"
+SUSPECT_SHARE = 0.05  # the share of training images "Select suspected mislabels" selects
+
+
+def _suspects_job(run, epoch: int, *, progress, partial, is_cancelled) -> dict:
+    from trainer.analysis.label_issues import rank_label_issues
+    from trainer.store import SPLIT_TRAIN
+
+    progress(0.1, f"reading the training images of epoch {epoch}")
+    ids = np.flatnonzero(np.asarray(run.samples.split) == SPLIT_TRAIN).astype(np.int64)
+    x = run.rows(epoch, ids)
+    y = np.asarray(run.samples.labels)[ids]
+    progress(0.4, "ranking by out-of-sample neighbour votes")
+    r = rank_label_issues(x, y, run.metric)
+    n = max(1, int(round(SUSPECT_SHARE * len(ids))))
+    return {"ids": ids[r["order"][:n]], "method": r["method"], "suggested": r["suggested"][r["order"][:n]],
+            "n_train": len(ids)}
+
+
+class CurateActions:
+    """The window's Edit menu and the edits file of the open run."""
+
+    def __init__(self, window) -> None:
+        self.window = window
+        self.edits = None  # trainer.data.edits.Edits of the open run
+        self.path: Path | None = None
+        window.state.run_changed.connect(self._on_run)
+
+    def add_to(self, menu: QMenu) -> None:
+        w = self.window
+        self.exclude_action = w._action(menu, "E&xclude selected images from training", self.exclude_selected,
+                                        QKeySequence("Ctrl+Shift+X"), "Mark the map's selection as excluded: a "
+                                        "new run leaves them out (your folder is not touched)")
+        self.relabel_action = w._action(menu, "&Relabel selected images…", self.relabel_selected,
+                                        QKeySequence("Ctrl+Shift+R"), "Give the selection another class in the "
+                                        "next run")
+        self.clear_action = w._action(menu, "&Clear the marks of the selection", self.clear_selected)
+        self.undo_action = w._action(menu, "&Undo the last edit", self.undo, QKeySequence("Ctrl+Z"))
+        menu.addSeparator()
+        self.suspects_action = w._action(menu, "Select suspected &mislabels", self.select_suspects,
+                                         QKeySequence("Ctrl+Shift+L"), "The training images whose neighbours "
+                                         "disagree most with their label (cleanlab on neighbour votes)")
+        menu.addSeparator()
+        self.export_action = w._action(menu, "&Export the edits as CSV…", self.export_csv)
+        self.retrain_action = w._action(menu, "&Train again with these edits", self.train_again,
+                                        tip="A new run with the open run's settings, the edits applied")
+
+    # ---- the edits file of the open run -------------------------------------------------------------------------
+    def _on_run(self, run) -> None:
+        from trainer.data.edits import Edits, EditsError, edits_path_for
+
+        self.edits, self.path = None, None
+        if run is None:
+            return
+        self.path = edits_path_for(run.run_dir)
+        data_dir = str((run.config.get("data") or {}).get("data_dir", "")) if isinstance(run.config, dict) else ""
+        try:
+            self.edits = Edits.load(self.path) if self.path.is_file() else Edits(data_dir)
+        except EditsError as exc:
+            self.window.show_status(f"The edits beside this run cannot be read: {exc}")
+            self.edits = Edits(data_dir)
+
+    def _selected_paths(self) -> list[str]:
+        w = self.window
+        ids = np.asarray(w.state.selection, np.int64)
+        if w.state.run is None or self.edits is None or len(ids) == 0:
+            w.show_status("Select images in the map first (click, box, lasso, search or suspected mislabels)")
+            return []
+        return [w.state.run.samples.paths[int(i)] for i in ids]
+
+    def _saved(self, what: str, n: int) -> None:
+        self.edits.save(self.path)
+        self.window.show_status(f"{what} {n} image(s); {len(self.edits)} edits in {self.path.name} "
+                                f"(Edit ▸ Train again with these edits)")
+
+    def exclude_selected(self) -> int:
+        paths = self._selected_paths()
+        if not paths:
+            return 0
+        n = self.edits.exclude(paths)
+        self._saved("Excluded", n)
+        return n
+
+    def relabel_selected(self, label: str | None = None) -> int:
+        paths = self._selected_paths()
+        if not paths:
+            return 0
+        classes = list(self.window.state.run.classes)
+        if label is None:
+            label, ok = QInputDialog.getItem(self.window, "Relabel", f"New class of the {len(paths)} selected "
+                                             "image(s):", classes, 0, False)
+            if not ok:
+                return 0
+        n = self.edits.relabel(paths, label)
+        self._saved(f"Relabelled as {label}:", n)
+        return n
+
+    def clear_selected(self) -> int:
+        paths = self._selected_paths()
+        if not paths:
+            return 0
+        n = self.edits.clear(paths)
+        self._saved("Cleared the marks of", n)
+        return n
+
+    def undo(self) -> bool:
+        if self.edits is None or not self.edits.undo():
+            self.window.show_status("Nothing to undo")
+            return False
+        self._saved("Undone; now", len(self.edits))
+        return True
+
+    # ---- suspects -----------------------------------------------------------------------------------------------
+    def select_suspects(self) -> bool:
+        w = self.window
+        if w.state.run is None or w.state.epoch < 0:
+            w.show_status("Open a run first")
+            return False
+        w.show_status("Ranking the training images by how much their neighbours disagree with their label …")
+        w.jobs.submit(SUSPECTS_JOB, _suspects_job, w.state.run, w.state.epoch, on_result=self._suspects_done,
+                      on_failed=lambda m: w.show_status(f"Could not rank the suspects: {m.splitlines()[0]}"))
+        return True
+
+    def _suspects_done(self, result: dict) -> None:
+        w = self.window
+        w.state.set_selection(result["ids"])
+        w.show_status(f"Selected the {len(result['ids'])} likeliest mislabels of {result['n_train']} training images "
+                      f"({result['method']}); Edit ▸ Exclude or Relabel acts on them")
+        w.show_view("Map")
+
+    # ---- out ----------------------------------------------------------------------------------------------------
+    def export_csv(self, path: str | None = None) -> bool:
+        w = self.window
+        if self.edits is None or not len(self.edits):
+            w.show_status("No edits yet")
+            return False
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(w, "Export the edits", str(self.path.with_suffix(".csv")),
+                                                  "CSV (*.csv)")
+            if not path:
+                return False
+        run = w.state.run
+        old = {p: run.classes[int(c)] for p, c in zip(run.samples.paths, run.samples.labels)}
+        self.edits.write_csv(path, old)
+        w.show_status(f"Wrote {len(self.edits)} edits to {path}")
+        return True
+
+    def train_again(self) -> Path | None:
+        """A new run: the open run's configuration with the edits file, into a new folder beside it."""
+        from trainer.config import TrainConfig
+
+        w = self.window
+        run = w.state.run
+        if run is None or self.edits is None or not len(self.edits) or w.controller.is_running():
+            w.show_status("Open a run and mark some images first (Edit ▸ Exclude / Relabel)")
+            return None
+        try:
+            cfg = TrainConfig.from_dict(run.config)
+        except (ValueError, TypeError) as exc:
+            QMessageBox.critical(w, "Train again", f"The run's configuration cannot be read: {exc}")
+            return None
+        self.edits.save(self.path)
+        from explorer.main_window import new_run_dir
+
+        out = new_run_dir(Path(run.run_dir).parent, Path(run.run_dir).name + "-edited")
+        cfg = cfg.replace(**{"data.edits": str(self.path)})
+        w.training_view.append_log(f"Training {out} with the {len(self.edits)} edits of {self.path}")
+        w.controller.start(cfg, out, resume=False)
+        w.show_view("Train")
+        return out
