@@ -158,7 +158,7 @@ def test_open_folder_shows_counts_thumbnails_and_skipped_file(qtbot, window, fol
     assert view.issues.tabText(0) == "Skipped (1)"
     strip = view.classes_table.cellWidget(0, 2)
     pixmaps = [lab.pixmap() for lab in strip.findChildren(QLabel)]
-    assert len(pixmaps) == 4 and not pixmaps[0].isNull()
+    assert len(pixmaps) == 8 and not pixmaps[0].isNull()  # the folder has 8 per class
     assert window.settings.recent_folders()[0] == str(folder)
     # the scan reached the config panel: its class list feeds the held-out picker and the checks
     assert window.config_panel.holdout_list.count() == 4

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 THUMB_PX = 56
-THUMBS_PER_CLASS = 4
+THUMBS_PER_CLASS = 8  # a class is judged at a glance by a row of its images (four were too few)
 MAX_CLASSES_WITH_THUMBS = 300
 
 

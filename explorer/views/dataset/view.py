@@ -68,6 +68,10 @@ class DatasetView(QWidget):
         top.addWidget(self.cancel_button)
 
         self.classes_table = _table(["Class", "Images", "Samples", "Split"])
+        header = self.classes_table.horizontalHeader()
+        header.setStretchLastSection(False)  # the thumbnails get the room, the split its words
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(3, QHeaderView.ResizeMode.ResizeToContents)
         self._held: set[str] | None = None  # classes the next run holds out (None: not known)
         self.classes_table.setSortingEnabled(False)
         header = self.classes_table.horizontalHeader()
