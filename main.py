@@ -345,14 +345,10 @@ _SHOWN = ("model.backbone", "model.pretrained", "optim.epochs", "data.image_size
           "data.batch_classes", "data.batch_per_class", "model.embedding_dim")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k not in ("params", "miner_params"):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def _flat(d: dict) -> dict:
+    from trainer.config import flat_config
+
+    return flat_config(d)
 
 
 def cmd_lr_find(argv: list[str]) -> int:
@@ -561,6 +557,20 @@ def cmd_evaluate(argv: list[str]) -> int:
     return 0
 
 
+def _one_line_errors(work, missing: str):
+    """Run ``work()``; an error the user can act on becomes one line on stderr and exit status 1 (``missing``
+    names the extra to install when a library is not there)."""
+    from trainer.errors import ExplorerError
+
+    try:
+        return work(), 0
+    except ImportError as exc:
+        print(f"error: {missing} ({exc})", file=sys.stderr)
+    except (ExplorerError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    return None, 1
+
+
 def _epoch_arg(text: str):
     if text in ("best", "last"):
         return text
@@ -582,25 +592,14 @@ def cmd_export(argv: list[str]) -> int:
     p.add_argument("--far", type=float, help="threshold at this false-accept rate instead of the equal error rate "
                                              "(a threshold saved from the studio for that epoch is used otherwise)")
     args = p.parse_args(argv)
-    from trainer.errors import ExplorerError
 
-    try:
+    def work():
         from trainer.export.bundle import export_bundle
-    except ImportError as exc:
-        print(f"error: exporting needs onnx and onnxruntime: pip install 'embedding-explorer[export]' ({exc})",
-              file=sys.stderr)
-        return 1
-    try:
-        export_bundle(Path(args.run_dir), Path(args.out), epoch=args.epoch, far=args.far,
-                      formats=tuple(f.strip() for f in args.format.split(",") if f.strip()), log=print)
-    except ImportError as exc:
-        print(f"error: exporting needs onnx and onnxruntime: pip install 'embedding-explorer[export]' ({exc})",
-              file=sys.stderr)
-        return 1
-    except (ExplorerError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+
+        return export_bundle(Path(args.run_dir), Path(args.out), epoch=args.epoch, far=args.far,
+                             formats=tuple(f.strip() for f in args.format.split(",") if f.strip()), log=print)
+
+    return _one_line_errors(work, "exporting needs onnx and onnxruntime: pip install 'embedding-explorer[export]'")[1]
 
 
 def cmd_verify(argv: list[str]) -> int:
@@ -614,22 +613,20 @@ def cmd_verify(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if bool(args.pairs) == bool(args.images) or (args.images and len(args.images) != 2):
         p.error("give IMAGE_A IMAGE_B, or --pairs FILE.csv")
-    from trainer.errors import ExplorerError
     from trainer.export.use import meaning, open_model, read_pairs, verify_pairs, write_decisions
 
-    try:
+    def work():
         model = open_model(args.model)
         pairs = read_pairs(args.pairs) if args.pairs else [(args.images[0], args.images[1])]
         rows = verify_pairs(model, pairs, far=args.far)
-        _, rule, rates = model.threshold_at(args.far)
         if args.out:
             write_decisions(args.out, rows)
-    except ImportError as exc:
-        print(f"error: a bundle needs onnxruntime: pip install onnxruntime ({exc})", file=sys.stderr)
-        return 1
-    except (ExplorerError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return rows, model.threshold_at(args.far)
+
+    got, rc = _one_line_errors(work, "a bundle needs onnxruntime: pip install onnxruntime")
+    if rc:
+        return rc
+    rows, (_, rule, rates) = got
     if args.pairs:
         same = sum(r["same"] for r in rows)
         print(f"{len(rows)} pairs: {same} the same, {len(rows) - same} not"
@@ -650,19 +647,17 @@ def cmd_search(argv: list[str]) -> int:
     p.add_argument("--gallery", required=True, help="an image folder, or an .h5 file written by main.py embed")
     p.add_argument("-k", type=int, default=5, help="neighbours per query (default 5)")
     args = p.parse_args(argv)
-    from trainer.errors import ExplorerError
     from trainer.export.use import gallery, open_model, search
 
-    try:
+    def work():
         model = open_model(args.model)
         gx, gpaths = gallery(model, args.gallery)
-        results = search(model, args.queries, gx, gpaths, k=args.k)
-    except ImportError as exc:
-        print(f"error: a bundle needs onnxruntime: pip install onnxruntime ({exc})", file=sys.stderr)
-        return 1
-    except (ExplorerError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return model, search(model, args.queries, gx, gpaths, k=args.k)
+
+    got, rc = _one_line_errors(work, "a bundle needs onnxruntime: pip install onnxruntime")
+    if rc:
+        return rc
+    model, results = got
     t = float(model.threshold["value"])
     for q, hits in zip(args.queries, results):
         print(f"{q}:")
@@ -679,7 +674,7 @@ def cmd_compare(argv: list[str]) -> int:
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--json", action="store_true", help="print JSON")
     args = p.parse_args(argv)
-    from trainer.analysis.compare import compare, format_table, load_entries
+    from trainer.comparison import compare, format_table, load_entries
     from trainer.errors import ExplorerError
 
     try:

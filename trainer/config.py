@@ -232,3 +232,14 @@ def preset_title(name: str) -> str:
     if name in PRESET_IDS:
         return PRESET_IDS[name]
     raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESET_IDS)}")
+
+
+def flat_config(d: dict, prefix: str = "") -> dict:
+    """A configuration dict as dotted keys (``optim.lr``); loss and miner parameters stay one value each."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in ("params", "miner_params"):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

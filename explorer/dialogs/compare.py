@@ -22,7 +22,7 @@ JOB = "compare-runs"
 
 
 def _compare_job(paths: list[str], *, progress, partial, is_cancelled) -> dict:
-    from trainer.analysis.compare import compare, load_entries
+    from trainer.comparison import compare, load_entries
 
     progress(0.1, "reading the runs")
     entries = load_entries(paths)

@@ -11,7 +11,8 @@ import pytest
 
 from tests.support import ROOT
 from tests.support.twins import brute_distance
-from trainer.analysis.compare import class_bootstrap, compare, load_entries, per_query_map_at_r
+from trainer.analysis.compare import class_bootstrap, per_query_map_at_r
+from trainer.comparison import compare, load_entries
 
 
 def _data(seed=0, n_classes=6, per=7, d=8):
