@@ -551,3 +551,39 @@ def test_the_log_follows_new_lines_unless_the_user_scrolled_up(qtbot, tmp_path):
     bar.setValue(bar.maximum())
     view.append_log("Finished")
     assert bar.value() == bar.maximum() and view.log_view.toPlainText().endswith("Finished")
+
+
+def test_the_map_follows_a_run_the_command_line_writes_with_the_real_projection_process(qtbot, real_map, tmp_path,
+                                                                                       run, trained):
+    """Issue 15 item 1, following: the command line continues the run while the window follows it."""
+    import subprocess
+
+    from explorer.views.map.view import MapView
+    from tests.support import ROOT
+
+    settings = Settings(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    win = create_window(QApplication.instance(), settings=settings)
+    qtbot.addWidget(win)
+    win.show()
+    proc = None
+    try:
+        map_view = win.findChild(MapView)
+        assert win.open_run(run)
+        _wait_map(qtbot, map_view, 2)
+        proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "train", str(trained[1]), "--out", str(run),
+                                 "--resume", "--epochs", "4", "--quiet", "--device", "cpu"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        qtbot.waitUntil(lambda: proc.poll() is not None, timeout=180000)
+        assert proc.returncode == 0, proc.stderr.read()
+        qtbot.waitUntil(lambda: 4 in win.state.epochs, timeout=30000)
+        if win.state.epoch != 4:
+            win.state.set_epoch(4)
+        _wait_map(qtbot, map_view, 4)
+        assert "Could not" not in map_view.status.text() and map_view.projection_worker.is_alive()
+    finally:
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            proc.stderr.close()
+        win.shutdown(20)
