@@ -11,7 +11,7 @@ import numpy as np
 from trainer.analysis import retrieval
 from trainer.analysis import verification
 from trainer.store import SPLIT_HELDOUT
-from trainer.analysis.thresholds import rates_ci_at_threshold, threshold_grid
+from trainer.analysis.thresholds import per_class_rates, rates_ci_at_threshold, spread_summary, threshold_grid
 
 N_NEAREST = 12  # false accepts / rejects shown nearest to the threshold
 CV_FOLDS = 10
@@ -138,6 +138,11 @@ def compute_errors(x: np.ndarray, labels: np.ndarray, metric: str, threshold: fl
         return out
     progress(0.45, "errors per class")
     out["classes"] = retrieval.class_error_counts(x, labels, threshold, metric=metric)
+    if is_cancelled():
+        return out
+    progress(0.6, "FAR and FRR of each class")
+    out["per_class"] = per_class_rates(x, labels, threshold, metric=metric)
+    out["spread"] = spread_summary(out["per_class"])
     if is_cancelled():
         return out
     progress(0.7, "intervals of FAR and FRR at the threshold")

@@ -230,7 +230,7 @@ class ThresholdView(DeferWhileHidden, QWidget):
         grid = QGridLayout(self.readout)
         self.lbl: dict[str, QLabel] = {}
         rows = [("rule", "Accept when"), ("far", "False accepts (FAR)"), ("frr", "False rejects (FRR)"),
-                ("tar", "True accepts (TAR)"), ("accuracy", "Accuracy")]
+                ("tar", "True accepts (TAR)"), ("accuracy", "Accuracy"), ("spread", "Per class")]
         for r, (key, text) in enumerate(rows):
             name = QLabel(text + ":")
             name.setStyleSheet("color: #555")
@@ -262,9 +262,9 @@ class ThresholdView(DeferWhileHidden, QWidget):
         # error inspection
         self.fa_table = self._pair_table()
         self.fr_table = self._pair_table()
-        self.class_table = QTableWidget(0, 5)
+        self.class_table = QTableWidget(0, 7)
         self.class_table.setHorizontalHeaderLabels(["Class", "Errors", "False accepts", "False rejects",
-                                                    "Genuine pairs"])
+                                                    "Genuine pairs", "FAR", "FRR"])
         self.class_table.verticalHeader().hide()
         self.class_table.verticalHeader().setDefaultSectionSize(24)
         self.class_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -601,6 +601,28 @@ class ThresholdView(DeferWhileHidden, QWidget):
             self._mark_errors_stale()
             self._errors_timer.start()
 
+    def _spread_text(self) -> str:
+        """How evenly the one threshold treats the held-out classes (their own FAR and FRR)."""
+        spread = (self.errors or {}).get("spread") if self.errors else None
+        if not spread:
+            return "computing…" if self.errors is None else "–"
+        classes = self.state.run.classes if self.state.run is not None else []
+
+        def name(v) -> str:
+            try:
+                return classes[int(v)]
+            except (ValueError, IndexError, TypeError):
+                return str(v)
+
+        parts = []
+        for key in ("far", "frr"):
+            s = spread.get(key)
+            if s:
+                worst = s["worst"][0] if s["worst"] else None
+                parts.append(f"{key.upper()} {_rate(s['min'])} – {_rate(s['max'])} (sd {_rate(s['std'])}"
+                             + (f"; highest {name(worst[0])}" if worst else "") + ")")
+        return "; ".join(parts) + " — one threshold is stricter for some classes than for others"
+
     def _show_point(self) -> None:
         d = self.data
         if d is None or d.hist is None or self.threshold is None:
@@ -620,6 +642,7 @@ class ThresholdView(DeferWhileHidden, QWidget):
         self.lbl["tar"].setText(f"{_rate(p['tar'])}  —  {p['genuine_accepted']:,} of {ng:,} genuine pairs accepted")
         self.lbl["accuracy"].setText(f"{_rate(p['accuracy'])} of all pairs;  balanced (TAR + TRR) / 2: "
                                      f"{_rate(p['balanced_accuracy'])}")
+        self.lbl["spread"].setText(self._spread_text())
         if p["far"] > 0:
             self.op_marker.setData([p["far"]], [p["tar"]])
         else:  # FAR = 0 sits left of the log axis: pin the marker to its left edge
@@ -733,6 +756,15 @@ class ThresholdView(DeferWhileHidden, QWidget):
                 item = QTableWidgetItem()
                 item.setData(Qt.ItemDataRole.DisplayRole, val)
                 self.class_table.setItem(r, c, item)
+            pc = e.get("per_class")
+            if pc is not None:  # this class's own rates: one threshold is stricter for some classes than others
+                at = int(np.searchsorted(pc["classes"], ce["classes"][k]))
+                for c, key in ((5, "far"), (6, "frr")):
+                    v = float(pc[key][at]) if at < len(pc["classes"]) else float("nan")
+                    item = QTableWidgetItem()
+                    item.setData(Qt.ItemDataRole.DisplayRole, round(100 * v, 2) if math.isfinite(v) else None)
+                    item.setToolTip(f"{key.upper()} of this class at t = {self.threshold:.4f}: {_rate(v)}")
+                    self.class_table.setItem(r, c, item)
         self.class_table.setSortingEnabled(True)
         self.class_table.sortItems(1, Qt.SortOrder.DescendingOrder)
         n_fa, n_fr = len(e["false_accept"][0]), len(e["false_reject"][0])

@@ -381,6 +381,17 @@ def test_pairs_tables_and_highlight_global_ids(qtbot, view, tmp_path):
     totals = [int(view.class_table.item(r, 1).text()) for r in range(view.class_table.rowCount())]
     assert totals == sorted(totals, reverse=True)  # most errors first
     assert all(name.startswith("class_") and int(name[-2:]) >= N_TRAIN_CLASSES for name in shown)
+    # issue 17 item 7: each class's own FRR at the threshold, the spread in the readout
+    gen_by_class: dict[str, int] = {}
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            if y[i] == y[j]:
+                gen_by_class[classes[y[i]]] = gen_by_class.get(classes[y[i]], 0) + 1
+    for r in range(view.class_table.rowCount()):
+        name = view.class_table.item(r, 0).text()
+        frr = float(view.class_table.item(r, 6).text()) / 100
+        assert frr == pytest.approx(fr_by_class.get(name, 0) / gen_by_class[name], abs=1e-4)
+    assert "FAR" in view.lbl["spread"].text() and "stricter for some classes" in view.lbl["spread"].text()
 
 
 def test_export_threshold_json_and_plots(qtbot, view, tmp_path):
