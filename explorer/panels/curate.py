@@ -25,9 +25,11 @@ def _suspects_job(run, epoch: int, *, progress, partial, is_cancelled) -> dict:
     y = np.asarray(run.samples.labels)[ids]
     progress(0.4, "ranking by out-of-sample neighbour votes")
     r = rank_label_issues(x, y, run.metric)
-    n = max(1, int(round(SUSPECT_SHARE * len(ids))))
-    return {"ids": ids[r["order"][:n]], "method": r["method"], "suggested": r["suggested"][r["order"][:n]],
-            "n_train": len(ids)}
+    # suspects are the images whose neighbours mostly carry another label, likeliest first, at most a share of the
+    # training images; an image its neighbours agree with is never one (its score ties with the others')
+    order = [int(i) for i in r["order"] if r["suggested"][int(i)] != y[int(i)]]
+    order = order[: max(1, int(round(SUSPECT_SHARE * len(ids))))]
+    return {"ids": ids[order], "method": r["method"], "suggested": r["suggested"][order], "n_train": len(ids)}
 
 
 class CurateActions:
@@ -63,6 +65,9 @@ class CurateActions:
         from trainer.data.edits import Edits, EditsError, edits_path_for
 
         self.edits, self.path = None, None
+        map_view = getattr(self.window, "map_view", None)
+        if hasattr(map_view, "set_marks"):
+            map_view.set_marks([], [], [])
         if run is None:
             return
         self.path = edits_path_for(run.run_dir)
@@ -72,6 +77,7 @@ class CurateActions:
         except EditsError as exc:
             self.window.show_status(f"The edits beside this run cannot be read: {exc}")
             self.edits = Edits(data_dir)
+        self.show_marks()
 
     def _selected_paths(self) -> list[str]:
         w = self.window
@@ -81,8 +87,22 @@ class CurateActions:
             return []
         return [w.state.run.samples.paths[int(i)] for i in ids]
 
+    def show_marks(self) -> None:
+        """Draw the edits in the map (excluded crossed out, relabelled ringed in the new class's colour)."""
+        w = self.window
+        map_view = getattr(w, "map_view", None)
+        if not hasattr(map_view, "set_marks") or w.state.run is None or self.edits is None:
+            return
+        index = {p: i for i, p in enumerate(w.state.run.samples.paths)}
+        classes = {c: i for i, c in enumerate(w.state.run.classes)}
+        excluded = [index[e.path] for e in self.edits.edits if e.action == "exclude" and e.path in index]
+        relabel = [(index[e.path], classes.get(e.label, -1)) for e in self.edits.edits
+                   if e.action == "relabel" and e.path in index]
+        map_view.set_marks(excluded, [i for i, _ in relabel], [c for _, c in relabel])
+
     def _saved(self, what: str, n: int) -> None:
         self.edits.save(self.path)
+        self.show_marks()
         self.window.show_status(f"{what} {n} image(s); {len(self.edits)} edits in {self.path.name} "
                                 f"(Edit ▸ Train again with these edits)")
 
@@ -136,6 +156,10 @@ class CurateActions:
 
     def _suspects_done(self, result: dict) -> None:
         w = self.window
+        if not len(result["ids"]):
+            w.show_status(f"No suspected mislabels: every training image's neighbours mostly share its label "
+                          f"({result['method']})")
+            return
         w.state.set_selection(result["ids"])
         w.show_status(f"Selected the {len(result['ids'])} likeliest mislabels of {result['n_train']} training images "
                       f"({result['method']}); Edit ▸ Exclude or Relabel acts on them")

@@ -234,6 +234,12 @@ class MapView(QWidget):
                                                  pen=pg.mkPen((0, 0, 0), width=2))
         self.selection_item.setZValue(4)
         self.viewbox.addItem(self.selection_item, ignoreBounds=True)
+        # the edits beside the run (Edit menu): excluded images crossed out in grey, relabelled ones ringed in
+        # their new class's colour
+        self.edit_item = pg.ScatterPlotItem(pxMode=True, size=10)
+        self.edit_item.setZValue(2.5)
+        self.viewbox.addItem(self.edit_item, ignoreBounds=True)
+        self._marks: tuple[np.ndarray, np.ndarray, np.ndarray] = (np.zeros(0, np.int64),) * 3
         self.placeholder = pg.TextItem("The map appears after the first epoch is committed.",
                                        color=(110, 110, 110), anchor=(0.5, 0.5))
         self.viewbox.addItem(self.placeholder, ignoreBounds=True)
@@ -555,6 +561,7 @@ class MapView(QWidget):
                 self._render()
         self._on_selection_changed(self.state.selection)
         self._on_highlight_changed(self.state.highlight)
+        self._draw_marks()
         if final:
             self.map_ready.emit(epoch)
 
@@ -567,6 +574,7 @@ class MapView(QWidget):
             if self._refit_if_untouched():  # the new layout has another extent
                 self._on_selection_changed(self.state.selection)
                 self._on_highlight_changed(self.state.highlight)
+                self._draw_marks()
                 return
         else:
             e = t * t * (3 - 2 * t)  # smoothstep
@@ -574,6 +582,7 @@ class MapView(QWidget):
         self._render()
         self._on_selection_changed(self.state.selection)
         self._on_highlight_changed(self.state.highlight)
+        self._draw_marks()
 
     def _update_visible(self) -> None:
         if len(self.labels) == 0:
@@ -970,6 +979,28 @@ class MapView(QWidget):
                    for c in self.labels[ids]]
         self.selection_item.setData(x=p[:, 0], y=p[:, 1], brush=brushes, pen=pg.mkPen((20, 20, 20), width=1.2),
                                     size=11 if len(ids) < 2000 else 8)
+
+    def set_marks(self, excluded, relabelled, new_labels) -> None:
+        """Show the edits: ``excluded`` sample ids crossed out, ``relabelled`` ids ringed in ``new_labels``'
+        class colours."""
+        self._marks = (np.asarray(excluded, np.int64), np.asarray(relabelled, np.int64),
+                       np.asarray(new_labels, np.int64))
+        self._draw_marks()
+
+    def _draw_marks(self) -> None:
+        excluded, relabelled, new = self._marks
+        n = len(self.xy)
+        keep_x = excluded[(excluded >= 0) & (excluded < n)]
+        ok = (relabelled >= 0) & (relabelled < n)
+        keep_r, new = relabelled[ok], new[ok]
+        if len(keep_x) + len(keep_r) == 0:
+            self.edit_item.clear()
+            return
+        spots = [{"pos": tuple(self.xy[i]), "symbol": "x", "size": 10, "brush": pg.mkBrush(110, 110, 110, 220),
+                  "pen": pg.mkPen(60, 60, 60)} for i in keep_x]
+        spots += [{"pos": tuple(self.xy[i]), "symbol": "o", "size": 13, "brush": None,
+                   "pen": pg.mkPen(*class_colour(int(c)), width=2.5)} for i, c in zip(keep_r, new)]
+        self.edit_item.setData(spots)
 
     @Slot(object)
     def _on_highlight_changed(self, ids) -> None:

@@ -351,8 +351,16 @@ class NeighboursView(QWidget):
         elif len(ids) > 1:
             self.show_selection(ids)
         else:
+            was_gallery = len(self.selected) > 1
             self.selected = ids
             self._restore_rows()
+            if was_gallery:  # the selection's gallery goes; the query's neighbours (if any) come back
+                self.grid.clear()
+                self._items.clear()
+                if self.query is not None:
+                    self.requery()
+                else:
+                    self.query_label.setText("No query yet")
 
     def show_selection(self, ids: np.ndarray) -> None:
         """The selected images: their thumbnails in the grid (first SELECTION_GALLERY), all of them in the list."""

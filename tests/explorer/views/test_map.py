@@ -353,3 +353,26 @@ def test_a_new_epoch_that_shrinks_in_the_view_is_fitted_unless_the_user_zoomed(q
     view._show_layout(2, Layout(xy=small * 20, method=view.layout.method, seconds=0.0), final=True)
     qtbot.waitUntil(lambda: not view._anim_timer.isActive(), timeout=3000)
     assert np.allclose(view.viewbox.viewRange(), zoomed)
+
+
+def test_edits_are_drawn_on_the_map_and_follow_its_layout(qtbot, run_dir):
+    """Issue 18 item 2: excluded images crossed out, relabelled ones ringed in their new class's colour."""
+    from explorer.widgets.palette import class_colour
+
+    state, view = _open(qtbot, run_dir)
+    view.set_marks([3, 40], [70], [0])
+    spots = view.edit_item.points()
+    assert len(spots) == 3
+    xs = sorted((round(s.pos().x(), 5), round(s.pos().y(), 5)) for s in spots)
+    assert xs == sorted((round(float(view.xy[i, 0]), 5), round(float(view.xy[i, 1]), 5)) for i in (3, 40, 70))
+    symbols = sorted(s.symbol() for s in spots)
+    assert symbols == ["o", "x", "x"]
+    ring = next(s for s in spots if s.symbol() == "o")
+    assert ring.pen().color().getRgb()[:3] == class_colour(0)
+    with qtbot.waitSignal(view.map_ready, timeout=60_000):  # another epoch: the marks move with the points
+        state.set_epoch(1)
+    qtbot.waitUntil(lambda: not view._anim_timer.isActive(), timeout=3000)
+    p = next(s for s in view.edit_item.points() if s.symbol() == "o").pos()
+    assert (round(p.x(), 4), round(p.y(), 4)) == (round(float(view.xy[70, 0]), 4), round(float(view.xy[70, 1]), 4))
+    view.set_marks([], [], [])
+    assert len(view.edit_item.points()) == 0

@@ -220,3 +220,6 @@ def test_a_multi_selection_is_a_gallery_and_a_list_and_the_query_stays(qtbot, vi
     view.state.set_selection([])
     wait_idle(qtbot, view)
     qtbot.waitUntil(lambda: len(view.model.rows) == len(r.samples.paths), timeout=5000)
+    # and the gallery gives way to the query's neighbours again
+    qtbot.waitUntil(lambda: view.query_label.text().startswith("Query:"), timeout=5000)
+    assert view.result is not None and view.result.query.sample_id == int(chosen[2])
