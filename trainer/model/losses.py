@@ -329,6 +329,29 @@ _LOSS_LIST: list[LossSpec] = [
         build=lambda p, d, c: losses.MultiSimilarityLoss(p["alpha"], p["beta"], p["base"], distance=_cosine()),
     ),
     _spec(
+        name="threshold_consistent", title="Multi-similarity + threshold-consistent margin",
+        description="Multi-similarity with the TCM regularizer: hard positive pairs below one similarity and hard "
+                    "negatives above another are penalised, so that one threshold treats the classes more evenly.",
+        params=(
+            P("alpha", 2.0, "multi-similarity: weight of positive pairs", minimum=0),
+            P("beta", 50.0, "multi-similarity: weight of negative pairs", minimum=0),
+            P("base", 0.5, "multi-similarity: similarity threshold lambda around which pairs are weighted"),
+            P("lambda_plus", 1.0, "TCM: weight of the positive-pair term", minimum=0),
+            P("lambda_minus", 1.0, "TCM: weight of the negative-pair term", minimum=0),
+            P("margin_plus", 0.9, "TCM: positive pairs less similar than this are penalised (cosine)",
+              minimum=-1, maximum=1),
+            P("margin_minus", 0.5, "TCM: negative pairs more similar than this are penalised (cosine)",
+              minimum=-1, maximum=1),
+        ),
+        family="pair", normalized=True, metric="cosine", default_miner="multi_similarity",
+        reference="Zhang et al. 2024 (threshold-consistent margin loss, ICLR); Wang et al. 2019",
+        build=lambda p, d, c: losses.MultipleLosses({
+            "ms": losses.MultiSimilarityLoss(p["alpha"], p["beta"], p["base"], distance=_cosine()),
+            "tcm": losses.ThresholdConsistentMarginLoss(p["lambda_plus"], p["lambda_minus"], p["margin_plus"],
+                                                        p["margin_minus"], distance=_cosine()),
+        }),
+    ),
+    _spec(
         name="angular", title="Angular",
         description="Constrains the angle at the negative of each triplet, which is scale-invariant.",
         params=(P("alpha", 40.0, "upper bound of the angle at the negative, in degrees (36-55 in the paper)",
