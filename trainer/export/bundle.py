@@ -73,9 +73,10 @@ def per_class_spread(x: np.ndarray, labels: np.ndarray, metric: str, threshold: 
 
 
 def calibrate(x: np.ndarray, labels: np.ndarray, metric: str, *, far: float | None = None,
-              n_boot: int = 200, class_names=None) -> dict:
-    """The threshold on held-out embeddings: at the equal error rate, or the largest with FAR <= ``far``; its
-    rates with 95 % class-bootstrap intervals, and the coarse ROC."""
+              saved: dict | None = None, n_boot: int = 200, class_names=None) -> dict:
+    """The threshold on held-out embeddings: ``saved`` (the studio's, :func:`saved_threshold`), else at the
+    equal error rate, or the largest with FAR <= ``far``; its rates with 95 % class-bootstrap intervals, the
+    per-class spread and the coarse ROC, all from one pass over the pairs."""
     from trainer.analysis import verification
     from trainer.analysis.thresholds import coarsen, rates_ci_at_threshold, snap_threshold, threshold_grid
 
@@ -85,7 +86,9 @@ def calibrate(x: np.ndarray, labels: np.ndarray, metric: str, *, far: float | No
     if h.n_genuine == 0 or h.n_impostor == 0:
         raise TrainingError("the held-out classes give no genuine or no impostor pair: no threshold can be chosen")
     roc = verification.roc_from_histograms(h)
-    if far is None:
+    if saved is not None and far is None:
+        t, rule = snap_threshold(h, saved["value"]), saved["rule"]
+    elif far is None:
         t, rule = snap_threshold(h, roc.eer_threshold), "equal error rate (FAR = FRR) on the held-out classes"
     else:
         t, rule = verification.threshold_at_far(h, far), f"largest threshold with FAR <= {far:g} on the held-out classes"
@@ -155,10 +158,9 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, epoch: int | str | No
     size = int(cfg.data.image_size)
     log(f"exporting epoch {e} of {run_dir} ({cfg.model.backbone}, {size} px, {reader.metric} distance)")
     x, labels = heldout_rows(reader, e)
-    threshold = calibrate(x, labels, reader.metric, far=far, class_names=reader.classes)
-    saved = saved_threshold(reader, e) if far is None else None
-    if saved is not None:  # the user's own choice in the studio, with its rates on the same held-out pairs
-        threshold = _rates_at(threshold, x, labels, reader.metric, saved, reader.classes)
+    # the user's own choice in the studio (when saved for this epoch), with its rates on the held-out pairs
+    threshold = calibrate(x, labels, reader.metric, far=far, saved=saved_threshold(reader, e),
+                          class_names=reader.classes)
     model = rm.model.to("cpu").eval()
     example = torch.from_numpy(np.random.default_rng(0).normal(size=(4, 3, size, size)).astype(np.float32))
     tmp = out.with_name(out.name + ".tmp")
@@ -220,21 +222,6 @@ def export_bundle(run_dir: str | Path, out: str | Path, *, epoch: int | str | No
     log(f"wrote {out}: threshold {info['threshold']['value']:.4f} ({info['threshold']['rule']}), "
         f"max difference against the checkpoint {max(check.values()):.1e}")
     return info
-
-
-def _rates_at(calibrated: dict, x, labels, metric: str, saved: dict, class_names=None) -> dict:
-    from trainer.analysis import verification
-    from trainer.analysis.thresholds import rates_ci_at_threshold, threshold_grid
-
-    bins, hi, _ = threshold_grid(x, metric)
-    h = verification.pair_histograms(x, labels, metric=metric, bins=bins,
-                                     max_distance=hi if metric == "euclidean" else None)
-    point = verification.operating_point(h, saved["value"])
-    ci = rates_ci_at_threshold(x, labels, point["threshold"], metric=metric, n_boot=200)
-    return {**calibrated, "value": point["threshold"], "rule": saved["rule"], "far": point["far"],
-            "frr": point["frr"], "tar": point["tar"], "far_ci95": [ci["far"]["low"], ci["far"]["high"]],
-            "frr_ci95": [ci["frr"]["low"], ci["frr"]["high"]],
-            "per_class": per_class_spread(x, labels, metric, point["threshold"], class_names)}
 
 
 def _epoch_metrics(reader: RunReader, epoch: int) -> dict:

@@ -53,12 +53,8 @@ def open_model(path: str | Path, device: str = "cpu") -> Model:
     epoch = choose_epoch(reader, "best")
     rm = RunModel(path, reader.verified_checkpoint(epoch), device)
     x, labels = heldout_rows(reader, epoch)
-    threshold = calibrate(x, labels, reader.metric, n_boot=100, class_names=reader.classes)
-    saved = saved_threshold(reader, epoch)
-    if saved is not None:
-        from trainer.export.bundle import _rates_at
-
-        threshold = _rates_at(threshold, x, labels, reader.metric, saved, reader.classes)
+    threshold = calibrate(x, labels, reader.metric, saved=saved_threshold(reader, epoch), n_boot=100,
+                          class_names=reader.classes)
     roc = threshold.pop("roc")
     return Model(f"{path} (epoch {epoch})", reader.metric, threshold, roc, rm.embed_files)
 

@@ -157,3 +157,19 @@ def test_a_damaged_bundle_is_named(tmp_path, bundle):
 
     with pytest.raises(ExplorerError, match="bundle.json"):
         open_model(broken)
+
+
+def test_a_threshold_saved_from_the_studio_is_the_bundles_with_its_own_rates(run, tmp_path):
+    reader = RunReader(run)
+    (run / "thresholds.json").write_text(json.dumps({"threshold": 0.5, "metric": reader.metric, "epoch": 2,
+                                                     "chosen_by": "manual"}))
+    info = export_bundle(run, tmp_path / "b", epoch="last")
+    t = info["threshold"]
+    assert t["rule"] == "saved from the threshold studio (manual)" and t["value"] == pytest.approx(0.5, abs=1e-3)
+    x = reader.rows(2, np.flatnonzero(reader.samples.split == SPLIT_HELDOUT))
+    y = reader.samples.labels[reader.samples.split == SPLIT_HELDOUT]
+    d = [(np.linalg.norm(x[i] - x[j]) if reader.metric == "euclidean"
+          else 1 - x[i] @ x[j] / np.linalg.norm(x[i]) / np.linalg.norm(x[j]), y[i] == y[j])
+         for i in range(len(x)) for j in range(i + 1, len(x))]
+    fa = sum(1 for dist, same in d if not same and dist <= t["value"]) / sum(1 for _, same in d if not same)
+    assert t["far"] == pytest.approx(fa, abs=0.02)  # the saved threshold's own rate, not the EER's
