@@ -446,13 +446,14 @@ class MainWindow(QMainWindow):
             return
         from trainer.data.split import held_out_classes
 
-        d = self.config_panel.config().data
+        cfg = self.config_panel.config()
+        d = cfg.data
         if d.test_dir:
             self.dataset_view.set_held_out(set(), f"the held-out classes come from the test folder {d.test_dir}")
             return
         self.dataset_view.set_held_out(held_out_classes(
             list(scan.classes), holdout_fraction=d.holdout_fraction, holdout_classes=d.holdout_classes,
-            seed=self.config_panel.config().seed))
+            seed=cfg.seed))
 
     @Slot()
     def _estimate_epoch(self) -> None:
