@@ -354,6 +354,9 @@ class MapView(QWidget):
         # the card followed mouse moves only: a pointer leaving the plot in one quick move (to another panel or
         # window) left it on screen for minutes
         self.plot.viewport().installEventFilter(self)
+        # Esc in the search box or over the plot clears the selection even when the window is not the active one
+        # (the Esc shortcut needs an active window; under some window managers it is not, and nothing happened)
+        self.search.installEventFilter(self)
         scene.sigMouseClicked.connect(self._on_mouse_clicked)
 
     # ------------------------------------------------------------------------------------------- run/epochs
@@ -866,6 +869,9 @@ class MapView(QWidget):
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt naming
         """The plot's viewport: the hover card goes when the pointer leaves it, the window loses focus, or the
         user scrolls or clicks (the point under the card moves away)."""
+        if event.type() == QEvent.Type.KeyPress and event.key() == Qt.Key.Key_Escape:
+            self.clear_selection()
+            return True
         if event.type() in self._HOVER_ENDS and self.hover_id >= 0:
             self.hide_hover()
         return False
