@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QHBoxL
                                QSpinBox, QSplitter, QTableView, QVBoxLayout, QWidget)
 from explorer.jobs import JobRunner
 from explorer.state import AppState
-from explorer.widgets.labels import PathLabel
+from explorer.widgets.labels import PathLabel, shrinkable
 from explorer.widgets.view_setup import job_reporting, setup_view, subscribe
 from explorer.views.neighbours.jobs import GALLERIES, INDEX_CACHE, IndexEntry, NeighbourQuery, NeighbourResult, checkpoint_for, embed_file_job, filter_samples_job, neighbour_job
 from explorer.widgets.framed import OTHER, QUERY, SAME, framed_pixmap
@@ -179,7 +179,7 @@ class NeighboursView(QWidget):
         self.table.setTextElideMode(Qt.TextElideMode.ElideLeft)  # a path's end (its file name) is what tells
         self.table.selectionModel().currentRowChanged.connect(self._on_table_row)
         ll.addWidget(self.table)
-        self.count_label = QLabel("")
+        self.count_label = shrinkable(QLabel(""))  # "179 selected of ..." wraps; it widened the list column
         ll.addWidget(self.count_label)
         split.addWidget(left)
 
@@ -489,6 +489,8 @@ class NeighboursView(QWidget):
         while len(self._cache) > INDEX_CACHE:
             self._cache.popitem(last=False)
         r.new_entries = []
+        if len(self.selected) > 1:  # the selection's gallery is on screen (a new epoch re-ran the query): it stays,
+            return                   # and the query's neighbours come back when the selection is cleared
         if r.query.kind == "file" and r.prev_ids is None:
             last = self._last_file_result
             if last is not None and last.query.same_as(r.query) and last.epoch != r.epoch and \

@@ -212,6 +212,11 @@ def test_a_multi_selection_is_a_gallery_and_a_list_and_the_query_stays(qtbot, vi
     assert view.shown_ids().tolist() == chosen[:200].tolist() != shown_before  # the gallery of the selection
     assert view.model.rows.tolist() == chosen.tolist()  # the list shows the selection
     assert f"Selection: {len(chosen):,} images" in view.query_label.text()
+    # a new epoch (training goes on) re-runs the query but leaves the selection's gallery on screen
+    view.state.set_epoch(r.epochs[0])
+    wait_idle(qtbot, view)
+    assert view.shown_ids().tolist() == chosen[:200].tolist()
+    assert f"Selection: {len(chosen):,} images" in view.query_label.text()
     # a double-click in the gallery queries that sample
     view._on_grid_double_click(view.grid.item(2))
     wait_idle(qtbot, view)
