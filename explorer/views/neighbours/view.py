@@ -389,6 +389,7 @@ class NeighboursView(QWidget):
             self.grid.addItem(item)
             self._items.setdefault(sid, []).append(item)
         shown = min(len(ids), SELECTION_GALLERY)
+        self.query_icon.clear()  # no query image beside a selection (the last query's stayed there)
         self.query_label.setText(f"Selection: {len(ids):,} images" + (f" (the first {shown:,} shown)"
                                                                        if shown < len(ids) else "")
                                  + " — double-click one to find its neighbours")
