@@ -221,3 +221,110 @@ def spread_summary(rates: dict, class_names=None, worst: int = 5) -> dict:
                     "max": float(v[ok].max()), "n_classes": int(ok.sum()),
                     "worst": [[names[int(i)], float(v[int(i)])] for i in order if ok[int(i)]]}
     return out
+
+
+def per_class_histograms(embeddings, labels, edges, *, metric: str = "cosine",
+                         block_bytes: int = 64 * 2**20) -> dict:
+    """Per class, the distances of its genuine and its impostor pairs binned at ``edges`` (ascending).
+
+    Bin k (0 <= k <= len(edges)) holds the pairs with ``edges[k-1] < d <= edges[k]``, so the pairs accepted at
+    threshold ``edges[k]`` (d <= t) are the cumulative sum up to k; bin len(edges) holds those above the last edge.
+    A class's impostor pairs are those with one image in it (each counted once for each of its two classes, as in
+    :func:`per_class_rates`); its genuine pairs are counted once each. Returns ``classes``, ``genuine`` and
+    ``impostor`` (int64, shape (classes, len(edges) + 1))."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    x = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
+    lab = np.asarray(labels)
+    e = np.asarray(edges, dtype=np.float64)
+    if x.ndim != 2 or len(x) != len(lab):
+        raise ValueError(f"embeddings {x.shape} and {len(lab)} labels do not match")
+    if e.ndim != 1 or len(e) == 0 or np.any(np.diff(e) <= 0):
+        raise ValueError("edges must be a non-empty ascending 1-d array")
+    classes, y = np.unique(lab, return_inverse=True)
+    n, c, nb = len(x), len(classes), len(e) + 1
+    t = torch.from_numpy(x)
+    if metric == "cosine":
+        t = torch.nn.functional.normalize(t, dim=1)
+    te = torch.from_numpy(e.astype(np.float32))
+    yy = torch.from_numpy(y.astype(np.int64))
+    sq = (t * t).sum(dim=1)
+    gen = torch.zeros(c * nb, dtype=torch.int64)
+    imp = torch.zeros(c * nb, dtype=torch.int64)
+    rows = max(1, int(block_bytes // max(1, 4 * n * 4)))
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        s = t[r0:r1] @ t.T
+        d = 1.0 - s if metric == "cosine" else (sq[r0:r1, None] + sq[None, :] - 2.0 * s).clamp_(min=0.0).sqrt_()
+        b = torch.bucketize(d, te)
+        upper = torch.arange(n).unsqueeze(0) > torch.arange(r0, r1).unsqueeze(1)
+        same = yy[r0:r1, None] == yy[None, :]
+        key_i = yy[r0:r1, None] * nb + b
+        key_j = yy[None, :] * nb + b
+        gen += torch.bincount(key_i[upper & same], minlength=c * nb)
+        cross = upper & ~same
+        imp += torch.bincount(key_i[cross], minlength=c * nb) + torch.bincount(key_j[cross], minlength=c * nb)
+    return {"classes": classes, "genuine": gen.view(c, nb).numpy(), "impostor": imp.view(c, nb).numpy()}
+
+
+def _utility(tar: np.ndarray, tnr: np.ndarray) -> np.ndarray:
+    """The harmonic mean of the true accept and true reject rates (0 where both are 0)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tar + tnr > 0, 2.0 * tar * tnr / np.maximum(tar + tnr, 1e-300), 0.0)
+
+
+def opis(embeddings, labels, *, metric: str = "cosine", far_range: tuple[float, float] = (1e-4, 1e-2),
+         bins: int = 4000, block_bytes: int = 64 * 2**20) -> dict:
+    """The operating-point-inconsistency score of Zhang et al. (ICLR 2024): how far each class's utility departs
+    from the whole set's, averaged over the classes and over a range of thresholds.
+
+    OPIS = mean over classes i and thresholds d in [d_lo, d_hi] of (U(i, d) - U(d))^2, with U the harmonic mean of
+    TAR and TNR (= 1 - FAR) of the class's own pairs (U(d): of all pairs) and [d_lo, d_hi] the thresholds whose
+    overall FAR lies within ``far_range`` (the calibration range; where the held-out pairs cannot resolve its low
+    end, the range starts at the strictest threshold that accepts an impostor pair). Thresholds are ``bins``
+    equal steps over the distances' range, so the mean over them is the integral over d divided by its length.
+    Classes without a genuine or an impostor pair are left out. Lower is more consistent: 0 when one threshold
+    means the same for every class. Returns ``opis``, the range (``threshold_range``, ``far_range`` as covered),
+    ``n_thresholds`` and ``n_classes``; ``opis`` is None, with the ``reason``, when the pairs cannot resolve the
+    range (too few impostor pairs for its FAR)."""
+    lo, hi = (float(v) for v in far_range)
+    if not 0 <= lo < hi <= 1:
+        raise ValueError(f"far_range must be 0 <= low < high <= 1, got {far_range}")
+    x = np.asarray(embeddings, dtype=np.float32)
+    if metric == "cosine":
+        top = 2.0
+    else:
+        top = float(2.0 * np.sqrt(((x - x.mean(axis=0)) ** 2).sum(axis=1)).max()) if len(x) else 1.0
+        top = max(top, 1e-6)
+    edges = np.linspace(0.0, top, int(bins) + 1)[1:]
+    h = per_class_histograms(x, labels, edges, metric=metric, block_bytes=block_bytes)
+    g = np.cumsum(h["genuine"], axis=1)[:, :-1].astype(np.float64)  # accepted at edges[k]
+    m = np.cumsum(h["impostor"], axis=1)[:, :-1].astype(np.float64)
+    ng, ni = h["genuine"].sum(axis=1).astype(np.float64), h["impostor"].sum(axis=1).astype(np.float64)
+    out = {"opis": None, "threshold_range": None, "far_range": None, "n_thresholds": 0,
+           "n_classes": int(((ng > 0) & (ni > 0)).sum()), "utility": "harmonic mean of TAR and 1 - FAR",
+           "reason": ""}
+    if ng.sum() == 0 or ni.sum() == 0 or out["n_classes"] == 0:
+        out["reason"] = "no class has both a genuine and an impostor pair"
+        return out
+    # each impostor pair was counted for both of its classes, each genuine pair once
+    far_all = (m.sum(axis=0) / 2.0) / (ni.sum() / 2.0)
+    tar_all = g.sum(axis=0) / ng.sum()
+    inside = (far_all >= lo) & (far_all <= hi)
+    if not inside.any():
+        inside = (far_all > 0) & (far_all <= hi)
+    if not inside.any():
+        n_imp = int(round(ni.sum() / 2))
+        out["reason"] = (f"{n_imp:,} impostor pairs cannot resolve a FAR of {hi:g} or less (one accepted pair is "
+                         f"{1 / n_imp:.2g})")
+        return out
+    keep = (ng > 0) & (ni > 0)
+    tar_c = g[keep] / ng[keep, None]
+    tnr_c = 1.0 - m[keep] / ni[keep, None]
+    u_c = _utility(tar_c[:, inside], tnr_c[:, inside])
+    u = _utility(tar_all[inside], 1.0 - far_all[inside])
+    k = np.flatnonzero(inside)
+    out.update(opis=float(((u_c - u[None, :]) ** 2).mean()), n_thresholds=int(len(k)),
+               threshold_range=[float(edges[k[0]]), float(edges[k[-1]])],
+               far_range=[float(far_all[k[0]]), float(far_all[k[-1]])])
+    return out

@@ -72,6 +72,13 @@ def per_class_spread(x: np.ndarray, labels: np.ndarray, metric: str, threshold: 
     return spread_summary(per_class_rates(x, labels, threshold, metric=metric), class_names)
 
 
+def _opis(x: np.ndarray, labels: np.ndarray, metric: str) -> dict:
+    """Threshold consistency over a range of thresholds (OPIS); plain JSON values."""
+    from trainer.analysis.thresholds import opis
+
+    return opis(x, labels, metric=metric)
+
+
 def calibrate(x: np.ndarray, labels: np.ndarray, metric: str, *, far: float | None = None,
               saved: dict | None = None, n_boot: int = 200, class_names=None) -> dict:
     """The threshold on held-out embeddings: ``saved`` (the studio's, :func:`saved_threshold`), else at the
@@ -101,6 +108,7 @@ def calibrate(x: np.ndarray, labels: np.ndarray, metric: str, *, far: float | No
         "n_genuine_pairs": int(h.n_genuine), "n_impostor_pairs": int(h.n_impostor),
         "n_images": int(len(labels)), "n_classes": int(len(np.unique(labels))),
         "per_class": per_class_spread(x, labels, metric, point["threshold"], class_names),
+        "opis": _opis(x, labels, metric),
         "roc": roc_table(edges, gen, imp),
     }
 
@@ -265,6 +273,16 @@ def _spread_text(spread: dict | None) -> str:
             f"{_pct(r['std'])}; highest: {worst_r}).")
 
 
+def _opis_text(o: dict | None) -> str:
+    if not o:
+        return ""
+    if o.get("opis") is None:
+        return f"\nThreshold consistency (OPIS) over FAR 1e-4 - 1e-2: not measured ({o.get('reason') or 'no pairs'})."
+    return (f"\nThreshold consistency (OPIS, Zhang et al. 2024; 0 = one threshold means the same for every class): "
+            f"{o['opis']:.4f} over the thresholds {o['threshold_range'][0]:.3f} - {o['threshold_range'][1]:.3f} "
+            f"(FAR {o['far_range'][0]:.0e} - {o['far_range'][1]:.0e}).")
+
+
 def model_card(info: dict) -> str:
     """The bundle's README.md."""
     t, src, pre, rec = info["threshold"], info["source"], info["preprocessing"], info["recipe"]
@@ -291,7 +309,7 @@ On {t['n_images']:,} images of {t['n_classes']} held-out classes never trained o
 {_pct(t['far_ci95'][0])} - {_pct(t['far_ci95'][1])}) and rejects {_pct(t['frr'])} of genuine pairs
 ({_pct(t['frr_ci95'][0])} - {_pct(t['frr_ci95'][1])}); TAR {_pct(t['tar'])}. Intervals resample classes.
 A different operating point: `python main.py verify THIS_FOLDER A B --far 1e-3` reads the stored ROC.
-{_spread_text(t.get('per_class'))}
+{_spread_text(t.get('per_class'))}{_opis_text(t.get('opis'))}
 
 ## Data and recipe
 {len(info['classes'])} classes, of which {len(info['heldout_classes'])} held out. Backbone {rec['backbone']},

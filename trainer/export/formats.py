@@ -133,3 +133,25 @@ def write_selection_csv(path: str | Path, rows: Sequence[tuple[int, str, str, st
         w.writerow(["id", "path", "label", "split"])
         w.writerows(rows)
     return Path(path)
+
+
+def write_pairs_csv(path: str | Path, samples, classes: Sequence[str], pairs: Sequence[tuple[int, int, float]],
+                    kind: str) -> Path:
+    """A CSV of image pairs (the threshold's false accepts or rejects): both images' id, path and label, the
+    distance and the kind of error (a header row first)."""
+    import csv
+
+    files = sample_files(samples)
+    labels = np.asarray(samples.labels)
+
+    def name(i: int) -> str:
+        c = int(labels[i])
+        return classes[c] if 0 <= c < len(classes) else str(c)
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id_a", "path_a", "label_a", "id_b", "path_b", "label_b", "distance", "kind"])
+        for a, b, d in pairs:
+            a, b = int(a), int(b)
+            w.writerow([a, files[a], name(a), b, files[b], name(b), f"{float(d):.6f}", kind])
+    return Path(path)

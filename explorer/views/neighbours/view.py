@@ -204,6 +204,10 @@ class NeighboursView(QWidget):
         self.grid.setUniformItemSizes(True)
         self.grid.itemDoubleClicked.connect(self._on_grid_double_click)
         self.grid.itemClicked.connect(self._on_grid_click)
+        from explorer.widgets.image_menu import ImageListMenu
+
+        self.grid_menu = ImageListMenu(self.grid, lambda: self.state.run, lambda: self.shown_ids().tolist(),
+                                       "neighbours")  # right click: copy their paths / export them as CSV
         rl.addWidget(self.grid, 1)
         legend = QLabel("<span style='color:#2ca02c'>■</span> same class &nbsp; "
                         "<span style='color:#d62728'>■</span> other class &nbsp; "

@@ -11,7 +11,7 @@ import numpy as np
 from trainer.analysis import retrieval
 from trainer.analysis import verification
 from trainer.store import SPLIT_HELDOUT
-from trainer.analysis.thresholds import per_class_rates, rates_ci_at_threshold, spread_summary, threshold_grid
+from trainer.analysis.thresholds import opis, per_class_rates, rates_ci_at_threshold, spread_summary, threshold_grid
 
 N_NEAREST = 12  # false accepts / rejects shown nearest to the threshold
 CV_FOLDS = 10
@@ -102,7 +102,8 @@ def compute_roc(run, epoch: int, *, progress, partial, is_cancelled) -> RocData:
 
 def compute_extras(x: np.ndarray, labels: np.ndarray, metric: str, rows: np.ndarray | None = None, *, progress,
                    partial, is_cancelled) -> dict:
-    """10-fold CV threshold (sent as a partial result first), then class-bootstrap intervals of AUC/EER/TAR@FAR.
+    """10-fold CV threshold (sent as a partial result first), OPIS (another partial), then class-bootstrap
+    intervals of AUC/EER/TAR@FAR.
 
     ``rows``: compute on those images only (a stratified sample of a split too large for all its pairs)."""
     if rows is not None:
@@ -110,6 +111,10 @@ def compute_extras(x: np.ndarray, labels: np.ndarray, metric: str, rows: np.ndar
     progress(0.05, f"{CV_FOLDS}-fold cross-validated threshold")
     cv = verification.best_accuracy_threshold_cv(x, labels, metric=metric, folds=CV_FOLDS)
     partial({"cv": cv})
+    if is_cancelled():
+        return {"cv": cv}
+    progress(0.3, "threshold consistency across classes (OPIS)")
+    partial({"opis": opis(x, labels, metric=metric)})
     if is_cancelled():
         return {"cv": cv}
     progress(0.4, f"bootstrap intervals ({N_BOOT} class resamples)")

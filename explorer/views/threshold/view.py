@@ -102,6 +102,7 @@ class ThresholdView(DeferWhileHidden, QWidget):
         self.data: RocData | None = None
         self.cv: dict | None = None
         self.boot: dict | None = None
+        self.opis: dict | None = None  # threshold consistency over classes (OPIS), per epoch
         self.errors: dict | None = None
         self.threshold: float | None = None
         self.point: dict[str, float] | None = None
@@ -240,6 +241,11 @@ class ThresholdView(DeferWhileHidden, QWidget):
             grid.addWidget(val, r, 1)
             self.lbl[key] = val
         grid.setColumnStretch(1, 1)
+        self.lbl["spread"].setToolTip(
+            "Each held-out class's own FAR and FRR at this threshold. OPIS (Zhang et al., ICLR 2024) averages, over "
+            "the thresholds whose FAR lies in 1e-4 – 1e-2 and over the classes, the squared gap between a class's "
+            "utility (harmonic mean of TAR and 1 − FAR) and the whole set's: lower means one threshold suits every "
+            "class more alike. Train with the threshold-consistent loss to lower it.")
 
         self.summary = QTableWidget(0, 3)
         self.summary.setHorizontalHeaderLabels(["Whole curve", "Value", "95 % interval (class bootstrap)"])
@@ -320,9 +326,26 @@ class ThresholdView(DeferWhileHidden, QWidget):
         t.setColumnWidth(1, 80)
         t.setColumnWidth(2, 110)
         t.horizontalHeader().setStretchLastSection(True)
-        t.setToolTip("Click a pair to mark its two images in the map")
+        t.setToolTip("Click a pair to mark its two images in the map; right-click to copy or export the pairs")
         t.itemSelectionChanged.connect(lambda t=t: self._on_pair_selected(t))
+        from explorer.widgets.image_menu import ImageListMenu
+
+        what = "false accepts" if not hasattr(self, "fa_table") else "false rejects"
+        t.image_menu = ImageListMenu(t, lambda: self.state.run, lambda t=t: [i for a, b, _ in self._table_pairs(t)
+                                                                             for i in (a, b)],
+                                     what, pairs=lambda t=t: self._table_pairs(t))
         return t
+
+    def _table_pairs(self, t: QTableWidget) -> list[tuple[int, int, float]]:
+        """(id_a, id_b, distance) of the pairs a table lists, top to bottom."""
+        out = []
+        for r in range(t.rowCount()):
+            a, b, d = t.item(r, 0), t.item(r, 1), t.item(r, 2)
+            if a is None or b is None or d is None:
+                continue
+            out.append((int(a.data(Qt.ItemDataRole.UserRole)), int(b.data(Qt.ItemDataRole.UserRole)),
+                        float(d.data(Qt.ItemDataRole.UserRole))))
+        return out
 
     # ---- run / epoch ----------------------------------------------------------------------------------------------
     @Slot(object)
@@ -401,6 +424,9 @@ class ThresholdView(DeferWhileHidden, QWidget):
         self.title.setToolTip(message)
 
     def _on_extras_partial(self, result) -> None:
+        if "opis" in result:
+            self.opis = result["opis"]
+            self.lbl["spread"].setText(self._spread_text())
         if "cv" in result:
             self.cv = result["cv"]
             self._fill_summary()
@@ -433,7 +459,7 @@ class ThresholdView(DeferWhileHidden, QWidget):
 
     def _show_main(self, d: RocData) -> None:
         self.data = d
-        self.cv = self.boot = self.errors = None
+        self.cv = self.boot = self.errors = self.opis = None
         if d.hist is None or d.roc is None or d.problem:
             self._clear()
             self.title.setText(f"Epoch {d.epoch}: {d.problem or 'nothing to show'}")
@@ -621,7 +647,15 @@ class ThresholdView(DeferWhileHidden, QWidget):
                 worst = s["worst"][0] if s["worst"] else None
                 parts.append(f"{key.upper()} {_rate(s['min'])} – {_rate(s['max'])} (sd {_rate(s['std'])}"
                              + (f"; highest {name(worst[0])}" if worst else "") + ")")
-        return "; ".join(parts) + " — one threshold is stricter for some classes than for others"
+        text = "; ".join(parts) + " — one threshold is stricter for some classes than for others"
+        o = self.opis
+        if o and o.get("opis") is not None:
+            t0, t1 = o["threshold_range"]
+            text += (f".  OPIS {o['opis']:.4f} over thresholds {t0:.3f}–{t1:.3f} (FAR {o['far_range'][0]:.0e}–"
+                     f"{o['far_range'][1]:.0e}; 0 = every class treated alike)")
+        elif o and o.get("reason"):
+            text += f".  OPIS: {o['reason']}"
+        return text
 
     def _show_point(self) -> None:
         d = self.data
@@ -737,6 +771,7 @@ class ThresholdView(DeferWhileHidden, QWidget):
                     if pm is not None:
                         item.setIcon(QIcon(pm))
                 dist_item = QTableWidgetItem(f"{dist[r]:.5f}")
+                dist_item.setData(Qt.ItemDataRole.UserRole, float(dist[r]))
                 dist_item.setToolTip(f"{DIRECTION}; threshold {self.threshold:.4f}")
                 table.setItem(r, 2, dist_item)
                 table.setItem(r, 3, QTableWidgetItem(f"{cname(int(d.labels[i[r]]))}  ·  {cname(int(d.labels[j[r]]))}"))

@@ -228,3 +228,26 @@ def test_a_multi_selection_is_a_gallery_and_a_list_and_the_query_stays(qtbot, vi
     # and the gallery gives way to the query's neighbours again
     qtbot.waitUntil(lambda: view.query_label.text().startswith("Query:"), timeout=5000)
     assert view.result is not None and view.result.query.sample_id == int(chosen[2])
+
+
+def test_the_neighbour_grid_copies_and_exports_its_images(qtbot, view, run_dir, tmp_path):
+    """Issue 17 item 6: the neighbours of a query leave as CSV and as paths, in the grid's order."""
+    import csv
+
+    from PySide6.QtGui import QGuiApplication
+
+    from trainer.export.formats import sample_files
+
+    r = open_run(qtbot, view, run_dir)
+    select(qtbot, view, 7)
+    shown = view.shown_ids().tolist()
+    files = sample_files(r.samples)
+    assert view.grid_menu.copy_paths() == len(shown) == 12
+    assert QGuiApplication.clipboard().text().splitlines() == [files[i] for i in shown]
+    out = tmp_path / "nb.csv"
+    assert view.grid_menu.export_csv(str(out))
+    rows = list(csv.reader(out.read_text().splitlines()))
+    assert rows[0] == ["id", "path", "label", "split"]
+    assert [int(row[0]) for row in rows[1:]] == shown
+    assert [row[2] for row in rows[1:]] == [r.classes[int(r.samples.labels[i])] for i in shown]
+    assert view.grid.contextMenuPolicy().name == "CustomContextMenu"

@@ -392,6 +392,36 @@ def test_pairs_tables_and_highlight_global_ids(qtbot, view, tmp_path):
         frr = float(view.class_table.item(r, 6).text()) / 100
         assert frr == pytest.approx(fr_by_class.get(name, 0) / gen_by_class[name], abs=1e-4)
     assert "FAR" in view.lbl["spread"].text() and "stricter for some classes" in view.lbl["spread"].text()
+    # OPIS over a range of thresholds (per epoch, from the extras job): the number shown is the function's
+    from trainer.analysis.thresholds import opis
+
+    qtbot.waitUntil(lambda: view.opis is not None, timeout=20000)
+    want = opis(x, y, metric="cosine")
+    assert view.opis["opis"] == pytest.approx(want["opis"])
+    view.spin.setValue(t + 0.01)
+    wait_idle(qtbot, view)
+    assert f"OPIS {want['opis']:.4f}" in view.lbl["spread"].text()
+    # issue 17 item 6: the error pairs leave as a pairs CSV (both images, the exact distance) and as paths
+    import csv
+
+    from PySide6.QtGui import QGuiApplication
+
+    from trainer.export.formats import sample_files
+
+    t_now = view.threshold
+    fa_now = sorted((abs(d - t_now), i, j, d) for i, j, d, same in pairs if not same and d <= t_now)[:12]
+    out = tmp_path / "fa.csv"
+    assert view.fa_table.image_menu.export_csv(str(out))
+    rows = list(csv.reader(out.read_text().splitlines()))
+    assert rows[0][:4] == ["id_a", "path_a", "label_a", "id_b"] and len(rows) - 1 == len(fa_now)
+    files = sample_files(RunReader(run_dir).samples)
+    for row, (_, i, j, d) in zip(rows[1:], fa_now):
+        assert (int(row[0]), int(row[3])) == (int(ids[i]), int(ids[j])) and row[1] == files[int(ids[i])]
+        assert float(row[6]) == pytest.approx(d, abs=1e-5) and row[7] == "false accepts"
+    assert view.fa_table.image_menu.copy_paths() == 2 * len(fa_now)
+    assert QGuiApplication.clipboard().text().splitlines()[:2] == [files[int(ids[fa_now[0][1]])],
+                                                                   files[int(ids[fa_now[0][2]])]]
+    assert view.fr_table.image_menu.what == "false rejects"
 
 
 def test_export_threshold_json_and_plots(qtbot, view, tmp_path):

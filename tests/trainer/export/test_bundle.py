@@ -49,6 +49,16 @@ def test_the_bundle_holds_what_it_says_and_its_networks_equal_the_checkpoint(bun
     assert spread["frr"]["n_classes"] == len(on_disk["heldout_classes"])
     assert {n for n, _ in spread["far"]["worst"]} <= set(on_disk["heldout_classes"])
     assert "Per held-out class at this threshold" in (out / "README.md").read_text()
+    # ... and over a range of thresholds: OPIS of the held-out embeddings the threshold was chosen on
+    from trainer.analysis.thresholds import opis
+    from trainer.export.bundle import heldout_rows
+
+    reader = RunReader(trained[0])
+    hx, hy = heldout_rows(reader, info["source"]["epoch"])
+    assert t["opis"] == opis(hx, hy, metric=reader.metric)
+    # this tiny run's 64 impostor pairs cannot resolve FAR <= 1e-2: no figure, and the reason says so
+    assert t["opis"]["opis"] is None and "64 impostor pairs" in t["opis"]["reason"]
+    assert "OPIS" in (out / "README.md").read_text() and "64 impostor pairs" in (out / "README.md").read_text()
     # 200 inputs: 48 real preprocessed images and 152 random ones, through the checkpoint, ONNX and TorchScript
     from trainer.inference import RunModel
 
