@@ -673,12 +673,21 @@ def cmd_compare(argv: list[str]) -> int:
     p.add_argument("runs", nargs="+", help="run folders, or a sweep folder (all its runs)")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--images", type=int, default=0, metavar="N",
+                   help="also list the N held-out images that got most worse and most better from the first run to "
+                        "the second (same samples: first correct neighbour, neighbours changed)")
     args = p.parse_args(argv)
-    from trainer.comparison import compare, format_table, load_entries
+    from trainer.comparison import compare, format_image_changes, format_table, image_changes, load_entries
     from trainer.errors import ExplorerError
 
     try:
-        result = compare(load_entries(args.runs), n_boot=args.resamples)
+        entries = load_entries(args.runs)
+        result = compare(entries, n_boot=args.resamples)
+        changes = None
+        if args.images > 0:
+            if len(entries) < 2:
+                raise ValueError("--images compares the first run with the second: give two runs")
+            changes = image_changes(entries[0], entries[1])
     except (ExplorerError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -686,6 +695,9 @@ def cmd_compare(argv: list[str]) -> int:
         print(json.dumps(result, indent=2, default=str))
     else:
         print("\n".join(format_table(result)))
+        if changes is not None:
+            run = entries[0].run
+            print("\n".join(format_image_changes(changes, run.samples.paths, list(run.classes), args.images)))
     return 0
 
 

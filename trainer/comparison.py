@@ -96,6 +96,7 @@ def compare(entries: list[RunEntry], *, n_boot: int = 1000, seed: int = 0) -> di
             row[which] = {"epoch": epoch, "map_at_r": float(np.nanmean(q)), "ci95": [lo, hi]}
             if which == "best":
                 row["_q"], row["_y"] = q, y
+                row["roc"] = _roc(e.run.rows(epoch, ids), y, e.run.metric)
         rows.append(row)
         if i == 0 and row.get("best"):
             base_q, base_y = row["_q"], row["_y"]
@@ -116,6 +117,42 @@ def compare(entries: list[RunEntry], *, n_boot: int = 1000, seed: int = 0) -> di
         row["overlaps_first"] = None if not (b0 and b) else bool(b["ci95"][0] <= b0["ci95"][1]
                                                                  and b0["ci95"][0] <= b["ci95"][1])
     return {"metric": KEY, "n_boot": n_boot, "runs": rows, "config_diff": config_diff([e.run for e in entries])}
+
+
+def _roc(x: np.ndarray, y: np.ndarray, metric: str, points: int = 200) -> dict | None:
+    """The held-out ROC of one epoch (all pairs), thinned to about ``points`` (FAR, TAR) pairs for drawing."""
+    from trainer.analysis import verification
+
+    h = verification.pair_histograms(x, y, metric=metric)
+    if h.n_genuine == 0 or h.n_impostor == 0:
+        return None
+    roc = verification.roc_from_histograms(h)
+    keep = np.unique(np.linspace(0, len(roc.far) - 1, min(points, len(roc.far))).round().astype(np.int64))
+    return {"far": roc.far[keep].tolist(), "tar": roc.tar[keep].tolist(), "auc": float(roc.auc),
+            "eer": float(roc.eer)}
+
+
+def image_changes(a: RunEntry, b: RunEntry, *, k: int = 10) -> dict:
+    """Image by image between two runs on the same samples, at their best epochs, on the held-out images: each
+    image's k nearest held-out neighbours in each run, how many are new, and the rank of its first neighbour of its
+    own class (:func:`trainer.analysis.compare.neighbour_changes`). ``ids`` are sample ids; neighbours are too."""
+    from trainer.analysis.compare import neighbour_changes
+
+    if not same_samples(a.run, b.run):
+        raise ValueError(f"{a.name} and {b.name} hold different samples: an image-by-image comparison needs the same "
+                         "images with the same labels and split")
+    if a.best_epoch < 0 or b.best_epoch < 0:
+        raise ValueError("both runs need an evaluated epoch")
+    ids, y = _heldout(a.run)
+    if len(ids) < 2:
+        raise ValueError(f"{a.name} has {len(ids)} held-out image(s): nothing to compare image by image")
+    xa, xb = a.run.rows(a.best_epoch, ids), b.run.rows(b.best_epoch, ids)
+    ch = neighbour_changes(xa, xb, y, a.run.metric, k=k)
+    to_ids = lambda nbr: np.where(nbr >= 0, ids[np.clip(nbr, 0, None)], -1)  # noqa: E731
+    return {"ids": ids, "labels": y, "epochs": (a.best_epoch, b.best_epoch), "names": (a.name, b.name),
+            "nbr_a": to_ids(ch["nbr_a"]), "nbr_b": to_ids(ch["nbr_b"]), "gained": ch["gained"],
+            "rank_a": ch["rank_a"], "rank_b": ch["rank_b"], "k": ch["k"], "xa": xa, "xb": xb,
+            "metric": a.run.metric}
 
 
 def config_diff(runs: list[RunReader]) -> dict[str, list]:
@@ -151,9 +188,46 @@ def format_table(result: dict) -> list[str]:
                                                      "; intervals do not overlap" if r.get("overlaps_first")
                                                      is False else "")
         lines.append(f"{r['name']:<{width}}  {cell(r.get('best')):<28}  {cell(r.get('last')):<28}  {vs_text}")
+    aucs = [f"{r['name']} {r['roc']['auc']:.3f}" for r in rows if r.get("roc")]
+    if aucs:
+        lines.append("held-out ROC AUC at the best epoch (all pairs): " + ", ".join(aucs))
     diff = result["config_diff"]
     if diff:
         lines.append("settings that differ: " + "; ".join(
             f"{k} = " + " / ".join(json.dumps(v, default=str) for v in vals) for k, vals in diff.items()
             if not k.startswith("data.data_dir") and not k.startswith("data.test_dir")))
     return lines
+
+
+def rank_change_order(ch: dict) -> np.ndarray:
+    """Rows of :func:`image_changes` ordered by how much the first correct neighbour moved, worse in B first (a rank
+    of 0, none among the k, counts as k + 1); ties by the number of neighbours that changed."""
+    k1 = ch["k"] + 1
+    ra = np.where(ch["rank_a"] > 0, ch["rank_a"], k1)
+    rb = np.where(ch["rank_b"] > 0, ch["rank_b"], k1)
+    return np.lexsort((-ch["gained"], -(rb - ra)))
+
+
+def format_image_changes(ch: dict, paths, classes, n: int = 10) -> list[str]:
+    """The images that lost and gained most from run A to run B (the command's ``--images N``)."""
+    k1 = ch["k"] + 1
+    ra = np.where(ch["rank_a"] > 0, ch["rank_a"], k1)
+    rb = np.where(ch["rank_b"] > 0, ch["rank_b"], k1)
+    order = rank_change_order(ch)
+    a, b = ch["names"]
+
+    def rank(v: int) -> str:
+        return f">{ch['k']}" if v == k1 else str(int(v))
+
+    def line(i: int) -> str:
+        sid = int(ch["ids"][i])
+        return (f"  {sid:>7}  {classes[int(ch['labels'][i])]:<16.16}  first correct neighbour {rank(ra[i]):>3} -> "
+                f"{rank(rb[i]):<3}  {int(ch['gained'][i])} of {ch['k']} neighbours new  {paths[sid]}")
+
+    worse = [int(i) for i in order if rb[i] > ra[i]][:n]
+    better = [int(i) for i in order[::-1] if rb[i] < ra[i]][:n]
+    out = [f"image by image, {a} (epoch {ch['epochs'][0]}) -> {b} (epoch {ch['epochs'][1]}), {len(ch['ids'])} held-out "
+           f"images, {ch['k']} neighbours: {int((rb < ra).sum())} better, {int((rb > ra).sum())} worse, "
+           f"{int((rb == ra).sum())} the same",
+           f"worse in {b}:"] + [line(i) for i in worse] + [f"better in {b}:"] + [line(i) for i in better]
+    return out

@@ -2,17 +2,19 @@
 
 Held-out MAP@R per epoch of every run overlaid; a table of each run's best and last epoch with 95 % intervals over
 the held-out classes and the difference to the first run (paired when the samples are the same); the settings
-that differ. The numbers are computed in the window's job runner (trainer/analysis/compare.py).
+that differ; the ROC of each run's best epoch overlaid; and, for runs on the same samples, two maps side by side
+with one selection and what changed image by image (explorer/dialogs/compare_images.py). The numbers are computed in the window's job runner (trainer/analysis/compare.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QDialog, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QListWidget, QPushButton,
-                               QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+                               QSplitter, QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 
 from explorer.widgets.charts import count_chart, set_legend_title
 from explorer.widgets.labels import shrinkable
@@ -69,13 +71,28 @@ class CompareDialog(QDialog):
         left.addWidget(self.runs, 1)
         lw = QWidget()
         lw.setLayout(left)
-        right = QSplitter(Qt.Orientation.Vertical)
-        right.addWidget(self.chart)
-        right.addWidget(self.table)
+        curves = QSplitter(Qt.Orientation.Vertical)
+        curves.addWidget(self.chart)
+        curves.addWidget(self.table)
+        self.roc_chart = pg.PlotWidget(background="w")
+        self.roc_chart.setTitle("ROC of each run's best epoch (held-out pairs)")
+        self.roc_chart.setLabel("bottom", "false accept rate (FAR, log)")
+        self.roc_chart.setLabel("left", "true accept rate (TAR)")
+        self.roc_chart.setLogMode(x=True, y=False)
+        self.roc_chart.setYRange(0, 1.02)
+        self.roc_chart.showGrid(x=True, y=True, alpha=0.2)
+        from explorer.dialogs.compare_images import ImageByImage
+
+        self.images = ImageByImage(jobs, self)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(curves, "MAP@R")
+        self.tabs.addTab(self.roc_chart, "ROC")
+        self.tabs.addTab(self.images, "Image by image")
+        right = self.tabs
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(lw)
         split.addWidget(right)
-        split.setSizes([220, 880])
+        split.setSizes([200, 1000])
         lay = QVBoxLayout(self)
         lay.addWidget(split, 1)
         lay.addWidget(self.diff)
@@ -138,7 +155,27 @@ class CompareDialog(QDialog):
                 item = QTableWidgetItem(text)
                 item.setToolTip(row["run"])
                 self.table.setItem(r, c, item)
+        self._show_roc(rows)
+        self.images.set_runs(rows)
         diff = {k: v for k, v in result["config_diff"].items() if not k.startswith(("data.data_dir", "data.test_dir"))}
         self.diff.setText("Settings that differ: " + ("; ".join(
             f"{k} = {' / '.join(str(x) for x in vals)}" for k, vals in diff.items()) if diff else "none"))
         self.status.setText(f"{len(rows)} runs; intervals resample the held-out classes ({result['n_boot']} times)")
+
+    def _show_roc(self, rows: list[dict]) -> None:
+        self.roc_chart.clear()
+        legend = []
+        for i, row in enumerate(rows):
+            roc = row.get("roc")
+            if not roc:
+                continue
+            far, tar = np.asarray(roc["far"]), np.asarray(roc["tar"])
+            ok = far > 0  # FAR = 0 lies left of a log axis
+            colour = class_colour(i)
+            self.roc_chart.plot(far[ok], tar[ok], pen=pg.mkPen(colour, width=2))
+            legend.append((f"{row['name']} (AUC {roc['auc']:.3f})", colour))
+        set_legend_title(self.roc_chart, "", legend[:12], per_line=3)
+
+    def done(self, r: int) -> None:  # noqa: D102 - Qt override: stop the thumbnail loader with the dialog
+        self.images.shutdown()
+        super().done(r)

@@ -92,6 +92,32 @@ def test_compare_runs_shows_the_table_the_command_prints(qtbot, window, trained,
     assert len(dialog.chart.getPlotItem().listDataItems()) == 2
     best = dialog.result["runs"][0]["best"]
     assert f"{best['map_at_r']:.3f}" in dialog.table.item(0, 1).text()
+    # the ROC of each run overlaid
+    assert len(dialog.roc_chart.getPlotItem().listDataItems()) == 2
+    # image by image: two maps of the held-out images, one selection in both, the neighbours that changed
+    from trainer.comparison import image_changes, load_entries
+
+    ib = dialog.images
+    ib.method = "pca"  # the maps' method does not matter here (UMAP is tested with the map view); speed does
+    ib.compute()
+    qtbot.waitUntil(lambda: ib.result is not None and "xy_b" in ib.result, timeout=60000)
+    want = image_changes(*load_entries([window.state.run.run_dir, other]), k=10)
+    n = len(want["ids"])
+    assert ib.table.rowCount() == n and all(len(s.data) == n for s in ib.scatters)
+    worst = int(ib.table.item(0, 0).text())  # worst first: its first correct neighbour moved back the most
+    i = int(np.flatnonzero(want["ids"] == worst)[0])
+    k1 = want["k"] + 1
+    moved = np.where(want["rank_b"] > 0, want["rank_b"], k1) - np.where(want["rank_a"] > 0, want["rank_a"], k1)
+    assert moved[i] == moved.max()
+    pts = ib.scatters[1].points()  # a click on a point of the second map selects it in both
+    ib._clicked([pts[3]])
+    assert ib.selected == 3
+    for side, xy in enumerate((ib.result["xy_a"], ib.result["xy_b"])):
+        rx, ry = ib.rings[side][0].getData()
+        assert (rx[0], ry[0]) == pytest.approx((xy[3, 0], xy[3, 1]))
+    assert int(ib.table.item(ib.table.currentRow(), 0).text()) == int(want["ids"][3])
+    assert ib.new_ids() == [int(s) for s in want["nbr_b"][3] if int(s) not in set(want["nbr_a"][3].tolist())]
+    dialog.done(0)
 
 
 def test_mark_undo_find_suspects_and_train_again_with_the_edits(qtbot, window, tmp_path):

@@ -62,3 +62,51 @@ def interval(samples: np.ndarray, confidence: float = 0.95) -> tuple[float, floa
     if len(s) == 0:
         return float("nan"), float("nan")
     return float(np.quantile(s, a)), float(np.quantile(s, 1 - a))
+
+
+def first_correct_rank(neighbours: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """1-based rank of each query's first neighbour of its own class in ``neighbours`` (N, k; -1 = none), 0 when
+    none of the k is."""
+    y = np.asarray(labels)
+    nb = np.asarray(neighbours, np.int64)
+    hit = (nb >= 0) & (y[np.clip(nb, 0, None)] == y[:, None])
+    return np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, 0).astype(np.int64)
+
+
+def neighbour_changes(xa: np.ndarray, xb: np.ndarray, labels: np.ndarray, metric: str, k: int = 10) -> dict:
+    """What changed for each image between two embeddings of the same images (two runs, or two epochs).
+
+    Each image is a query against the others in each embedding; per image: its k nearest neighbours in A and in B
+    (``nbr_a``, ``nbr_b``, row indices), how many of B's are new (``gained``; as many of A's are gone), and the rank
+    of its first neighbour of its own class in each (``rank_a``, ``rank_b``; 0 = not among the k)."""
+    from trainer.analysis.index import NeighbourIndex
+
+    xa = np.ascontiguousarray(np.asarray(xa, np.float32))
+    xb = np.ascontiguousarray(np.asarray(xb, np.float32))
+    if xa.shape[0] != xb.shape[0] or xa.shape[0] != len(labels):
+        raise ValueError(f"the two embeddings ({len(xa)}, {len(xb)} rows) and {len(labels)} labels must match")
+    n = len(xa)
+    k = int(min(k, max(n - 1, 0)))
+    if k <= 0:
+        empty = np.zeros((n, 0), np.int64)
+        return {"nbr_a": empty, "nbr_b": empty, "gained": np.zeros(n, np.int64), "rank_a": np.zeros(n, np.int64),
+                "rank_b": np.zeros(n, np.int64), "k": 0}
+    self_ids = np.arange(n)
+    _, na = NeighbourIndex(xa, metric=metric).exact_search(xa, k, exclude_self_ids=self_ids)
+    _, nb = NeighbourIndex(xb, metric=metric).exact_search(xb, k, exclude_self_ids=self_ids)
+    sa = np.sort(na, axis=1)
+    # gained: B's neighbours not among A's (a sorted search per row, vectorised over rows)
+    row = np.repeat(np.arange(n), k)
+    flat_pos = np.clip(_rowwise_searchsorted(sa, nb), 0, k - 1)
+    found = sa[row, flat_pos.ravel()].reshape(n, k) == nb
+    return {"nbr_a": na, "nbr_b": nb, "gained": (~found).sum(axis=1).astype(np.int64),
+            "rank_a": first_correct_rank(na, labels), "rank_b": first_correct_rank(nb, labels), "k": k}
+
+
+def _rowwise_searchsorted(sorted_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """np.searchsorted of each row of ``values`` in the same row of ``sorted_rows`` (rows offset into one array)."""
+    n, k = sorted_rows.shape
+    span = int(max(sorted_rows.max(initial=0), values.max(initial=0))) + 2
+    offset = (np.arange(n, dtype=np.int64) * span)[:, None]
+    flat = (sorted_rows.astype(np.int64) + 1 + offset).ravel()  # +1: the -1 of "no neighbour" stays in its row
+    return np.searchsorted(flat, (values.astype(np.int64) + 1 + offset).ravel()).reshape(n, -1) - np.arange(n)[:, None] * k

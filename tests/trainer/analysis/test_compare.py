@@ -13,6 +13,7 @@ from tests.support import ROOT
 from tests.support.twins import brute_distance
 from trainer.analysis.compare import class_bootstrap, per_query_map_at_r
 from trainer.comparison import compare, load_entries
+from trainer.store import SPLIT_HELDOUT
 
 
 def _data(seed=0, n_classes=6, per=7, d=8):
@@ -76,7 +77,48 @@ def test_two_runs_on_the_same_samples_are_compared_pairwise_with_their_config_di
         assert lo <= row["best"]["map_at_r"] <= hi
     assert b["vs_first"]["difference"] == pytest.approx(b["best"]["map_at_r"] - a["best"]["map_at_r"])
     assert result["config_diff"]["loss.name"] == ["triplet", "contrastive"]
-    res = subprocess.run([sys.executable, str(ROOT / "main.py"), "compare", str(run_a), str(run_b)],
+    # the ROC of each run's best epoch over all held-out pairs (drawn overlaid in the window)
+    from trainer.analysis import verification
+    from trainer.comparison import image_changes
+
+    for row, e in ((a, entries[0]), (b, entries[1])):
+        ids = np.flatnonzero(np.asarray(e.run.samples.split) == SPLIT_HELDOUT)
+        h = verification.pair_histograms(e.run.rows(e.best_epoch, ids), np.asarray(e.run.samples.labels)[ids],
+                                         metric=e.run.metric)
+        assert row["roc"]["auc"] == pytest.approx(verification.roc_from_histograms(h).auc)
+        assert row["roc"]["far"][0] == 0.0 and row["roc"]["tar"][-1] == pytest.approx(1.0)
+    # image by image: the neighbours are sample ids of held-out images, as the loop over the two epochs finds them
+    ch = image_changes(entries[0], entries[1], k=5)
+    held = set(ch["ids"].tolist())
+    assert set(ch["nbr_a"].ravel().tolist()) <= held and set(ch["nbr_b"].ravel().tolist()) <= held
+    from trainer.analysis.compare import neighbour_changes
+
+    want = neighbour_changes(ch["xa"], ch["xb"], ch["labels"], ch["metric"], k=5)
+    assert np.array_equal(ch["ids"][want["nbr_b"]], ch["nbr_b"]) and np.array_equal(want["rank_a"], ch["rank_a"])
+    res = subprocess.run([sys.executable, str(ROOT / "main.py"), "compare", str(run_a), str(run_b), "--images", "3"],
                          capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr
     assert "contrastive" in res.stdout and "loss.name" in res.stdout and "[" in res.stdout
+    assert "ROC AUC" in res.stdout and "image by image" in res.stdout and "worse in contrastive" in res.stdout
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_neighbour_changes_equal_a_loop(metric):
+    from tests.support.twins import brute_neighbours
+    from trainer.analysis.compare import neighbour_changes
+
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(6), 5)
+    xa = (rng.normal(size=(6, 8))[y] + 0.9 * rng.normal(size=(len(y), 8))).astype(np.float32)
+    xb = (xa + 0.6 * rng.normal(size=xa.shape)).astype(np.float32)
+    got = neighbour_changes(xa, xb, y, metric, k=7)
+    for q in range(len(y)):
+        others = [j for j in range(len(y)) if j != q]
+        na = [j for _, j in brute_neighbours(xa, q, others, 7, metric)]
+        nb = [j for _, j in brute_neighbours(xb, q, others, 7, metric)]
+        assert got["nbr_a"][q].tolist() == na and got["nbr_b"][q].tolist() == nb
+        assert got["gained"][q] == len(set(nb) - set(na))
+        for rank, nbrs in ((got["rank_a"][q], na), (got["rank_b"][q], nb)):
+            want = next((r + 1 for r, j in enumerate(nbrs) if y[j] == y[q]), 0)
+            assert rank == want
+    assert got["gained"].max() > 0  # the noise moved some neighbours
