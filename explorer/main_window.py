@@ -146,6 +146,10 @@ class MainWindow(QMainWindow):
         self.threshold_view = ThresholdView(self.state, thumbnails=self.thumbnails)
         self.threshold_view.defer_while_hidden = True
         self.add_view("Threshold", self.threshold_view)
+        from explorer.panels.edits_panel import EditsPanel
+
+        self.edits_panel = EditsPanel(self.state, self.curate, self.thumbnails)
+        self.add_view("Edits", self.edits_panel)
 
         self.status_label = shrinkable(QLabel(""), wrap=False)  # a long path is clipped, not a wider window
         self.statusBar().addWidget(self.status_label, 1)

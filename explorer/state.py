@@ -17,6 +17,7 @@ class AppState(QObject):
     selection_changed = Signal(object)  # np.ndarray[int64] of sample ids
     highlight_changed = Signal(object)  # np.ndarray[int64] of sample ids to mark (neighbours, a triplet)
     threshold_changed = Signal(float)  # verification distance threshold
+    marks_changed = Signal(object)  # dict sample id -> (action, text) of the open run's edits (curate)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -26,11 +27,13 @@ class AppState(QObject):
         self.selection = np.empty(0, dtype=np.int64)
         self.highlight = np.empty(0, dtype=np.int64)
         self.threshold: float | None = None
+        self.marks: dict[int, tuple[str, str]] = {}
 
     def set_run(self, run) -> None:
         self.run = run
         self.selection = np.empty(0, dtype=np.int64)
         self.highlight = np.empty(0, dtype=np.int64)
+        self.marks = {}
         self.epochs = list(run.epochs) if run is not None else []
         self.epoch = self.epochs[-1] if self.epochs else -1
         self.run_changed.emit(run)
@@ -69,3 +72,10 @@ class AppState(QObject):
         if self.threshold is None or value != self.threshold:
             self.threshold = value
             self.threshold_changed.emit(value)
+
+    def set_marks(self, marks: dict[int, tuple[str, str]]) -> None:
+        """The edits of the open run by sample id: ("exclude" | "relabel" | "duplicate", a short text)."""
+        marks = dict(marks)
+        if marks != self.marks:
+            self.marks = marks
+            self.marks_changed.emit(marks)

@@ -148,7 +148,7 @@ def image_changes(a: RunEntry, b: RunEntry, *, k: int = 10) -> dict:
         raise ValueError(f"{a.name} has {len(ids)} held-out image(s): nothing to compare image by image")
     xa, xb = a.run.rows(a.best_epoch, ids), b.run.rows(b.best_epoch, ids)
     ch = neighbour_changes(xa, xb, y, a.run.metric, k=k)
-    to_ids = lambda nbr: np.where(nbr >= 0, ids[np.clip(nbr, 0, None)], -1)  # noqa: E731
+    to_ids = lambda nbr: np.where(nbr >= 0, ids[np.clip(nbr, 0, None)], -1)
     return {"ids": ids, "labels": y, "epochs": (a.best_epoch, b.best_epoch), "names": (a.name, b.name),
             "nbr_a": to_ids(ch["nbr_a"]), "nbr_b": to_ids(ch["nbr_b"]), "gained": ch["gained"],
             "rank_a": ch["rank_a"], "rank_b": ch["rank_b"], "k": ch["k"], "xa": xa, "xb": xb,

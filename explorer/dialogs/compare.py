@@ -13,8 +13,21 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QDialog, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QListWidget, QPushButton,
-                               QSplitter, QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QDialog,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from explorer.widgets.charts import count_chart, set_legend_title
 from explorer.widgets.labels import shrinkable
@@ -176,6 +189,6 @@ class CompareDialog(QDialog):
             legend.append((f"{row['name']} (AUC {roc['auc']:.3f})", colour))
         set_legend_title(self.roc_chart, "", legend[:12], per_line=3)
 
-    def done(self, r: int) -> None:  # noqa: D102 - Qt override: stop the thumbnail loader with the dialog
+    def done(self, r: int) -> None:
         self.images.shutdown()
         super().done(r)

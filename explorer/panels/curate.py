@@ -50,6 +50,8 @@ class CurateActions:
         self.relabel_action = w._action(menu, "&Relabel selected images…", self.relabel_selected,
                                         QKeySequence("Ctrl+Shift+R"), "Give the selection another class in the "
                                         "next run")
+        self.duplicate_action = w._action(menu, "Mark as &duplicates of the first selected", self.duplicate_selected,
+                                          tip="The first selected image stays; a new run leaves the others out")
         self.clear_action = w._action(menu, "&Clear the marks of the selection", self.clear_selected)
         self.undo_action = w._action(menu, "&Undo the last edit", self.undo, QKeySequence("Ctrl+Z"))
         menu.addSeparator()
@@ -57,6 +59,8 @@ class CurateActions:
                                          QKeySequence("Ctrl+Shift+L"), "The training images whose neighbours "
                                          "disagree most with their label (cleanlab on neighbour votes)")
         menu.addSeparator()
+        self.list_action = w._action(menu, "&List the edits", lambda: w.show_view("Edits"),
+                                     QKeySequence("Ctrl+Alt+D"), "Every mark with its thumbnail (the Edits tab)")
         self.export_action = w._action(menu, "&Export the edits as CSV…", self.export_csv)
         self.retrain_action = w._action(menu, "&Train again with these edits", self.train_again,
                                         tip="A new run with the open run's settings, the edits applied")
@@ -86,19 +90,94 @@ class CurateActions:
         if w.state.run is None or self.edits is None or len(ids) == 0:
             w.show_status("Select images in the map first (click, box, lasso, search or suspected mislabels)")
             return []
-        return [w.state.run.samples.paths[int(i)] for i in ids]
+        return self._paths(ids)
+
+    def _paths(self, ids) -> list[str]:
+        run = self.window.state.run
+        return [run.samples.paths[int(i)] for i in ids] if run is not None and self.edits is not None else []
+
+    # ---- marks on any images (the map's selection, a neighbour, a triplet's image, an error pair ...) ------------
+    def exclude_ids(self, ids) -> int:
+        paths = self._paths(ids)
+        if not paths:
+            return 0
+        n = self.edits.exclude(paths)
+        self._saved("Excluded", n)
+        return n
+
+    def relabel_ids(self, ids, label: str | None = None) -> int:
+        paths = self._paths(ids)
+        if not paths:
+            return 0
+        classes = list(self.window.state.run.classes)
+        if label is None:
+            label, ok = QInputDialog.getItem(self.window, "Relabel", f"New class of the {len(paths)} image(s):",
+                                             classes, 0, False)
+            if not ok:
+                return 0
+        n = self.edits.relabel(paths, label)
+        self._saved(f"Relabelled as {label}:", n)
+        return n
+
+    def duplicate_ids(self, ids, of: int) -> int:
+        """Mark ``ids`` as duplicates of sample ``of``: a new run keeps ``of`` and leaves them out."""
+        paths = self._paths(ids)
+        keep = self._paths([of])
+        if not paths or not keep:
+            return 0
+        n = self.edits.duplicate(paths, keep[0])
+        self._saved(f"Marked as duplicates of #{int(of)}:", n)
+        return n
+
+    def clear_ids(self, ids) -> int:
+        paths = self._paths(ids)
+        if not paths:
+            return 0
+        n = self.edits.clear(paths)
+        self._saved("Cleared the marks of", n)
+        return n
+
+    def add_mark_actions(self, menu: QMenu, ids: list[int], duplicate_of: int | None = None,
+                         what: str = "this image") -> None:
+        """Exclude / relabel / duplicate / clear items for ``ids`` in a view's right-click menu."""
+        if self.window.state.run is None or self.edits is None or not ids:
+            return
+        ids = [int(i) for i in ids]
+        menu.addAction(f"Exclude {what} from training", lambda: self.exclude_ids(ids))
+        menu.addAction(f"Relabel {what}…", lambda: self.relabel_ids(ids))
+        if duplicate_of is not None and int(duplicate_of) not in ids:
+            menu.addAction(f"Mark {what} as a duplicate of #{int(duplicate_of)}",
+                           lambda: self.duplicate_ids(ids, int(duplicate_of)))
+        if any(int(i) in self.window.state.marks for i in ids):
+            menu.addAction(f"Clear the marks of {what}", lambda: self.clear_ids(ids))
 
     def show_marks(self) -> None:
-        """Draw the edits in the map (excluded crossed out, relabelled ringed in the new class's colour)."""
+        """Draw the edits in the map (excluded crossed out, relabelled ringed in the new class's colour) and tell
+        every other view (AppState.marks: badges on their thumbnails)."""
         w = self.window
-        map_view = getattr(w, "map_view", None)
-        if not hasattr(map_view, "set_marks") or w.state.run is None or self.edits is None:
+        if w.state.run is None or self.edits is None:
             return
         if self._index is None:  # path -> sample id, once per run (a million paths took ~0.3 s per mark)
             self._index = {p: i for i, p in enumerate(w.state.run.samples.paths)}
         index = self._index
+        marks: dict[int, tuple[str, str]] = {}
+        for e in self.edits.edits:
+            sid = index.get(e.path)
+            if sid is None:
+                continue
+            if e.action == "relabel":
+                marks[sid] = ("relabel", str(e.label))
+            elif e.action == "duplicate":
+                of = index.get(e.of or "")
+                marks[sid] = ("duplicate", f"#{of}" if of is not None else str(e.of))
+            else:
+                marks[sid] = ("exclude", "")
+        w.state.set_marks(marks)
+        map_view = getattr(w, "map_view", None)
+        if not hasattr(map_view, "set_marks"):
+            return
         classes = {c: i for i, c in enumerate(w.state.run.classes)}
-        excluded = [index[e.path] for e in self.edits.edits if e.action == "exclude" and e.path in index]
+        excluded = [index[e.path] for e in self.edits.edits if e.action in ("exclude", "duplicate") and e.path in index]
         relabel = [(index[e.path], classes.get(e.label, -1)) for e in self.edits.edits
                    if e.action == "relabel" and e.path in index]
         map_view.set_marks(excluded, [i for i, _ in relabel], [c for _, c in relabel])
@@ -110,34 +189,22 @@ class CurateActions:
                                 f"(Edit ▸ Train again with these edits)")
 
     def exclude_selected(self) -> int:
-        paths = self._selected_paths()
-        if not paths:
-            return 0
-        n = self.edits.exclude(paths)
-        self._saved("Excluded", n)
-        return n
+        return self.exclude_ids(self.window.state.selection) if self._selected_paths() else 0
 
     def relabel_selected(self, label: str | None = None) -> int:
-        paths = self._selected_paths()
-        if not paths:
+        return self.relabel_ids(self.window.state.selection, label) if self._selected_paths() else 0
+
+    def duplicate_selected(self) -> int:
+        """The selection as duplicates of its first image (by sample id)."""
+        ids = np.asarray(self.window.state.selection, np.int64)
+        if len(ids) < 2 or not self._selected_paths():
+            self.window.show_status("Select two images or more: the first stays, the others are marked as its "
+                                    "duplicates")
             return 0
-        classes = list(self.window.state.run.classes)
-        if label is None:
-            label, ok = QInputDialog.getItem(self.window, "Relabel", f"New class of the {len(paths)} selected "
-                                             "image(s):", classes, 0, False)
-            if not ok:
-                return 0
-        n = self.edits.relabel(paths, label)
-        self._saved(f"Relabelled as {label}:", n)
-        return n
+        return self.duplicate_ids(ids[1:], int(ids[0]))
 
     def clear_selected(self) -> int:
-        paths = self._selected_paths()
-        if not paths:
-            return 0
-        n = self.edits.clear(paths)
-        self._saved("Cleared the marks of", n)
-        return n
+        return self.clear_ids(self.window.state.selection) if self._selected_paths() else 0
 
     def undo(self) -> bool:
         if self.edits is None or not self.edits.undo():

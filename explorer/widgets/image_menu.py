@@ -1,10 +1,11 @@
-"""A right-click menu for any view that lists images (the neighbour grid, the threshold's error pairs): copy
-their paths, or export them as CSV (id, path, label, split; pairs with both images and their distance)."""
+"""A right-click menu for any view that lists images (the neighbour grid, the threshold's error pairs, triplet
+examples): mark the images under the cursor (exclude, relabel, duplicate: the window's Edit actions), copy the
+paths of all listed, or export them as CSV (id, path, label, split; pairs with both images and their distance)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QGuiApplication
@@ -17,8 +18,13 @@ class ImageListMenu:
     messages ("neighbours", "false accepts")."""
 
     def __init__(self, widget: QWidget, run: Callable[[], object], ids: Callable[[], list[int]], what: str,
-                 pairs: Callable[[], list[tuple[int, int, float]]] | None = None, status=None) -> None:
+                 pairs: Callable[[], list[tuple[int, int, float]]] | None = None, status=None,
+                 at: Callable[[QPoint], list[int]] | None = None,
+                 duplicate_of: Callable[[QPoint], int | None] | None = None) -> None:
+        """``at(pos)``: the sample ids under the cursor (marked by the Edit actions); ``duplicate_of(pos)``: the
+        image they may duplicate (the query, the pair's first image)."""
         self.widget, self._run, self._ids, self._pairs, self.what = widget, run, ids, pairs, what
+        self._at, self._duplicate_of = at, duplicate_of
         self._status = status or self._window_status
         widget.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         widget.customContextMenuRequested.connect(self._menu)
@@ -33,11 +39,25 @@ class ImageListMenu:
     def _menu(self, pos: QPoint) -> None:
         if not self._ids() or self._run() is None:
             return
-        menu = QMenu(self.widget)
-        menu.addAction(f"Copy the paths of these {self.what}", self.copy_paths)
-        menu.addAction(f"Export these {self.what} as CSV…", self.export_csv)
+        menu = self.build_menu(pos)
         menu.exec(self.widget.viewport().mapToGlobal(pos) if hasattr(self.widget, "viewport")
                   else self.widget.mapToGlobal(pos))
+
+    def build_menu(self, pos: QPoint) -> QMenu:
+        """The menu for a right click at ``pos`` (tests read its actions)."""
+        menu = QMenu(self.widget)
+        here = self._at(pos) if self._at is not None else []
+        curate = getattr(self.widget.window(), "curate", None)
+        if here and curate is not None:
+            of = self._duplicate_of(pos) if self._duplicate_of is not None else None
+            curate.add_mark_actions(menu, here, of, "this image" if len(here) == 1 else "these two images")
+            if len(here) == 2 and of is None:
+                menu.addAction(f"Mark #{here[1]} as a duplicate of #{here[0]}",
+                               lambda: curate.duplicate_ids([here[1]], here[0]))
+            menu.addSeparator()
+        menu.addAction(f"Copy the paths of these {self.what}", self.copy_paths)
+        menu.addAction(f"Export these {self.what} as CSV…", self.export_csv)
+        return menu
 
     def copy_paths(self) -> int:
         from trainer.export.formats import sample_files
@@ -51,7 +71,11 @@ class ImageListMenu:
         return len(ids)
 
     def export_csv(self, path: str | None = None) -> bool:
-        from trainer.export.formats import selection_rows, write_pairs_csv, write_selection_csv
+        from trainer.export.formats import (
+            selection_rows,
+            write_pairs_csv,
+            write_selection_csv,
+        )
 
         run, ids = self._run(), self._ids()
         if run is None or not ids:

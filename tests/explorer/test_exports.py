@@ -150,3 +150,48 @@ def test_mark_undo_find_suspects_and_train_again_with_the_edits(qtbot, window, t
     new = RunReader(out)
     assert paths[0] not in list(new.samples.paths) and paths[1] not in list(new.samples.paths)
     assert (out / "edits.json").is_file() and new.config["data"]["edits"] == str(edits_path_for(run.run_dir))
+
+
+def test_views_mark_their_images_with_badges_and_the_edits_tab_lists_them(qtbot, window, tmp_path):
+    """Issue 18 item 2: marks made from the neighbour grid (a duplicate of the query), the threshold's error pairs
+    and the map's selection appear as badges in every view and as rows of the Edits tab, which clears them."""
+    from trainer.data.edits import Edits, edits_path_for
+
+    run = window.state.run
+    paths = list(run.samples.paths)
+    nb = window.neighbours_view
+    window.state.set_selection([0])
+    qtbot.waitUntil(lambda: not nb.is_busy() and len(nb.shown_ids()) > 0, timeout=30000)
+    sid = int(nb.shown_ids()[0])
+    qtbot.waitUntil(lambda: nb.thumbs.get(sid) is not None, timeout=10000)
+    before = nb.grid.item(0).icon().pixmap(104).toImage()
+    menu = nb.grid_menu.build_menu(nb.grid.visualItemRect(nb.grid.item(0)).center())
+    texts = [a.text() for a in menu.actions()]
+    assert "Exclude this image from training" in texts and "Relabel this image…" in texts
+    next(a for a in menu.actions() if a.text() == "Mark this image as a duplicate of #0").trigger()
+    assert window.state.marks[sid] == ("duplicate", "#0")
+    saved = Edits.load(edits_path_for(run.run_dir))
+    assert saved.get(paths[sid]).action == "duplicate" and saved.get(paths[sid]).of == paths[0]
+    assert nb.grid.item(0).icon().pixmap(104).toImage() != before  # the badge is painted on the thumbnail
+    assert "duplicate of #0" in nb.grid.item(0).toolTip()
+    panel = window.edits_panel
+    assert panel.ids == [sid] and panel.table.item(0, 2).text() == "duplicate of #0"
+    assert panel.table.item(0, 1).text() == paths[sid]
+    a, b = [i for i in range(1, 10) if i != sid][:2]
+    window.state.set_selection([a, b])
+    assert window.curate.exclude_selected() == 2
+    assert panel.ids == sorted([sid, a, b]) and "2 excluded" in panel.summary.text()
+    panel.table.clearSelection()
+    panel.table.selectRow(panel.ids.index(a))
+    assert panel.clear_selected_rows() == 1
+    assert a not in window.state.marks and b in window.state.marks and panel.ids == sorted([sid, b])
+    assert Edits.load(edits_path_for(run.run_dir)).get(paths[a]) is None
+    panel.table.clearSelection()
+    panel.table.selectRow(panel.ids.index(b))
+    panel.select_in_map()
+    assert window.state.selection.tolist() == [b]
+    # a duplicate goes and the image it duplicates stays when training again (the edits file says how)
+    from trainer.data.edits import apply_edits
+
+    keep, _, report = apply_edits(paths, run.samples.labels, list(run.classes), Edits.load(edits_path_for(run.run_dir)))
+    assert report["duplicates"] == 1 and sid not in keep.tolist() and 0 in keep.tolist() and b not in keep.tolist()

@@ -4,10 +4,12 @@ The file lives beside the run it was made from (``RUN_DIR.edits.json``), never i
 
     {"format": "embedding-explorer-edits", "version": 1, "data_dir": "/path/to/images",
      "edits": [{"path": "cat/017.jpg", "action": "exclude", "note": "suspected mislabel"},
-               {"path": "dog/033.jpg", "action": "relabel", "label": "cat"}]}
+               {"path": "dog/033.jpg", "action": "relabel", "label": "cat"},
+               {"path": "dog/034.jpg", "action": "duplicate", "of": "dog/012.jpg"}]}
 
 Paths are relative to ``data_dir`` as a run's sample table holds them. ``train --edits FILE`` (and "Train again
-with these edits" in the window) drops the excluded images and gives relabelled ones their new class; the run
+with these edits" in the window) drops the excluded images and the duplicates (keeping the image each duplicates)
+and gives relabelled ones their new class; the run
 records the file in its configuration and keeps a copy (``edits.json``).
 """
 
@@ -21,15 +23,16 @@ from pathlib import Path
 
 FORMAT = "embedding-explorer-edits"
 VERSION = 1
-ACTIONS = ("exclude", "relabel")
+ACTIONS = ("exclude", "relabel", "duplicate")
 
 
 @dataclass(frozen=True)
 class Edit:
     path: str
-    action: str  # "exclude" | "relabel"
+    action: str  # "exclude" | "relabel" | "duplicate"
     label: str | None = None  # the new class of a relabel
     note: str = ""
+    of: str | None = None  # the image a duplicate duplicates (kept; the duplicate is left out)
 
 
 class EditsError(ValueError):
@@ -76,7 +79,13 @@ class Edits:
                 raise EditsError(f"{path}: edit {i + 1} names {p!r}; paths are relative to the image folder")
             if item["action"] == "relabel" and not isinstance(item.get("label"), str):
                 raise EditsError(f"{path}: edit {i + 1} relabels {p!r} but gives no 'label'")
-            edits.append(Edit(p, item["action"], item.get("label"), str(item.get("note", ""))))
+            of = item.get("of")
+            if item["action"] == "duplicate" and (not isinstance(of, str) or Path(of).is_absolute()
+                                                  or ".." in Path(of).parts or of == p):
+                raise EditsError(f"{path}: edit {i + 1} marks {p!r} as a duplicate but 'of' does not name another "
+                                 "image of the folder (a relative path)")
+            edits.append(Edit(p, item["action"], item.get("label"), str(item.get("note", "")),
+                              of if item["action"] == "duplicate" else None))
         return cls(raw.get("data_dir", ""), edits)
 
     def to_dict(self) -> dict:
@@ -114,6 +123,10 @@ class Edits:
     def relabel(self, paths, label: str, note: str = "") -> int:
         return self._change([Edit(str(p), "relabel", str(label), note) for p in paths])
 
+    def duplicate(self, paths, of: str, note: str = "") -> int:
+        """Mark ``paths`` as duplicates of ``of`` (which stays; a mark on ``of`` itself is skipped)."""
+        return self._change([Edit(str(p), "duplicate", None, note, str(of)) for p in paths if str(p) != str(of)])
+
     def clear(self, paths) -> int:
         """Take the marks off ``paths`` (undoable like the others)."""
         gone = [p for p in map(str, paths) if p in self._by_path]
@@ -133,13 +146,13 @@ class Edits:
 
     # ---- out ----------------------------------------------------------------------------------------------------
     def write_csv(self, path: str | Path, old_labels: dict[str, str]) -> Path:
-        """path, old label, new label or "excluded", note."""
+        """path, old label, new label or "excluded" or "duplicate of PATH", note."""
         with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["path", "old_label", "new_label", "note"])
             for e in self.edits:
-                w.writerow([e.path, old_labels.get(e.path, ""), "excluded" if e.action == "exclude" else e.label,
-                            e.note])
+                new = {"exclude": "excluded", "duplicate": f"duplicate of {e.of}"}.get(e.action, e.label)
+                w.writerow([e.path, old_labels.get(e.path, ""), new, e.note])
         return Path(path)
 
 
@@ -157,12 +170,17 @@ def apply_edits(paths: list[str], labels, classes: list[str], edits: Edits):
         raise EditsError(f"relabels to classes the folder does not have: {', '.join(unknown_labels)} (its classes: "
                          f"{', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''})")
     keep, new = [], []
-    excluded = relabelled = 0
+    excluded = relabelled = duplicates = 0
     for i, p in enumerate(paths):
         e = edits.get(p)
         if e is not None and e.action == "exclude":
             excluded += 1
             continue
+        if e is not None and e.action == "duplicate":
+            kept = edits.get(e.of) if e.of is not None else None
+            if e.of in known and (kept is None or kept.action == "relabel"):
+                duplicates += 1  # the image it duplicates stays: this copy goes
+                continue
         keep.append(i)
         if e is not None and e.action == "relabel":
             relabelled += int(index[e.label] != labels[i])
@@ -170,5 +188,5 @@ def apply_edits(paths: list[str], labels, classes: list[str], edits: Edits):
         else:
             new.append(int(labels[i]))
     missing = sorted(p for p in (e.path for e in edits.edits) if p not in known)
-    report = {"excluded": excluded, "relabelled": relabelled, "missing": missing}
+    report = {"excluded": excluded, "relabelled": relabelled, "duplicates": duplicates, "missing": missing}
     return np.asarray(keep, np.int64), np.asarray(new, np.int64), report

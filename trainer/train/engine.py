@@ -544,7 +544,8 @@ def scan_samples(cfg: TrainConfig, log: Callable[..., None]) -> tuple[SampleTabl
         except EditsError as exc:
             raise TrainingError(str(exc)) from None
         paths = [paths[int(i)] for i in keep]
-        log(f"edits {cfg.data.edits}: {report['excluded']} images excluded, {report['relabelled']} relabelled"
+        log(f"edits {cfg.data.edits}: {report['excluded']} images excluded, {report['relabelled']} relabelled, "
+            f"{report['duplicates']} duplicates left out"
             + (f"; {len(report['missing'])} edited files are not in the folder (first: {report['missing'][0]})"
                if report["missing"] else ""), "warning" if report["missing"] else "info")
     roots = [str(scan.root)]

@@ -108,7 +108,7 @@ class NeighboursView(QWidget):
         self._filter_timer.timeout.connect(self._start_filter)
 
         subscribe(self, state, run_changed=self._on_run, epoch_changed=self._on_epoch,
-                  selection_changed=self._on_selection)
+                  selection_changed=self._on_selection, marks_changed=self._on_marks)
 
     # ---- layout -------------------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -206,8 +206,9 @@ class NeighboursView(QWidget):
         self.grid.itemClicked.connect(self._on_grid_click)
         from explorer.widgets.image_menu import ImageListMenu
 
-        self.grid_menu = ImageListMenu(self.grid, lambda: self.state.run, lambda: self.shown_ids().tolist(),
-                                       "neighbours")  # right click: copy their paths / export them as CSV
+        self.grid_menu = ImageListMenu(  # right click: mark the image, copy the paths / export them as CSV
+            self.grid, lambda: self.state.run, lambda: self.shown_ids().tolist(), "neighbours",
+            at=self._ids_at, duplicate_of=lambda _pos: self._query_sample())
         rl.addWidget(self.grid, 1)
         legend = QLabel("<span style='color:#2ca02c'>■</span> same class &nbsp; "
                         "<span style='color:#d62728'>■</span> other class &nbsp; "
@@ -557,8 +558,23 @@ class NeighboursView(QWidget):
         self.query_icon.setPixmap(framed_pixmap(pm, QUERY, 96))
 
     def _set_item_icon(self, item: QListWidgetItem, pm: QPixmap | None) -> None:
+        from explorer.widgets.badges import badged, mark_words
+
         same, is_new = item.data(Qt.ItemDataRole.UserRole + 1)
-        item.setIcon(QIcon(framed_pixmap(pm, SAME if same else OTHER, 104, badge="NEW" if is_new else "")))
+        sid = int(item.data(Qt.ItemDataRole.UserRole))
+        mark = self.state.marks.get(sid)
+        item.setIcon(QIcon(framed_pixmap(badged(pm, mark), SAME if same else OTHER, 104,
+                                         badge="NEW" if is_new else "")))
+        tip = item.toolTip().split("\nedit: ")[0]
+        item.setToolTip(tip + (f"\nedit: {mark_words(mark)}" if mark else ""))
+
+    @Slot(object)
+    def _on_marks(self, _marks) -> None:
+        """Edits changed: redraw the badges of the images in the grid."""
+        for sid, items in self._items.items():
+            pm = self.thumbs.get(sid)
+            for item in items:
+                self._set_item_icon(item, pm)
 
     @Slot(int, QPixmap)
     def _on_thumb(self, sid: int, pm: QPixmap) -> None:
@@ -566,6 +582,15 @@ class NeighboursView(QWidget):
             self._set_item_icon(item, pm)
         if self.result is not None and self.result.query.kind == "sample" and self.result.query.sample_id == sid:
             self._set_query_icon(pm)
+
+    def _ids_at(self, pos) -> list[int]:
+        item = self.grid.itemAt(pos)
+        return [] if item is None else [int(item.data(Qt.ItemDataRole.UserRole))]
+
+    def _query_sample(self) -> int | None:
+        """The query's sample id when the query is one of the run's images (a neighbour may duplicate it)."""
+        r = self.result
+        return int(r.query.sample_id) if r is not None and r.query.kind == "sample" and r.query.sample_id >= 0 else None
 
     # ---- accessors for tests and the status bar -------------------------------------------------------------------
     def shown_ids(self) -> np.ndarray:

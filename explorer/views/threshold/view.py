@@ -115,7 +115,8 @@ class ThresholdView(DeferWhileHidden, QWidget):
         self._errors_timer.timeout.connect(self._start_errors_job)
 
         subscribe(self, state, replay=("run_changed", "epoch_changed"), run_changed=self._on_run,
-                  epoch_changed=self._on_epoch, threshold_changed=self._on_state_threshold)
+                  epoch_changed=self._on_epoch, threshold_changed=self._on_state_threshold,
+                  marks_changed=self._on_marks)
 
     # ---- layout -------------------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -333,8 +334,28 @@ class ThresholdView(DeferWhileHidden, QWidget):
         what = "false accepts" if not hasattr(self, "fa_table") else "false rejects"
         t.image_menu = ImageListMenu(t, lambda: self.state.run, lambda t=t: [i for a, b, _ in self._table_pairs(t)
                                                                              for i in (a, b)],
-                                     what, pairs=lambda t=t: self._table_pairs(t))
+                                     what, pairs=lambda t=t: self._table_pairs(t), at=lambda pos, t=t:
+                                     self._pair_at(t, pos), duplicate_of=lambda pos, t=t: self._other_at(t, pos))
         return t
+
+    def _pair_at(self, t: QTableWidget, pos) -> list[int]:
+        """The two images of the pair under the cursor (one image when the cursor is on an image cell)."""
+        ix = t.indexAt(pos)
+        if not ix.isValid():
+            return []
+        a, b = t.item(ix.row(), 0), t.item(ix.row(), 1)
+        if a is None or b is None:
+            return []
+        ids = [int(a.data(Qt.ItemDataRole.UserRole)), int(b.data(Qt.ItemDataRole.UserRole))]
+        return [ids[ix.column()]] if ix.column() in (0, 1) else ids
+
+    def _other_at(self, t: QTableWidget, pos) -> int | None:
+        """On an image cell: the pair's other image (the one it may duplicate)."""
+        ix = t.indexAt(pos)
+        if not ix.isValid() or ix.column() not in (0, 1):
+            return None
+        other = t.item(ix.row(), 1 - ix.column())
+        return None if other is None else int(other.data(Qt.ItemDataRole.UserRole))
 
     def _table_pairs(self, t: QTableWidget) -> list[tuple[int, int, float]]:
         """(id_a, id_b, distance) of the pairs a table lists, top to bottom."""
@@ -763,13 +784,9 @@ class ThresholdView(DeferWhileHidden, QWidget):
                 for c, gid in ((0, gi), (1, gj)):
                     item = QTableWidgetItem()
                     item.setData(Qt.ItemDataRole.UserRole, gid)
-                    path = self.thumbs.path(gid) if self.thumbs is not None else None
-                    item.setToolTip(f"sample {gid}: {path}")
                     table.setItem(r, c, item)
                     self._thumb_cells.setdefault(gid, []).append((table, r, c))
-                    pm = self.thumbs.request(gid) if self.thumbs is not None else None
-                    if pm is not None:
-                        item.setIcon(QIcon(pm))
+                    self._set_thumb(item, gid, self.thumbs.request(gid) if self.thumbs is not None else None)
                 dist_item = QTableWidgetItem(f"{dist[r]:.5f}")
                 dist_item.setData(Qt.ItemDataRole.UserRole, float(dist[r]))
                 dist_item.setToolTip(f"{DIRECTION}; threshold {self.threshold:.4f}")
@@ -813,7 +830,25 @@ class ThresholdView(DeferWhileHidden, QWidget):
         for table, r, c in self._thumb_cells.get(int(sid), []):
             item = table.item(r, c)
             if item is not None and item.data(Qt.ItemDataRole.UserRole) == sid:
-                item.setIcon(QIcon(pm))
+                self._set_thumb(item, sid, pm)
+
+    def _set_thumb(self, item: QTableWidgetItem, sid: int, pm: QPixmap | None) -> None:
+        """The image's thumbnail with its edit mark (excluded, relabelled, duplicate) painted on."""
+        from explorer.widgets.badges import badged, mark_words
+
+        mark = self.state.marks.get(int(sid))
+        if pm is not None:
+            item.setIcon(QIcon(badged(pm, mark)))
+        path = self.thumbs.path(sid) if self.thumbs is not None else None
+        item.setToolTip(f"sample {sid}: {path}" + (f"\nedit: {mark_words(mark)}" if mark else ""))
+
+    @Slot(object)
+    def _on_marks(self, _marks) -> None:
+        for sid, cells in self._thumb_cells.items():
+            for table, r, c in cells:
+                item = table.item(r, c)
+                if item is not None and item.data(Qt.ItemDataRole.UserRole) == sid:
+                    self._set_thumb(item, sid, self.thumbs.get(sid) if self.thumbs is not None else None)
 
     def _on_pair_selected(self, table: QTableWidget) -> None:
         rows = {ix.row() for ix in table.selectedIndexes()}

@@ -62,7 +62,7 @@ class TripletsView(DeferWhileHidden, QWidget):
         self._restart.timeout.connect(self.recompute)
 
         subscribe(self, state, replay=("run_changed", "epoch_changed"), run_changed=self._on_run,
-                  epoch_changed=self._on_epoch, epochs_available=self._on_epochs)
+                  epoch_changed=self._on_epoch, epochs_available=self._on_epochs, marks_changed=self._on_marks)
 
     # ---- layout -------------------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -171,7 +171,33 @@ class TripletsView(DeferWhileHidden, QWidget):
         t.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         t.setToolTip("Click a row to highlight its three points in the map")
         t.currentCellChanged.connect(lambda r, _c, _pr, _pc, table=t: self._on_triplet_row(table, r))
+        from explorer.widgets.image_menu import ImageListMenu
+
+        t.image_menu = ImageListMenu(t, lambda: self.run, lambda table=t: self._table_ids(table), "triplets' images",
+                                     at=lambda pos, table=t: self._ids_at(table, pos))
         return t
+
+    @staticmethod
+    def _cell_id(item) -> int | None:
+        data = item.data(Qt.ItemDataRole.UserRole) if item is not None else None
+        return int(data[0]) if isinstance(data, (tuple, list)) and data else None
+
+    def _table_ids(self, t: QTableWidget) -> list[int]:
+        """The images of a triplet table, row by row (anchor, positive, negative)."""
+        out = []
+        for r in range(t.rowCount()):
+            for c in range(3):
+                sid = self._cell_id(t.item(r, c))
+                if sid is not None:
+                    out.append(sid)
+        return out
+
+    def _ids_at(self, t: QTableWidget, pos) -> list[int]:
+        ix = t.indexAt(pos)
+        if not ix.isValid() or ix.column() > 2:
+            return []
+        sid = self._cell_id(t.item(ix.row(), ix.column()))
+        return [] if sid is None else [sid]
 
     def _build_examples(self) -> QWidget:
         w = QWidget()
@@ -256,6 +282,17 @@ class TripletsView(DeferWhileHidden, QWidget):
         self.diag_images.setMovement(QListView.Movement.Static)
         self.diag_images.setMaximumHeight(230)
         self.diag_images.hide()  # shown with the images of a finding that names samples
+        from explorer.widgets.image_menu import ImageListMenu
+
+        def diag_ids() -> list[int]:
+            return [int(self.diag_images.item(i).data(Qt.ItemDataRole.UserRole)[0])
+                    for i in range(self.diag_images.count())]
+
+        def diag_at(pos) -> list[int]:
+            it = self.diag_images.itemAt(pos)
+            return [] if it is None else [int(it.data(Qt.ItemDataRole.UserRole)[0])]
+
+        self.diag_menu = ImageListMenu(self.diag_images, lambda: self.run, diag_ids, "finding's images", at=diag_at)
         lay.addWidget(self.diag_images)
         return w
 
@@ -451,8 +488,19 @@ class TripletsView(DeferWhileHidden, QWidget):
         """Epoch -> (share easy, semi-hard, hard, sampled) of the current split and margin (the chart's data)."""
         return dict(self.history.get((self.split, self.margin), {}))
 
-    def _thumb_icon(self, sid: int, colour: QColor) -> QIcon:
-        return QIcon(framed_pixmap(self.thumbs.request(sid), colour, THUMB + 8, width=3))
+    def _thumb_icon(self, sid: int, colour: QColor, pm: QPixmap | None = None, size: int = THUMB + 8) -> QIcon:
+        """The framed thumbnail with the image's edit mark (excluded, relabelled, duplicate) painted on."""
+        from explorer.widgets.badges import badged
+
+        pm = self.thumbs.request(sid) if pm is None else pm
+        return QIcon(framed_pixmap(badged(pm, self.state.marks.get(int(sid))), colour, size, width=3))
+
+    @Slot(object)
+    def _on_marks(self, _marks) -> None:
+        for sid in list(self._thumb_cells):
+            pm = self.thumbs.get(sid)
+            if pm is not None:
+                self._on_thumb(sid, pm)
 
     def _thumb_item(self, table: QTableWidget, row: int, col: int, sid: int, colour: QColor) -> None:
         if sid < 0:
@@ -569,7 +617,7 @@ class TripletsView(DeferWhileHidden, QWidget):
         for sid in np.asarray(ids)[:60]:
             sid = int(sid)
             img = QListWidgetItem(f"{self._class_name(int(self.run.samples.labels[sid]))}\n#{sid}")
-            img.setIcon(QIcon(framed_pixmap(self.thumbs.request(sid), OTHER, 80, width=3)))
+            img.setIcon(self._thumb_icon(sid, OTHER, size=80))
             img.setData(Qt.ItemDataRole.UserRole, (sid, OTHER.name()))
             img.setToolTip(f"sample {sid}: {self.run.samples.paths[sid]}")
             self.diag_images.addItem(img)
@@ -584,7 +632,7 @@ class TripletsView(DeferWhileHidden, QWidget):
             except RuntimeError:  # the item was deleted with its table contents
                 continue
             size = 80 if owner is self.diag_images else THUMB + 8
-            it.setIcon(QIcon(framed_pixmap(pm, QColor(data[1]), size, width=3)))
+            it.setIcon(self._thumb_icon(int(sid), QColor(data[1]), pm, size))
             alive.append((owner, it))
         if alive:
             self._thumb_cells[int(sid)] = alive

@@ -39,6 +39,10 @@ def test_marks_round_trip_undo_and_export(tmp_path):
     ({"format": "embedding-explorer-edits", "version": 1, "edits": [{"path": "a.png", "action": "relabel"}]},
      "gives no 'label'"),
     ({"format": "embedding-explorer-edits", "version": 9, "edits": []}, "version 9"),
+    ({"format": "embedding-explorer-edits", "version": 1, "edits": [{"path": "a.png", "action": "duplicate"}]},
+     "'of' does not name another image"),
+    ({"format": "embedding-explorer-edits", "version": 1,
+      "edits": [{"path": "a.png", "action": "duplicate", "of": "../b.png"}]}, "'of' does not name another image"),
 ])
 def test_a_bad_edits_file_is_named_with_the_reason(tmp_path, bad, why):
     p = tmp_path / "e.json"
@@ -95,3 +99,21 @@ def test_a_run_trained_with_edits_reflects_and_records_them(tmp_path):
     events = run_collect(tiny_config(data, **{"data.edits": str(tmp_path / "gone.json")}), tmp_path / "run2")
     failed = [x for x in events if isinstance(x, ev.Failed)]
     assert failed and "gone.json" in failed[0].message
+
+
+def test_a_duplicate_goes_and_the_image_it_duplicates_stays(tmp_path):
+    classes = ["a", "b"]
+    paths = ["a/0.png", "a/1.png", "a/2.png", "b/3.png", "b/4.png"]
+    labels = np.array([0, 0, 0, 1, 1])
+    e = Edits()
+    assert e.duplicate(["a/1.png", "a/2.png", "a/0.png"], of="a/0.png") == 2  # not of itself
+    e.duplicate(["b/4.png"], of="b/3.png")
+    e.exclude(["b/3.png"])  # the kept image is excluded: its duplicate stays, so one copy remains
+    keep, new, report = apply_edits(paths, labels, classes, e)
+    assert keep.tolist() == [0, 4] and new.tolist() == [0, 1]
+    assert report["duplicates"] == 2 and report["excluded"] == 1
+    e.write_csv(tmp_path / "e.csv", {"a/1.png": "a"})
+    assert "a/1.png,a,duplicate of a/0.png," in (tmp_path / "e.csv").read_text().splitlines()
+    back = Edits.load(e.save(tmp_path / "e.json"))
+    assert back.get("a/2.png").of == "a/0.png" and back.get("a/2.png").action == "duplicate"
+    assert e.undo() and e.get("b/3.png") is None  # the exclusion undone
