@@ -12,7 +12,8 @@
     python main.py export RUN_DIR --out BUNDLE [--epoch E|best|last] [--far F]
     python main.py verify BUNDLE_OR_RUN IMAGE_A IMAGE_B [--far F] [--pairs FILE.csv --out FILE.csv]
     python main.py search BUNDLE_OR_RUN QUERY... --gallery DIR|FILE.h5 [-k K]
-    python main.py compare RUN_OR_SWEEP... [--json]
+    python main.py compare RUN_OR_SWEEP... [--json] [--images N]
+    python main.py --compare RUN_OR_SWEEP...     (the same in the window, with the maps side by side)
 
 This file only parses the command line; the work is in ``trainer/`` (headless) and ``explorer/`` (the GUI).
 """
@@ -42,6 +43,8 @@ def _app_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", help="an image folder (one sub-folder per class) or a run directory to open")
     p.add_argument("--demo", action="store_true", help="open the built-in demo (scikit-learn's handwritten digits)")
     p.add_argument("--run", metavar="RUN_DIR", help="open a run directory (also one the command line is writing)")
+    p.add_argument("--compare", nargs="+", metavar="RUN_OR_SWEEP",
+                   help="open these runs (or every run of a sweep folder) side by side in Compare runs")
     return p
 
 
@@ -729,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
             folder = args.path
     if args.run:
         run = args.run
-    return run_app(sys.argv[:1], demo=args.demo, folder=folder, run=run)
+    return run_app(sys.argv[:1], demo=args.demo, folder=folder, run=run, compare=args.compare)
 
 
 if __name__ == "__main__":

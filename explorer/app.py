@@ -155,7 +155,7 @@ def create_window(app, *, demo: bool = False, folder: str | Path | None = None, 
 
 
 def run_app(argv: Sequence[str] | None = None, *, demo: bool = False, folder: str | Path | None = None,
-            run: str | Path | None = None) -> int:
+            run: str | Path | None = None, compare: Sequence[str] | None = None) -> int:
     """Start the desktop app and return its exit code (1 with an explanation if no window can open)."""
     problem = display_problem()
     if problem:
@@ -171,6 +171,10 @@ def run_app(argv: Sequence[str] | None = None, *, demo: bool = False, folder: st
     window = create_window(app, demo=demo, folder=folder, run=run, preload=False)
     window.show()  # on screen before PyTorch, faiss and numba load (that took 30-45 s of black screen cold)
     thread = preload_in_background(window)
+    if compare:  # main.py --compare RUN...: the runs side by side as soon as the window is up
+        from PySide6.QtCore import QTimer
+
+        QTimer.singleShot(0, lambda: window.open_compare_dialog(list(compare)))
     probe = os.environ.get(STARTUP_PROBE)
     if probe:  # bench/startup.py: when the window was on screen and when the libraries were loaded, then quit
         _report_startup(app, window, thread, Path(probe))

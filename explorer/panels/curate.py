@@ -58,6 +58,9 @@ class CurateActions:
         self.suspects_action = w._action(menu, "Select suspected &mislabels", self.select_suspects,
                                          QKeySequence("Ctrl+Shift+L"), "The training images whose neighbours "
                                          "disagree most with their label (cleanlab on neighbour votes)")
+        self.review_action = w._action(menu, "Re&view suspected mislabels and near-duplicates…", self.review,
+                                       QKeySequence("Ctrl+Shift+M"), "Ranked galleries with the neighbours that "
+                                       "disagree and the closest pairs; relabel, exclude or mark duplicates")
         menu.addSeparator()
         self.list_action = w._action(menu, "&List the edits", lambda: w.show_view("Edits"),
                                      QKeySequence("Ctrl+Alt+D"), "Every mark with its thumbnail (the Edits tab)")
@@ -234,6 +237,18 @@ class CurateActions:
         w.show_status(f"Selected the {len(result['ids'])} likeliest mislabels of {result['n_train']} training images "
                       f"({result['method']}); Edit ▸ Exclude or Relabel acts on them")
         w.show_view("Map")
+
+    def review(self):
+        """Edit > Review suspected mislabels and near-duplicates (a dialog; the window keeps working)."""
+        w = self.window
+        if w.state.run is None or w.state.epoch < 0:
+            w.show_status("Open a run first")
+            return None
+        from explorer.dialogs.suspects import SuspectsDialog
+
+        self._review = SuspectsDialog(w)
+        self._review.show()
+        return self._review
 
     # ---- out ----------------------------------------------------------------------------------------------------
     def export_csv(self, path: str | None = None) -> bool:

@@ -195,3 +195,46 @@ def test_views_mark_their_images_with_badges_and_the_edits_tab_lists_them(qtbot,
 
     keep, _, report = apply_edits(paths, run.samples.labels, list(run.classes), Edits.load(edits_path_for(run.run_dir)))
     assert report["duplicates"] == 1 and sid not in keep.tolist() and 0 in keep.tolist() and b not in keep.tolist()
+
+
+def test_review_suspects_shows_the_evidence_and_acts_on_it(qtbot, window, tmp_path):
+    """Issue 18 item 3: suspected mislabels as a ranked gallery with the neighbours that disagree, near-duplicates
+    as the closest pairs; the buttons relabel, exclude and mark duplicates through the edits file."""
+    from trainer.analysis.label_issues import closest_pairs, rank_label_issues
+    from trainer.data.edits import Edits, edits_path_for
+    from tests.support.runs import MISLABELLED, clustered_run
+    from trainer.store import SPLIT_TRAIN
+
+    assert window.open_run(clustered_run(tmp_path / "c"))  # one training image sits in another class's cluster
+    run = window.state.run
+    dialog = window.curate.review()
+    qtbot.addWidget(dialog)
+    qtbot.waitUntil(lambda: dialog.result is not None, timeout=60000)
+    r = dialog.result
+    ids = np.flatnonzero(np.asarray(run.samples.split) == SPLIT_TRAIN)
+    x = run.rows(window.state.epoch, ids)
+    y = np.asarray(run.samples.labels)[ids]
+    want = rank_label_issues(x, y, run.metric)
+    order = [int(i) for i in want["order"] if want["suggested"][int(i)] != y[int(i)]][:200]
+    assert r["ids"].tolist() == ids[order].tolist()  # the ranking, likeliest first
+    assert dialog.table.rowCount() == len(order)
+    pi, pj, _ = closest_pairs(x, run.metric, n=100)
+    assert r["pair_a"].tolist() == ids[pi].tolist() and r["pair_b"].tolist() == ids[pj].tolist()
+    paths = list(run.samples.paths)
+    assert len(order) > 0 and int(r["ids"][0]) == MISLABELLED  # the planted mislabel comes first
+    dialog.table.selectRow(0)
+    first = int(r["ids"][0])
+    assert dialog.evidence.count() == 10  # its neighbours, the evidence
+    evidence = [int(dialog.evidence.item(i).data(256)) for i in range(10)]
+    assert first not in evidence
+    assert dialog.relabel_current() == 1
+    e = Edits.load(edits_path_for(run.run_dir)).get(paths[first])
+    assert e.action == "relabel" and e.label == run.classes[int(r["suggested"][0])]
+    assert dialog.table.item(0, 4).text().startswith("relabelled as")
+    dialog.pairs.selectRow(0)
+    a, b = int(r["pair_a"][0]), int(r["pair_b"][0])
+    assert dialog.duplicate_current() == 1
+    e = Edits.load(edits_path_for(run.run_dir)).get(paths[b])
+    assert e.action == "duplicate" and e.of == paths[a] and window.state.marks[b][0] == "duplicate"
+    assert "duplicate of" in dialog.pairs.item(0, 4).text()
+    dialog.done(0)

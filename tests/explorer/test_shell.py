@@ -369,6 +369,35 @@ def test_run_app_explains_a_missing_display_instead_of_crashing(monkeypatch, cap
     assert "DISPLAY is not set" in err and "python main.py train" in err
 
 
+def test_main_py_compare_opens_the_runs_side_by_side(qtbot, monkeypatch, tmp_path):
+    """``python main.py --compare RUN_A RUN_B``: the window comes up with Compare runs holding those runs."""
+    import main as cli
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QApplication
+
+    import explorer.app as app_module
+
+    real_create = app_module.create_window
+    made = []
+
+    def create(app, **kw):
+        kw["settings"] = Settings(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+        made.append(real_create(app, **kw))
+        return made[-1]
+
+    def event_loop(_app) -> int:  # until the dialog is up
+        qtbot.waitUntil(lambda: bool(made) and getattr(made[-1], "_compare_dialog", None) is not None, timeout=10000)
+        return 0
+
+    monkeypatch.setattr(app_module, "create_window", create)
+    monkeypatch.setattr(QApplication, "exec", event_loop)
+    assert cli.main(["--compare", str(tmp_path / "run-a"), str(tmp_path / "run-b")]) == 0
+    dialog = made[-1]._compare_dialog
+    assert dialog.paths() == [str(tmp_path / "run-a"), str(tmp_path / "run-b")]
+    dialog.done(0)
+    made[-1].shutdown(10)
+
+
 def test_many_void_qt_calls_do_not_exhaust_none(tmp_path):
     """shiboken6 6.12 + Python 3.11: each void Qt call drops a reference to None; the guard must outlast that."""
     import subprocess

@@ -47,3 +47,28 @@ def rank_label_issues(embeddings: np.ndarray, labels: np.ndarray, metric: str, k
     order = np.argsort(scores, kind="stable")
     return {"order": order, "scores": scores, "method": method, "pred_probs": probs,
             "suggested": classes[np.argmax(probs, axis=1)]}
+
+
+def closest_pairs(embeddings: np.ndarray, metric: str, n: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``n`` closest pairs of rows (i < j) of the whole set, closest first: (i, j, distance).
+
+    Near-duplicates are the pairs far closer than an image's usual nearest neighbour; whether their labels agree
+    is for the caller to show. Exact: every row's n nearest others are searched (a pair among the n closest
+    overall has at most n - 1 closer pairs through either of its rows, so each row finds it)."""
+    from trainer.analysis.index import NeighbourIndex
+
+    x = np.ascontiguousarray(np.asarray(embeddings, np.float32))
+    if len(x) < 2 or n <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    k = max(1, min(int(n), len(x) - 1))
+    d, ids = NeighbourIndex(x, metric=metric).exact_search(x, k, exclude_self_ids=np.arange(len(x)))
+    rows = np.repeat(np.arange(len(x)), k)
+    j = ids.ravel()
+    ok = j >= 0
+    a, b, dist = np.minimum(rows, j)[ok], np.maximum(rows, j)[ok], d.ravel()[ok]
+    key = a.astype(np.int64) * len(x) + b
+    order = np.lexsort((key, dist))  # by distance, then by pair: one copy of each pair, deterministic
+    key, dist = key[order], dist[order]
+    _, first = np.unique(key, return_index=True)
+    first = np.sort(first)[:n]
+    return key[first] // len(x), key[first] % len(x), dist[first].astype(np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.support.twins import brute_distance
 from trainer.analysis.label_issues import neighbour_probabilities, rank_label_issues
@@ -34,3 +35,19 @@ def test_flipped_labels_are_ranked_first():
     assert len(top & set(flipped.tolist())) / len(flipped) >= 0.9
     assert "cleanlab" in r["method"]
     assert (r["suggested"][flipped] == y_true[flipped]).mean() >= 0.9  # the neighbours know the right class
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_closest_pairs_equal_a_sort_of_every_pair(metric):
+    from tests.support.twins import brute_distance
+    from trainer.analysis.label_issues import closest_pairs
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    x[7] = x[3] + 0.01  # near-duplicates, and a little cluster of three (distances far apart: no float ties)
+    x[20] = x[21] + 0.03
+    x[22] = x[21] + 0.07
+    pairs = sorted((brute_distance(x[i], x[j], metric), i, j) for i in range(40) for j in range(i + 1, 40))
+    i, j, d = closest_pairs(x, metric, n=15)
+    assert [(int(a), int(b)) for a, b in zip(i, j)] == [(a, b) for _, a, b in pairs[:15]]
+    np.testing.assert_allclose(d, [v for v, _, _ in pairs[:15]], rtol=1e-4, atol=1e-5)
