@@ -205,6 +205,32 @@ class ProjectionWorker:
         return self._warmed.is_set()
 
     # ---- calls ---------------------------------------------------------------------------------------------
+    def _ended_message(self) -> str:
+        """Why the child went away, as far as can be told; forgets it (the next call starts a new one).
+
+        The pipe closes before the kernel has reaped the child, so its exit code is waited for briefly (a report
+        once read "exit code None" for a child that had died)."""
+        proc, self._proc = self._proc, None
+        code = None
+        if proc is not None:
+            proc.join(1.0)
+            code = proc.exitcode
+        if code is None:
+            why = "its pipe closed while it still ran" if proc is not None else "it was shut down"
+        elif code < 0:
+            import signal
+
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            why = f"killed by {name}" + (" (the system ran out of memory?)" if -code == signal.SIGKILL else
+                                         " (a crash in native code)" if -code in (signal.SIGSEGV, signal.SIGABRT)
+                                         else "")
+        else:
+            why = f"exit code {code}"
+        return f"the projection process ended unexpectedly ({why}); it is restarted on the next map"
+
     def _send(self, op: str, kwargs) -> int:
         with self._send_lock:  # a request's messages must not interleave with another's
             self._next_id += 1
@@ -241,10 +267,7 @@ class ProjectionWorker:
                         continue
                     kind, got, payload = self._conn.recv()
                 except (EOFError, OSError, BrokenPipeError):
-                    code = self._proc.exitcode if self._proc is not None else None
-                    self._proc = None
-                    raise RuntimeError(f"the projection process ended unexpectedly (exit code {code}); "
-                                       "it is restarted on the next map") from None
+                    raise RuntimeError(self._ended_message()) from None
                 if kind == "ok" and got in self._abandoned and isinstance(payload, float):
                     self._warmed.set()  # only warm_up answers with a float
                 if got != rid:  # a late message of an abandoned request
