@@ -20,8 +20,6 @@ from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
     QLabel,
-    QListView,
-    QListWidget,
     QListWidgetItem,
     QSplitter,
     QTableWidget,
@@ -30,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from explorer.widgets.image_menu import icon_grid
 from explorer.widgets.labels import shrinkable
 from explorer.widgets.palette import class_colour
 
@@ -119,12 +118,7 @@ class ImageByImage(QWidget):
             self.table.setColumnWidth(col, width)
         self.table.itemSelectionChanged.connect(self._on_table)
         self.detail_label = shrinkable(QLabel("Click an image in either map or in the table."))
-        self.detail = QListWidget()
-        self.detail.setViewMode(QListView.ViewMode.IconMode)
-        self.detail.setIconSize(QSize(64, 64))
-        self.detail.setGridSize(QSize(92, 100))
-        self.detail.setMovement(QListView.Movement.Static)
-        self.detail.setResizeMode(QListView.ResizeMode.Adjust)
+        self.detail = icon_grid(64, (92, 100))
         self.detail.setMinimumWidth(200)
         maps_w = QWidget()
         mw = QVBoxLayout(maps_w)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QColor, QIcon
-from PySide6.QtWidgets import (QAbstractItemView, QDialog, QHBoxLayout, QLabel, QListView, QListWidget,
-                               QListWidgetItem, QPushButton, QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout,
+from PySide6.QtWidgets import (QAbstractItemView, QDialog, QHBoxLayout, QLabel, QListWidgetItem, QPushButton, QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout,
                                QWidget)
 
 from explorer.widgets.badges import badged, mark_words
+from explorer.widgets.image_menu import icon_grid
 from explorer.widgets.labels import shrinkable
 
 JOB = "review-suspects"
@@ -76,13 +76,7 @@ class SuspectsDialog(QDialog):
         self.table = self._table(["image", "label", "neighbours say", "their share", "edit"])
         self.table.itemSelectionChanged.connect(self._show_evidence)
         self.evidence_label = shrinkable(QLabel(""))
-        self.evidence = QListWidget()
-        self.evidence.setViewMode(QListView.ViewMode.IconMode)
-        self.evidence.setIconSize(QSize(72, 72))
-        self.evidence.setGridSize(QSize(100, 112))
-        self.evidence.setMovement(QListView.Movement.Static)
-        self.evidence.setResizeMode(QListView.ResizeMode.Adjust)
-        self.evidence.setMaximumHeight(240)
+        self.evidence = icon_grid(72, (100, 112), max_height=240)
         self.relabel_btn = QPushButton("Relabel as the neighbours say")
         self.relabel_btn.setShortcut("Ctrl+R")
         self.relabel_btn.clicked.connect(self.relabel_current)

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QPoint, Qt
+from PySide6.QtCore import QPoint, QSize, Qt
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox, QWidget
+from PySide6.QtWidgets import QFileDialog, QListView, QListWidget, QMenu, QMessageBox, QWidget
 
 
 class ImageListMenu:
@@ -95,3 +95,16 @@ class ImageListMenu:
             return False
         self._status(f"Wrote {len(ids):,} {self.what} to {path}")
         return True
+
+
+def icon_grid(icon: int, cell: tuple[int, int], *, max_height: int | None = None) -> QListWidget:
+    """A list of thumbnails laid out as a grid that reflows with its width (galleries, neighbour strips)."""
+    w = QListWidget()
+    w.setViewMode(QListView.ViewMode.IconMode)
+    w.setIconSize(QSize(icon, icon))
+    w.setGridSize(QSize(*cell))
+    w.setResizeMode(QListView.ResizeMode.Adjust)
+    w.setMovement(QListView.Movement.Static)
+    if max_height is not None:
+        w.setMaximumHeight(max_height)
+    return w

@@ -13,10 +13,10 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 import numpy as np
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSize, Qt, QTimer, Slot
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt, QTimer, Slot
 from PySide6.QtGui import QIcon, QKeySequence, QPixmap, QShortcut
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QHBoxLayout, QHeaderView, QLabel,
-                               QLineEdit, QListView, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
+                               QLineEdit, QListWidgetItem, QProgressBar, QPushButton,
                                QSpinBox, QSplitter, QTableView, QVBoxLayout, QWidget)
 from explorer.jobs import JobRunner
 from explorer.state import AppState
@@ -194,12 +194,9 @@ class NeighboursView(QWidget):
         self.query_label = PathLabel("No query yet")  # a long file path wraps; it never widens the window
         qrow.addWidget(self.query_label, 1)
         rl.addLayout(qrow)
-        self.grid = QListWidget()
-        self.grid.setViewMode(QListView.ViewMode.IconMode)
-        self.grid.setIconSize(QSize(104, 104))
-        self.grid.setGridSize(QSize(132, 160))
-        self.grid.setResizeMode(QListView.ResizeMode.Adjust)
-        self.grid.setMovement(QListView.Movement.Static)
+        from explorer.widgets.image_menu import icon_grid
+
+        self.grid = icon_grid(104, (132, 160))
         self.grid.setWordWrap(True)
         self.grid.setUniformItemSizes(True)
         self.grid.itemDoubleClicked.connect(self._on_grid_double_click)

@@ -15,7 +15,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QSize, Qt, QTimer, Slot
 from PySide6.QtGui import QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QGroupBox, QHBoxLayout,
-                               QHeaderView, QLabel, QListView, QListWidget, QListWidgetItem, QProgressBar, QSplitter,
+                               QHeaderView, QLabel, QListWidget, QListWidgetItem, QProgressBar, QSplitter,
                                QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 from explorer.widgets.charts import count_chart, set_legend_title
 from explorer.jobs import JobRunner
@@ -274,15 +274,10 @@ class TripletsView(DeferWhileHidden, QWidget):
         self.diag_list.setToolTip("Click a finding to highlight its samples in the map")
         self.diag_list.currentRowChanged.connect(self._on_diag_row)
         lay.addWidget(self.diag_list, 1)
-        self.diag_images = QListWidget()
-        self.diag_images.setViewMode(QListView.ViewMode.IconMode)
-        self.diag_images.setIconSize(QSize(72, 72))
-        self.diag_images.setGridSize(QSize(96, 104))
-        self.diag_images.setResizeMode(QListView.ResizeMode.Adjust)
-        self.diag_images.setMovement(QListView.Movement.Static)
-        self.diag_images.setMaximumHeight(230)
+        from explorer.widgets.image_menu import ImageListMenu, icon_grid
+
+        self.diag_images = icon_grid(72, (96, 104), max_height=230)
         self.diag_images.hide()  # shown with the images of a finding that names samples
-        from explorer.widgets.image_menu import ImageListMenu
 
         def diag_ids() -> list[int]:
             return [int(self.diag_images.item(i).data(Qt.ItemDataRole.UserRole)[0])
