@@ -243,10 +243,9 @@ class ThresholdView(DeferWhileHidden, QWidget):
             self.lbl[key] = val
         grid.setColumnStretch(1, 1)
         self.lbl["spread"].setToolTip(
-            "Each held-out class's own FAR and FRR at this threshold. OPIS (Zhang et al., ICLR 2024) averages, over "
-            "the thresholds whose FAR lies in 1e-4 – 1e-2 and over the classes, the squared gap between a class's "
-            "utility (harmonic mean of TAR and 1 − FAR) and the whole set's: lower means one threshold suits every "
-            "class more alike. Train with the threshold-consistent loss to lower it.")
+            "Each held-out class's own FAR and FRR at this threshold (the class table lists them). Over a range of "
+            "thresholds the same question is OPIS, in the whole-curve table below. Train with the threshold-"
+            "consistent loss to even them out.")
 
         self.summary = QTableWidget(0, 3)
         self.summary.setHorizontalHeaderLabels(["Whole curve", "Value", "95 % interval (class bootstrap)"])
@@ -447,7 +446,7 @@ class ThresholdView(DeferWhileHidden, QWidget):
     def _on_extras_partial(self, result) -> None:
         if "opis" in result:
             self.opis = result["opis"]
-            self.lbl["spread"].setText(self._spread_text())
+            self._fill_summary()
         if "cv" in result:
             self.cv = result["cv"]
             self._fill_summary()
@@ -668,15 +667,7 @@ class ThresholdView(DeferWhileHidden, QWidget):
                 worst = s["worst"][0] if s["worst"] else None
                 parts.append(f"{key.upper()} {_rate(s['min'])} – {_rate(s['max'])} (sd {_rate(s['std'])}"
                              + (f"; highest {name(worst[0])}" if worst else "") + ")")
-        text = "; ".join(parts) + " — one threshold is stricter for some classes than for others"
-        o = self.opis
-        if o and o.get("opis") is not None:
-            t0, t1 = o["threshold_range"]
-            text += (f".  OPIS {o['opis']:.4f} over thresholds {t0:.3f}–{t1:.3f} (FAR {o['far_range'][0]:.0e}–"
-                     f"{o['far_range'][1]:.0e}; 0 = every class treated alike)")
-        elif o and o.get("reason"):
-            text += f".  OPIS: {o['reason']}"
-        return text
+        return "; ".join(parts) + " — one threshold is stricter for some classes than for others"
 
     def _show_point(self) -> None:
         d = self.data
@@ -735,6 +726,18 @@ class ThresholdView(DeferWhileHidden, QWidget):
                 rows.append((label, "insufficient pairs", "",
                              f"needs ≥ {need:,} impostor pairs (≥ {verification.MIN_FALSE_ACCEPTS} expected false accepts); "
                              f"this epoch has {d.hist.n_impostor:,}"))
+        o = self.opis
+        if o is None:
+            rows.append(("OPIS (threshold consistency)", "computing…", "", ""))
+        elif o.get("opis") is None:
+            rows.append(("OPIS (threshold consistency)", "n/a", "", o.get("reason", "")))
+        else:
+            t0, t1 = o["threshold_range"]
+            rows.append(("OPIS (threshold consistency)", f"{o['opis']:.4f}", "",
+                         f"Zhang et al. 2024: mean over classes and over the thresholds {t0:.3f} – {t1:.3f} (FAR "
+                         f"{o['far_range'][0]:.0e} – {o['far_range'][1]:.0e}) of the squared gap between a class's "
+                         "utility (harmonic mean of TAR and 1 − FAR) and the whole set's; 0 = one threshold means the "
+                         "same for every class"))
         if self.cv is None:
             rows.append((f"Best accuracy ({CV_FOLDS}-fold CV)", "computing…", "", ""))
         else:
