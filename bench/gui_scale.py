@@ -204,7 +204,7 @@ def main() -> None:
         sampler.stop()
         sampler.report(np.asarray(ticks), t_all)
     for what, i, j in stages:
-        part = np.asarray(lat[max(i, 1):j])
+        part = np.asarray(lat[i:j])  # every tick, the first included (it holds the open of the run)
         if len(part):
             print(f"  latency while waiting for the {what}: max {part.max():.0f} ms, "
                   f"p99 {np.percentile(part, 99):.1f} ms; peak RSS by its end {peaks[what]:.1f} GB")

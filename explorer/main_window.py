@@ -26,6 +26,8 @@ from explorer.widgets.labels import shrinkable
 
 APP_TITLE = "Embedding Explorer"
 DEMO_JOB = "demo-folder"
+OPEN_RUN_JOB = "open-run"
+OPEN_IN_BACKGROUND_BYTES = 8 * 2**20  # a sample table this large (~250k images) is read off the GUI thread
 RECIPE_FACTS_JOB = "recipe-facts"
 WEIGHTS_JOB = "weights-probe"
 ESTIMATE_JOB = "epoch-estimate"
@@ -83,6 +85,13 @@ def _estimate_job(cfg, n_train: int, n_all: int, device: str, n_classes: int, pr
 
     return describe_estimate(*estimate_epoch_seconds(cfg, n_train, n_all, device, n_classes), device,
                              cfg.optim.epochs)
+
+
+def _open_run_job(path: str, *, progress, partial, is_cancelled):
+    from trainer.store import RunReader
+
+    progress(0.2, f"reading the sample table of {Path(path).name}")
+    return RunReader(path)
 
 
 def _demo_job(*, progress, partial, is_cancelled) -> Path:
@@ -369,13 +378,34 @@ class MainWindow(QMainWindow):
             QMessageBox.warning(self, APP_TITLE, "Stop the training run before opening another run.")
             return False
         try:
+            size = (path / "samples.h5").stat().st_size
+        except OSError:
+            size = 0
+        if size >= OPEN_IN_BACKGROUND_BYTES:  # a million paths take ~1.3 s to read: not on the GUI thread
+            self.show_status(f"Opening the run {path} (a sample table of {size / 2**20:.0f} MB) …")
+            self.jobs.submit(OPEN_RUN_JOB, _open_run_job, str(path),
+                             on_result=lambda reader, path=path: self._adopt_run(reader, path),
+                             on_failed=lambda message, path=path: self._open_failed(path, message.splitlines()[0]))
+            return True
+        try:
             from trainer.store import RunReader
 
             reader = RunReader(path)
         except Exception as exc:
-            QMessageBox.critical(self, APP_TITLE, f"Could not open the run {path}:\n{exc}")
-            self.show_status(f"Could not open the run {path.name}")
+            self._open_failed(path, str(exc))
             return False
+        self._adopt_run(reader, path)
+        return True
+
+    def _open_failed(self, path: Path, message: str) -> None:
+        QMessageBox.critical(self, APP_TITLE, f"Could not open the run {path}:\n{message}")
+        self.show_status(f"Could not open the run {path.name}")
+
+    def _adopt_run(self, reader, path: Path) -> None:
+        """Show a run that was read (on the GUI thread or in a job)."""
+        if self.controller.is_running():  # training started while a large run was being read
+            self.show_status(f"Did not open {path.name}: a training run started meanwhile")
+            return
         self.show_status(f"Opened the run {path}")  # replaces a message about what was open before
         self.controller.note_run_opened(path)
         try:  # show the run's configuration on the left, so "Continue this run" and a rerun start from it
@@ -391,7 +421,6 @@ class MainWindow(QMainWindow):
         self.show_view("Map")
         for message in getattr(reader, "messages", []) or []:
             self.training_view.append_log(message, "warning")
-        return True
 
     def open_demo(self) -> None:
         """Build (once) and open the digits demo folder; the building runs in the background."""

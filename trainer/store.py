@@ -905,6 +905,12 @@ class RunReader:
         self.messages: list[str] = []
         self._entries: dict[int, dict[str, Any]] = {}
         self._layout: dict[tuple[str, Any], tuple[int, np.dtype]] = {}  # (file, written) -> data offset, dtype
+        # the embeddings of the last epochs read, memory-mapped once and shared by every caller (the map, the
+        # neighbour, triplet and threshold views each used to read a copy: 4 x 512 MB at 1e6 x 128)
+        self._mapped: dict[tuple[str, Any], np.ndarray] = {}
+        import threading
+
+        self._mapped_lock = threading.Lock()
         self._verified: set[tuple] = set()  # files whose checksum was checked
         self._m: dict[str, Any] = {}
         self.epochs: list[int] = []
@@ -995,14 +1001,22 @@ class RunReader:
         self._verify(entry, path, f"the checkpoint of epoch {entry['epoch']}")
         return path
 
+    MAPPED_EPOCHS = 2  # epochs whose mapping is kept (the one shown and the one before, for "new since")
+
     def load_epoch(self, epoch: int) -> EpochData:
-        """All of one committed epoch: embeddings, metrics, telemetry and the per-row arrays."""
+        """All of one committed epoch: embeddings, metrics, telemetry and the per-row arrays.
+
+        The embeddings of a contiguous dataset (what RunWriter writes) are one copy-on-write memory map of the file,
+        the same array for every caller of this reader: treat it as read-only (an in-place change would be seen by
+        the other views; the file never changes). Other layouts are read into memory."""
         f, path = self._open_epoch(epoch)
         try:
             with f:
+                ds = f["embeddings"]
+                emb = self._mapped_embeddings(epoch, path, ds)
                 return EpochData(
                     epoch=int(epoch),
-                    embeddings=f["embeddings"][()],
+                    embeddings=ds[()] if emb is None else emb,
                     metrics={k: float(v) for k, v in f["metrics"].attrs.items()},
                     telemetry={k: d[()] for k, d in f["telemetry"].items()},
                     labels=f["labels"][()],
@@ -1011,6 +1025,21 @@ class RunReader:
                 )
         except (OSError, KeyError, ValueError) as exc:
             raise RunError(f"epoch file {path} is damaged: {exc}") from None
+
+    def _mapped_embeddings(self, epoch: int, path: Path, ds) -> np.ndarray | None:
+        entry = self._entry(epoch)
+        key = (entry["file"], entry.get("written"))
+        with self._mapped_lock:
+            hit = self._mapped.pop(key, None)
+            if hit is None:
+                offset = _contiguous_offset(ds)
+                if offset is None or ds.shape != (entry["n"], entry["d"]) or ds.dtype != np.float32 or ds.size == 0:
+                    return None
+                hit = np.memmap(path, dtype=np.float32, mode="c", offset=offset, shape=tuple(ds.shape))
+            self._mapped[key] = hit  # most recently used last
+            while len(self._mapped) > self.MAPPED_EPOCHS:
+                self._mapped.pop(next(iter(self._mapped)))
+            return hit
 
     def telemetry(self, epoch: int) -> dict[str, np.ndarray]:
         """One epoch's per-batch telemetry (loss, lr, miner counts, ...) without reading its embeddings."""

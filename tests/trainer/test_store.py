@@ -648,3 +648,20 @@ def test_a_kill_inside_an_epoch_or_checkpoint_write_keeps_the_last_committed_epo
     # a kill in an epoch write loses that epoch; one in a checkpoint write keeps its epoch, without a checkpoint
     assert r.epochs == ([] if inside == "epoch" else [0]) and r.checkpoints == []
     w.close()
+
+
+def test_an_epoch_is_mapped_once_and_shared_by_every_reader_call(tmp_path: Path) -> None:
+    """One memory map per epoch for all views (issue 16 item 4): the same array, equal to the file's data, no copy;
+    only the last MAPPED_EPOCHS stay mapped."""
+    w = make_run(tmp_path, n=40, d=6, epochs=3, seed=5)
+    w.close()
+    r = RunReader(tmp_path / "run")
+    a, b = r.load_epoch(1), r.load_epoch(1)
+    assert a.embeddings is b.embeddings and isinstance(a.embeddings, np.memmap)
+    np.testing.assert_array_equal(a.embeddings, synthetic_epoch(1, 5, 40, 6)[0])
+    with h5py.File(tmp_path / "run" / "epochs" / "epoch_0001.h5") as f:
+        np.testing.assert_array_equal(a.embeddings, f["embeddings"][()])
+    r.load_epoch(0)
+    r.load_epoch(2)
+    assert len(r._mapped) == RunReader.MAPPED_EPOCHS  # epoch 1 went first
+    assert r.load_epoch(1).embeddings is not a.embeddings

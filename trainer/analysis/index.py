@@ -105,6 +105,18 @@ class NeighbourIndex:
             # as the index; exact_search and range_pairs build it again if they are ever asked
             self._flat = None
 
+    def release_rows(self) -> None:
+        """Forget the kept copy of the rows (N x D floats, 512 MB at 1e6 x 128) when only :meth:`search` will be
+        asked (the neighbour panel's gallery). :meth:`search` is unchanged; :meth:`exact_search` of an exact
+        index still works (it is the index itself); what needs the rows afterwards raises a clear error."""
+        self._x = None
+        self._flat = None
+
+    def _rows(self) -> np.ndarray:
+        if self._x is None:
+            raise RuntimeError("this index no longer keeps its rows (release_rows): only search() can be asked")
+        return self._x
+
     @property
     def description(self) -> str:
         """What kind of search this is, for the user ("exact", "IVF-Flat, 64 of 1,000 cells", ...)."""
@@ -229,6 +241,7 @@ class NeighbourIndex:
         if self.is_exact:
             return self.search(queries, k, exclude_self_ids)
         if getattr(self, "_flat", None) is None:
+            self._rows()
             self._flat = self._build(exact=True)
         return self.search(queries, k, exclude_self_ids, _index=self._flat)
 
@@ -238,7 +251,7 @@ class NeighbourIndex:
             return 1.0
         rng = np.random.default_rng(seed)
         ids = rng.choice(self.n, size=min(n_queries, self.n), replace=False)
-        q = self._x[ids]
+        q = self._rows()[ids]
         _, exact = self.exact_search(q, k, exclude_self_ids=ids)
         _, approx = self.search(q, k, exclude_self_ids=ids)
         recall = _recall(exact, approx)
@@ -253,6 +266,7 @@ class NeighbourIndex:
         empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
         if self.n < 2 or radius <= 0:
             return empty
+        self._rows()
         if getattr(self, "_flat", None) is None:
             self._flat = self._build(exact=True) if not self.is_exact else self._index
         q_ids = np.arange(self.n, dtype=np.int64) if query_ids is None else \
@@ -261,7 +275,7 @@ class NeighbourIndex:
             return empty
         # faiss: IP keeps ip > r, L2 keeps squared d < r
         r = 1.0 - radius if self.metric == "cosine" else radius * radius
-        lims, raw, ids = self._flat.range_search(self._x[q_ids], float(r))
+        lims, raw, ids = self._flat.range_search(self._rows()[q_ids], float(r))
         rows = np.repeat(q_ids, np.diff(lims).astype(np.int64))
         ids = ids.astype(np.int64)
         dist = self._to_distance(raw)

@@ -13,6 +13,7 @@ from explorer.widgets.texts import SPLIT_NAMES
 
 GALLERIES = {"all": "All samples", "heldout": "Held-out only", "train": "Train only"}
 INDEX_CACHE = 4  # (epoch, gallery) indexes kept
+INDEX_ROWS_BUDGET = 1_500_000  # ... and no more indexed rows than this in all (one 1e6 index: ~0.5 GB at 128-d)
 
 
 def gallery_ids(split: np.ndarray, gallery: str) -> np.ndarray:
@@ -119,7 +120,44 @@ def build_index_entry(run, epoch: int, gallery: str, metric: str, progress=None)
         progress(0.4, f"indexing {len(ids):,} embeddings"
                       + (" (approximate: k-means cells, then measuring recall)" if len(ids) >= 1_000_000 else ""))
     index = NeighbourIndex(x, metric=metric)
+    index.release_rows()  # the panel only searches: faiss's own copy is enough (512 MB less at 1e6 x 128)
     return IndexEntry(int(epoch), gallery, ids, index, time.perf_counter() - t0)
+
+
+STREAM_FROM = 200_000  # galleries this large: the previous epoch's neighbours by a streamed exact scan, no 2nd index
+STREAM_BLOCK = 65_536
+
+
+def streamed_neighbours(run, epoch: int, ids: np.ndarray, q: np.ndarray, k: int, metric: str,
+                        exclude: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """The exact ``k`` nearest rows of ``ids`` in ``epoch`` to ``q`` (distances, sample ids), nearest first, read
+    in blocks from the run: no index and no copy of the epoch is kept (the "new since epoch" comparison)."""
+    from trainer.analysis.distances import unit_rows
+
+    q = np.asarray(q, np.float32).reshape(-1)
+    if metric == "cosine":
+        q = unit_rows(q.reshape(1, -1))[0]
+    ids = np.asarray(ids, np.int64)
+    whole = run.load_epoch(epoch).embeddings  # the reader's shared memory map: slices of it copy nothing
+    contiguous = len(ids) > 0 and ids[-1] - ids[0] == len(ids) - 1 and bool(np.all(np.diff(ids) == 1))
+    best_d = np.zeros(0, np.float32)
+    best_i = np.zeros(0, np.int64)
+    for start in range(0, len(ids), STREAM_BLOCK):
+        block = ids[start:start + STREAM_BLOCK]
+        x = whole[block[0]:block[-1] + 1] if contiguous else whole[block]
+        if metric == "cosine":
+            norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+            d = 1.0 - (x @ q) / np.maximum(norms, 1e-12)
+        else:
+            d = np.sqrt(np.maximum(((x - q) ** 2).sum(axis=1), 0.0))
+        d = np.asarray(d, np.float32)
+        d[block == exclude] = np.inf
+        cand_d, cand_i = np.concatenate([best_d, d]), np.concatenate([best_i, block])
+        keep = np.argpartition(cand_d, k)[:k] if len(cand_d) > k else np.arange(len(cand_d))
+        keep = keep[np.lexsort((cand_i[keep], cand_d[keep]))]
+        best_d, best_i = cand_d[keep], cand_i[keep]
+    ok = np.isfinite(best_d)
+    return best_d[ok], best_i[ok]
 
 
 def _search(entry: IndexEntry, q: np.ndarray, k: int, exclude: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,10 +202,13 @@ def neighbour_job(run, epoch: int, prev_epoch: int | None, gallery: str, metric:
                           index_description=entry.index.description)
     if prev_epoch is not None and query.kind == "sample" and not is_cancelled():
         progress(0.9, f"neighbours in epoch {prev_epoch}")
-        pe = entry_for(prev_epoch)
         qp = run.rows(prev_epoch, np.array([query.sample_id]))[0]
         out.prev_epoch = int(prev_epoch)
-        out.prev_ids = _search(pe, qp, k, exclude)[1]
+        pe = cache.get((prev_epoch, gallery))
+        if pe is None and len(entry.ids) >= STREAM_FROM:  # a second 1e6 index would hold another 0.5-1 GB
+            out.prev_ids = streamed_neighbours(run, prev_epoch, entry.ids, qp, k, metric, exclude)[1]
+        else:
+            out.prev_ids = _search(entry_for(prev_epoch), qp, k, exclude)[1]
     out.new_entries = new
     out.seconds = time.perf_counter() - t0
     return out

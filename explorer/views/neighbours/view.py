@@ -22,7 +22,7 @@ from explorer.jobs import JobRunner
 from explorer.state import AppState
 from explorer.widgets.labels import PathLabel, shrinkable
 from explorer.widgets.view_setup import job_reporting, setup_view, subscribe
-from explorer.views.neighbours.jobs import GALLERIES, INDEX_CACHE, IndexEntry, NeighbourQuery, NeighbourResult, checkpoint_for, embed_file_job, filter_samples_job, neighbour_job
+from explorer.views.neighbours.jobs import GALLERIES, INDEX_CACHE, INDEX_ROWS_BUDGET, IndexEntry, NeighbourQuery, NeighbourResult, checkpoint_for, embed_file_job, filter_samples_job, neighbour_job
 from explorer.widgets.framed import OTHER, QUERY, SAME, framed_pixmap
 from explorer.widgets.texts import SPLIT_NAMES, metric_words
 
@@ -489,8 +489,9 @@ class NeighboursView(QWidget):
         for e in r.new_entries:
             self._cache[(e.epoch, e.gallery)] = e
             self._cache.move_to_end((e.epoch, e.gallery))
-        while len(self._cache) > INDEX_CACHE:
-            self._cache.popitem(last=False)
+        while len(self._cache) > INDEX_CACHE or (
+                len(self._cache) > 1 and sum(len(c.ids) for c in self._cache.values()) > INDEX_ROWS_BUDGET):
+            self._cache.popitem(last=False)  # the least recently used index goes first
         r.new_entries = []
         if len(self.selected) > 1:  # the selection's gallery is on screen (a new epoch re-ran the query): it stays,
             return                   # and the query's neighbours come back when the selection is cleared

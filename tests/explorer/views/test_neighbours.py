@@ -251,3 +251,33 @@ def test_the_neighbour_grid_copies_and_exports_its_images(qtbot, view, run_dir, 
     assert [int(row[0]) for row in rows[1:]] == shown
     assert [row[2] for row in rows[1:]] == [r.classes[int(r.samples.labels[i])] for i in shown]
     assert view.grid.contextMenuPolicy().name == "CustomContextMenu"
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_streamed_neighbours_of_the_previous_epoch_equal_brute_force(run_dir, metric):
+    """A 1e6 gallery's previous epoch is scanned in blocks instead of indexed a second time: same neighbours."""
+    from explorer.views.neighbours import jobs
+
+    r = RunReader(run_dir)
+    x = r.load_epoch(0).embeddings
+    old = jobs.STREAM_BLOCK
+    jobs.STREAM_BLOCK = 7  # several blocks
+    try:
+        for ids in (np.arange(len(x))[::2], np.arange(len(x))):  # every other sample; all of them (slices)
+            d, got = jobs.streamed_neighbours(r, 0, ids, x[4], 6, metric, exclude=4)
+            want = brute_neighbours(x, 4, [int(i) for i in ids if i != 4], 6, metric)
+            assert got.tolist() == [j for _, j in want]
+            np.testing.assert_allclose(d, [v for v, _ in want], rtol=1e-4, atol=1e-5)
+    finally:
+        jobs.STREAM_BLOCK = old
+
+
+def test_the_index_cache_keeps_within_its_row_budget(qtbot, view, run_dir, monkeypatch):
+    import explorer.views.neighbours.view as nv
+
+    r = open_run(qtbot, view, run_dir)
+    n = len(r.samples.paths)
+    monkeypatch.setattr(nv, "INDEX_ROWS_BUDGET", int(1.5 * n))  # room for one whole-gallery index, not two
+    select(qtbot, view, 3)  # the last epoch and, for "new since", the one before it
+    assert len(view._cache) == 1 and sum(len(c.ids) for c in view._cache.values()) <= 1.5 * n
+    assert view.shown_ids().size > 0

@@ -152,3 +152,24 @@ def test_search_from_worker_threads(data):
     for t in threads:
         t.join()
     assert len(results) == 4 and all(np.array_equal(r, expected) for r in results)
+
+
+def test_release_rows_keeps_search_and_refuses_what_needs_the_rows():
+    from trainer.analysis.index import NeighbourIndex
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 16)).astype(np.float32)
+    for approximate in (False, True):
+        idx = NeighbourIndex(x, metric="cosine", approximate=approximate)
+        before = idx.search(x[:20], 5, exclude_self_ids=np.arange(20))
+        idx.release_rows()
+        assert idx._x is None
+        after = idx.search(x[:20], 5, exclude_self_ids=np.arange(20))
+        assert np.array_equal(before[1], after[1]) and np.allclose(before[0], after[0])
+        if approximate:
+            with pytest.raises(RuntimeError, match="no longer keeps its rows"):
+                idx.exact_search(x[:2], 3)
+        else:  # an exact index is its own exact search
+            assert np.array_equal(idx.exact_search(x[:20], 5, exclude_self_ids=np.arange(20))[1], before[1])
+        with pytest.raises(RuntimeError, match="no longer keeps its rows"):
+            idx.measure_recall(k=5, n_queries=5)
