@@ -160,6 +160,12 @@ class CurateActions:
         w = self.window
         if w.state.run is None or self.edits is None:
             return
+        if not len(self.edits) and self._index is None:  # nothing to draw: no path index (0.9 s of GUI at 1e6)
+            w.state.set_marks({})
+            map_view = getattr(w, "map_view", None)
+            if hasattr(map_view, "set_marks"):
+                map_view.set_marks([], [], [])
+            return
         if self._index is None:  # path -> sample id, once per run (a million paths took ~0.3 s per mark)
             self._index = {p: i for i, p in enumerate(w.state.run.samples.paths)}
         index = self._index

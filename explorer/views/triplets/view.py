@@ -33,6 +33,9 @@ COLOURS = {"easy": (44, 160, 44), "semihard": (255, 127, 14), "hard": (214, 39, 
 THUMB = 56
 
 
+HISTORY_AFTER_CENSUS_FROM = 200_000  # samples from which the past epochs' census waits for this epoch's
+
+
 class _Num(QTableWidgetItem):
     """A table cell that sorts by its number."""
 
@@ -313,7 +316,9 @@ class TripletsView(DeferWhileHidden, QWidget):
         self.jobs.submit((self._key, "census"), census_job, self.run, self.state.epoch, self.split, self.margin,
                          self.distance_metric, on_result=self._on_census, on_partial=self._on_census_partial,
                          **self._reporting)
-        self._start_history()
+        if len(self.run.samples.split) < HISTORY_AFTER_CENSUS_FROM:
+            self._start_history()
+        # else: after the census (_on_census): at 1e6 both at once held two copies of the split and their work
 
     def start_examples(self) -> None:
         """Find example triplets of the chosen category / class / order for the current census."""
@@ -403,6 +408,8 @@ class TripletsView(DeferWhileHidden, QWidget):
     def _on_census(self, result) -> None:
         self._job_done()
         self._show_census(result)
+        if self.run is not None and len(self.run.samples.split) >= HISTORY_AFTER_CENSUS_FROM and not self._defer():
+            self._start_history()
 
     def _on_census_partial(self, result) -> None:
         if result.census is not None and self.result is None:

@@ -138,6 +138,25 @@ def test_rules_label_and_shares_chart_one_point_per_epoch(qtbot, view, run_dir):
     assert t.viewport().height() >= sum(t.rowHeight(i) for i in range(3))
 
 
+def test_on_a_large_run_the_past_epochs_wait_for_this_epochs_census(qtbot, view, run_dir, monkeypatch):
+    """At 1e6 the two censuses at once held two copies of the split (issue 16 item 4): from
+    HISTORY_AFTER_CENSUS_FROM samples on, the shares chart's job starts when the census has delivered."""
+    import explorer.views.triplets.view as tv
+
+    monkeypatch.setattr(tv, "HISTORY_AFTER_CENSUS_FROM", 0)  # this small run counts as large
+    started = []
+    real = view.jobs.submit
+
+    def submit(key, *a, **k):
+        started.append((key[1], view.jobs.is_running((view._key, "census"))))
+        return real(key, *a, **k)
+
+    monkeypatch.setattr(view.jobs, "submit", submit)
+    r = open_run(qtbot, view, run_dir)
+    assert ("history", False) in started and ("history", True) not in started
+    assert sorted(view.history_points()) == r.epochs  # the chart is still complete
+
+
 def test_examples_are_of_their_category_and_click_highlights(qtbot, view, run_dir):
     r = open_run(qtbot, view, run_dir)
     view.state.set_epoch(0)  # the widest spread: every category has triplets
