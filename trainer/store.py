@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -908,8 +909,6 @@ class RunReader:
         # the embeddings of the last epochs read, memory-mapped once and shared by every caller (the map, the
         # neighbour, triplet and threshold views each used to read a copy: 4 x 512 MB at 1e6 x 128)
         self._mapped: dict[tuple[str, Any], np.ndarray] = {}
-        import threading
-
         self._mapped_lock = threading.Lock()
         self._verified: set[tuple] = set()  # files whose checksum was checked
         self._m: dict[str, Any] = {}
@@ -1023,6 +1022,22 @@ class RunReader:
                     sample_ids=f["sample_ids"][()],
                     split=f["split"][()],
                 )
+        except (OSError, KeyError, ValueError) as exc:
+            raise RunError(f"epoch file {path} is damaged: {exc}") from None
+
+    def embeddings(self, epoch: int) -> np.ndarray:
+        """One epoch's embeddings alone: the shared memory map of :meth:`load_epoch` (without reading the epoch's
+        metrics, telemetry and per-row arrays), or a copy for a dataset that cannot be mapped."""
+        entry = self._entry(epoch)
+        hit = self._mapped.get((entry["file"], entry.get("written")))
+        if hit is not None:
+            return hit
+        f, path = self._open_epoch(epoch)
+        try:
+            with f:
+                ds = f["embeddings"]
+                emb = self._mapped_embeddings(epoch, path, ds)
+                return ds[()] if emb is None else emb
         except (OSError, KeyError, ValueError) as exc:
             raise RunError(f"epoch file {path} is damaged: {exc}") from None
 

@@ -96,7 +96,8 @@ class CompareDialog(QDialog):
         self.roc_chart.showGrid(x=True, y=True, alpha=0.2)
         from explorer.dialogs.compare_images import ImageByImage
 
-        self.images = ImageByImage(jobs, self)
+        self.images = ImageByImage(jobs, self, worker=getattr(getattr(parent, "map_view", None),
+                                                               "projection_worker", None))
         self.tabs = QTabWidget()
         self.tabs.addTab(curves, "MAP@R")
         self.tabs.addTab(self.roc_chart, "ROC")

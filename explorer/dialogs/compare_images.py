@@ -37,9 +37,16 @@ K = 10
 TABLE_THUMBS = 300  # rows whose thumbnails are asked for at once (the rest when scrolled to: not needed for 1e4)
 
 
-def _images_job(path_a: str, path_b: str, method: str, *, progress, partial, is_cancelled) -> dict:
-    from trainer.analysis.projection import project
+def _images_job(path_a: str, path_b: str, method: str, worker, *, progress, partial, is_cancelled) -> dict:
+    """``worker``: the map's projection process when the window has one (UMAP holds the GIL for the whole fit when
+    it runs in one of this process's threads), else None (projected here)."""
+    from trainer.analysis.projection import project as project_here
     from trainer.comparison import image_changes, load_entries
+
+    def project(x, method, **kw):
+        if worker is not None and method != "pca":
+            return worker.project(x, method, is_cancelled=is_cancelled, **kw)
+        return project_here(x, method, **kw)
 
     progress(0.05, "reading the two runs")
     a, b = load_entries([path_a, path_b])
@@ -55,15 +62,17 @@ def _images_job(path_a: str, path_b: str, method: str, *, progress, partial, is_
     ch["xy_a"], ch["xy_b"] = np.asarray(la.xy, np.float32), np.asarray(lb.xy, np.float32)
     ch["classes"] = list(a.run.classes)
     ch["run_a"], ch["run_b"] = str(a.run.run_dir), str(b.run.run_dir)
+    ch["reader"] = a.run  # read in this thread: its sample table (1.3 s at 1e6) is not read again on the GUI's
     return ch
 
 
 class ImageByImage(QWidget):
     """The "Image by image" tab of the compare dialog."""
 
-    def __init__(self, jobs, parent=None) -> None:
+    def __init__(self, jobs, parent=None, worker=None) -> None:
         super().__init__(parent)
         self.jobs = jobs
+        self.worker = worker  # the map's projection process (explorer/views/map), when there is one
         self.method = "umap"
         self.result: dict | None = None
         self.selected: int | None = None  # row into result["ids"]
@@ -163,7 +172,7 @@ class ImageByImage(QWidget):
         b = self._paths[int(self.other.currentData())]
         self.status.setText(f"Finding every held-out image's neighbours in both runs and drawing the two maps "
                             f"({self.method.upper()}) …")
-        self.jobs.submit(JOB, _images_job, self._paths[0], b, self.method, on_result=self._show,
+        self.jobs.submit(JOB, _images_job, self._paths[0], b, self.method, self.worker, on_result=self._show,
                          on_progress=lambda f, text: self.status.setText(f"{text} ({100 * f:.0f} %)"),
                          on_failed=lambda m: self.status.setText(f"Could not compare image by image: "
                                                                  f"{m.splitlines()[0]}"))
@@ -173,11 +182,9 @@ class ImageByImage(QWidget):
         if "xy_a" not in r:
             return
         from trainer.comparison import rank_change_order
-        from trainer.store import RunReader
 
         self.result, self.selected = r, None
-        run = RunReader(r["run_a"])
-        self._samples = run.samples
+        run = r["reader"]
         if self._thumbs is None:
             from explorer.widgets.thumbnails import ThumbnailCache
 

@@ -39,16 +39,17 @@ def _review_job(run, epoch: int, *, progress, partial, is_cancelled) -> dict:
     progress(0.2, "ranking by out-of-sample neighbour votes")
     r = rank_label_issues(x, y, run.metric, k=K)
     rows = [int(i) for i in r["order"] if r["suggested"][int(i)] != y[int(i)]][:SUSPECTS]
-    progress(0.5, "the evidence: each suspect's neighbours")
+    progress(0.5, "every image's nearest neighbours: the evidence and the closest pairs")
     k = max(1, min(K, len(x) - 1))
-    index = NeighbourIndex(x, metric=run.metric)
-    d, nb = index.exact_search(x[rows], k, exclude_self_ids=np.asarray(rows)) if rows else (
-        np.zeros((0, k)), np.zeros((0, k), np.int64))
+    # one search serves the suspects' evidence (their K nearest), the closest pairs and the usual nearest distance
+    knn = NeighbourIndex(x, metric=run.metric).exact_search(x, max(k, min(PAIRS, len(x) - 1)),
+                                                            exclude_self_ids=np.arange(len(x)))
+    d, nb = knn[0][rows, :k], knn[1][rows, :k]
     if is_cancelled():
         return {}
     progress(0.7, "the closest pairs")
-    pi, pj, pd = closest_pairs(x, run.metric, n=PAIRS)
-    d1, _ = index.exact_search(x, 1, exclude_self_ids=np.arange(len(x))) if len(x) > 1 else (np.zeros((0, 1)), None)
+    pi, pj, pd = closest_pairs(x, run.metric, n=PAIRS, knn=knn)
+    d1 = knn[0][:, :1]
     share = r["pred_probs"][rows, :] if rows else np.zeros((0, 1))
     classes_dense = np.unique(y)
     suggested = r["suggested"][rows] if rows else np.zeros(0, np.int64)
@@ -58,7 +59,7 @@ def _review_job(run, epoch: int, *, progress, partial, is_cancelled) -> dict:
             "vote": np.asarray(vote), "score": r["scores"][rows],
             "nbr_ids": np.where(nb >= 0, ids[np.clip(nb, 0, None)], -1), "nbr_dist": d,
             "pair_a": ids[pi], "pair_b": ids[pj], "pair_dist": pd,
-            "median_nn": float(np.median(d1[:, 0])) if len(d1) else float("nan")}
+            "median_nn": float(np.median(d1[:, 0])) if d1.size else float("nan")}
 
 
 class SuspectsDialog(QDialog):

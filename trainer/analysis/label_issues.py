@@ -49,19 +49,25 @@ def rank_label_issues(embeddings: np.ndarray, labels: np.ndarray, metric: str, k
             "suggested": classes[np.argmax(probs, axis=1)]}
 
 
-def closest_pairs(embeddings: np.ndarray, metric: str, n: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def closest_pairs(embeddings: np.ndarray, metric: str, n: int = 100, knn: tuple[np.ndarray, np.ndarray] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``n`` closest pairs of rows (i < j) of the whole set, closest first: (i, j, distance).
 
     Near-duplicates are the pairs far closer than an image's usual nearest neighbour; whether their labels agree
     is for the caller to show. Exact: every row's n nearest others are searched (a pair among the n closest
-    overall has at most n - 1 closer pairs through either of its rows, so each row finds it)."""
+    overall has at most n - 1 closer pairs through either of its rows, so each row finds it). ``knn``: (distances,
+    ids) of that search done already (self excluded, at least min(n, N - 1) columns), so a caller that needs the
+    neighbours anyway searches once."""
     from trainer.analysis.index import NeighbourIndex
 
     x = np.ascontiguousarray(np.asarray(embeddings, np.float32))
     if len(x) < 2 or n <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     k = max(1, min(int(n), len(x) - 1))
-    d, ids = NeighbourIndex(x, metric=metric).exact_search(x, k, exclude_self_ids=np.arange(len(x)))
+    if knn is None:
+        d, ids = NeighbourIndex(x, metric=metric).exact_search(x, k, exclude_self_ids=np.arange(len(x)))
+    else:
+        d, ids = knn[0][:, :k], knn[1][:, :k]
     rows = np.repeat(np.arange(len(x)), k)
     j = ids.ravel()
     ok = j >= 0

@@ -138,7 +138,7 @@ def streamed_neighbours(run, epoch: int, ids: np.ndarray, q: np.ndarray, k: int,
     if metric == "cosine":
         q = unit_rows(q.reshape(1, -1))[0]
     ids = np.asarray(ids, np.int64)
-    whole = run.load_epoch(epoch).embeddings  # the reader's shared memory map: slices of it copy nothing
+    whole = run.embeddings(epoch)  # the reader's shared memory map: slices of it copy nothing
     contiguous = len(ids) > 0 and ids[-1] - ids[0] == len(ids) - 1 and bool(np.all(np.diff(ids) == 1))
     best_d = np.zeros(0, np.float32)
     best_i = np.zeros(0, np.int64)

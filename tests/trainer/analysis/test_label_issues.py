@@ -51,3 +51,14 @@ def test_closest_pairs_equal_a_sort_of_every_pair(metric):
     i, j, d = closest_pairs(x, metric, n=15)
     assert [(int(a), int(b)) for a, b in zip(i, j)] == [(a, b) for _, a, b in pairs[:15]]
     np.testing.assert_allclose(d, [v for v, _, _ in pairs[:15]], rtol=1e-4, atol=1e-5)
+
+
+def test_closest_pairs_from_a_search_done_already_are_the_same():
+    from trainer.analysis.index import NeighbourIndex
+    from trainer.analysis.label_issues import closest_pairs
+
+    x = np.random.default_rng(9).normal(size=(60, 5)).astype(np.float32)
+    knn = NeighbourIndex(x, metric="euclidean").exact_search(x, 30, exclude_self_ids=np.arange(60))
+    a = closest_pairs(x, "euclidean", n=20)
+    b = closest_pairs(x, "euclidean", n=20, knn=knn)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
