@@ -101,7 +101,7 @@ class SuspectsDialog(QDialog):
         ml.addLayout(buttons)
         # near-duplicates
         self.pairs = self._table(["image A", "image B", "classes", "distance", "edit"])
-        self.pairs.setColumnWidth(3, 260)
+        self.pairs.setColumnWidth(3, 330)
         self.dup_btn = QPushButton("Mark B as a duplicate of A")
         self.dup_btn.setShortcut("Ctrl+D")
         self.dup_btn.clicked.connect(self.duplicate_current)

@@ -9,7 +9,7 @@ map, or act on all: undo, export the CSV, train again. The list follows AppState
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QSize, Qt, Slot
+from PySide6.QtCore import QEvent, QSize, Qt, Slot
 from PySide6.QtGui import QIcon, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
@@ -43,7 +43,7 @@ class EditsPanel(QWidget):
         self.table.setToolTip("Double-click: select the image in the map; Delete: clear the selected marks")
         buttons = QHBoxLayout()
         self.clear_btn = QPushButton("Clear the selected marks")
-        self.clear_btn.setShortcut("Delete")
+        self.table.installEventFilter(self)  # Delete / Backspace in the list (a window shortcut needs focus there)
         self.clear_btn.clicked.connect(self.clear_selected_rows)
         self.map_btn = QPushButton("Select in the map")
         self.map_btn.clicked.connect(self.select_in_map)
@@ -65,6 +65,13 @@ class EditsPanel(QWidget):
         state.run_changed.connect(lambda _run: self._on_marks(state.marks))
         thumbnails.ready.connect(self._on_thumb)
         self._on_marks(state.marks)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt override
+        if obj is self.table and event.type() == QEvent.Type.KeyPress and event.key() in (Qt.Key.Key_Delete,
+                                                                                         Qt.Key.Key_Backspace):
+            self.clear_selected_rows()
+            return True
+        return super().eventFilter(obj, event)
 
     @Slot(object)
     def _on_marks(self, marks) -> None:
