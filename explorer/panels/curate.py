@@ -11,6 +11,8 @@ import numpy as np
 from PySide6.QtGui import QKeySequence
 from PySide6.QtWidgets import QFileDialog, QInputDialog, QMenu, QMessageBox
 
+from trainer.data.edits import Edits, EditsError, edits_path_for
+
 SUSPECTS_JOB = "suspected-mislabels"
 SUSPECT_SHARE = 0.05  # the share of training images "Select suspected mislabels" selects
 
@@ -70,8 +72,6 @@ class CurateActions:
 
     # ---- the edits file of the open run -------------------------------------------------------------------------
     def _on_run(self, run) -> None:
-        from trainer.data.edits import Edits, EditsError, edits_path_for
-
         self.edits, self.path, self._index = None, None, None
         map_view = getattr(self.window, "map_view", None)
         if hasattr(map_view, "set_marks"):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+from PySide6.QtGui import QColor, QIcon, QPixmap
 
 # Colour-blind-friendly-ish categorical palette (Tableau 20 order: strong colours first).
 PALETTE = [
@@ -16,3 +18,24 @@ PALETTE = [
 def class_colour(i: int) -> tuple[int, int, int]:
     """Colour of class ``i`` (the palette repeats after 20 classes)."""
     return PALETTE[int(i) % len(PALETTE)]
+
+
+def palette_rgba(n: int, alpha: int = 255):
+    """(n, 4) uint8 colours of classes 0..n-1, the palette repeated (one array op, not n tuples)."""
+    table = np.array([(*rgb, alpha) for rgb in PALETTE], np.uint8)
+    return table[np.arange(max(int(n), 0)) % len(PALETTE)]
+
+
+_ICONS: dict = {}
+
+
+def class_icon(i: int):
+    """A 12 x 12 swatch of class ``i``'s colour (one QIcon per palette colour, shared: a legend of 2,000 classes
+    drew 2,000 pixmaps)."""
+    rgb = class_colour(i)
+    icon = _ICONS.get(rgb)
+    if icon is None:
+        pm = QPixmap(12, 12)
+        pm.fill(QColor(*rgb))
+        icon = _ICONS[rgb] = QIcon(pm)
+    return icon

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 import numpy as np
 
 # Disk of radius ~1.5 px used by the raster splat.
@@ -90,3 +91,49 @@ def view_needs_fit(xy: np.ndarray, view: tuple[tuple[float, float], tuple[float,
             return True
         shares.append((d1 - d0) / span)
     return max(shares) < min_share
+
+
+@dataclass
+class Frame:
+    """What one drawing of a large map shows: the visible rows in drawing order with their colours and positions
+    (kept for the next drawing), and either the rows in view (few: drawn as symbols) or a raster image."""
+
+    rows: np.ndarray
+    colours: np.ndarray
+    p: np.ndarray
+    in_rows: np.ndarray | None = None  # symbols: the rows inside the view
+    image: np.ndarray | None = None  # raster: (h, w, 4) uint8, row 0 at rect's y0
+    rect: tuple[float, float, float, float] | None = None  # raster: x0, y0, width, height in data coordinates
+
+
+def draw_frame(xy: np.ndarray, order: np.ndarray, visible: np.ndarray, labels: np.ndarray, rgba: np.ndarray,
+               view: tuple[tuple[float, float], tuple[float, float]], pixels: tuple[int, int], *, margin: float,
+               symbol_max: int, source: tuple[np.ndarray, np.ndarray] | None = None,
+               p: np.ndarray | None = None) -> Frame:
+    """One drawing of a large map (no Qt; the view runs it in a worker thread above ~2e5 points).
+
+    ``source`` (rows, colours) and ``p`` (``xy[rows]``) are the gathers of an earlier frame of the same visibility
+    and layout, when there is one: at 1e6 points gathering them costs more than the splat."""
+    if source is None:
+        rows = order if visible.all() else order[visible[order]]
+        source = (rows, rgba[labels[rows]])
+    rows, colours = source
+    if p is None:
+        p = xy[rows]
+    (x0, x1), (y0, y1) = view
+    inview = (p[:, 0] >= x0) & (p[:, 0] <= x1) & (p[:, 1] >= y0) & (p[:, 1] <= y1)
+    if int(np.count_nonzero(inview)) <= symbol_max:
+        return Frame(rows, colours, p, in_rows=rows[inview])
+    w, h = pixels
+    # a margin of ``margin`` view sizes on each side: panning shows drawn points before the re-render
+    mx, my = margin * (x1 - x0), margin * (y1 - y0)
+    x0, x1, y0, y1 = x0 - mx, x1 + mx, y0 - my, y1 + my
+    w, h = int(round(w * (1 + 2 * margin))), int(round(h * (1 + 2 * margin)))
+    near = (p[:, 0] >= x0) & (p[:, 0] <= x1) & (p[:, 1] >= y0) & (p[:, 1] <= y1)
+    img = splat_points(p[near], colours[near], (x0, x1), (y0, y1), w, h)
+    return Frame(rows, colours, p, image=img, rect=(x0, y0, x1 - x0, y1 - y0))
+
+
+def frame_job(*args, progress, partial, is_cancelled, **kwargs) -> Frame:
+    """:func:`draw_frame` as a background job of the map's drawing runner."""
+    return draw_frame(*args, **kwargs)

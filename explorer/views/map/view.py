@@ -10,12 +10,13 @@ selection and highlights are shared with the other views through the AppState.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QPointF, QRectF, Qt, QTimer, Signal, Slot
-from PySide6.QtGui import QColor, QIcon, QKeySequence, QPixmap, QShortcut
+from PySide6.QtGui import QColor, QKeySequence, QPixmap, QShortcut
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -40,9 +41,9 @@ from explorer.state import AppState
 from explorer.widgets.thumbnails import ThumbnailCache
 from trainer.analysis import projection
 from trainer.analysis.projection_worker import ProjectionWorker
-from explorer.views.map.geometry import view_needs_fit, draw_order, points_in_polygon, splat_points
+from explorer.views.map.geometry import Frame, draw_frame, draw_order, frame_job, points_in_polygon, view_needs_fit
 from explorer.views.map.jobs import METHOD_TITLES, _warm_up_job, map_job
-from explorer.widgets.palette import class_colour
+from explorer.widgets.palette import PALETTE, class_colour, class_icon, palette_rgba
 
 # Points in view above which the map is drawn as a raster image instead of symbols. ScatterPlotItem.setData builds
 # each spot in Python on the GUI thread: ~300 ms for 20,000 points (bench_gui_scale), ~15 ms per 1,000.
@@ -53,6 +54,8 @@ ANIMATE_MS = 300
 # Raster maps re-render this long after the view stops moving; the raster covers this many view sizes around it.
 RENDER_REST_MS = 120
 RASTER_MARGIN = 0.35
+# Maps of this many points or more are drawn in a thread of their own (see _render).
+RASTER_ASYNC_MIN = 200_000
 HOVER_RADIUS_PX = 8.0
 SPLIT_SYMBOLS = ("o", "t1")  # train: circle, held-out: upward triangle
 SPLIT_NAMES = ("train", "held-out")
@@ -128,6 +131,7 @@ class MapView(QWidget):
         self.state = state
         self._owns_jobs = jobs is None
         self.jobs = jobs or JobRunner(self, max_threads=1)
+        self._draw_jobs = JobRunner(self, max_threads=1)  # the drawings of large maps (see _render)
         self.thumbnails = thumbnails or ThumbnailCache(self)
         self.projector = projection.Projector(method)
         self._job_key = ("map", id(self))
@@ -146,7 +150,7 @@ class MapView(QWidget):
         self._hidden: set[int] = set()
         self._draw_order = np.zeros(0, np.int64)
         self._symbol_rows: np.ndarray | None = None  # the rows the scatter holds, in its order
-        self._rows_cache: tuple | None = None  # see _draw_source
+        self._rows_cache: tuple | None = None  # see _render
         self._xy_cache: tuple | None = None
         self.render_mode = "symbols"
         self.hover_id = -1
@@ -387,8 +391,9 @@ class MapView(QWidget):
             self.thumbnails.set_samples(s)
             self.projector.metric = run.metric
         self.xy = np.zeros((0, 2), np.float32)
-        self._brushes = [pg.mkBrush(*class_colour(i), 230) for i in range(max(1, len(self.classes)))]
-        self._rgba = np.array([(*class_colour(i), 255) for i in range(max(1, len(self.classes)))], np.uint8)
+        # one brush per palette colour (class i uses brush i % len): 2,000 classes built 2,000 brushes in ~0.1 s
+        self._brushes = [pg.mkBrush(*rgb, 230) for rgb in PALETTE]
+        self._rgba = palette_rgba(max(1, len(self.classes)))
         self._build_legend()
         self._update_visible()
         self._clear_symbols()
@@ -405,9 +410,7 @@ class MapView(QWidget):
         counts = np.bincount(self.labels, minlength=len(self.classes)) if len(self.labels) else []
         for i, name in enumerate(self.classes):
             item = QListWidgetItem(f"{name}  ({int(counts[i]) if len(counts) else 0})")
-            pm = QPixmap(12, 12)
-            pm.fill(QColor(*class_colour(i)))
-            item.setIcon(QIcon(pm))
+            item.setIcon(class_icon(i))
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(Qt.CheckState.Checked)
             item.setData(Qt.ItemDataRole.UserRole, i)
@@ -557,7 +560,7 @@ class MapView(QWidget):
             self._anim_timer.stop()
             self.xy = xy
             if ordered is not None and len(ordered) == len(xy) and self._visible.all():
-                self._xy_cache = (self.xy, self._draw_order, ordered)  # what _draw_source would gather
+                self._xy_cache = (self.xy, self._draw_order, ordered)  # what _render would gather
             if first:
                 self.fit_view()  # renders once, at the fitted range
             elif not self._refit_if_untouched():
@@ -610,73 +613,71 @@ class MapView(QWidget):
         self._render_timer.start()
 
     def _render(self) -> None:
-        """Draw the visible points as symbols (few in view) or as one raster image (many in view)."""
+        """Draw the visible points as symbols (few in view) or as one raster image (many in view). A map of
+        RASTER_ASYNC_MIN points or more is drawn in the map's drawing thread (the gathers and the splat of 1e6
+        points held the GUI thread ~0.2 s); the last drawing stays on screen until the new one is ready."""
         self._last_render = time.perf_counter()
         n = len(self.xy)
         if n == 0 or len(self._visible) != n:
+            self._draw_jobs.cancel("frame")
             self._clear_symbols()
             self.image.clear()
             return
         if n > SYMBOL_MAX:
-            rows, p, colours = self._draw_source()
-            (x0, x1), (y0, y1) = self.viewbox.viewRange()
-            inview = (p[:, 0] >= x0) & (p[:, 0] <= x1) & (p[:, 1] >= y0) & (p[:, 1] <= y1)
-            n_in = int(np.count_nonzero(inview))
-        else:
-            order = self._draw_order
-            rows = order[self._visible[order]]
-            inview = None
-            n_in = len(rows)
-        if n_in > SYMBOL_MAX:
-            self.render_mode = "raster"
-            (x0, x1), (y0, y1) = self.viewbox.viewRange()
-            w, h = self._view_pixels()
-            # a margin of RASTER_MARGIN view sizes on each side: panning shows drawn points before the re-render
-            mx, my = RASTER_MARGIN * (x1 - x0), RASTER_MARGIN * (y1 - y0)
-            x0, x1, y0, y1 = x0 - mx, x1 + mx, y0 - my, y1 + my
-            w, h = int(round(w * (1 + 2 * RASTER_MARGIN))), int(round(h * (1 + 2 * RASTER_MARGIN)))
-            near = (p[:, 0] >= x0) & (p[:, 0] <= x1) & (p[:, 1] >= y0) & (p[:, 1] <= y1)
-            img = splat_points(p[near], colours[near], (x0, x1), (y0, y1), w, h)
-            self._clear_symbols()
-            self.image.setImage(img, autoLevels=False)
-            self.image.setRect(QRectF(x0, y0, x1 - x0, y1 - y0))
-            self.image.show()
-        else:
-            self.render_mode = "symbols"
-            self.image.hide()
-            in_rows = rows if inview is None else rows[inview]
-            p = self.xy[in_rows]
-            if self._symbol_rows is not None and np.array_equal(self._symbol_rows, in_rows):
-                # the same points moved (an animation frame, the next epoch): move them in place. setData would
-                # rebuild every spot's brush and symbol, 60-180 ms for 10,000 points, many times per animation
-                d = self.scatter.data
-                d["x"] = p[:, 0]
-                d["y"] = p[:, 1]
-                self.scatter.prepareGeometryChange()
-                self.scatter.bounds = [None, None]
-                self.scatter.informViewBoundsChanged()
-                self.scatter.invalidate()
-                return
-            brushes = np.array(self._brushes, dtype=object)[self.labels[in_rows] % len(self._brushes)]
-            symbols = np.array(SPLIT_SYMBOLS, dtype=object)[np.clip(self.split[in_rows], 0, 1)]
-            self.scatter.setData(x=p[:, 0], y=p[:, 1], brush=brushes, symbol=symbols, pen=None, data=in_rows)
-            self._symbol_rows = in_rows.copy()
+            key = (self._visible, self._draw_order, self._rgba, self.labels)
+            rc, xc = self._rows_cache, self._xy_cache
+            source = rc[1:] if rc is not None and all(a is b for a, b in zip(rc[0], key)) else None
+            rows = source[0] if source is not None else self._draw_order if self._visible.all() else None
+            p = xc[2] if xc is not None and rows is not None and xc[0] is self.xy and xc[1] is rows else None
+            args = (self.xy, self._draw_order, self._visible, self.labels, self._rgba, self.viewbox.viewRange(),
+                    self._view_pixels())
+            opts = dict(margin=RASTER_MARGIN, symbol_max=SYMBOL_MAX, source=source, p=p)
+            done = functools.partial(self._apply_frame, key, self.xy)
+            if n >= RASTER_ASYNC_MIN:
+                self._draw_jobs.submit("frame", frame_job, *args, on_result=done, **opts)
+            else:
+                self._draw_jobs.cancel("frame")
+                done(draw_frame(*args, **opts))
+            return
+        self._draw_jobs.cancel("frame")
+        order = self._draw_order
+        self._draw_symbols(order[self._visible[order]])
 
-    def _draw_source(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The visible rows in drawing order with their positions and colours. Rows and colours are gathered once
-        per run and visibility, positions once per layout: re-gathering 1e6 rows on every pan or zoom took ~0.2 s
-        of the GUI thread's ~0.3 s render."""
-        key = (self._visible, self._draw_order, self._rgba, self.labels)
-        rows_cache = self._rows_cache
-        if rows_cache is None or any(a is not b for a, b in zip(rows_cache[0], key)):
-            order = self._draw_order
-            rows = order if self._visible.all() else order[self._visible[order]]
-            rows_cache = self._rows_cache = (key, rows, self._rgba[self.labels[rows]])
-        _, rows, colours = rows_cache
-        xy_cache = self._xy_cache
-        if xy_cache is None or xy_cache[0] is not self.xy or xy_cache[1] is not rows:
-            xy_cache = self._xy_cache = (self.xy, rows, self.xy[rows])
-        return rows, xy_cache[2], colours
+    def _apply_frame(self, key: tuple, xy: np.ndarray, frame: Frame) -> None:
+        """Show a drawing of a large map; keep its gathers for the next one while the layout and visibility last."""
+        if xy is not self.xy:  # drawn for positions since replaced (a new layout is being drawn)
+            return
+        if all(a is b for a, b in zip(key, (self._visible, self._draw_order, self._rgba, self.labels))):
+            self._rows_cache = (key, frame.rows, frame.colours)
+            self._xy_cache = (xy, frame.rows, frame.p)
+        if frame.image is None:
+            self._draw_symbols(frame.in_rows)
+            return
+        self.render_mode = "raster"
+        self._clear_symbols()
+        self.image.setImage(frame.image, autoLevels=False)
+        self.image.setRect(QRectF(*frame.rect))
+        self.image.show()
+
+    def _draw_symbols(self, in_rows: np.ndarray) -> None:
+        self.render_mode = "symbols"
+        self.image.hide()
+        p = self.xy[in_rows]
+        if self._symbol_rows is not None and np.array_equal(self._symbol_rows, in_rows):
+            # the same points moved (an animation frame, the next epoch): move them in place. setData would
+            # rebuild every spot's brush and symbol, 60-180 ms for 10,000 points, many times per animation
+            d = self.scatter.data
+            d["x"] = p[:, 0]
+            d["y"] = p[:, 1]
+            self.scatter.prepareGeometryChange()
+            self.scatter.bounds = [None, None]
+            self.scatter.informViewBoundsChanged()
+            self.scatter.invalidate()
+            return
+        brushes = np.array(self._brushes, dtype=object)[self.labels[in_rows] % len(self._brushes)]
+        symbols = np.array(SPLIT_SYMBOLS, dtype=object)[np.clip(self.split[in_rows], 0, 1)]
+        self.scatter.setData(x=p[:, 0], y=p[:, 1], brush=brushes, symbol=symbols, pen=None, data=in_rows)
+        self._symbol_rows = in_rows.copy()
 
     def _clear_symbols(self) -> None:
         self.scatter.clear()
@@ -852,11 +853,14 @@ class MapView(QWidget):
         """Cancel the map's jobs and stop its projection process (window close, aboutToQuit)."""
         if self.projection_worker is not None:  # first: a job's thread may be waiting on the child
             self.projection_worker.close(timeout=min(timeout, 2.0))
-        return self.jobs.shutdown(timeout)
+        drawn = self._draw_jobs.shutdown(min(timeout, 2.0))
+        return self.jobs.shutdown(timeout) and drawn
 
     def closeEvent(self, ev) -> None:  # noqa: N802 - Qt naming
         if self._owns_jobs:  # a map with its own runner stops its jobs and projection process itself
             self.shutdown(2.0)
+        else:
+            self._draw_jobs.shutdown(2.0)
         super().closeEvent(ev)
 
     def hideEvent(self, ev) -> None:  # noqa: N802 - Qt naming
@@ -981,8 +985,7 @@ class MapView(QWidget):
             return
         p = self.xy[ids]
         # the points themselves, larger and outlined, in their class colours: black rings hid the colours
-        brushes = [self._brushes[int(c)] if 0 <= int(c) < len(self._brushes) else self._brushes[0]
-                   for c in self.labels[ids]]
+        brushes = [self._brushes[int(c) % len(self._brushes)] for c in self.labels[ids]]
         self.selection_item.setData(x=p[:, 0], y=p[:, 1], brush=brushes, pen=pg.mkPen((20, 20, 20), width=1.2),
                                     size=11 if len(ids) < 2000 else 8)
 

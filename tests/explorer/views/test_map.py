@@ -195,8 +195,68 @@ def test_raster_follows_hidden_classes(qtbot, run_dir, monkeypatch):
     qtbot.waitUntil(lambda: not view._anim_timer.isActive(), timeout=3000)
     assert view.shown_epoch != shown
     assert view._xy_cache is not None and view._xy_cache[0] is view.xy  # the job's pre-ordered positions
-    rows, p, colours = view._draw_source()
-    assert np.array_equal(p, view.xy[rows]) and np.array_equal(colours, view._rgba[view.labels[rows]])
+    (_, rows, colours), (_, rows_p, p) = view._rows_cache, view._xy_cache
+    assert rows_p is rows and np.array_equal(p, view.xy[rows])
+    assert np.array_equal(colours, view._rgba[view.labels[rows]])
+
+
+def test_a_large_map_is_drawn_in_its_drawing_thread_as_it_would_be_on_the_gui_thread(qtbot, run_dir, monkeypatch):
+    monkeypatch.setattr(mv_mod, "SYMBOL_MAX", 50)
+    monkeypatch.setattr(mv_mod, "RASTER_ASYNC_MIN", 100)  # 120 points: drawn in the thread
+    calls = []
+    monkeypatch.setattr(mv_mod, "frame_job", lambda *a, **k: calls.append(1) or geometry.frame_job(*a, **k))
+    state, view = _open(qtbot, run_dir)
+    qtbot.waitUntil(lambda: view.render_mode == "raster" and view.image.image is not None, timeout=10_000)
+    assert calls
+    qtbot.waitUntil(lambda: not view._render_timer.isActive(), timeout=3000)  # the window has its size
+    view._render()
+    assert view._draw_jobs.is_running("frame")
+    qtbot.waitUntil(lambda: not view._draw_jobs.is_running("frame"), timeout=10_000)
+    shown = np.asarray(view.image.image).copy()
+    same = geometry.draw_frame(view.xy, view._draw_order, view._visible, view.labels, view._rgba,
+                               view.viewbox.viewRange(), view._view_pixels(), margin=mv_mod.RASTER_MARGIN,
+                               symbol_max=50)
+    assert np.array_equal(shown, same.image)
+    rect = view.image.mapRectToParent(view.image.boundingRect())
+    assert np.allclose((rect.left(), rect.top(), rect.width(), rect.height()), same.rect, rtol=1e-5)
+    # its gathers are kept for the next drawing
+    assert view._rows_cache[1] is not None and np.array_equal(view._xy_cache[2], view.xy[view._rows_cache[1]])
+    # zoomed onto one class: the thread's answer is the rows in view, drawn as symbols on the GUI thread
+    pts = view.xy[view.labels == 0]
+    lo, hi = pts.min(0), pts.max(0)
+    view.viewbox.setRange(xRange=(float(lo[0]), float(hi[0])), yRange=(float(lo[1]), float(hi[1])), padding=0)
+    n_calls = len(calls)
+    view._render()
+    qtbot.waitUntil(lambda: view.render_mode == "symbols", timeout=10_000)
+    assert len(calls) > n_calls and 0 < len(view.scatter.data) <= 50
+    # a drawing made for positions since replaced is dropped
+    old = view.xy
+    view.xy = view.xy + 1.0
+    view._apply_frame((view._visible, view._draw_order, view._rgba, view.labels), old, same)
+    assert view.render_mode == "symbols"
+
+
+def test_draw_frame_matches_a_plain_loop():
+    rng = np.random.default_rng(5)
+    n = 400
+    xy = rng.normal(size=(n, 2)).astype(np.float32)
+    labels = rng.integers(0, 3, n)
+    rgba = np.array([[255, 0, 0, 255], [0, 255, 0, 255], [0, 0, 255, 255]], np.uint8)
+    order = geometry.draw_order(n)
+    visible = labels != 1
+    view = ((-1.0, 1.0), (-0.5, 1.5))
+    frame = geometry.draw_frame(xy, order, visible, labels, rgba, view, (40, 30), margin=0.25, symbol_max=10)
+    rows = [int(r) for r in order if visible[r]]
+    assert frame.rows.tolist() == rows and np.array_equal(frame.colours, rgba[labels[rows]])
+    x0, x1, y0, y1 = -1.5, 1.5, -1.0, 2.0  # the view with a quarter of its size on each side
+    assert np.allclose(frame.rect, (x0, y0, x1 - x0, y1 - y0))
+    near = [r for r in rows if x0 <= xy[r, 0] <= x1 and y0 <= xy[r, 1] <= y1]
+    twin = splat_points(xy[near], rgba[labels[near]], (x0, x1), (y0, y1), 60, 45)
+    assert frame.image.shape == (45, 60, 4) and np.array_equal(frame.image, twin)
+    few = geometry.draw_frame(xy, order, visible, labels, rgba, ((0.0, 0.1), (0.0, 0.1)), (40, 30), margin=0.25,
+                              symbol_max=10)
+    inside = [r for r in rows if 0 <= xy[r, 0] <= 0.1 and 0 <= xy[r, 1] <= 0.1]
+    assert few.image is None and few.in_rows.tolist() == inside
 
 
 def test_draw_order_is_a_fixed_shuffle_and_jobs_hand_over_positions_in_it():
