@@ -33,10 +33,11 @@ HNSW_M = 32  # links per node
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 SMALL_BATCH = 16  # fewer queries than this search single-threaded: OpenMP start-up costs more than it saves
+ROW_CHUNK = 65_536  # rows copied (and normalised) at a time: the index never holds a second copy of the gallery
 
 
-def _as_rows(x: Any, what: str, dim: int | None = None) -> np.ndarray:
-    """float32, C-contiguous 2-D copy (faiss needs exactly this); clear error naming ``what``."""
+def _checked(x: Any, what: str, dim: int | None = None) -> np.ndarray:
+    """``x`` as a 2-D numeric array, not copied; clear error naming ``what``."""
     arr = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
     if arr.ndim == 1 and dim is not None:
         arr = arr.reshape(1, -1)
@@ -46,11 +47,38 @@ def _as_rows(x: Any, what: str, dim: int | None = None) -> np.ndarray:
         raise ValueError(f"{what} have dimension {arr.shape[1]}, the index has {dim}")
     if not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"{what} must be numeric, got dtype {arr.dtype}")
+    return arr
+
+
+def _finite_copy(arr: np.ndarray, what: str, first_row: int = 0) -> np.ndarray:
+    """float32, C-contiguous copy (faiss needs exactly this); NaN / inf named by row (counted from ``first_row``)."""
     out = np.array(arr, dtype=np.float32, order="C", copy=True)
     if not np.isfinite(out).all():
-        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=1)) + first_row
         raise ValueError(f"{what} contain NaN or infinite values (rows {bad[:10].tolist()})")
     return out
+
+
+def _as_rows(x: Any, what: str, dim: int | None = None) -> np.ndarray:
+    """float32, C-contiguous 2-D copy of ``x`` (queries); clear error naming ``what``."""
+    return _finite_copy(_checked(x, what, dim), what)
+
+
+class _ScanIndex:
+    """Exact k-nearest search by scanning the gallery in row chunks (faiss.knn per chunk, merged in a
+    faiss.ResultHeap): what a flat index answers, without a second N x D copy (512 MB at 1e6 x 128)."""
+
+    def __init__(self, owner: "NeighbourIndex") -> None:
+        self.owner = owner
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        o = self.owner
+        heap = faiss.ResultHeap(len(q), k, keep_max=o.metric == "cosine")
+        for start, rows in o._chunks():
+            d, i = faiss.knn(q, rows, min(k, len(rows)), metric=o._faiss_metric)
+            heap.add_result(d, np.where(i >= 0, i + start, -1))
+        heap.finalize()
+        return heap.D, heap.I
 
 
 def _recall(exact: np.ndarray, approx: np.ndarray) -> float:
@@ -86,11 +114,11 @@ class NeighbourIndex:
         self._seed = seed
         if threads is not None:
             faiss.omp_set_num_threads(max(1, int(threads)))
-        x = _as_rows(embeddings, "embeddings")
-        if metric == "cosine":
-            unit_rows(x, out=x)
-        self.n, self.dim = x.shape
-        self._x = x  # kept for exact recall measurement and brute-force fallbacks
+        src = _checked(embeddings, "embeddings")
+        self.n, self.dim = src.shape
+        # the caller's rows, not a copy (an epoch's shared memory map at 1e6): they are read again, a chunk at a
+        # time, to build the index, to measure its recall and for exact searches, so they must not change meanwhile
+        self._src: np.ndarray | None = src
         # a gallery of exact_limit rows or more is searched approximately (a 1e6 epoch by default)
         self.is_exact: bool = not (approximate if approximate is not None else self.n >= exact_limit)
         self._faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
@@ -101,21 +129,51 @@ class NeighbourIndex:
                 self._tune_nprobe(recall_queries, target_recall)
             else:
                 self.recall_at_10 = self.measure_recall(k=10, n_queries=recall_queries, seed=seed)
-            # the exact copy built for measuring recall is N x D floats more (512 MB at 1e6 x 128) held for as long
-            # as the index; exact_search and range_pairs build it again if they are ever asked
-            self._flat = None
+            self._flat = None  # range_pairs builds a flat index when it is asked
 
     def release_rows(self) -> None:
-        """Forget the kept copy of the rows (N x D floats, 512 MB at 1e6 x 128) when only :meth:`search` will be
-        asked (the neighbour panel's gallery). :meth:`search` is unchanged; :meth:`exact_search` of an exact
-        index still works (it is the index itself); what needs the rows afterwards raises a clear error."""
-        self._x = None
+        """Let go of the caller's rows when only :meth:`search` will be asked (the neighbour panel's gallery: the
+        epoch's map may then be unmapped). :meth:`search` is unchanged; :meth:`exact_search` of an exact index
+        still works (it is the index itself); what needs the rows afterwards raises a clear error."""
+        self._src = None
         self._flat = None
 
-    def _rows(self) -> np.ndarray:
-        if self._x is None:
+    def _source(self) -> np.ndarray:
+        if self._src is None:
             raise RuntimeError("this index no longer keeps its rows (release_rows): only search() can be asked")
-        return self._x
+        return self._src
+
+    def _prepared(self, rows: np.ndarray, first_row: int = 0) -> np.ndarray:
+        """A float32 copy of some gallery rows as the index compares them (unit length for cosine)."""
+        out = _finite_copy(rows, "embeddings", first_row)
+        if self.metric == "cosine":
+            unit_rows(out, out=out)
+        return out
+
+    def _chunks(self):
+        """(first row, prepared rows) for the whole gallery, ROW_CHUNK rows at a time."""
+        src = self._source()
+        for start in range(0, self.n, ROW_CHUNK):
+            yield start, self._prepared(src[start:start + ROW_CHUNK], start)
+
+    def _gather(self, ids: np.ndarray) -> np.ndarray:
+        """Prepared rows ``ids`` (any order)."""
+        ids = np.asarray(ids, np.int64)
+        return self._prepared(self._source()[ids]) if len(ids) else np.zeros((0, self.dim), np.float32)
+
+    def _add_all(self, index: Any) -> None:
+        if isinstance(index, faiss.IndexFlat) and index.ntotal == 0 and self.n:
+            # a flat index's storage is sized once and filled a chunk at a time: chunked add() grew it by doubling,
+            # old and new buffers side by side (1.5 copies of the gallery at the peak)
+            index.codes.resize(self.n * self.dim * 4)
+            store = faiss.rev_swig_ptr(index.codes.data(), self.n * self.dim * 4).view(np.float32)
+            store = store.reshape(self.n, self.dim)
+            for start, rows in self._chunks():
+                store[start:start + len(rows)] = rows
+            index.ntotal = self.n
+            return
+        for _, rows in self._chunks():
+            index.add(rows)
 
     @property
     def description(self) -> str:
@@ -137,7 +195,7 @@ class NeighbourIndex:
             index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
             index.hnsw.efSearch = HNSW_EF_SEARCH
         if self.n and self.dim:
-            index.add(self._x)
+            self._add_all(index)
         return index
 
     def _build_ivf(self, d: int) -> Any:
@@ -148,11 +206,13 @@ class NeighbourIndex:
         index = faiss.IndexIVFFlat(quantizer, d, nlist, self._faiss_metric)
         n_train = min(self.n, nlist * IVF_TRAIN_PER_CELL * 2)
         rng = np.random.default_rng(self._seed)
-        train = self._x if n_train >= self.n else self._x[np.sort(rng.choice(self.n, n_train, replace=False))]
+        train = self._gather(np.arange(self.n) if n_train >= self.n else
+                             np.sort(rng.choice(self.n, n_train, replace=False)))
         index.cp.seed = int(self._seed)
         index.cp.niter = 20
         index.train(train)
-        index.add(self._x)
+        del train
+        self._add_all(index)
         self._quantizer = quantizer  # the IVF index does not own it from Python: keep it alive
         self.nlist = nlist
         self.nprobe = 1
@@ -165,7 +225,7 @@ class NeighbourIndex:
             return
         rng = np.random.default_rng(self._seed)
         ids = rng.choice(self.n, size=min(n_queries, self.n), replace=False)
-        q = self._x[ids]
+        q = self._gather(ids)
         _, exact = self.exact_search(q, 10, exclude_self_ids=ids)
         limit = max(1, int(np.ceil(self.nlist * IVF_MAX_NPROBE_SHARE)))
         nprobe = min(8, limit)
@@ -237,13 +297,11 @@ class NeighbourIndex:
             faiss.omp_set_num_threads(before)
 
     def exact_search(self, queries: Any, k: int, exclude_self_ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """Like :meth:`search` but always exact (builds a flat index on first use when this one is approximate)."""
+        """Like :meth:`search` but always exact (an approximate index scans the rows it was built from)."""
         if self.is_exact:
             return self.search(queries, k, exclude_self_ids)
-        if getattr(self, "_flat", None) is None:
-            self._rows()
-            self._flat = self._build(exact=True)
-        return self.search(queries, k, exclude_self_ids, _index=self._flat)
+        self._source()
+        return self.search(queries, k, exclude_self_ids, _index=_ScanIndex(self))
 
     def measure_recall(self, k: int = 10, n_queries: int = 200, seed: int = 0) -> float:
         """Share of the exact k nearest neighbours (self excluded) that the index returns, on sampled gallery points."""
@@ -251,7 +309,7 @@ class NeighbourIndex:
             return 1.0
         rng = np.random.default_rng(seed)
         ids = rng.choice(self.n, size=min(n_queries, self.n), replace=False)
-        q = self._rows()[ids]
+        q = self._gather(ids)
         _, exact = self.exact_search(q, k, exclude_self_ids=ids)
         _, approx = self.search(q, k, exclude_self_ids=ids)
         recall = _recall(exact, approx)
@@ -266,7 +324,7 @@ class NeighbourIndex:
         empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
         if self.n < 2 or radius <= 0:
             return empty
-        self._rows()
+        self._source()
         if getattr(self, "_flat", None) is None:
             self._flat = self._build(exact=True) if not self.is_exact else self._index
         q_ids = np.arange(self.n, dtype=np.int64) if query_ids is None else \
@@ -275,7 +333,7 @@ class NeighbourIndex:
             return empty
         # faiss: IP keeps ip > r, L2 keeps squared d < r
         r = 1.0 - radius if self.metric == "cosine" else radius * radius
-        lims, raw, ids = self._flat.range_search(self._rows()[q_ids], float(r))
+        lims, raw, ids = self._flat.range_search(self._gather(q_ids), float(r))
         rows = np.repeat(q_ids, np.diff(lims).astype(np.int64))
         ids = ids.astype(np.int64)
         dist = self._to_distance(raw)

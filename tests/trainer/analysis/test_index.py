@@ -163,7 +163,7 @@ def test_release_rows_keeps_search_and_refuses_what_needs_the_rows():
         idx = NeighbourIndex(x, metric="cosine", approximate=approximate)
         before = idx.search(x[:20], 5, exclude_self_ids=np.arange(20))
         idx.release_rows()
-        assert idx._x is None
+        assert idx._src is None
         after = idx.search(x[:20], 5, exclude_self_ids=np.arange(20))
         assert np.array_equal(before[1], after[1]) and np.allclose(before[0], after[0])
         if approximate:
@@ -173,3 +173,48 @@ def test_release_rows_keeps_search_and_refuses_what_needs_the_rows():
             assert np.array_equal(idx.exact_search(x[:20], 5, exclude_self_ids=np.arange(20))[1], before[1])
         with pytest.raises(RuntimeError, match="no longer keeps its rows"):
             idx.measure_recall(k=5, n_queries=5)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_an_approximate_index_reads_its_rows_in_chunks_and_its_exact_search_is_brute_force(monkeypatch, metric, kind):
+    import trainer.analysis.index as index_mod
+
+    monkeypatch.setattr(index_mod, "ROW_CHUNK", 37)  # many chunks, the last one short
+    rng = np.random.default_rng(4)
+    g = rng.normal(size=(500, 6)).astype(np.float32)
+    idx = NeighbourIndex(g, metric=metric, approximate=True, kind=kind, recall_queries=50)
+    assert idx._src is g  # the caller's rows, not a copy of them
+    assert len(idx) == 500 and idx._index.ntotal == 500
+    ids = np.array([0, 36, 37, 499])
+    d, i = idx.exact_search(g[ids], 8, exclude_self_ids=ids)
+    bd, bi = brute_knn(g, g[ids], 8, metric, exclude=ids)
+    np.testing.assert_array_equal(i, bi)
+    np.testing.assert_allclose(d, bd, atol=2e-5)
+    q = rng.normal(size=(3, 6)).astype(np.float32)
+    np.testing.assert_array_equal(idx.exact_search(q, 5)[1], brute_knn(g, q, 5, metric)[1])
+    bad = g.copy()
+    bad[200, 1] = np.nan  # in the sixth chunk: named by its row in the whole gallery
+    with pytest.raises(ValueError, match=r"rows \[200\]"):
+        NeighbourIndex(bad, metric=metric, approximate=True, kind=kind)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_an_exact_index_filled_a_chunk_at_a_time_searches_like_brute_force(monkeypatch, metric):
+    import trainer.analysis.index as index_mod
+
+    monkeypatch.setattr(index_mod, "ROW_CHUNK", 7)
+    rng = np.random.default_rng(6)
+    g = rng.normal(size=(100, 5)).astype(np.float32)
+    idx = NeighbourIndex(g, metric=metric)
+    assert idx.is_exact and idx._index.ntotal == 100
+    stored = idx._index.reconstruct_n(0, 100)
+    want = g / np.linalg.norm(g, axis=1, keepdims=True) if metric == "cosine" else g
+    np.testing.assert_allclose(stored, want, rtol=1e-6, atol=1e-7)
+    q = rng.normal(size=(4, 5)).astype(np.float32)
+    d, i = idx.search(q, 6)
+    bd, bi = brute_knn(g, q, 6, metric)
+    np.testing.assert_array_equal(i, bi)
+    np.testing.assert_allclose(d, bd, atol=2e-5)
+    idx._index.add(q)  # the storage stays an ordinary flat index: it can grow
+    assert idx._index.ntotal == 104
