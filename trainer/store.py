@@ -910,6 +910,7 @@ class RunReader:
         # neighbour, triplet and threshold views each used to read a copy: 4 x 512 MB at 1e6 x 128)
         self._mapped: dict[tuple[str, Any], np.ndarray] = {}
         self._mapped_lock = threading.Lock()
+        self._split_rows: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # see split_rows
         self._verified: set[tuple] = set()  # files whose checksum was checked
         self._m: dict[str, Any] = {}
         self.epochs: list[int] = []
@@ -1000,7 +1001,8 @@ class RunReader:
         self._verify(entry, path, f"the checkpoint of epoch {entry['epoch']}")
         return path
 
-    MAPPED_EPOCHS = 2  # epochs whose mapping is kept (the one shown and the one before, for "new since")
+    MAPPED_EPOCHS = 2  # epochs whose mapping is kept (the one shown and the one before)
+    STREAM_ROWS = 65_536  # rows() of more ids than this reads them in runs (see rows)
 
     def load_epoch(self, epoch: int) -> EpochData:
         """All of one committed epoch: embeddings, metrics, telemetry and the per-row arrays.
@@ -1095,13 +1097,73 @@ class RunReader:
             # a contiguous, unfiltered dataset is a plain C array in the file: map it (~20x faster than
             # h5py's per-row selection for 1,000 scattered rows, see bench/bench_store.py)
             offset, dtype = self._layout[key]
-            mm = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(n, d))
-            try:
-                return np.array(mm[ids], dtype=np.float32)
-            finally:
-                del mm
+            if len(ids) < self.STREAM_ROWS:
+                mm = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(n, d))
+                try:
+                    return np.array(mm[ids], dtype=np.float32)
+                finally:
+                    del mm
+            return self._rows_in_runs(path, offset, dtype, ids, d)
         except (OSError, KeyError, ValueError) as exc:
             raise RunError(f"epoch file {path} is damaged: {exc}") from None
+
+    SHARED_SPLITS = 2  # split_rows keeps this many (epoch, split) copies
+
+    def split_rows(self, epoch: int, split: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sample ids, embedding rows) of one split of one epoch, read once and the same arrays for every caller
+        (the Triplets and Threshold tabs each read a copy of the held-out rows: 2 x 256 MB at 1e6 x 128); treat
+        them as read-only."""
+        entry = self._entry(epoch)
+        key = (entry["file"], entry.get("written"), int(split))
+        with self._mapped_lock:
+            hit = self._split_rows.pop(key, None)
+            if hit is not None:
+                self._split_rows[key] = hit  # most recently used last
+                return hit
+        ids = np.flatnonzero(np.asarray(self.samples.split) == split).astype(np.int64)
+        hit = (ids, self.rows(epoch, ids))
+        with self._mapped_lock:
+            hit = self._split_rows.setdefault(key, hit)  # two callers at once: the first one's copy
+            while len(self._split_rows) > self.SHARED_SPLITS:
+                self._split_rows.pop(next(iter(self._split_rows)))
+        return hit
+
+    def _rows_in_runs(self, path: Path, offset: int, dtype, ids: np.ndarray, d: int) -> np.ndarray:
+        """Many rows of a contiguous dataset, in sorted runs of STREAM_ROWS ids: a dense run is read with one
+        ``readinto`` of its span, a sparse one gathered through a short-lived map of its span. Either way the
+        file's pages do not pile up in this process (the whole epoch mapped for half of its rows kept 256-512 MB
+        of a 1e6 x 128 epoch resident)."""
+        ordered = bool(np.all(ids[1:] >= ids[:-1]))
+        order = None if ordered else np.argsort(ids, kind="stable")
+        sids = ids if ordered else ids[order]
+        out = np.empty((len(ids), d), np.float32)
+        row_bytes = d * np.dtype(dtype).itemsize
+        with open(path, "rb", buffering=0) as fh:
+            for s in range(0, len(ids), self.STREAM_ROWS):
+                part = sids[s:s + self.STREAM_ROWS]
+                lo, span = int(part[0]), int(part[-1]) - int(part[0]) + 1
+                if span <= 2 * len(part):  # dense: read the span, then pick its rows
+                    buf = np.empty((span, d), dtype)
+                    fh.seek(offset + lo * row_bytes)
+                    view, got = memoryview(buf).cast("B"), 0
+                    while got < buf.nbytes:
+                        n_read = fh.readinto(view[got:])
+                        if not n_read:
+                            raise ValueError(f"the file ends inside row {lo + got // row_bytes}")
+                        got += n_read
+                    whole = span == len(part) and bool(np.all(np.diff(part) == 1))  # not repeats and gaps
+                    rows = buf if whole else buf[part - lo]
+                else:
+                    mm = np.memmap(path, dtype=dtype, mode="r", offset=offset + lo * row_bytes, shape=(span, d))
+                    try:
+                        rows = np.array(mm[part - lo])
+                    finally:
+                        del mm
+                if ordered:
+                    out[s:s + len(part)] = rows
+                else:
+                    out[order[s:s + len(part)]] = rows
+        return out
 
     def metrics_history(self) -> dict[str, np.ndarray]:
         """'epoch' plus one float array per metric (NaN where an epoch lacks it), from the manifest alone."""

@@ -143,10 +143,12 @@ def test_non_utf8_path_survives_as_its_bytes(tmp_path: Path) -> None:
         assert os.fsencode(r.samples.paths[0]) == raw
 
 
-@pytest.mark.parametrize("mapped", [True, False], ids=["memmap", "h5py-selection"])
-def test_rows_match_a_plain_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mapped: bool) -> None:
+@pytest.mark.parametrize("mapped", [True, False, "runs"], ids=["memmap", "h5py-selection", "runs-of-ids"])
+def test_rows_match_a_plain_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mapped) -> None:
     if not mapped:  # the path taken for chunked / compressed datasets
         monkeypatch.setattr(store, "_contiguous_offset", lambda ds: None)
+    if mapped == "runs":  # many ids: read in sorted runs, each through a map of its own span
+        monkeypatch.setattr(RunReader, "STREAM_ROWS", 16)
     n, d = 300, 5
     make_run(tmp_path, n=n, d=d, epochs=2, seed=4)
     r = RunReader(tmp_path / "run")
@@ -154,7 +156,8 @@ def test_rows_match_a_plain_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     rng = np.random.default_rng(1)
     # few rows (per-row selection), many rows (one read), repeats, any order, negative ids, empty
     for ids in (rng.integers(0, n, 7), rng.integers(0, n, 200), np.array([5, 5, 0, 299, 5]), np.array([-1, 3]),
-                rng.permutation(n), np.array([], dtype=np.int64)):
+                rng.permutation(n), np.array([], dtype=np.int64), np.arange(n), np.arange(3, n, 7)[::-1],
+                np.sort(rng.integers(0, n, 150))):  # sorted; sparse (runs span more than twice their ids)
         brute = np.array([emb[i] for i in ids], dtype=np.float32).reshape(len(ids), d)
         got = r.rows(1, ids)
         assert got.shape == (len(ids), d) and got.dtype == np.float32
@@ -667,3 +670,22 @@ def test_an_epoch_is_mapped_once_and_shared_by_every_reader_call(tmp_path: Path)
     assert r.load_epoch(1).embeddings is not a.embeddings
     assert r.embeddings(1) is r.load_epoch(1).embeddings  # the embeddings alone: the same map
     np.testing.assert_array_equal(RunReader(tmp_path / "run").embeddings(2), synthetic_epoch(2, 5, 40, 6)[0])
+
+
+def test_split_rows_are_read_once_and_shared(tmp_path: Path) -> None:
+    n, d = 60, 4
+    make_run(tmp_path, n=n, d=d, epochs=3, seed=2)
+    r = RunReader(tmp_path / "run")
+    split = np.asarray(r.samples.split)
+    for code in np.unique(split):
+        ids, x = r.split_rows(1, int(code))
+        assert np.array_equal(ids, np.flatnonzero(split == code))
+        emb = synthetic_epoch(1, 2, n, d)[0]
+        np.testing.assert_array_equal(x, np.array([emb[i] for i in ids], np.float32))
+        again = r.split_rows(1, int(code))
+        assert again[0] is ids and again[1] is x  # the same arrays for every caller
+    first = r.split_rows(0, int(split[0]))[1]
+    for e in (1, 2):  # more (epoch, split) pairs than it keeps: the oldest is read anew
+        r.split_rows(e, int(split[0]))
+    assert len(r._split_rows) == RunReader.SHARED_SPLITS
+    assert r.split_rows(0, int(split[0]))[1] is not first

@@ -55,12 +55,12 @@ def _row_keys(xp: np.ndarray, rows: np.ndarray, metric: str, sq: np.ndarray | No
     return torch.sqrt(torch.clamp(v, min=0.0))
 
 
-EXAMPLES_BUFFER_BYTES = 256 << 20  # the example search's working set per block of anchors
+EXAMPLES_BUFFER_BYTES = 64 << 20  # the example search's working set per block of anchors (~4 anchors at 5e5)
 EXAMPLES_BYTES_PER_KEY = 40  # per (anchor, sample): keys, masked and sorted copies, sort indices, masks
 
 
 def examples_chunk(n: int) -> int:
-    """Anchors per block of the example search: 256 up to ~25k samples, fewer beyond. A fixed 256 took ~6.5 GB
+    """Anchors per block of the example search: 256 up to ~6k samples, fewer beyond. A fixed 256 took ~6.5 GB
     for a 500,000-image split (bench_gui_scale --stalls: the Triplets tab raised the window's memory 4.5 -> 11 GB)."""
     return int(min(256, max(1, EXAMPLES_BUFFER_BYTES // (EXAMPLES_BYTES_PER_KEY * max(n, 1)))))
 
@@ -85,7 +85,7 @@ def triplet_examples(
     Anchors are all samples of ``classes`` (all classes if None), or a seeded random sample of ``max_anchors`` of
     them; among those anchors' triplets the selection is exact.  Per anchor, each positive's triplets of the
     category are a contiguous run of its sorted negatives, so only ``n`` candidates per positive are looked at.
-    Anchors go ``chunk`` at a time (default: :func:`examples_chunk`, so a block stays ~256 MB at any N).
+    Anchors go ``chunk`` at a time (default: :func:`examples_chunk`, so a block stays ~64 MB at any N).
     """
     _check_category(category)
     margin = _check_margin(margin)

@@ -74,9 +74,7 @@ def census_job(run, epoch: int, split: str, margin: float, metric: str, *, progr
     t0 = time.perf_counter()
     progress(0.05, f"reading epoch {epoch}")
     ed = run.load_epoch(epoch)
-    want = SPLITS[split][1]
-    ids = np.flatnonzero(np.asarray(run.samples.split) == want).astype(np.int64)
-    x = np.asarray(ed.embeddings[ids], np.float32)
+    ids, x = run.split_rows(epoch, SPLITS[split][1])  # shared with the threshold studio
     y = np.asarray(run.samples.labels, np.int64)[ids]
     out = CensusResult(int(epoch), split, float(margin), metric, ids, x, y, None, telemetry=dict(ed.telemetry))
     out.mined = mined_distances(ed.embeddings, ed.telemetry, metric)

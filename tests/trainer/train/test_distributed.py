@@ -288,6 +288,16 @@ def test_pair_distances_and_histograms_match_loops(metric):
     np.testing.assert_allclose(h.edges, ref.edges)
     assert h.n_genuine == ref.n_genuine and h.n_impostor == ref.n_impostor
     assert np.abs(h.genuine - ref.genuine).sum() <= 2 and np.abs(h.impostor - ref.impostor).sum() <= 2
+    # pairs histogrammed a few at a time count the same
+    import trainer.analysis.pairs as pairs_mod
+
+    old = pairs_mod.HIST_PAIR_CHUNK
+    pairs_mod.HIST_PAIR_CHUNK = 7
+    try:
+        small = sampled_pair_histograms(x, labels, s, metric=metric, bins=200)
+    finally:
+        pairs_mod.HIST_PAIR_CHUNK = old
+    assert np.array_equal(small.genuine, h.genuine) and np.array_equal(small.impostor, h.impostor)
 
 
 def test_a_sampled_roc_estimates_the_exact_one():
