@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 import numpy as np
@@ -86,6 +86,7 @@ class NeighbourResult:
     prev_ids: np.ndarray | None = None
     new_entries: list[IndexEntry] = field(default_factory=list)
     seconds: float = 0.0
+    comparing: bool = False  # shown before the comparison with prev_epoch is done (it follows)
 
     @property
     def precision_at_k(self) -> float:
@@ -138,13 +139,13 @@ def streamed_neighbours(run, epoch: int, ids: np.ndarray, q: np.ndarray, k: int,
     if metric == "cosine":
         q = unit_rows(q.reshape(1, -1))[0]
     ids = np.asarray(ids, np.int64)
-    whole = run.embeddings(epoch)  # the reader's shared memory map: slices of it copy nothing
-    contiguous = len(ids) > 0 and ids[-1] - ids[0] == len(ids) - 1 and bool(np.all(np.diff(ids) == 1))
     best_d = np.zeros(0, np.float32)
     best_i = np.zeros(0, np.int64)
     for start in range(0, len(ids), STREAM_BLOCK):
         block = ids[start:start + STREAM_BLOCK]
-        x = whole[block[0]:block[-1] + 1] if contiguous else whole[block]
+        # a block at a time through the reader (a short-lived map of its span): the previous epoch's pages do not
+        # stay in the window's memory (the shared map of it kept all 512 MB of a 1e6 x 128 epoch resident)
+        x = run.rows(epoch, block)
         if metric == "cosine":
             norms = np.sqrt(np.einsum("ij,ij->i", x, x))
             d = 1.0 - (x @ q) / np.maximum(norms, 1e-12)
@@ -206,6 +207,8 @@ def neighbour_job(run, epoch: int, prev_epoch: int | None, gallery: str, metric:
         out.prev_epoch = int(prev_epoch)
         pe = cache.get((prev_epoch, gallery))
         if pe is None and len(entry.ids) >= STREAM_FROM:  # a second 1e6 index would hold another 0.5-1 GB
+            # the scan reads the whole previous epoch (~0.5 s at 1e6): the neighbours are shown first
+            partial(replace(out, new_entries=list(new), comparing=True))
             out.prev_ids = streamed_neighbours(run, prev_epoch, entry.ids, qp, k, metric, exclude)[1]
         else:
             out.prev_ids = _search(entry_for(prev_epoch), qp, k, exclude)[1]

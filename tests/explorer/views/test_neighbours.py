@@ -281,3 +281,27 @@ def test_the_index_cache_keeps_within_its_row_budget(qtbot, view, run_dir, monke
     select(qtbot, view, 3)  # the last epoch and, for "new since", the one before it
     assert len(view._cache) == 1 and sum(len(c.ids) for c in view._cache.values()) <= 1.5 * n
     assert view.shown_ids().size > 0
+
+
+def test_a_large_gallery_shows_its_neighbours_before_the_comparison_with_the_previous_epoch(qtbot, view, run_dir,
+                                                                                          monkeypatch):
+    from explorer.views.neighbours import jobs
+
+    monkeypatch.setattr(jobs, "STREAM_FROM", 10)  # as a 1e6 gallery: the previous epoch is scanned, not indexed
+    r = RunReader(run_dir)
+    prev, last = r.epochs[-2], r.epochs[-1]
+    sent = []
+    q = jobs.NeighbourQuery(kind="sample", sample_id=5, label=int(r.samples.labels[5]))
+    out = jobs.neighbour_job(r, last, prev, "all", r.metric, q, 6, {}, progress=lambda *a: None,
+                             partial=sent.append, is_cancelled=lambda: False)
+    assert len(sent) == 1 and sent[0].comparing and sent[0].prev_ids is None
+    assert np.array_equal(sent[0].ids, out.ids) and not out.comparing and out.prev_ids is not None
+    x = r.load_epoch(prev).embeddings
+    want = [j for _, j in brute_neighbours(x, 5, [i for i in range(len(x)) if i != 5], 6, r.metric)]
+    assert out.prev_ids.tolist() == want
+    # the view shows the first answer at once and says the comparison follows
+    open_run(qtbot, view, run_dir)
+    view._on_partly_searched(sent[0])
+    assert view.result is sent[0] and f"Comparing with epoch {prev}" in view.info.text()
+    view._on_searched(out)
+    assert "Comparing" not in view.info.text() and f"Since epoch {prev}" in view.info.text()
