@@ -30,7 +30,14 @@ from explorer.widgets.texts import metric_words
 from trainer.analysis import verification
 from trainer.analysis.thresholds import coarsen, snap_threshold
 from trainer.store import write_json_atomic
-from explorer.views.threshold.jobs import CV_FOLDS, RocData, compute_errors, compute_extras, compute_roc
+from explorer.views.threshold.jobs import (
+    CV_FOLDS,
+    RocData,
+    compute_errors,
+    compute_extras,
+    compute_roc,
+    curve_points,
+)
 
 THRESHOLDS_FILE = "thresholds.json"
 DIRECTION = "distance (smaller = more alike)"
@@ -509,10 +516,8 @@ class ThresholdView(DeferWhileHidden, QWidget):
         self.line.setVisible(True)
         self._redraw_hist()
         # ROC on a log FAR axis: FAR = 0 cannot be drawn; keep the points with FAR > 0 and drop repeats
-        far, tar = roc.far, roc.tar
-        keep = far > 0
-        keep[1:] &= (np.diff(far) > 0) | (np.diff(tar) > 0)
-        self.roc_curve.setData(far[keep], tar[keep])
+        far, tar = curve_points(roc.far, roc.tar)
+        self.roc_curve.setData(far, tar)
         self.roc_plot.getPlotItem().setXRange(math.log10(max(1.0 / max(h.n_impostor, 1), 1e-7)), 0, padding=0.02)
         if math.isfinite(roc.eer) and roc.eer > 0:
             self.eer_marker.setData([roc.eer], [1.0 - roc.eer])

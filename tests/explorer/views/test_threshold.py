@@ -544,3 +544,36 @@ def test_a_threshold_chosen_by_a_rule_follows_it_on_a_new_epoch_and_a_hand_set_o
     view.state.set_epoch(0)
     wait_idle(qtbot, view)
     assert view.rule == "manual" and view.threshold == pytest.approx(snap_threshold(view.data.hist, mine))
+
+
+def test_the_drawn_roc_is_thinned_like_a_loop_over_its_points():
+    from explorer.views.threshold.jobs import curve_points
+
+    rng = np.random.default_rng(2)
+    n = 50_000
+    far = np.r_[0.0, 0.0, np.sort(10 ** rng.uniform(-6, 0, n))]
+    tar = np.sort(rng.uniform(0, 1, n + 2))
+    tar[10:20] = tar[9]  # repeats of one point
+    far[10:20] = far[9]
+
+    def plain(far, tar, m):
+        pts = [(f, t) for k, (f, t) in enumerate(zip(far, tar))
+               if f > 0 and (k == 0 or f > far[k - 1] or t > tar[k - 1])]
+        if len(pts) <= m:
+            return pts
+        lo, hi = np.log10(pts[0][0]), np.log10(pts[-1][0])
+        step = (hi - lo) / m
+        out, last = [], None
+        for k, (f, t) in enumerate(pts):
+            key = (np.floor((np.log10(f) - lo) / step), np.floor(t * m))
+            if key != last or k == len(pts) - 1:
+                out.append((f, t))
+            last = key
+        return out
+
+    for m in (100, 4000, 10 ** 6):
+        f, t = curve_points(far, tar, m)
+        twin = plain(far, tar, m)
+        assert len(f) == len(twin) and np.allclose(f, [p[0] for p in twin]) and np.allclose(t, [p[1] for p in twin])
+        assert f[0] == twin[0][0] and t[-1] == tar[-1]
+    assert len(curve_points(far, tar, 100)[0]) < 300  # about one point per cell or TAR level
