@@ -405,11 +405,20 @@ class TripletsView(DeferWhileHidden, QWidget):
         if not any(self.jobs.is_running((self._key, p)) for p in ("census", "history", "examples")):
             self.progress.hide()
 
+    def _one_at_a_time(self) -> bool:
+        """A run so large that the census, the examples and the past epochs' census run one after another (at 1e6
+        each holds a copy of the split and its work)."""
+        return self.run is not None and len(self.run.samples.split) >= HISTORY_AFTER_CENSUS_FROM
+
     def _on_census(self, result) -> None:
         self._job_done()
+        self._history_after_examples = False
         self._show_census(result)
-        if self.run is not None and len(self.run.samples.split) >= HISTORY_AFTER_CENSUS_FROM and not self._defer():
-            self._start_history()
+        if self._one_at_a_time() and not self._defer():
+            if self.jobs.is_running((self._key, "examples")):
+                self._history_after_examples = True  # _on_examples starts it
+            else:
+                self._start_history()
 
     def _on_census_partial(self, result) -> None:
         if result.census is not None and self.result is None:
@@ -424,6 +433,10 @@ class TripletsView(DeferWhileHidden, QWidget):
     def _on_examples(self, result) -> None:
         self._job_done()
         self._show_examples(result)
+        if getattr(self, "_history_after_examples", False):
+            self._history_after_examples = False
+            if self.run is not None and not self._defer():
+                self._start_history()
 
     # ---- showing results ----------------------------------------------------------------------------------------
     def _class_name(self, c: int) -> str:
@@ -470,9 +483,12 @@ class TripletsView(DeferWhileHidden, QWidget):
             self.class_combo.setCurrentIndex(max(i, 0))
             self.class_combo.blockSignals(False)
             self._show_miner(r)
-            self.start_examples()
+            if not self._one_at_a_time():
+                self.start_examples()
         if not partial:
             self._show_diagnostics(r)
+            if self._one_at_a_time():  # after the diagnostics: their index and the examples' search at once
+                self.start_examples()  # were 0.5 GB more at 1e6
 
     def _draw_history(self) -> None:
         done = self.history.get((self.split, self.margin), {})

@@ -148,13 +148,20 @@ def test_on_a_large_run_the_past_epochs_wait_for_this_epochs_census(qtbot, view,
     real = view.jobs.submit
 
     def submit(key, *a, **k):
-        started.append((key[1], view.jobs.is_running((view._key, "census"))))
+        started.append((key[1], view.jobs.is_running((view._key, "census")),
+                        view.jobs.is_running((view._key, "examples"))))
         return real(key, *a, **k)
 
     monkeypatch.setattr(view.jobs, "submit", submit)
     r = open_run(qtbot, view, run_dir)
-    assert ("history", False) in started and ("history", True) not in started
+    jobs = [name for name, *_ in started]
+    assert "history" in jobs and "examples" in jobs
+    # one at a time: the examples after the census and its diagnostics, the past epochs after the examples
+    assert all(not census for name, census, _ in started if name in ("history", "examples"))
+    assert all(not examples for name, _, examples in started if name == "history")
+    assert jobs.index("census") < jobs.index("examples") < jobs.index("history")
     assert sorted(view.history_points()) == r.epochs  # the chart is still complete
+    assert view.examples is not None  # delivered (this epoch may have none of the category shown)
 
 
 def test_examples_are_of_their_category_and_click_highlights(qtbot, view, run_dir):
