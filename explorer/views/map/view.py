@@ -24,8 +24,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QListWidget,
-    QListWidgetItem,
+    QListView,
     QMenu,
     QProgressBar,
     QSlider,
@@ -43,7 +42,8 @@ from trainer.analysis import projection
 from trainer.analysis.projection_worker import ProjectionWorker
 from explorer.views.map.geometry import Frame, draw_frame, draw_order, frame_job, points_in_polygon, view_needs_fit
 from explorer.views.map.jobs import METHOD_TITLES, _warm_up_job, map_job
-from explorer.widgets.palette import PALETTE, class_colour, class_icon, palette_rgba
+from explorer.views.map.legend import LegendModel
+from explorer.widgets.palette import PALETTE, class_colour, palette_rgba
 
 # Points in view above which the map is drawn as a raster image instead of symbols. ScatterPlotItem.setData builds
 # each spot in Python on the GUI thread: ~300 ms for 20,000 points (bench_gui_scale), ~15 ms per 1,000.
@@ -261,7 +261,10 @@ class MapView(QWidget):
         side_lay = QVBoxLayout(side)
         side_lay.setContentsMargins(0, 0, 0, 0)
         side_lay.addWidget(QLabel("Classes (tick to show; double-click: only this)"))
-        self.legend = QListWidget()
+        self.legend = QListView()
+        self.legend_model = LegendModel(self)
+        self.legend.setModel(self.legend_model)
+        self.legend.setUniformItemSizes(True)
         self.legend.setToolTip("Tick or untick a class to show or hide its points; double-click shows only it")
         self.legend.setMinimumWidth(110)
         self.legend.setMaximumWidth(170)
@@ -345,8 +348,8 @@ class MapView(QWidget):
         self.fit_button.clicked.connect(self.fit_view)
         self.slider.valueChanged.connect(self._on_slider)
         self.play_button.toggled.connect(self._on_play_toggled)
-        self.legend.itemChanged.connect(self._on_legend_item_changed)
-        self.legend.itemDoubleClicked.connect(self._on_legend_double_clicked)
+        self.legend_model.toggled.connect(lambda i, shown: self.set_class_visible(i, shown, _from_legend=True))
+        self.legend.doubleClicked.connect(self._on_legend_double_clicked)
         self.viewbox.sigRangeChanged.connect(self._on_range_changed)
         # a wheel or drag by the user: a new epoch keeps their view instead of fitting its own
         self.viewbox.sigRangeChangedManually.connect(lambda *_: setattr(self, "_user_moved_view", True))
@@ -405,18 +408,8 @@ class MapView(QWidget):
         self.status.setText("" if run is None else "Waiting for the first committed epoch…")
 
     def _build_legend(self) -> None:
-        self.legend.blockSignals(True)
-        self.legend.clear()
         counts = np.bincount(self.labels, minlength=len(self.classes)) if len(self.labels) else []
-        for i, name in enumerate(self.classes):
-            item = QListWidgetItem(f"{name}  ({int(counts[i]) if len(counts) else 0})")
-            item.setIcon(class_icon(i))
-            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Checked)
-            item.setData(Qt.ItemDataRole.UserRole, i)
-            item.setToolTip(f"{name}: {int(counts[i]) if len(counts) else 0} images")
-            self.legend.addItem(item)
-        self.legend.blockSignals(False)
+        self.legend_model.set_classes(self.classes, counts)
 
     @Slot(list)
     def _on_epochs_available(self, epochs: list) -> None:
@@ -705,24 +698,15 @@ class MapView(QWidget):
         return False
 
     # -------------------------------------------------------------------------------------- class filter
-    def _on_legend_item_changed(self, item: QListWidgetItem) -> None:
-        i = int(item.data(Qt.ItemDataRole.UserRole))
-        self.set_class_visible(i, item.checkState() == Qt.CheckState.Checked, _from_legend=True)
-
-    def _on_legend_double_clicked(self, item: QListWidgetItem) -> None:
-        keep = int(item.data(Qt.ItemDataRole.UserRole))
+    def _on_legend_double_clicked(self, index) -> None:
+        keep = int(index.row())
         self._hidden = {i for i in range(len(self.classes)) if i != keep}
         self._sync_legend()
         self._update_visible()
         self._render()
 
     def _sync_legend(self) -> None:
-        self.legend.blockSignals(True)
-        for row in range(self.legend.count()):
-            it = self.legend.item(row)
-            i = int(it.data(Qt.ItemDataRole.UserRole))
-            it.setCheckState(Qt.CheckState.Unchecked if i in self._hidden else Qt.CheckState.Checked)
-        self.legend.blockSignals(False)
+        self.legend_model.set_hidden(self._hidden)
 
     def set_class_visible(self, class_index: int, visible: bool, *, _from_legend: bool = False) -> None:
         """Show or hide the points of one class (hidden points cannot be hovered or selected)."""

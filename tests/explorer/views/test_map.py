@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from PySide6.QtCore import QPoint, Qt
 
 from explorer.state import AppState
 from explorer.views.map import geometry
@@ -127,11 +128,13 @@ def test_the_hover_card_goes_when_the_pointer_leaves_the_window_loses_focus_or_t
 def test_class_hide_history_and_export(qtbot, run_dir, tmp_path):
     state, view = _open(qtbot, run_dir)
     view.set_class_visible(1, False)
-    assert view.legend.item(1).checkState().name == "Unchecked"
+    model = view.legend_model
+    assert not model.is_checked(1) and model.data(model.index(1), Qt.ItemDataRole.CheckStateRole).name == "Unchecked"
     assert 35 not in view.scatter.data["data"].tolist() and len(view.scatter.data) == 90
     p = view.point_view_pos(35)
     assert view.nearest_point(p.x(), p.y()) != 35  # hidden points cannot be picked
-    view.legend.item(1).setCheckState(view.legend.item(0).checkState())
+    assert model.setData(model.index(1), model.data(model.index(0), Qt.ItemDataRole.CheckStateRole),
+                         Qt.ItemDataRole.CheckStateRole)  # ticked again, as a click on its box does
     assert len(view.scatter.data) == 120
     # history: step back an epoch; the map of epoch 1 is computed, aligned with the one on screen
     before = view.xy.copy()
@@ -441,3 +444,25 @@ def test_edits_are_drawn_on_the_map_and_follow_its_layout(qtbot, run_dir):
     assert (round(p.x(), 4), round(p.y(), 4)) == (round(float(view.xy[70, 0]), 4), round(float(view.xy[70, 1]), 4))
     view.set_marks([], [], [])
     assert len(view.edit_item.points()) == 0
+
+
+def test_the_legend_model_ticks_hides_and_shows_only_one_class(qtbot, run_dir):
+    from PySide6.QtTest import QTest
+
+    state, view = _open(qtbot, run_dir)
+    model = view.legend_model
+    assert model.rowCount() == 4 and model.data(model.index(2)) == "owl  (30)"
+    assert model.data(model.index(2), Qt.ItemDataRole.ToolTipRole) == "owl: 30 images"
+    assert model.flags(model.index(0)) & Qt.ItemFlag.ItemIsUserCheckable
+    # a click on a class's tick box hides it (the mouse, on the list as a user clicks it)
+    rect = view.legend.visualRect(model.index(1))
+    QTest.mouseClick(view.legend.viewport(), Qt.MouseButton.LeftButton, pos=rect.center() - QPoint(
+        rect.width() // 2 - 10, 0))
+    qtbot.waitUntil(lambda: not model.is_checked(1), timeout=2000)
+    assert 1 in view._hidden and not view._visible[view.labels == 1].any()
+    # double-click: only that class
+    view._on_legend_double_clicked(model.index(3))
+    assert [model.is_checked(i) for i in range(4)] == [False, False, False, True]
+    assert set(view.labels[view._visible].tolist()) == {3}
+    view.set_class_visible(0, True)  # from code: the legend follows
+    assert model.is_checked(0) and view._visible[view.labels == 0].all()
