@@ -159,13 +159,17 @@ def stratified_pair_sample(
             ii.append(a)
             ij.append(order[r])
 
-    def cat(parts: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
-
-    i_all = np.concatenate([cat(gi), cat(ii)])
-    j_all = np.concatenate([cat(gj), cat(ij)])
-    genuine = np.concatenate([np.ones(len(cat(gi)), bool), np.zeros(len(cat(ii)), bool)])
-    lo, hi = np.minimum(i_all, j_all), np.maximum(i_all, j_all)
+    # one concatenation per side, ordered in place: 10 million sampled pairs went through five int64 copies
+    n_gen = sum(len(p) for p in gi)
+    n_imp = sum(len(p) for p in ii)
+    lo = np.concatenate(gi + ii).astype(np.int64, copy=False) if gi or ii else np.empty(0, np.int64)
+    del gi, ii
+    hi = np.concatenate(gj + ij).astype(np.int64, copy=False) if gj or ij else np.empty(0, np.int64)
+    del gj, ij
+    swap = lo > hi
+    lo[swap], hi[swap] = hi[swap], lo[swap]
+    genuine = np.zeros(n_gen + n_imp, bool)
+    genuine[:n_gen] = True
     return PairSample(lo, hi, genuine, g_tot, i_tot, bool(gen_exact), bool(imp_exact))
 
 
@@ -199,7 +203,12 @@ def pair_distances(embeddings, i: np.ndarray, j: np.ndarray, *, metric: str = "c
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be a 2-D (N, D) array, got shape {x.shape}")
-    x = metric_rows(x, metric)
+    return _prepared_pair_distances(metric_rows(x, metric), i, j, metric=metric, chunk=chunk)
+
+
+def _prepared_pair_distances(x: np.ndarray, i: np.ndarray, j: np.ndarray, *, metric: str,
+                             chunk: int = 1 << 15) -> np.ndarray:
+    """:func:`pair_distances` of rows already prepared by ``metric_rows``."""
     out = np.empty(len(i), dtype=np.float64)
     for s in range(0, len(i), chunk):  # float32 products in cache-sized chunks, float64 result
         a, b = x[i[s:s + chunk]], x[j[s:s + chunk]]
@@ -224,6 +233,9 @@ def sampled_pair_histograms(embeddings, labels, sample: PairSample, *, metric: s
     y = _dense_labels(labels)
     if len(x) != len(y):
         raise ValueError(f"labels must have one entry per row ({len(x)}), got {len(y)}")
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-D (N, D) array, got shape {x.shape}")
+    xp = metric_rows(np.asarray(x, dtype=np.float32), metric)  # once, not per chunk of pairs
     if metric == "cosine":
         hi = 2.0
     elif max_distance is not None:
@@ -236,7 +248,8 @@ def sampled_pair_histograms(embeddings, labels, sample: PairSample, *, metric: s
     imp = np.zeros(bins, np.int64)
     # a million pairs at a time: 10 million sampled pairs held their distances, bins and masks at once (~0.3 GB)
     for s in range(0, len(sample.i), HIST_PAIR_CHUNK):
-        d = pair_distances(x, sample.i[s:s + HIST_PAIR_CHUNK], sample.j[s:s + HIST_PAIR_CHUNK], metric=metric)
+        d = _prepared_pair_distances(xp, sample.i[s:s + HIST_PAIR_CHUNK], sample.j[s:s + HIST_PAIR_CHUNK],
+                                     metric=metric)
         b = np.clip(np.ceil(d / width) - 1, 0, bins - 1).astype(np.int64)
         g = sample.genuine[s:s + HIST_PAIR_CHUNK]
         gen += np.bincount(b[g], minlength=bins)
