@@ -214,8 +214,7 @@ def main() -> None:
     t0 = time.perf_counter()
     win.show_view("Threshold")
     t_roc = wait("threshold", lambda: rv.data is not None and not rv.is_busy(), t0)
-    notes = [w.text() for w in rv.findChildren(type(nb.info)) if "sampl" in w.text().lower()]
-    print(f"  threshold studio: {t_roc:.1f} s; it says: {notes[0][:200] if notes else '(no sampling note found)'}")
+    print(f"  threshold studio: {t_roc:.1f} s; it says: {rv.title.text()[:300]}")
     timer.stop()
     if sampler is not None:
         sampler.stop()
