@@ -1027,22 +1027,6 @@ class RunReader:
         except (OSError, KeyError, ValueError) as exc:
             raise RunError(f"epoch file {path} is damaged: {exc}") from None
 
-    def embeddings(self, epoch: int) -> np.ndarray:
-        """One epoch's embeddings alone: the shared memory map of :meth:`load_epoch` (without reading the epoch's
-        metrics, telemetry and per-row arrays), or a copy for a dataset that cannot be mapped."""
-        entry = self._entry(epoch)
-        hit = self._mapped.get((entry["file"], entry.get("written")))
-        if hit is not None:
-            return hit
-        f, path = self._open_epoch(epoch)
-        try:
-            with f:
-                ds = f["embeddings"]
-                emb = self._mapped_embeddings(epoch, path, ds)
-                return ds[()] if emb is None else emb
-        except (OSError, KeyError, ValueError) as exc:
-            raise RunError(f"epoch file {path} is damaged: {exc}") from None
-
     def _mapped_embeddings(self, epoch: int, path: Path, ds) -> np.ndarray | None:
         entry = self._entry(epoch)
         key = (entry["file"], entry.get("written"))
@@ -1142,8 +1126,11 @@ class RunReader:
             for s in range(0, len(ids), self.STREAM_ROWS):
                 part = sids[s:s + self.STREAM_ROWS]
                 lo, span = int(part[0]), int(part[-1]) - int(part[0]) + 1
+                where = slice(s, s + len(part)) if ordered else order[s:s + len(part)]
                 if span <= 2 * len(part):  # dense: read the span, then pick its rows
-                    buf = np.empty((span, d), dtype)
+                    whole = span == len(part) and bool(np.all(np.diff(part) == 1))  # not repeats and gaps
+                    direct = whole and ordered and np.dtype(dtype) == np.float32
+                    buf = out[s:s + span] if direct else np.empty((span, d), dtype)  # straight into the result
                     fh.seek(offset + lo * row_bytes)
                     view, got = memoryview(buf).cast("B"), 0
                     while got < buf.nbytes:
@@ -1151,18 +1138,14 @@ class RunReader:
                         if not n_read:
                             raise ValueError(f"the file ends inside row {lo + got // row_bytes}")
                         got += n_read
-                    whole = span == len(part) and bool(np.all(np.diff(part) == 1))  # not repeats and gaps
-                    rows = buf if whole else buf[part - lo]
+                    if not direct:
+                        out[where] = buf if whole else buf[part - lo]
                 else:
                     mm = np.memmap(path, dtype=dtype, mode="r", offset=offset + lo * row_bytes, shape=(span, d))
                     try:
-                        rows = np.array(mm[part - lo])
+                        out[where] = mm[part - lo]
                     finally:
                         del mm
-                if ordered:
-                    out[s:s + len(part)] = rows
-                else:
-                    out[order[s:s + len(part)]] = rows
         return out
 
     def metrics_history(self) -> dict[str, np.ndarray]:

@@ -515,7 +515,7 @@ class ThresholdView(DeferWhileHidden, QWidget):
             w.setEnabled(True)
         self.line.setVisible(True)
         self._redraw_hist()
-        # ROC on a log FAR axis: FAR = 0 cannot be drawn; keep the points with FAR > 0 and drop repeats
+        # ROC on a log FAR axis: FAR = 0 cannot be drawn; curve_points keeps FAR > 0, drops repeats, thins
         far, tar = curve_points(roc.far, roc.tar)
         self.roc_curve.setData(far, tar)
         self.roc_plot.getPlotItem().setXRange(math.log10(max(1.0 / max(h.n_impostor, 1), 1e-7)), 0, padding=0.02)
