@@ -249,6 +249,9 @@ class ThresholdView(DeferWhileHidden, QWidget):
             grid.addWidget(val, r, 1)
             self.lbl[key] = val
         grid.setColumnStretch(1, 1)
+        # room for three lines: with both rates and their highest classes it wraps to three at 1280 x 800, and a
+        # shrinkable label is given the height of its first layout (the third line was clipped)
+        self.lbl["spread"].setMinimumHeight(3 * self.lbl["spread"].fontMetrics().lineSpacing() + 2)
         self.lbl["spread"].setToolTip(
             "Each held-out class's own FAR and FRR at this threshold (the class table lists them). Over a range of "
             "thresholds the same question is OPIS, in the whole-curve table below. Train with the threshold-"
