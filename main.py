@@ -694,6 +694,9 @@ def cmd_compare(argv: list[str]) -> int:
     except (ExplorerError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    for e in entries:  # an epoch the reader left out (damaged, missing) is compared without: say so
+        for message in e.run.messages:
+            print(f"warning: {e.name}: {message}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:

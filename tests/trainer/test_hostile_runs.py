@@ -164,6 +164,17 @@ def test_same_size_corruption_is_caught_by_the_checksum_and_said(capsys, run):
     assert w.epochs == [0, 1] and any("checksum" in m for m in w.messages)
 
 
+def test_compare_says_which_epoch_of_a_run_it_left_out(capsys, run, trained):
+    path = run / "epochs" / "epoch_0002.h5"
+    with open(path, "r+b") as f:  # cut short: the reader leaves the epoch out
+        f.truncate(path.stat().st_size * 2 // 3)
+    rc = cli.main(["compare", str(run), str(trained[0]), "--resamples", "50"])
+    out = capsys.readouterr()
+    assert rc == 0 and "@1" in out.out  # the damaged run is compared at the epochs it has
+    # both runs are called "run": told apart by their parent folder, as in the table
+    assert f"warning: {run.parent.name}/{run.name}: ignored epoch 2" in out.err and "epoch_0002.h5" in out.err
+
+
 def test_a_damaged_checkpoint_is_dropped_on_resume_and_refused_by_embed(capsys, run, trained):
     ck = run / "checkpoints" / "epoch_0002.pt"
     data = bytearray(ck.read_bytes())
