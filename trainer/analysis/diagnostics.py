@@ -140,7 +140,9 @@ def diagnose(
             ))
     else:
         out.append(Diagnostic("info", "No triplets", "no anchor has both a positive and a negative."))
-    index = NeighbourIndex(x, metric=metric)
+    # a sample of a large split is checked against all of it: one scan of the rows, no copy of them (256 MB at
+    # 500,000 x 128); a small split is checked whole, from an index that holds its rows
+    index = NeighbourIndex(x, metric=metric, copy_rows=len(x) <= max_checked)
     checked = None
     among = ""
     if len(x) > max_checked:

@@ -4,10 +4,13 @@ Exact (``IndexFlatIP`` on normalised rows for cosine, ``IndexFlatL2`` for euclid
 rows, approximate above it (or when asked), with its recall@10 measured against exact search on a sample so the
 GUI can say how approximate it is.  Distances are reported as ``1 - cos`` (cosine) or the plain L2 distance.
 
-The approximate index is IVF-Flat by default: k-means cells (about sqrt(N) of them, trained on a sample), and a
-query scans the ``nprobe`` nearest cells; ``nprobe`` is raised until the measured recall@10 reaches
-``TARGET_RECALL``.  At 1e6 x 128 it builds and measures its recall in 40-95 s on two cores (bench_gui_scale), and
-at 1e5 in 1.1 s against 11.9 s for HNSW (``kind="hnsw"``, bench_index).
+The approximate index is IVF-SQ8 by default: k-means cells (about sqrt(N) of them, trained on a sample) holding
+each row as 8-bit codes (a quarter of the rows' memory: 128 MB at 1e6 x 128 instead of 512 MB), and a query scans
+the ``nprobe`` nearest cells for ``REFINE_FACTOR`` x k candidates, which are re-ranked by their exact distances
+from the rows themselves (read back from the caller's rows, or through the ``fetch`` given to :meth:`release_rows`):
+the distances it reports are exact, only which rows it finds is approximate. ``nprobe`` is raised until the
+measured recall@10 of that final answer reaches ``TARGET_RECALL``. HNSW (``kind="hnsw"``, flat storage) is slower
+to build (11.9 s at 1e5 against IVF's 1.1 s, bench_index).
 
 Thread safety: searches only read the index, so they may run in a worker thread; faiss parallelises with
 OpenMP, whose thread count is process-wide — pass ``threads`` to cap it (e.g. while training also runs).
@@ -15,7 +18,7 @@ OpenMP, whose thread count is process-wide — pass ``threads`` to cap it (e.g. 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import faiss
 import numpy as np
@@ -34,6 +37,9 @@ HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 SMALL_BATCH = 16  # fewer queries than this search single-threaded: OpenMP start-up costs more than it saves
 ROW_CHUNK = 65_536  # rows copied (and normalised) at a time: the index never holds a second copy of the gallery
+REFINE_FACTOR = 2  # IVF-SQ8: candidates per wanted neighbour, re-ranked by exact distance
+REFINE_MIN_EXTRA = 16  # ... and at least this many more than wanted
+REFINE_QUERY_BLOCK = 256  # queries re-ranked at a time (their candidates' rows are gathered per block)
 
 
 def _checked(x: Any, what: str, dim: int | None = None) -> np.ndarray:
@@ -80,6 +86,24 @@ class _ScanIndex:
         heap.finalize()
         return heap.D, heap.I
 
+    def range_search(self, q: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """faiss's range_search answer (lims, raw scores, ids) over the whole gallery, a chunk of rows at a time."""
+        o = self.owner
+        qid, raw, ids = [], [], []
+        for start, rows in o._chunks():
+            flat = faiss.IndexFlatIP(o.dim) if o.metric == "cosine" else faiss.IndexFlatL2(o.dim)
+            flat.add(rows)
+            lims, d, i = flat.range_search(q, r)
+            qid.append(np.repeat(np.arange(len(q)), np.diff(lims).astype(np.int64)))
+            raw.append(d)
+            ids.append(i.astype(np.int64) + start)
+        qid_a = np.concatenate(qid) if qid else np.zeros(0, np.int64)
+        order = np.argsort(qid_a, kind="stable")  # by query, each query's hits in gallery order
+        lims = np.r_[0, np.cumsum(np.bincount(qid_a, minlength=len(q)))]
+        raw_a = np.concatenate(raw) if raw else np.zeros(0, np.float32)
+        ids_a = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        return lims, raw_a[order], ids_a[order]
+
 
 def _recall(exact: np.ndarray, approx: np.ndarray) -> float:
     """Share of the exact neighbour ids (>= 0) that the approximate rows also hold."""
@@ -103,7 +127,11 @@ class NeighbourIndex:
         seed: int = 0,
         kind: str = "ivf",
         target_recall: float = TARGET_RECALL,
+        copy_rows: bool = True,
     ) -> None:
+        """``copy_rows=False``: exact search that scans the caller's rows a chunk at a time instead of holding a
+        prepared copy of them (256 MB for a 500,000 x 128 split): for a gallery searched once or twice, as the
+        label checks of a large split are; the rows must then stay readable and unchanged."""
         check_metric(metric)
         if kind not in ("ivf", "hnsw"):
             raise ValueError(f"unknown approximate index {kind!r}; expected 'ivf' or 'hnsw'")
@@ -119,10 +147,12 @@ class NeighbourIndex:
         # the caller's rows, not a copy (an epoch's shared memory map at 1e6): they are read again, a chunk at a
         # time, to build the index, to measure its recall and for exact searches, so they must not change meanwhile
         self._src: np.ndarray | None = src
+        self._fetch: Callable[[np.ndarray], np.ndarray] | None = None  # rows by id once released (re-ranking)
         # a gallery of exact_limit rows or more is searched approximately (a 1e6 epoch by default)
-        self.is_exact: bool = not (approximate if approximate is not None else self.n >= exact_limit)
+        self.scans: bool = not copy_rows
+        self.is_exact: bool = self.scans or not (approximate if approximate is not None else self.n >= exact_limit)
         self._faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
-        self._index = self._build(exact=self.is_exact)
+        self._index = _ScanIndex(self) if self.scans else self._build(exact=self.is_exact)
         self.recall_at_10: float = 1.0
         if not self.is_exact and self.n > 0:
             if self.nlist:
@@ -131,12 +161,20 @@ class NeighbourIndex:
                 self.recall_at_10 = self.measure_recall(k=10, n_queries=recall_queries, seed=seed)
             self._flat = None  # range_pairs builds a flat index when it is asked
 
-    def release_rows(self) -> None:
+    def release_rows(self, fetch: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         """Let go of the caller's rows when only :meth:`search` will be asked (the neighbour panel's gallery: the
-        epoch's map may then be unmapped). :meth:`search` is unchanged; :meth:`exact_search` of an exact index
-        still works (it is the index itself); what needs the rows afterwards raises a clear error."""
+        epoch's map may then be unmapped). :meth:`exact_search` of an exact index still works (it is the index
+        itself); what needs all the rows afterwards raises a clear error.
+
+        ``fetch(ids)`` returns the gallery rows ``ids`` (sorted, unique) as given to the constructor: an IVF-SQ8
+        index re-ranks its candidates with them, so :meth:`search` is unchanged. Without it, its results are
+        ranked and measured by the 8-bit codes (approximate distances)."""
+        if self.scans:
+            raise RuntimeError("an index made with copy_rows=False searches the caller's rows: it cannot let go of "
+                               "them")
         self._src = None
         self._flat = None
+        self._fetch = fetch
 
     def _source(self) -> np.ndarray:
         if self._src is None:
@@ -161,6 +199,48 @@ class NeighbourIndex:
         ids = np.asarray(ids, np.int64)
         return self._prepared(self._source()[ids]) if len(ids) else np.zeros((0, self.dim), np.float32)
 
+    @property
+    def _refines(self) -> bool:
+        """Whether searches re-rank the quantised index's candidates by exact distance (rows still readable)."""
+        return bool(self.nlist) and (self._src is not None or self._fetch is not None)
+
+    def _candidate_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Prepared rows of the sorted unique ``ids``, from the caller's rows or through ``fetch``."""
+        if self._src is not None:
+            return self._gather(ids)
+        rows = _checked(self._fetch(ids), "fetched rows", dim=self.dim)
+        if len(rows) != len(ids):
+            raise ValueError(f"fetch returned {len(rows)} rows for {len(ids)} ids")
+        return self._prepared(rows)
+
+    def _rerank(self, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best of each query's candidate ``ids`` (-1: none) by exact raw score (IP or squared L2)."""
+        nq, width = ids.shape
+        out_raw = np.empty((nq, k), np.float32)
+        out_ids = np.empty((nq, k), np.int64)
+        worst = np.float32(-np.inf if self.metric == "cosine" else np.inf)
+        for s in range(0, nq, REFINE_QUERY_BLOCK):
+            cand = ids[s:s + REFINE_QUERY_BLOCK].astype(np.int64)
+            qb = q[s:s + REFINE_QUERY_BLOCK]
+            found = cand >= 0
+            uniq = np.unique(cand[found])
+            rows = self._candidate_rows(uniq) if len(uniq) else np.zeros((0, self.dim), np.float32)
+            r = rows[np.searchsorted(uniq, np.where(found, cand, uniq[0] if len(uniq) else 0))] if len(uniq) else \
+                np.zeros(cand.shape + (self.dim,), np.float32)
+            if self.metric == "cosine":
+                raw = np.einsum("qd,qkd->qk", qb, r)
+            else:
+                diff = r - qb[:, None, :]
+                raw = np.einsum("qkd,qkd->qk", diff, diff)
+            raw = np.where(found, raw, worst).astype(np.float32)
+            key = -raw if self.metric == "cosine" else raw
+            # best first, ties by id; missing candidates last
+            order = np.lexsort((np.where(found, cand, np.iinfo(np.int64).max), key), axis=-1)[:, :k]
+            out_raw[s:s + REFINE_QUERY_BLOCK] = np.take_along_axis(raw, order, axis=1)
+            out_ids[s:s + REFINE_QUERY_BLOCK] = np.where(np.take_along_axis(found, order, axis=1),
+                                                         np.take_along_axis(cand, order, axis=1), -1)
+        return out_raw, out_ids
+
     def _add_all(self, index: Any) -> None:
         if isinstance(index, faiss.IndexFlat) and index.ntotal == 0 and self.n:
             # a flat index's storage is sized once and filled a chunk at a time: chunked add() grew it by doubling,
@@ -177,11 +257,12 @@ class NeighbourIndex:
 
     @property
     def description(self) -> str:
-        """What kind of search this is, for the user ("exact", "IVF-Flat, 64 of 1,000 cells", ...)."""
+        """What kind of search this is, for the user ("exact", "IVF-SQ8, 64 of 1,000 cells per query, ...")."""
         if self.is_exact:
-            return "exact"
+            return "exact (scanned)" if self.scans else "exact"
         if self.nlist:
-            return f"IVF-Flat, {self.nprobe} of {self.nlist:,} cells per query"
+            how = "re-ranked by exact distance" if self._refines else "distances from 8-bit codes"
+            return f"IVF-SQ8, {self.nprobe} of {self.nlist:,} cells per query, {how}"
         return f"HNSW (M = {HNSW_M})"
 
     def _build(self, *, exact: bool) -> Any:
@@ -199,11 +280,11 @@ class NeighbourIndex:
         return index
 
     def _build_ivf(self, d: int) -> Any:
-        # about sqrt(N) cells (at least 40 rows each), k-means on a sample of ~80 rows per cell, then every row
-        # goes to its cell
+        # about sqrt(N) cells (at least 40 rows each), k-means and the 8-bit codes' ranges on a sample of ~80 rows
+        # per cell, then every row goes to its cell as one byte per dimension
         nlist = int(max(1, min(round(np.sqrt(self.n)), self.n // IVF_TRAIN_PER_CELL or 1, 65536)))
         quantizer = faiss.IndexFlatIP(d) if self.metric == "cosine" else faiss.IndexFlatL2(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, self._faiss_metric)
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, self._faiss_metric)
         n_train = min(self.n, nlist * IVF_TRAIN_PER_CELL * 2)
         rng = np.random.default_rng(self._seed)
         train = self._gather(np.arange(self.n) if n_train >= self.n else
@@ -270,7 +351,12 @@ class NeighbourIndex:
             return np.zeros((nq, k_out), np.float32), np.full((nq, k_out), -1, np.int64)
         k_search = min(k_out + (1 if excl is not None else 0), self.n)
         index = self._index if _index is None else _index
-        raw, ids = self._faiss_search(index, q, k_search)
+        if index is self._index and self._refines:  # quantised candidates, re-ranked by exact distance
+            raw, ids = self._faiss_search(index, q, min(self.n, max(REFINE_FACTOR * k_search,
+                                                                    k_search + REFINE_MIN_EXTRA)))
+            raw, ids = self._rerank(q, ids, k_search)
+        else:
+            raw, ids = self._faiss_search(index, q, k_search)
         dist = self._to_distance(raw)
         ids = ids.astype(np.int64)
         dist[ids < 0] = np.inf

@@ -104,7 +104,7 @@ class NeighbourResult:
 
 
 def build_index_entry(run, epoch: int, gallery: str, metric: str, progress=None) -> IndexEntry:
-    """Read the gallery rows of ``epoch`` and index them (exact below 1M rows, IVF with measured recall from 1M)."""
+    """Read the gallery rows of ``epoch`` and index them (exact below 1M rows, IVF-SQ8 with measured recall from 1M)."""
     from trainer.analysis.index import NeighbourIndex
 
     t0 = time.perf_counter()
@@ -121,7 +121,10 @@ def build_index_entry(run, epoch: int, gallery: str, metric: str, progress=None)
         progress(0.4, f"indexing {len(ids):,} embeddings"
                       + (" (approximate: k-means cells, then measuring recall)" if len(ids) >= 1_000_000 else ""))
     index = NeighbourIndex(x, metric=metric)
-    index.release_rows()  # the panel only searches: faiss's own copy is enough (512 MB less at 1e6 x 128)
+    del x
+    # the panel only searches: an exact index is its own copy; an approximate one (8-bit codes) re-ranks its
+    # candidates with their rows, read back from the run a few at a time (its 512 MB are not kept)
+    index.release_rows(fetch=lambda local: run.rows(epoch, ids[local]))
     return IndexEntry(int(epoch), gallery, ids, index, time.perf_counter() - t0)
 
 

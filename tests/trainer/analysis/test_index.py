@@ -120,7 +120,8 @@ def test_approximate_recall_is_measured(metric, kind):
         # ~sqrt(N) cells; nprobe was raised until the measured recall reached the target (or the cap)
         assert idx.nlist == round(np.sqrt(3000)) and 1 <= idx.nprobe <= np.ceil(idx.nlist * 0.25)
         assert idx.recall_at_10 >= 0.95 or idx.nprobe == np.ceil(idx.nlist * 0.25)
-        assert idx.description == f"IVF-Flat, {idx.nprobe} of {idx.nlist} cells per query"
+        assert idx.description == (f"IVF-SQ8, {idx.nprobe} of {idx.nlist} cells per query, "
+                                   "re-ranked by exact distance")
         # the recall it reports is the one its own search gives (recomputed here on its sample)
         assert idx.recall_at_10 == pytest.approx(idx.measure_recall(k=10, n_queries=100, seed=0))
     else:
@@ -162,10 +163,16 @@ def test_release_rows_keeps_search_and_refuses_what_needs_the_rows():
     for approximate in (False, True):
         idx = NeighbourIndex(x, metric="cosine", approximate=approximate)
         before = idx.search(x[:20], 5, exclude_self_ids=np.arange(20))
-        idx.release_rows()
+        asked = []
+        # the panel's fetch reads rows back from the run: here a copy, so the index cannot reach the original
+        idx.release_rows(fetch=lambda ids: asked.append(ids.copy()) or x.copy()[ids])
         assert idx._src is None
         after = idx.search(x[:20], 5, exclude_self_ids=np.arange(20))
         assert np.array_equal(before[1], after[1]) and np.allclose(before[0], after[0])
+        if approximate:  # only the candidates' rows were read back, sorted and unique
+            assert asked and all(len(a) < len(x) and np.array_equal(a, np.unique(a)) for a in asked)
+        else:
+            assert not asked  # an exact index holds its rows
         if approximate:
             with pytest.raises(RuntimeError, match="no longer keeps its rows"):
                 idx.exact_search(x[:2], 3)
@@ -218,3 +225,86 @@ def test_an_exact_index_filled_a_chunk_at_a_time_searches_like_brute_force(monke
     np.testing.assert_allclose(d, bd, atol=2e-5)
     idx._index.add(q)  # the storage stays an ordinary flat index: it can grow
     assert idx._index.ntotal == 104
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_ivf_sq8_keeps_a_quarter_of_the_rows_and_reports_exact_distances(metric):
+    rng = np.random.default_rng(8)
+    centers = rng.normal(size=(30, 32))
+    g = (centers[rng.integers(0, 30, 4000)] + 0.4 * rng.normal(size=(4000, 32))).astype(np.float32)
+    idx = NeighbourIndex(g, metric=metric, approximate=True, recall_queries=100)
+    # one byte per dimension: the index's codes are a quarter of the rows' float32 bytes
+    inv = idx._index.invlists
+    code_bytes = sum(inv.list_size(c) for c in range(idx.nlist)) * idx._index.code_size
+    assert idx._index.code_size == 32 and code_bytes == 4000 * 32
+    q_ids = np.arange(3, 4000, 97)
+    d, i = idx.search(g[q_ids], 10, exclude_self_ids=q_ids)
+    # every returned id carries its exact distance (brute force), nearest first, ties by id
+    x = g / np.linalg.norm(g, axis=1, keepdims=True) if metric == "cosine" else g
+    q = x[q_ids]
+    for row, ids_row, d_row in zip(q, i, d):
+        ok = ids_row >= 0
+        want = 1.0 - x[ids_row[ok]] @ row if metric == "cosine" else np.linalg.norm(x[ids_row[ok]] - row, axis=1)
+        np.testing.assert_allclose(d_row[ok], want, atol=2e-5)
+        assert np.all(np.diff(d_row[ok]) >= -1e-6)
+    _, exact = brute_knn(g, g[q_ids], 10, metric, exclude=q_ids)
+    assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(i, exact)]) >= 0.9
+    # released without a way to read rows back: ranked by the codes, distances close to the exact ones
+    idx.release_rows()
+    assert idx.description.endswith("distances from 8-bit codes")
+    d2, i2 = idx.search(g[q_ids], 10, exclude_self_ids=q_ids)
+    for row, ids_row, d_row in zip(q, i2, d2):
+        ok = ids_row >= 0
+        want = 1.0 - x[ids_row[ok]] @ row if metric == "cosine" else np.linalg.norm(x[ids_row[ok]] - row, axis=1)
+        np.testing.assert_allclose(d_row[ok], want, atol=0.05 * (1 if metric == "cosine" else float(want.max())))
+
+
+def test_the_rerank_picks_the_exact_best_of_its_candidates_like_a_loop():
+    rng = np.random.default_rng(9)
+    g = rng.normal(size=(300, 8)).astype(np.float32)
+    for metric in ("cosine", "euclidean"):
+        idx = NeighbourIndex(g, metric=metric, approximate=True, recall_queries=20)
+        q = idx._gather(np.arange(5))
+        cand = np.stack([rng.choice(300, 12, replace=False) for _ in range(5)])  # as faiss: no repeats
+        cand[rng.random(cand.shape) < 0.3] = -1  # and some slots without a candidate
+        raw, ids = idx._rerank(q, cand, 4)
+        x = idx._gather(np.arange(300))
+        for r in range(5):  # the loop: score each real candidate, sort by (score, id), take 4
+            scored = sorted({(-(x[c] @ q[r]) if metric == "cosine" else float(((x[c] - q[r]) ** 2).sum()), c)
+                             for c in cand[r] if c >= 0})[:4]
+            assert list(ids[r][:len(scored)]) == [c for _, c in scored]
+            np.testing.assert_allclose(raw[r][:len(scored)], [-v if metric == "cosine" else v for v, _ in scored],
+                                       rtol=1e-5, atol=1e-5)
+            assert np.all(ids[r][len(scored):] == -1)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_an_index_without_a_copy_scans_the_callers_rows_like_brute_force(monkeypatch, metric):
+    import trainer.analysis.index as index_mod
+
+    monkeypatch.setattr(index_mod, "ROW_CHUNK", 29)  # many chunks, the last one short
+    rng = np.random.default_rng(11)
+    g = rng.normal(size=(300, 6)).astype(np.float32)
+    g[50] = g[7] + 1e-4  # a near pair across chunks
+    g[60] = g[58] + 2e-4  # ... and one inside a chunk
+    idx = NeighbourIndex(g, metric=metric, copy_rows=False)
+    assert idx.is_exact and idx.scans and idx._src is g and idx.description == "exact (scanned)"
+    ids = np.array([0, 7, 28, 29, 299])
+    d, i = idx.search(g[ids], 9, exclude_self_ids=ids)
+    bd, bi = brute_knn(g, g[ids], 9, metric, exclude=ids)
+    np.testing.assert_array_equal(i, bi)
+    np.testing.assert_allclose(d, bd, atol=2e-5)
+    # range pairs: the same as a flat index that holds the rows, and as a loop over all pairs
+    flat = NeighbourIndex(g, metric=metric)
+    radius = float(np.quantile(brute_knn(g, g, 2, metric, exclude=np.arange(300))[0][:, 0], 0.1))
+    for q_ids in (None, np.array([7, 58, 100])):
+        got, want = idx.range_pairs(radius, q_ids), flat.range_pairs(radius, q_ids)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+    x = g / np.linalg.norm(g, axis=1, keepdims=True) if metric == "cosine" else g
+    loop = {(a, b) for a in range(300) for b in range(a + 1, 300)
+            if (1 - x[a] @ x[b] if metric == "cosine" else np.linalg.norm(x[a] - x[b])) < radius - 1e-5}
+    pairs = set(zip(*idx.range_pairs(radius)[:2]))
+    assert loop <= pairs and (7, 50) in pairs and (58, 60) in pairs
+    with pytest.raises(RuntimeError, match="cannot let go"):
+        idx.release_rows()
