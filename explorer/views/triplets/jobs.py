@@ -101,11 +101,18 @@ def census_job(run, epoch: int, split: str, margin: float, metric: str, *, progr
 def history_job(run, epochs: list[int], split: str, margin: float, metric: str, done: dict, *, progress, partial,
                 is_cancelled) -> dict:
     """Shares of easy / semi-hard / hard for each epoch not in ``done``; each epoch is sent as a partial result."""
-    from trainer.analysis.census import epoch_census
+    from trainer.analysis.census import epoch_census, sample_anchors
 
     want = SPLITS[split][1]
     ids = np.flatnonzero(np.asarray(run.samples.split) == want).astype(np.int64)
     y = np.asarray(run.samples.labels, np.int64)[ids]
+    # each past epoch's rows are read in class order and handed to the census, which then normalises them in
+    # place (no sorted copy); its anchors stay the samples a census in the split's own order would sample
+    order = np.argsort(y, kind="stable")
+    where = np.empty(len(order), np.int64)
+    where[order] = np.arange(len(order))
+    picked = sample_anchors(len(ids), HISTORY_MAX_ANCHORS)
+    anchors = None if picked is None else np.sort(where[picked])
     out = dict(done)
     todo = [e for e in epochs if e not in done]
     for i, e in enumerate(todo):
@@ -115,7 +122,8 @@ def history_job(run, epochs: list[int], split: str, margin: float, metric: str, 
         if len(np.unique(y)) < 2:
             out[e] = (math.nan, math.nan, math.nan, False)
         else:
-            c = epoch_census(run.rows(e, ids), y, margin=margin, metric=metric, max_anchors=HISTORY_MAX_ANCHORS)
+            c = epoch_census(run.rows(e, ids[order]), y[order], margin=margin, metric=metric, anchors=anchors,
+                             overwrite=True)
             out[e] = (c.share_easy, c.share_semihard, c.share_hard, c.sampled)
         partial({e: out[e]})
     return out

@@ -356,3 +356,37 @@ def test_census_blocks_stay_small_for_huge_splits():
     for n in (100_000, 500_000, 1_000_000, 10_000_000):
         c = census_chunk(n)
         assert 8 <= c < 512 and (c * n * 4 <= CENSUS_BUFFER_BYTES or c == 8)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_a_census_given_its_rows_in_class_order_works_in_place_and_counts_the_same(metric):
+    from trainer.analysis.census import sample_anchors
+
+    rng = np.random.default_rng(21)
+    y = rng.integers(0, 5, 60)
+    x = rng.normal(size=(60, 6)).astype(np.float32)
+    want = tuple(int(v) for v in brute_census(x, y, 0.3, metric).sum(axis=0))
+    order = np.argsort(y, kind="stable")
+    owned = x[order].copy()
+    c = epoch_census(owned, y[order], margin=0.3, metric=metric, overwrite=True)
+    assert (c.total_easy, c.total_semihard, c.total_hard) == want
+    if metric == "cosine":  # normalised where it lay: no copy was made
+        np.testing.assert_allclose(owned, x[order] / np.linalg.norm(x[order], axis=1, keepdims=True), rtol=1e-6)
+    else:
+        np.testing.assert_array_equal(owned, x[order])
+    # labels out of order: the caller's rows are left alone even when given up
+    mine = x.copy()
+    c2 = epoch_census(mine, y, margin=0.3, metric=metric, overwrite=True)
+    assert (c2.total_easy, c2.total_semihard, c2.total_hard) == want
+    np.testing.assert_array_equal(mine, x)
+    # the sampled anchors are the ones a census samples itself, and the same samples in class order count the same
+    picked = sample_anchors(60, 11, seed=0)
+    own = epoch_census(x, y, margin=0.3, metric=metric, max_anchors=11)
+    np.testing.assert_array_equal(own.anchors, picked)
+    where = np.empty(60, np.int64)
+    where[order] = np.arange(60)
+    moved = epoch_census(x[order].copy(), y[order], margin=0.3, metric=metric, anchors=np.sort(where[picked]),
+                         overwrite=True)
+    assert (moved.total_easy, moved.total_semihard, moved.total_hard) == (own.total_easy, own.total_semihard,
+                                                                           own.total_hard)
+    assert sample_anchors(60, 60) is None and sample_anchors(60, None) is None
