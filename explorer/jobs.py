@@ -19,6 +19,35 @@ from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
 __all__ = ["JobRunner", "JobCancelled"]
 
+TRIM_AFTER_S = 0.25  # a job that ran this long gives the heap's free pages back to the system when it ends
+_trim: list = []  # glibc's malloc_trim once looked up ([None] where there is none)
+
+
+def give_back_free_memory() -> bool:
+    """Return the free pages inside the heap to the system (glibc ``malloc_trim``); False where there is none.
+
+    The analysis jobs allocate and free blocks of tens of MB from worker threads; glibc keeps what was freed inside
+    its heaps, so the window's resident memory only grew (by 0.7 GB over the Triplets and Threshold tabs of a
+    1e6 x 128 run, given back by one trim)."""
+    if not _trim:
+        import ctypes
+        import ctypes.util
+
+        fn = None
+        try:
+            name = ctypes.util.find_library("c")
+            fn = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+        except OSError:
+            fn = None
+        if fn is not None:
+            fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+        _trim.append(fn)
+    fn = _trim[0]
+    if fn is None:
+        return False
+    fn(0)
+    return True
+
 
 class JobCancelled(Exception):
     """Raised by a job (optionally) when it notices it was cancelled; treated as a quiet exit."""
@@ -72,6 +101,7 @@ class _Runnable(QRunnable):
 
     def run(self) -> None:  # noqa: D401 - Qt override
         job = self.job
+        started = time.monotonic()
         try:
             if job.cancel.is_set():
                 return
@@ -86,6 +116,8 @@ class _Runnable(QRunnable):
                 detail = traceback.format_exc(limit=6)
                 self.bridge.failed.emit(job.key, job.generation, f"{type(exc).__name__}: {exc}\n{detail}")
         finally:
+            if time.monotonic() - started >= TRIM_AFTER_S:
+                give_back_free_memory()
             self.bridge.done.emit(job.key, job.generation)
 
 

@@ -102,3 +102,31 @@ def test_a_long_job_of_one_runner_does_not_queue_another_runners_job(qtbot):
     hold.set()
     qtbot.waitUntil(lambda: done == ["search", "census"], timeout=5000)
     assert busy.shutdown(2) and free.shutdown(2)
+
+
+def test_a_long_job_gives_the_heaps_free_pages_back_when_it_ends(qtbot, monkeypatch):
+    import platform
+
+    import explorer.jobs as jobs_mod
+
+    trims = []
+    monkeypatch.setattr(jobs_mod, "give_back_free_memory", lambda: trims.append(True) or True)
+    monkeypatch.setattr(jobs_mod, "TRIM_AFTER_S", 0.2)
+    runner = JobRunner()
+    done = []
+
+    def job(seconds, *, progress, partial, is_cancelled):
+        time.sleep(seconds)
+        return seconds
+
+    runner.submit("quick", job, 0.0, on_result=done.append)
+    qtbot.waitUntil(lambda: done == [0.0], timeout=5000)
+    qtbot.waitUntil(lambda: not runner.is_running("quick"), timeout=5000)
+    assert trims == []  # a short job leaves the heap alone (a trim walks every arena)
+    runner.submit("long", job, 0.3, on_result=done.append)
+    qtbot.waitUntil(lambda: len(done) == 2, timeout=5000)
+    qtbot.waitUntil(lambda: trims == [True], timeout=5000)
+    assert runner.shutdown(2)
+    monkeypatch.undo()
+    if platform.libc_ver()[0] == "glibc":  # glibc has malloc_trim: the real call runs
+        assert jobs_mod.give_back_free_memory() is True
