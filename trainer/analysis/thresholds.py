@@ -21,6 +21,10 @@ import torch
 from trainer.analysis.distances import METRICS, unit_rows
 from trainer.analysis.verification import PairHistograms
 
+# rows x N of pair distances at a time, sized so one block with its masks and bin keys stays ~100 MB (64 MB blocks
+# raised the window's memory by 0.3-0.45 GB during each per-class pass of a 20,000-image sample)
+BLOCK_BYTES = 32 * 2**20
+
 
 def threshold_grid(embeddings: np.ndarray, metric: str, *, step: float = 1e-4,
                    max_bins: int = 2**18) -> tuple[int, float, float]:
@@ -120,7 +124,7 @@ def _group_accept_counts(x: torch.Tensor, g: np.ndarray, y: np.ndarray, metric: 
 
 def rates_ci_at_threshold(embeddings, labels, threshold: float, *, metric: str = "cosine", n_boot: int = 500,
                           seed: int = 0, confidence: float = 0.95, max_groups: int = 64,
-                          block_bytes: int = 64 * 2**20) -> dict[str, dict[str, float]]:
+                          block_bytes: int = BLOCK_BYTES) -> dict[str, dict[str, float]]:
     """FAR and FRR at ``threshold`` (accept d <= t) with percentile class-bootstrap intervals.
 
     Classes (not pairs) are resampled, as in :func:`trainer.analysis.verification.bootstrap_ci`: classes are dealt into at most
@@ -177,7 +181,7 @@ def rates_ci_at_threshold(embeddings, labels, threshold: float, *, metric: str =
 
 
 def per_class_rates(embeddings, labels, threshold: float, *, metric: str = "cosine",
-                    block_bytes: int = 64 * 2**20) -> dict:
+                    block_bytes: int = BLOCK_BYTES) -> dict:
     """FAR and FRR of each class at one threshold (accept d <= t), all pairs i < j counted exactly.
 
     A class's FRR is the share of its genuine pairs rejected; its FAR the share of the impostor pairs with one image
@@ -224,7 +228,7 @@ def spread_summary(rates: dict, class_names=None, worst: int = 5) -> dict:
 
 
 def per_class_histograms(embeddings, labels, edges, *, metric: str = "cosine",
-                         block_bytes: int = 64 * 2**20) -> dict:
+                         block_bytes: int = BLOCK_BYTES) -> dict:
     """Per class, the distances of its genuine and its impostor pairs binned at ``edges`` (ascending).
 
     Bin k (0 <= k <= len(edges)) holds the pairs with ``edges[k-1] < d <= edges[k]``, so the pairs accepted at
@@ -274,7 +278,7 @@ def _utility(tar: np.ndarray, tnr: np.ndarray) -> np.ndarray:
 
 
 def opis(embeddings, labels, *, metric: str = "cosine", far_range: tuple[float, float] = (1e-4, 1e-2),
-         bins: int = 4000, block_bytes: int = 64 * 2**20) -> dict:
+         bins: int = 4000, block_bytes: int = BLOCK_BYTES) -> dict:
     """The operating-point-inconsistency score of Zhang et al. (ICLR 2024): how far each class's utility departs
     from the whole set's, averaged over the classes and over a range of thresholds.
 

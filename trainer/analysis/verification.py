@@ -16,7 +16,7 @@ from trainer.analysis.distances import _check_inputs
 DEFAULT_BINS = 2**15
 FAR_LEVELS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 MIN_FALSE_ACCEPTS = 10
-_BLOCK_BYTES = 96 * 2**20  # per float32 buffer; two buffers (float + int32) plus masks stay well under 500 MB
+_BLOCK_BYTES = 32 * 2**20  # per float32 buffer: a block of pair distances with its bins and masks stays ~150 MB
 
 
 @dataclass
