@@ -59,6 +59,9 @@ RASTER_ASYNC_MIN = 200_000
 HOVER_RADIUS_PX = 8.0
 SPLIT_SYMBOLS = ("o", "t1")  # train: circle, held-out: upward triangle
 SPLIT_NAMES = ("train", "held-out")
+PLACEHOLDER_WAITING = "The map appears after the first epoch is committed."
+PLACEHOLDER_FAILED = ("No map: the map of epoch {epoch} could not be computed (the reason is below the plot).\n"
+                      "Another method or epoch may work; reopening the run tries again.")
 
 
 class _MapViewBox(pg.ViewBox):
@@ -244,8 +247,7 @@ class MapView(QWidget):
         self.edit_item.setZValue(2.5)
         self.viewbox.addItem(self.edit_item, ignoreBounds=True)
         self._marks: tuple[np.ndarray, np.ndarray, np.ndarray] = (np.zeros(0, np.int64),) * 3
-        self.placeholder = pg.TextItem("The map appears after the first epoch is committed.",
-                                       color=(110, 110, 110), anchor=(0.5, 0.5))
+        self.placeholder = pg.TextItem(PLACEHOLDER_WAITING, color=(110, 110, 110), anchor=(0.5, 0.5))
         self.viewbox.addItem(self.placeholder, ignoreBounds=True)
 
         self.hover_label = QLabel(self.plot)
@@ -404,6 +406,7 @@ class MapView(QWidget):
         self.selection_item.clear()
         self.highlight_item.clear()
         self.highlight_lines.clear()
+        self.placeholder.setText(PLACEHOLDER_WAITING)
         self.placeholder.setVisible(True)
         self.status.setText("" if run is None else "Waiting for the first committed epoch…")
 
@@ -522,6 +525,8 @@ class MapView(QWidget):
         first = message.splitlines()[0] if message else "unknown error"
         self.status.setText(f"Could not compute the map of epoch {self._pending_epoch}: {first}")
         self.status.setToolTip(message)
+        if self.layout is None:  # nothing drawn yet: the empty plot says why, not that it waits for an epoch
+            self.placeholder.setText(PLACEHOLDER_FAILED.format(epoch=self._pending_epoch))
 
     # --------------------------------------------------------------------------------------------- drawing
     def _show_layout(self, epoch: int, layout: projection.Layout, *, final: bool,

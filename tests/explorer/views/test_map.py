@@ -466,3 +466,22 @@ def test_the_legend_model_ticks_hides_and_shows_only_one_class(qtbot, run_dir):
     assert set(view.labels[view._visible].tolist()) == {3}
     view.set_class_visible(0, True)  # from code: the legend follows
     assert model.is_checked(0) and view._visible[view.labels == 0].all()
+
+
+def test_a_map_that_fails_before_any_is_drawn_says_so_in_the_plot(qtbot, run_dir, monkeypatch):
+    def broken(*args, progress, partial, is_cancelled):
+        raise RuntimeError("the projection process ended unexpectedly")
+
+    monkeypatch.setattr(mv_mod, "map_job", broken)
+    state = AppState()
+    view = MapView(state, method="pca", warm_up=False)
+    qtbot.addWidget(view)
+    view.show()
+    state.set_run(RunReader(run_dir))
+    qtbot.waitUntil(lambda: "Could not compute the map" in view.status.text(), timeout=10_000)
+    assert view.layout is None and view.placeholder.isVisible()
+    text = view.placeholder.textItem.toPlainText()
+    assert "could not be computed" in text and "epoch 2" in text and "first epoch is committed" not in text
+    # another run: the plot waits for its first epoch again
+    state.set_run(None)
+    assert view.placeholder.textItem.toPlainText() == mv_mod.PLACEHOLDER_WAITING
