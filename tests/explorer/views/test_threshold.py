@@ -577,3 +577,37 @@ def test_the_drawn_roc_is_thinned_like_a_loop_over_its_points():
         assert len(f) == len(twin) and np.allclose(f, [p[0] for p in twin]) and np.allclose(t, [p[1] for p in twin])
         assert f[0] == twin[0][0] and t[-1] == tar[-1]
     assert len(curve_points(far, tar, 100)[0]) < 300  # about one point per cell or TAR level
+
+
+def test_beyond_the_exact_range_the_errors_wait_for_the_intervals(qtbot, view, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from explorer.views.threshold import jobs as rv
+    from explorer.views.threshold import view as tv
+
+    monkeypatch.setattr(rv, "EXACT_LIMIT", 10)  # a "large" split: pairs sampled, analysis on an image sample
+    monkeypatch.setattr(rv, "ANALYSIS_LIMIT", 40)
+    log, lock = [], threading.Lock()
+
+    def tracked(name, fn, delay=0.0):
+        def run(*args, **kw):
+            with lock:
+                log.append((name, "start", time.monotonic()))
+            try:
+                time.sleep(delay)  # the intervals of a large split take a while: the errors' timer fires meanwhile
+                return fn(*args, **kw)
+            finally:
+                with lock:
+                    log.append((name, "end", time.monotonic()))
+        return run
+
+    monkeypatch.setattr(tv, "compute_extras", tracked("extras", rv.compute_extras, delay=1.0))
+    monkeypatch.setattr(tv, "compute_errors", tracked("errors", rv.compute_errors))
+    open_run(qtbot, view, make_run(tmp_path))
+    assert view.data.analysis_rows is not None and view.errors is not None and view.boot is not None
+    starts = [e for e in log if e[1] == "start"]
+    assert [e[0] for e in starts][:2] == ["extras", "errors"]
+    extras_end = next(t for name, what, t in log if name == "extras" and what == "end")
+    assert all(t >= extras_end for name, what, t in starts if name == "errors")  # never both at once
+    assert view.fa_table.rowCount() + view.fr_table.rowCount() > 0
