@@ -302,8 +302,6 @@ def opis(embeddings, labels, *, metric: str = "cosine", far_range: tuple[float, 
         top = max(top, 1e-6)
     edges = np.linspace(0.0, top, int(bins) + 1)[1:]
     h = per_class_histograms(x, labels, edges, metric=metric, block_bytes=block_bytes)
-    g = np.cumsum(h["genuine"], axis=1)[:, :-1].astype(np.float64)  # accepted at edges[k]
-    m = np.cumsum(h["impostor"], axis=1)[:, :-1].astype(np.float64)
     ng, ni = h["genuine"].sum(axis=1).astype(np.float64), h["impostor"].sum(axis=1).astype(np.float64)
     out = {"opis": None, "threshold_range": None, "far_range": None, "n_thresholds": 0,
            "n_classes": int(((ng > 0) & (ni > 0)).sum()), "utility": "harmonic mean of TAR and 1 - FAR",
@@ -312,8 +310,11 @@ def opis(embeddings, labels, *, metric: str = "cosine", far_range: tuple[float, 
         out["reason"] = "no class has both a genuine and an impostor pair"
         return out
     # each impostor pair was counted for both of its classes, each genuine pair once
-    far_all = (m.sum(axis=0) / 2.0) / (ni.sum() / 2.0)
-    tar_all = g.sum(axis=0) / ng.sum()
+    # the whole set's curves from the column sums (integer counts, so the same numbers as summing per-class
+    # cumulative counts in float64); per class only the thresholds inside the range are made (classes x bins float
+    # arrays were ~0.2 GB for 1,000 classes)
+    far_all = (np.cumsum(h["impostor"].sum(axis=0))[:-1].astype(np.float64) / 2.0) / (ni.sum() / 2.0)
+    tar_all = np.cumsum(h["genuine"].sum(axis=0))[:-1].astype(np.float64) / ng.sum()
     inside = (far_all >= lo) & (far_all <= hi)
     if not inside.any():
         inside = (far_all > 0) & (far_all <= hi)
@@ -323,9 +324,12 @@ def opis(embeddings, labels, *, metric: str = "cosine", far_range: tuple[float, 
                          f"{1 / n_imp:.2g})")
         return out
     keep = (ng > 0) & (ni > 0)
-    tar_c = g[keep] / ng[keep, None]
-    tnr_c = 1.0 - m[keep] / ni[keep, None]
-    u_c = _utility(tar_c[:, inside], tnr_c[:, inside])
+    cols = np.flatnonzero(inside)
+    g = np.cumsum(h["genuine"][keep], axis=1)[:, cols].astype(np.float64)  # accepted at edges[k], k inside
+    m = np.cumsum(h["impostor"][keep], axis=1)[:, cols].astype(np.float64)
+    tar_c = g / ng[keep, None]
+    tnr_c = 1.0 - m / ni[keep, None]
+    u_c = _utility(tar_c, tnr_c)
     u = _utility(tar_all[inside], 1.0 - far_all[inside])
     k = np.flatnonzero(inside)
     out.update(opis=float(((u_c - u[None, :]) ** 2).mean()), n_thresholds=int(len(k)),
