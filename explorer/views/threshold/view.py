@@ -255,6 +255,8 @@ class ThresholdView(DeferWhileHidden, QWidget):
         # room for three lines: with both rates and their highest classes it wraps to three at 1280 x 800, and a
         # shrinkable label is given the height of its first layout (the third line was clipped)
         self.lbl["spread"].setMinimumHeight(3 * self.lbl["spread"].fontMetrics().lineSpacing() + 2)
+        for key in ("far", "frr"):  # with its interval a rate wraps to two lines (the interval was clipped)
+            self.lbl[key].setMinimumHeight(2 * self.lbl[key].fontMetrics().lineSpacing() + 2)
         self.lbl["spread"].setToolTip(
             "Each held-out class's own FAR and FRR at this threshold (the class table lists them). Over a range of "
             "thresholds the same question is OPIS, in the whole-curve table below. Train with the threshold-"
@@ -298,6 +300,9 @@ class ThresholdView(DeferWhileHidden, QWidget):
         self.errors_note = QLabel("")
         self.errors_note.setStyleSheet("color: #555")
         self.errors_note.setWordWrap(True)  # the note of a sampled split is long: wrap it, never widen the window
+        # ... on up to three lines at 1280 x 800 (its second line was cut off under the tables)
+        self.errors_note.setMinimumHeight(3 * self.errors_note.fontMetrics().lineSpacing() + 2)
+        self.errors_note.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
@@ -699,8 +704,9 @@ class ThresholdView(DeferWhileHidden, QWidget):
         dec = self.spin.decimals()
         self.lbl["rule"].setText(f"distance ≤ {p['threshold']:.{dec}f}  ({self.rule}; smaller = more alike)")
         ci = (self.errors or {}).get("rates_ci") if self.errors else None
-        far_ci = f"   95 % CI {_interval(ci['far']['low'], ci['far']['high'])}" if ci else ""
-        frr_ci = f"   95 % CI {_interval(ci['frr']['low'], ci['frr']['high'])}" if ci else ""
+        # an interval wraps as a whole ("95 % CI 15.3 % – 40.2 %" broke inside its numbers): non-breaking spaces
+        far_ci = "   " + f"95 % CI {_interval(ci['far']['low'], ci['far']['high'])}".replace(" ", "\u00a0") if ci else ""
+        frr_ci = "   " + f"95 % CI {_interval(ci['frr']['low'], ci['frr']['high'])}".replace(" ", "\u00a0") if ci else ""
         self.lbl["far"].setText(f"{_rate(p['far'])}  —  {p['impostor_accepted']:,} of {ni:,} impostor pairs "
                                 f"accepted{far_ci}")
         self.lbl["frr"].setText(f"{_rate(p['frr'])}  —  {p['genuine_rejected']:,} of {ng:,} genuine pairs "

@@ -611,3 +611,20 @@ def test_beyond_the_exact_range_the_errors_wait_for_the_intervals(qtbot, view, t
     extras_end = next(t for name, what, t in log if name == "extras" and what == "end")
     assert all(t >= extras_end for name, what, t in starts if name == "errors")  # never both at once
     assert view.fa_table.rowCount() + view.fr_table.rowCount() > 0
+
+
+def test_the_readout_and_the_errors_note_show_all_their_lines_at_1280_x_800(qtbot, view, tmp_path, monkeypatch):
+    from explorer.views.threshold import jobs as rv
+
+    monkeypatch.setattr(rv, "EXACT_LIMIT", 10)  # the long notes of a sampled split
+    monkeypatch.setattr(rv, "ANALYSIS_LIMIT", 40)
+    view.resize(1280, 720)  # the tab's share of a 1280 x 800 window
+    open_run(qtbot, view, make_run(tmp_path))
+    qtbot.waitUntil(lambda: "95" in view.lbl["far"].text() and view.errors is not None, timeout=20000)
+    qtbot.wait(50)
+    assert "sample of" in view.errors_note.text()
+    for label in (view.lbl["far"], view.lbl["frr"], view.lbl["spread"], view.errors_note):
+        # the height the wrapped text needs at the width it was given (its interval or last line was clipped)
+        assert label.height() >= label.heightForWidth(label.width()), (label.text(), label.size())
+    # an interval wraps as a whole, never inside its numbers
+    assert "95\u00a0%\u00a0CI" in view.lbl["far"].text()
