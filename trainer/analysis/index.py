@@ -9,8 +9,9 @@ each row as 8-bit codes (a quarter of the rows' memory: 128 MB at 1e6 x 128 inst
 the ``nprobe`` nearest cells for ``REFINE_FACTOR`` x k candidates, which are re-ranked by their exact distances
 from the rows themselves (read back from the caller's rows, or through the ``fetch`` given to :meth:`release_rows`):
 the distances it reports are exact, only which rows it finds is approximate. ``nprobe`` is raised until the
-measured recall@10 of that final answer reaches ``TARGET_RECALL``. HNSW (``kind="hnsw"``, flat storage) is slower
-to build (11.9 s at 1e5 against IVF's 1.1 s, bench_index).
+measured recall@10 of that final answer reaches ``TARGET_RECALL`` (bench_index: 200,000 rows built and measured in
+1.8 s, recall@10 1.000). HNSW (``kind="hnsw"``, flat storage) is slower to build (11.9 s at 1e5 against 1.1 s for
+IVF-Flat, bench_index).
 
 Thread safety: searches only read the index, so they may run in a worker thread; faiss parallelises with
 OpenMP, whose thread count is process-wide — pass ``threads`` to cap it (e.g. while training also runs).
