@@ -9,6 +9,24 @@ from PySide6.QtWidgets import QLabel, QSizePolicy
 from explorer.widgets.texts import breakable
 
 
+# what the readouts print: dashes, per cent and plus-minus signs may come from a fallback font with taller lines
+_PROBE_LINE = "Xg 0.5 % – — ± ≤ · ‖"
+
+
+def room_for_lines(label: QLabel, lines: int) -> QLabel:
+    """Give ``label`` at least the height of ``lines`` lines of text like its own, as QLabel lays them out (a
+    multiple of the font's line spacing fell a pixel short where a dash came from a taller fallback font, and the
+    last line was clipped). Returns ``label``."""
+    n = max(1, int(lines))
+    probe = QLabel("\n".join([_PROBE_LINE] * n))
+    probe.setFont(label.font())
+    probe.setMargin(label.margin())
+    probe.setIndent(label.indent())
+    # and a few pixels to spare: the wrapped text measured one more than the probe with a CI machine's fonts
+    label.setMinimumHeight(max(probe.sizeHint().height(), n * label.fontMetrics().lineSpacing() + 2) + 3)
+    return label
+
+
 def shrinkable(label: QLabel, *, wrap: bool = True) -> QLabel:
     """``label`` asks the layout for no width of its own (it takes what it is given) and wraps its text; text that
     does not fit is clipped rather than growing the window. Returns ``label``."""

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleS
                                QSplitter, QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 from explorer.jobs import JobRunner
 from explorer.state import AppState
-from explorer.widgets.labels import shrinkable
+from explorer.widgets.labels import room_for_lines, shrinkable
 from explorer.widgets.view_setup import setup_view, subscribe
 from explorer.widgets.lazy import DeferWhileHidden
 from explorer.widgets.texts import metric_words
@@ -254,9 +254,9 @@ class ThresholdView(DeferWhileHidden, QWidget):
         grid.setColumnStretch(1, 1)
         # room for three lines: with both rates and their highest classes it wraps to three at 1280 x 800, and a
         # shrinkable label is given the height of its first layout (the third line was clipped)
-        self.lbl["spread"].setMinimumHeight(3 * self.lbl["spread"].fontMetrics().lineSpacing() + 2)
+        room_for_lines(self.lbl["spread"], 3)
         for key in ("far", "frr"):  # with its interval a rate wraps to two lines (the interval was clipped)
-            self.lbl[key].setMinimumHeight(2 * self.lbl[key].fontMetrics().lineSpacing() + 2)
+            room_for_lines(self.lbl[key], 2)
         self.lbl["spread"].setToolTip(
             "Each held-out class's own FAR and FRR at this threshold (the class table lists them). Over a range of "
             "thresholds the same question is OPIS, in the whole-curve table below. Train with the threshold-"
@@ -301,7 +301,7 @@ class ThresholdView(DeferWhileHidden, QWidget):
         self.errors_note.setStyleSheet("color: #555")
         self.errors_note.setWordWrap(True)  # the note of a sampled split is long: wrap it, never widen the window
         # ... on up to three lines at 1280 x 800 (its second line was cut off under the tables)
-        self.errors_note.setMinimumHeight(3 * self.errors_note.fontMetrics().lineSpacing() + 2)
+        room_for_lines(self.errors_note, 3)
         self.errors_note.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         right = QWidget()
         rl = QVBoxLayout(right)
