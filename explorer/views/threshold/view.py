@@ -62,6 +62,11 @@ def _rate(v: float) -> str:
     return f"{p:.3g} %" if p < 10 else f"{p:.1f} %"
 
 
+def _ci_text(ci: dict) -> str:
+    """The interval text after a rate, with non-breaking spaces: it wraps as a whole (it broke inside its numbers)."""
+    return "   " + f"95 % CI {_interval(ci['low'], ci['high'])}".replace(" ", "\u00a0")
+
+
 def _interval(lo: float, hi: float) -> str:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "n/a"
@@ -119,10 +124,10 @@ class ThresholdView(DeferWhileHidden, QWidget):
         self._thumb_cells: dict[int, list[tuple[QTableWidget, int, int]]] = {}
         self._build()
         self._errors_timer = QTimer(self, singleShot=True, interval=200)
+        self._errors_timer.timeout.connect(self._start_errors_job)
         # a split beyond the exact range: the errors at the threshold wait for the intervals' job (each holds a few
         # hundred MB of pair blocks; both at once raised the window's memory by 0.9 GB at 1e6 x 128)
         self._errors_after_extras = False
-        self._errors_timer.timeout.connect(self._start_errors_job)
 
         subscribe(self, state, replay=("run_changed", "epoch_changed"), run_changed=self._on_run,
                   epoch_changed=self._on_epoch, threshold_changed=self._on_state_threshold,
@@ -704,9 +709,8 @@ class ThresholdView(DeferWhileHidden, QWidget):
         dec = self.spin.decimals()
         self.lbl["rule"].setText(f"distance ≤ {p['threshold']:.{dec}f}  ({self.rule}; smaller = more alike)")
         ci = (self.errors or {}).get("rates_ci") if self.errors else None
-        # an interval wraps as a whole ("95 % CI 15.3 % – 40.2 %" broke inside its numbers): non-breaking spaces
-        far_ci = "   " + f"95 % CI {_interval(ci['far']['low'], ci['far']['high'])}".replace(" ", "\u00a0") if ci else ""
-        frr_ci = "   " + f"95 % CI {_interval(ci['frr']['low'], ci['frr']['high'])}".replace(" ", "\u00a0") if ci else ""
+        far_ci = _ci_text(ci["far"]) if ci else ""
+        frr_ci = _ci_text(ci["frr"]) if ci else ""
         self.lbl["far"].setText(f"{_rate(p['far'])}  —  {p['impostor_accepted']:,} of {ni:,} impostor pairs "
                                 f"accepted{far_ci}")
         self.lbl["frr"].setText(f"{_rate(p['frr'])}  —  {p['genuine_rejected']:,} of {ng:,} genuine pairs "

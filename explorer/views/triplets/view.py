@@ -59,6 +59,7 @@ class TripletsView(DeferWhileHidden, QWidget):
         self.result: CensusResult | None = None
         self.examples = None
         self.history: dict[tuple[str, float], dict[int, tuple]] = {}
+        self._history_after_examples = False  # a large run: the past epochs' census waits for the examples
         self._thumb_cells: dict[int, list[tuple[Any, int, int]]] = {}
         self._build()
         self._restart = QTimer(self, singleShot=True, interval=250)
@@ -433,7 +434,7 @@ class TripletsView(DeferWhileHidden, QWidget):
     def _on_examples(self, result) -> None:
         self._job_done()
         self._show_examples(result)
-        if getattr(self, "_history_after_examples", False):
+        if self._history_after_examples:
             self._history_after_examples = False
             if self.run is not None and not self._defer():
                 self._start_history()
