@@ -339,6 +339,7 @@ class MainWindow(QMainWindow):
 
     def show_status(self, text: str) -> None:
         self.status_label.setText(text)
+        self.status_label.setToolTip("")  # a tooltip of what was said before does not stay
 
     # ---- opening things ---------------------------------------------------------------------------------------
     def ask_open_folder(self) -> None:
@@ -419,8 +420,13 @@ class MainWindow(QMainWindow):
         self.settings.add_recent_run(path)
         self._refresh_recent()
         self.show_view("Map")
-        for message in getattr(reader, "messages", []) or []:
+        messages = list(getattr(reader, "messages", []) or [])
+        for message in messages:
             self.training_view.append_log(message, "warning")
+        if messages:  # the log is on the Train tab: the status line says that something was left out, and what
+            more = f" (and {len(messages) - 1} more; the Train tab's log lists them)" if len(messages) > 1 else ""
+            self.show_status(f"Opened the run {path} · {messages[0]}{more}")
+            self.status_label.setToolTip("\n".join(messages))
 
     def open_demo(self) -> None:
         """Build (once) and open the digits demo folder; the building runs in the background."""

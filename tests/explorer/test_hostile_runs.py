@@ -85,3 +85,18 @@ def test_a_query_with_an_image_on_a_damaged_checkpoint_says_why(qtbot, window, r
     view.query_file(image)
     qtbot.waitUntil(lambda: view.info.text().startswith("Could not answer"), timeout=60_000)
     assert "checksum" in view.info.text() and "Traceback" not in view.info.text()
+
+
+def test_a_run_whose_last_epoch_is_truncated_opens_at_the_one_before_and_the_status_line_says_so(window, run):
+    m = _manifest(run)
+    last = m["epochs"][-1]
+    path = run / last["file"]
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    assert window.open_run(run) is True
+    assert window.state.run.epochs[-1] == m["epochs"][-2]["epoch"]
+    text = window.status_label.text()
+    assert f"ignored epoch {last['epoch']}" in text and "wrong size" in text
+    assert f"ignored epoch {last['epoch']}" in window.status_label.toolTip()
+    window.show_status("something else")
+    assert window.status_label.toolTip() == ""  # the note of the damaged run does not stay
