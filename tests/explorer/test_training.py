@@ -12,6 +12,7 @@ from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from tests.support.images import make_class_folder  # noqa: E402
+from tests.support.processes import kill_under_request  # noqa: E402
 
 from explorer.app import create_window, protect_none_refcount  # noqa: E402
 from explorer.settings import Settings  # noqa: E402
@@ -517,12 +518,16 @@ def test_the_map_survives_continue_and_a_query_by_image_with_the_real_projection
                 neighbours.query_file(next(Path(trained[1]).rglob("*.png")))
 
         win.controller.snapshot_ready.connect(query_once)
+        # and the projection process dies under one of the maps of the continued epochs (the report's symptom,
+        # whatever killed it there): that map is computed again in a fresh process, not lost
+        killed = kill_under_request(map_view.projection_worker, 1)
         with qtbot.waitSignal(win.controller.stopped, timeout=120000) as stopped:
             assert win.continue_run() == run
         assert stopped.args[0].reason == "finished" and queried == [3]
         _wait_map(qtbot, map_view, 4)
         assert "Could not" not in map_view.status.text(), map_view.status.text()
-        assert map_view.projection_worker.is_alive()
+        assert len(killed) == 1 and map_view.projection_worker.restarts == 1
+        assert map_view.projection_worker.is_alive() and map_view.projection_worker.pid != killed[0]
         qtbot.waitUntil(lambda: neighbours.query is not None and neighbours.query.kind == "file", timeout=60000)
     finally:
         win.shutdown(20)

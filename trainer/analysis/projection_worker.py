@@ -136,6 +136,15 @@ def _stop_process(proc, conn, timeout: float) -> None:
         pass
 
 
+class WorkerDied(RuntimeError):
+    """The child process went away while it worked on a request (``cause``: why, as far as it can be told)."""
+
+    def __init__(self, cause: str, again: bool = False) -> None:
+        self.cause = cause
+        what = "ended unexpectedly again, in the process started anew for this map" if again else "ended unexpectedly"
+        super().__init__(f"the projection process {what} ({cause}); it is restarted on the next map")
+
+
 class ProjectionWorker:
     """UMAP / t-SNE in one long-lived ``spawn`` child process, compiled (warmed up) once when it starts.
 
@@ -154,6 +163,7 @@ class ProjectionWorker:
         self._warmed = threading.Event()
         self._finalizer = None
         self.closed = False
+        self.restarts = 0  # requests sent again to a fresh child after one died under them
         if start:
             self.start()
 
@@ -205,7 +215,7 @@ class ProjectionWorker:
         return self._warmed.is_set()
 
     # ---- calls ---------------------------------------------------------------------------------------------
-    def _ended_message(self) -> str:
+    def _ended_why(self) -> str:
         """Why the child went away, as far as can be told; forgets it (the next call starts a new one).
 
         The pipe closes before the kernel has reaped the child, so its exit code is waited for briefly (a report
@@ -229,7 +239,7 @@ class ProjectionWorker:
                                          else "")
         else:
             why = f"exit code {code}"
-        return f"the projection process ended unexpectedly ({why}); it is restarted on the next map"
+        return why
 
     def _send(self, op: str, kwargs) -> int:
         with self._send_lock:  # a request's messages must not interleave with another's
@@ -238,51 +248,71 @@ class ProjectionWorker:
             return self._next_id
 
     def call(self, op: str, kwargs: dict | None = None, *, progress: ProgressFn | None = None,
-             is_cancelled: CancelFn | None = None, timeout: float | None = None):
-        """Run request ``op`` in the child and return its result; raises ProjectionCancelled when cancelled."""
+             is_cancelled: CancelFn | None = None, timeout: float | None = None, retries: int = 0):
+        """Run request ``op`` in the child and return its result; raises ProjectionCancelled when cancelled.
+
+        ``retries``: how many times the request is sent again, to a fresh child, when the child dies while it
+        works on it (a map must not be lost to one crash; its request is the same again). The error says why
+        the child went away the last time."""
         cancelled = is_cancelled or (lambda: False)
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._lock.acquire(timeout=0.05):
             if cancelled():
                 raise ProjectionCancelled()
         try:
-            if self.closed:
-                raise RuntimeError("the projection process was shut down")
-            if not self.is_alive():
-                self.start()
-            rid = self._send(op, kwargs or {})
+            attempt = 0
             while True:
-                if cancelled():
-                    self._abandoned.add(rid)
-                    self._send("cancel", rid)  # the child stops the fit at its next epoch
-                    raise ProjectionCancelled()
-                if deadline is not None and time.monotonic() > deadline:
-                    self._abandoned.add(rid)
-                    raise TimeoutError(f"the projection process did not answer {op!r} within {timeout} s")
                 try:
-                    ready = self._conn.poll(0.05)
-                    if not ready:
-                        if not self._proc.is_alive():
-                            raise EOFError
-                        continue
-                    kind, got, payload = self._conn.recv()
-                except (EOFError, OSError, BrokenPipeError):
-                    raise RuntimeError(self._ended_message()) from None
-                if kind == "ok" and got in self._abandoned and isinstance(payload, float):
-                    self._warmed.set()  # only warm_up answers with a float
-                if got != rid:  # a late message of an abandoned request
-                    if kind != "progress":
-                        self._abandoned.discard(got)
-                    continue
-                if kind == "progress":
+                    return self._call_locked(op, kwargs or {}, progress, cancelled, deadline, timeout)
+                except WorkerDied as died:
+                    attempt += 1
+                    if self.closed or attempt > retries:
+                        if attempt > 1:
+                            raise WorkerDied(died.cause, again=True) from None
+                        raise
+                    self.restarts += 1
                     if progress is not None:
-                        progress(*payload)
-                    continue
-                if kind == "error":
-                    raise RuntimeError(payload)
-                return payload
+                        progress(0.0, f"the projection process ended ({died.cause}); starting it again")
         finally:
             self._lock.release()
+
+    def _call_locked(self, op: str, kwargs: dict, progress, cancelled, deadline, timeout):
+        """One attempt of :meth:`call` (its lock held)."""
+        if self.closed:
+            raise RuntimeError("the projection process was shut down")
+        if not self.is_alive():
+            self.start()
+        rid = self._send(op, kwargs)
+        while True:
+            if cancelled():
+                self._abandoned.add(rid)
+                self._send("cancel", rid)  # the child stops the fit at its next epoch
+                raise ProjectionCancelled()
+            if deadline is not None and time.monotonic() > deadline:
+                self._abandoned.add(rid)
+                raise TimeoutError(f"the projection process did not answer {op!r} within {timeout} s")
+            try:
+                ready = self._conn.poll(0.05)
+                if not ready:
+                    if not self._proc.is_alive():
+                        raise EOFError
+                    continue
+                kind, got, payload = self._conn.recv()
+            except (EOFError, OSError, BrokenPipeError):
+                raise WorkerDied(self._ended_why()) from None
+            if kind == "ok" and got in self._abandoned and isinstance(payload, float):
+                self._warmed.set()  # only warm_up answers with a float
+            if got != rid:  # a late message of an abandoned request
+                if kind != "progress":
+                    self._abandoned.discard(got)
+                continue
+            if kind == "progress":
+                if progress is not None:
+                    progress(*payload)
+                continue
+            if kind == "error":
+                raise RuntimeError(payload)
+            return payload
 
     def warm_up(self, timeout: float | None = None) -> float:
         """Block until the child is compiled (its warm-up done); returns the seconds its warm-up took."""
@@ -294,4 +324,4 @@ class ProjectionWorker:
                 is_cancelled: CancelFn | None = None, **kwargs) -> Layout:
         """:func:`project` in the child process (same arguments); the result is the same Layout."""
         kwargs = dict(kwargs, embeddings=np.ascontiguousarray(embeddings, dtype=np.float32), method=method)
-        return self.call("project", kwargs, progress=progress, is_cancelled=is_cancelled)
+        return self.call("project", kwargs, progress=progress, is_cancelled=is_cancelled, retries=1)

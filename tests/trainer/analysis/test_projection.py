@@ -10,6 +10,7 @@ import pytest
 from trainer.analysis import projection
 
 from trainer.analysis import projection_worker
+from tests.support.processes import kill_under_request
 def _blobs(n=300, d=16, k=5, seed=0, spread=4.0):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(k, d)) * spread
@@ -188,6 +189,32 @@ def test_projection_worker_process_matches_in_process_and_survives_errors_cancel
     assert not w.is_alive() and not _alive(new_pid)
     with pytest.raises(RuntimeError, match="shut down|closed"):
         w.call("ping")
+
+
+def test_a_map_whose_process_dies_under_it_is_computed_again_in_a_fresh_one():
+    # issue 15 item 1: after continued training the map of the last epoch failed with "the projection process
+    # ended unexpectedly" and was never drawn. One death under a request now costs a restart, not the map.
+    x, _ = _blobs(200, seed=5)
+    ref = projection.project(x, "pca", ids=np.arange(200))
+    w = projection_worker.ProjectionWorker(warm=False)
+    try:
+        first_pid = w.call("ping", timeout=60)
+        killed = kill_under_request(w, 1)
+        said = []
+        layout = w.project(x, "pca", ids=np.arange(200), progress=lambda f, t="": said.append(t))
+        assert killed == [first_pid] and w.restarts == 1
+        assert np.array_equal(layout.xy, ref.xy)  # the same request, answered by the new child
+        assert w.pid != first_pid and w.is_alive()
+        assert any("killed by SIGKILL" in t and "starting it again" in t for t in said)
+        # a second death in the same request is an error that names the cause; the worker still recovers
+        kill_under_request(w, 2)
+        with pytest.raises(projection_worker.WorkerDied, match=r"ended unexpectedly again.*killed by SIGKILL"):
+            w.project(x, "pca", ids=np.arange(200))
+        assert w.restarts == 2
+        del w._send  # the class's own again
+        assert np.array_equal(w.project(x, "pca", ids=np.arange(200)).xy, ref.xy)
+    finally:
+        w.close()
 
 
 @pytest.mark.filterwarnings("ignore:Graph is not fully connected:UserWarning")
