@@ -163,10 +163,8 @@ def _config_from_args(args: argparse.Namespace, loss_for_params: str | None = No
         changes["loss.name"] = RECIPE_LOSS  # parameters without --loss are the recipe loss's: they pin it
     loss_name = loss_for_params or changes.get("loss.name", cfg.loss.name)
     spec = LOSSES[loss_name]
-    if args.miner is not None:
+    if args.miner is not None:  # otherwise the recipe's: the loss's usual miner (trainer/train/recipe.py)
         changes["loss.miner"] = args.miner
-    elif "loss.name" in changes:
-        changes["loss.miner"] = spec.default_miner
     allowed = {prm.name for prm in spec.params}
     params = {}
     for key, value in vars(args).items():

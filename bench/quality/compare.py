@@ -5,7 +5,8 @@ For each task of :mod:`bench.quality.tasks` and each seed, trains
 - ``defaults``: ``main.py train TASK/train --test-dir TASK/test`` with only the backbone, image size, epochs and
   seed given (every other setting is the app's default recipe);
 - ``plain``: :mod:`bench.quality.plain`, the script a practitioner writes (same backbone, image size, epochs);
-- each ``--presets`` id, with the same four options on top of the preset;
+- each ``--presets`` id as a user who picks it gets it: the preset's own backbone and image size, from random
+  weights, with the task's epochs and the seed on top;
 
 and prints held-out MAP@R and P@1 as mean +- standard deviation over the seeds, and the ratio of each variant's
 mean MAP@R to the plain script's.
@@ -38,17 +39,21 @@ MAP, P1 = "heldout/mean_average_precision_at_r", "heldout/precision_at_1"
 TASK_EPOCHS = {"glyphs": 4, "photos": 4, "icons": 10}
 
 
-def run_app(task: Path, out: Path, *, backbone: str, image_size: int, epochs: int, seed: int,
+def run_app(task: Path, out: Path, *, backbone: str | None, image_size: int | None, epochs: int, seed: int,
             extra: list[str]) -> dict[str, float]:
-    """One CLI-default training run, in process; the held-out metrics of every epoch."""
+    """One CLI-default training run, in process; the held-out metrics of every epoch. ``backbone`` and
+    ``image_size`` None: the preset's (or the recipe's) own."""
     import main as cli
     from trainer import events as ev
     from trainer.train.engine import Trainer
     from trainer.store import RunReader
 
-    argv = [str(task / "train"), "--out", str(out), "--test-dir", str(task / "test"), "--backbone", backbone,
-            "--no-pretrained", "--image-size", str(image_size), "--epochs", str(epochs), "--seed", str(seed),
-            "--workers", "0", *extra]
+    argv = [str(task / "train"), "--out", str(out), "--test-dir", str(task / "test"), "--no-pretrained",
+            "--epochs", str(epochs), "--seed", str(seed), "--workers", "0", *extra]
+    if backbone is not None:
+        argv += ["--backbone", backbone]
+    if image_size is not None:
+        argv += ["--image-size", str(image_size)]
     args = cli._train_parser().parse_args(argv)
     cfg = cli._config_from_args(args)
     failed: list = []
@@ -57,8 +62,11 @@ def run_app(task: Path, out: Path, *, backbone: str, image_size: int, epochs: in
         raise RuntimeError(failed[0].message + "\n" + failed[0].detail)
     r = RunReader(out)
     curve = [r.load_epoch(e).metrics for e in r.epochs]
+    used = r.config
     return {"map_at_r": curve[-1][MAP], "p_at_1": curve[-1][P1], "untrained_map_at_r": curve[0][MAP],
-            "curve": [m[MAP] for m in curve]}
+            "curve": [m[MAP] for m in curve],
+            "setup": f"{used['model']['backbone']} {used['data']['image_size']} px, {used['loss']['name']}, "
+                     f"lr {used['optim']['lr']:g}"}
 
 
 def _fmt(values: list[float]) -> str:
@@ -102,14 +110,19 @@ def main(argv: list[str] | None = None) -> int:
                     if variant == "plain":
                         r = plain.run(str(task), epochs, seed, a.image_size, a.backbone)
                     else:
-                        opts = list(extra) if variant == "defaults" else ["--preset", variant.split(":", 1)[1]]
+                        preset = variant != "defaults"
+                        opts = list(extra) if not preset else ["--preset", variant.split(":", 1)[1]]
                         out = Path(tmp) / f"{task_name}-{variant.replace(':', '_')}-{seed}"
-                        r = run_app(task, out, backbone=a.backbone, image_size=a.image_size, epochs=epochs,
-                                    seed=seed, extra=opts)
+                        # a preset runs as a user who picks it gets it: its own backbone and image size, the
+                        # task's epochs, from random weights
+                        r = run_app(task, out, backbone=None if preset else a.backbone,
+                                    image_size=None if preset else a.image_size, epochs=epochs, seed=seed,
+                                    extra=opts)
                     r["seconds"] = time.perf_counter() - t0
                     results[task_name].setdefault(variant, []).append(r)
                     curve = " curve " + " ".join(f"{x:.3f}" for x in r["curve"]) if "curve" in r else ""
-                    print(f"  {variant} seed {seed}: MAP@R {r['map_at_r']:.3f} P@1 {r['p_at_1']:.3f} "
+                    setup = f" [{r['setup']}]" if "setup" in r else ""
+                    print(f"  {variant} seed {seed}{setup}: MAP@R {r['map_at_r']:.3f} P@1 {r['p_at_1']:.3f} "
                           f"({r['seconds']:.0f} s){curve}", flush=True)
     label = "defaults" + (f" (with {' '.join(extra)})" if extra else "")
     print(f"\n| task | variant | held-out MAP@R | P@1 | MAP@R / plain |")

@@ -91,7 +91,8 @@ def test_a_sweep_writes_one_run_per_loss_and_seed_and_a_strict_json_summary(tmp_
         assert row["mean"] == pytest.approx(s.mean)
         assert row["ci95"][0] <= row["mean"] <= row["ci95"][1]
     assert RunReader(out / "triplet-s1").config["seed"] == 1
-    assert RunReader(out / "triplet-s0").config["loss"]["miner"] == "semihard_triplets"  # the loss's own miner
+    # the recipe's miner for the loss: from random weights, every triplet of the batch (not its usual semi-hard)
+    assert RunReader(out / "triplet-s0").config["loss"]["miner"] == "none"
     # a second call trains nothing again
     stamp = (out / "triplet-s0" / "manifest.json").stat().st_mtime_ns
     run_sweep(base, ["triplet", "normalized_softmax"], 2, out)
