@@ -366,6 +366,9 @@ class ConfigPanel(QWidget):
         for w in (self.backbone, self.loss, self.miner):
             w.currentIndexChanged.connect(notify)
         self.loss.currentIndexChanged.connect(self._rebuild_params)
+        # after the parameters are rebuilt: a miner left to the recipe follows the loss (triplet's own, or every
+        # triplet from random weights; it stayed the previous loss's, e.g. multi-similarity's pair miner)
+        self.loss.currentIndexChanged.connect(self._rederive)
         for w in (self.pretrained, self.head_only, self.augment, self.flip):
             w.toggled.connect(notify)
         for w in (self.embedding_dim, self.image_size, self.batch_classes, self.batch_per_class, self.epochs,

@@ -64,6 +64,22 @@ def test_a_new_folder_starts_from_the_recipe_and_the_weights_as_probed(qtbot, fo
     assert "model.backbone" not in cfg.auto and cfg.model.backbone == "resnet18" and cfg.optim.lr == 1e-3
 
 
+def test_a_loss_picked_in_the_form_gets_the_recipe_miner_for_the_weights(qtbot, folder):
+    # the same rule as the command line's --loss without --miner: triplet's usual semi-hard on trained weights,
+    # every triplet of the batch from random ones (semi-hard kept it at its margin)
+    panel = _panel(qtbot, folder)
+    panel._select(panel.loss, "triplet")
+    cfg = panel.config()
+    assert "loss.name" not in cfg.auto and "loss.miner" in cfg.auto
+    assert cfg.model.pretrained and cfg.loss.miner == "semihard_triplets"  # ImageNet weights, not yet known to fail
+    panel.set_weights_status("resnet18", False, "ImageNet weights unavailable: URLError")
+    assert panel.config().loss.miner == "none"
+    assert panel.miner.currentData() == "none"
+    panel._select(panel.miner, "batch_hard")  # the user's miner is theirs
+    panel.set_weights_status("resnet18", True, "")
+    assert panel.config().loss.miner == "batch_hard" and "loss.miner" not in panel.config().auto
+
+
 def test_edits_leave_the_recipe_and_use_the_recipe_hands_them_back(qtbot, folder):
     panel = _panel(qtbot, folder)
     panel.pretrained.setChecked(False)
