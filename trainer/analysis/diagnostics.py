@@ -14,7 +14,6 @@ from trainer.analysis.census import (
     _as_embeddings,
     epoch_census,
 )
-from trainer.analysis.distances import metric_rows
 
 
 @dataclass(frozen=True)
@@ -55,14 +54,13 @@ def suspected_mislabels(
 def _sample_pair_distances(x: np.ndarray, metric: str, n_pairs: int, seed: int) -> np.ndarray:
     """Distances of ``n_pairs`` random pairs of rows (self pairs dropped); only the sampled rows are normalised
     (normalising a 500,000-row split for 20,000 pairs took a 256 MB copy)."""
+    from trainer.analysis.pairs import pair_distances
+
     rng = np.random.default_rng(seed)
     i = rng.integers(0, len(x), n_pairs)
     j = rng.integers(0, len(x), n_pairs)
     keep = i != j
-    a, b = metric_rows(x[i[keep]], metric), metric_rows(x[j[keep]], metric)
-    if metric == "cosine":
-        return 1.0 - np.einsum("ij,ij->i", a.astype(np.float64), b.astype(np.float64))
-    return np.linalg.norm(a.astype(np.float64) - b, axis=1)
+    return pair_distances(x, i[keep], j[keep], metric=metric)
 
 
 def near_duplicates_across_classes(
