@@ -110,7 +110,7 @@ def test_a_loss_the_user_picked_keeps_its_own_miner_and_parameters():
 
 
 def test_from_random_weights_a_triplet_loss_sees_every_triplet_instead_of_the_semi_hard_ones():
-    # semi-hard mining kept triplet stuck at its margin from random weights (icons 0.016 held-out MAP@R against
+    # semi-hard mining kept triplet stuck inside its margin from random weights (icons 0.016 held-out MAP@R against
     # 0.035 untrained; photos 0.336): with every triplet of the batch 0.041 and 0.369
     cfg = TrainConfig().replace(**{"loss.name": "triplet", "loss.params": {"margin": 0.3},
                                    "auto": tuple(k for k in RECIPE_KEYS if k not in ("loss.name", "loss.params"))})
