@@ -66,7 +66,7 @@ def test_a_new_folder_starts_from_the_recipe_and_the_weights_as_probed(qtbot, fo
 
 def test_a_loss_picked_in_the_form_gets_the_recipe_miner_for_the_weights(qtbot, folder):
     # the same rule as the command line's --loss without --miner: triplet's usual semi-hard on trained weights,
-    # every triplet of the batch from random ones (semi-hard kept it at its margin)
+    # every triplet of the batch from random ones (semi-hard kept it inside its margin)
     panel = _panel(qtbot, folder)
     panel._select(panel.loss, "triplet")
     cfg = panel.config()
