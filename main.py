@@ -203,13 +203,15 @@ def cmd_train(argv: list[str]) -> int:
         return 1
     if args.preset and args.batch_classes is None and not args.resume:
         cfg = _fit_preset_to_folder(cfg)
+    if args.resume and args.epochs is None:
+        cfg = _keep_stored_epochs(cfg, Path(args.out))
     problems = [] if args.resume else config_problems(cfg, run_dir=Path(args.out))
     if problems:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         return 1
     if args.dry_run:
-        return _dry_run(cfg)
+        return _dry_run(cfg, resume=Path(args.out) if args.resume else None)
     if not args.resume and Path(args.out).exists() and any(Path(args.out).iterdir()):
         print(f"error: {args.out} exists and is not empty; use --resume to continue it, or another --out",
               file=sys.stderr)
@@ -261,6 +263,19 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
+def _keep_stored_epochs(cfg, run_dir: Path):
+    """``train --resume`` without ``--epochs``: the run's own number of epochs, not the default's (a run of 30
+    epochs resumed at epoch 12 goes on to 30). A run that cannot be read is left to the trainer to name."""
+    from trainer.errors import ExplorerError
+    from trainer.store import RunReader
+
+    try:
+        epochs = int(RunReader(run_dir).config["optim"]["epochs"])
+    except (ExplorerError, OSError, ValueError, KeyError, TypeError):
+        return cfg
+    return cfg.replace(**{"optim.epochs": epochs}) if epochs >= 1 else cfg
+
+
 def _fit_preset_to_folder(cfg):
     """A preset's C lowered to the folder's training classes, as the form does (said on stdout when it changes)."""
     import numpy as np
@@ -305,17 +320,32 @@ def _train_summary(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _dry_run(cfg) -> int:
+def _dry_run(cfg, resume: Path | None = None) -> int:
+    """What `train` would do, without training: the recipe with its reasons (for a new run) or the run's stored
+    configuration (``--resume``: its recipe was resolved when it started), and the estimated time."""
     from trainer.errors import ExplorerError
     from trainer.model.device import pick_device
-    from trainer.train.engine import scan_samples
+    from trainer.train.engine import resume_config, scan_samples
     from trainer.train.recipe import describe_estimate, estimate_epoch_seconds, resolve_logged
-    from trainer.store import SPLIT_TRAIN
+    from trainer.store import SPLIT_TRAIN, RunReader
 
     try:
-        samples, classes = scan_samples(cfg, lambda m, level="info": None)
+        epochs_left = cfg.optim.epochs
+        if resume is not None:
+            if not resume.is_dir():
+                raise ValueError(f"cannot resume {resume}: the folder does not exist")
+            reader = RunReader(resume)
+            cfg = resume_config(reader.config, cfg)
+            samples, classes = reader.samples, reader.classes
+            done = reader.checkpoints
+            epochs_left = max(0, cfg.optim.epochs - done[-1]) if done else cfg.optim.epochs
+            print(f"resuming {resume}: its stored configuration (the recipe was chosen when it started); "
+                  + (f"continues after the checkpoint of epoch {done[-1]}" if done else "no checkpoint: starts over")
+                  + f", {epochs_left} of {cfg.optim.epochs} epochs left")
+        else:
+            samples, classes = scan_samples(cfg, lambda m, level="info": None)
         device = pick_device(cfg.device)
-        if cfg.auto:
+        if cfg.auto and resume is None:
             cfg = resolve_logged(cfg, samples, device.type,
                                  lambda m, level="info": print(m if level == "info" else f"[{level}] {m}"))
         n_train = int((samples.split == SPLIT_TRAIN).sum())
@@ -330,11 +360,14 @@ def _dry_run(cfg) -> int:
             print(f"error: {problem}", file=sys.stderr)
         if problems:
             return 1
-        user = [f"{k} = {v}" for k, v in _flat(cfg.to_dict()).items() if k not in set(cfg.auto) and k in _SHOWN]
-        if user:
-            print("not chosen by the recipe (your options, a preset or the defaults): " + ", ".join(user))
+        if resume is not None:
+            print("stored: " + ", ".join(f"{k} = {v}" for k, v in _flat(cfg.to_dict()).items() if k in _SHOWN))
+        else:
+            user = [f"{k} = {v}" for k, v in _flat(cfg.to_dict()).items() if k not in set(cfg.auto) and k in _SHOWN]
+            if user:
+                print("not chosen by the recipe (your options, a preset or the defaults): " + ", ".join(user))
         times = estimate_epoch_seconds(cfg, n_train, len(samples.paths), device.type, len(classes))
-        print("estimated time: " + describe_estimate(*times, device.type, cfg.optim.epochs)
+        print("estimated time: " + describe_estimate(*times, device.type, epochs_left)
               + " (timed on synthetic batches; image decoding not included)")
     except (ExplorerError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

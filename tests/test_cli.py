@@ -90,6 +90,20 @@ def test_train_evaluate_embed(tmp_path):
     assert f"python main.py {out}" in res.stdout
     res = run("train", str(data), "--out", str(out))
     assert res.returncode == 1 and "--resume" in res.stderr
+    # --resume --dry-run shows the run's stored configuration (not a new run's recipe) and what is left of it;
+    # without --epochs the run keeps its own number of epochs (it went on to the default's 10 before)
+    res = run("train", str(data), "--out", str(out), "--resume", "--dry-run", "--device", "cpu")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "resuming" in res.stdout and "0 of 1 epochs left" in res.stdout, res.stdout
+    assert "data.image_size = 24" in res.stdout and "loss.name = contrastive" in res.stdout, res.stdout
+    assert "recipe:" not in res.stdout, res.stdout
+    res = run("train", str(data), "--out", str(out), "--resume", "--dry-run", "--epochs", "3", "--device", "cpu")
+    assert res.returncode == 0 and "2 of 3 epochs left" in res.stdout, res.stdout + res.stderr
+    res = run("train", str(data), "--out", str(out), "--resume", "--device", "cpu", "--workers", "0", "--quiet")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert RunReader(out).epochs == [0, 1], RunReader(out).epochs
+    res = run("train", str(data), "--out", str(tmp_path / "none"), "--resume", "--dry-run")
+    assert res.returncode == 1 and "does not exist" in res.stderr, res.stdout + res.stderr
 
     res = run("evaluate", str(out), "--json")
     assert res.returncode == 0, res.stderr

@@ -89,6 +89,14 @@ class _Setup:
     start_epoch: int
 
 
+
+def resume_config(saved: dict, cfg: TrainConfig) -> TrainConfig:
+    """The configuration a resumed run trains with: the run's stored one (its recipe was resolved when it
+    started), with what the user may change on resume taken from `cfg`: epochs, device, amp, workers."""
+    return TrainConfig.from_dict(saved).replace(
+        device=cfg.device, amp=cfg.amp, **{"optim.epochs": cfg.optim.epochs, "data.num_workers": cfg.data.num_workers}
+    )
+
 class Trainer:
     """One training run. Thread-safe control through ``stop`` and ``pause`` (threading.Event)."""
 
@@ -186,11 +194,7 @@ class Trainer:
             reader = RunReader(self.run_dir)
             for m in (writer.messages if writer else reader.messages):
                 self._log(m, "warning")
-            saved = TrainConfig.from_dict(reader.config)
-            # what the user may change on resume: epochs, device, amp, workers
-            self.cfg = saved.replace(
-                device=cfg.device, amp=cfg.amp, **{"optim.epochs": cfg.optim.epochs, "data.num_workers": cfg.data.num_workers}
-            )
+            self.cfg = resume_config(reader.config, cfg)
             # continue after the last epoch that has a checkpoint; a later epoch committed without one (killed
             # between the two writes) is trained again and rewritten
             done = reader.checkpoints
