@@ -73,10 +73,11 @@ def config_problems(cfg: TrainConfig, class_counts: dict[str, int] | None = None
         out.append(f"The test folder {d.test_dir} does not exist.")
     if d.edits and not Path(d.edits).is_file():
         out.append(f"The edits file {d.edits} does not exist (--edits).")
-    problem = image_size_problem(m.backbone, d.image_size)
+    auto = set(cfg.auto)  # what the recipe still chooses is checked once it has chosen (the trainer checks again)
+    problem = None if "data.image_size" in auto else image_size_problem(m.backbone, d.image_size)
     if problem:
         out.append(problem + ".")
-    problem = miner_problem(lo.name, lo.miner, lo.params, lo.miner_params)
+    problem = None if "loss.miner" in auto else miner_problem(lo.name, lo.miner, lo.params, lo.miner_params)
     if problem:
         out.append(problem[0].upper() + problem[1:] + ("" if problem.endswith(".") else "."))
     if cfg.keep_checkpoints not in ("last_best", "all"):

@@ -47,7 +47,7 @@ def test_trained_weights_get_gentle_rates_a_faster_head_and_their_own_scale():
 
 
 def test_random_weights_get_adam_rates_one_head_rate_and_small_inputs_on_a_cpu():
-    v = values(facts(trained_weights=False, median_side=500))
+    v = values(facts(trained_weights=False, median_side=500, images_per_class=24))
     assert v["optim.lr"] == 1e-3 and v["optim.head_lr_mult"] == 1.0
     assert v["data.image_size"] == 64  # capped on a CPU
     assert values(facts(median_side=500, device="cuda"))["data.image_size"] == 128
@@ -69,6 +69,33 @@ def test_a_cpu_without_trained_weights_gets_the_small_cnn_and_a_gpu_keeps_the_re
     # a backbone the user chose is kept, from scratch on a CPU too
     out, _ = derive(cfg.replace(auto=tuple(k for k in RECIPE_KEYS if k != "model.backbone")), facts())
     assert out.model.backbone == "resnet18"
+
+
+def test_normalized_softmax_from_scratch_with_many_images_per_class_takes_a_higher_rate():
+    """Adam at 2e-3 for normalized softmax from 48 images per class on (glyphs, 64 per class, gain; photos, 24, and
+    icons, 9, lose; multi-similarity on the digits, 180, loses): only from random weights and only for the loss
+    it was measured with, also when the user picks that loss; a rate the user sets wins."""
+    from trainer.train.recipe import MANY_IMAGES_PER_CLASS, RECIPE_LOSS
+
+    assert MANY_IMAGES_PER_CLASS == 48 and RECIPE_LOSS == "normalized_softmax"
+    assert values(facts(images_per_class=47))["optim.lr"] == 1e-3
+    many = facts(images_per_class=48)
+    assert values(many)["loss.name"] == "normalized_softmax"
+    lr = [c for c in rules(many, 224, False) if c.key == "optim.lr"][0]
+    assert lr.value == 2e-3 and "median 48" in lr.reason
+    assert values(facts(images_per_class=9))["optim.lr"] == 1e-3
+    assert values(facts(images_per_class=500, trained_weights=True))["optim.lr"] == 1e-4  # trained: gentle
+    few_classes = facts(n_train_classes=5, images_per_class=180)  # the demo digits: multi-similarity
+    assert values(few_classes)["loss.name"] == "multi_similarity" and values(few_classes)["optim.lr"] == 1e-3
+    picked = TrainConfig().replace(**{"loss.name": "normalized_softmax",
+                                      "auto": tuple(k for k in RECIPE_KEYS if k not in ("loss.name", "loss.params"))})
+    assert derive(picked, few_classes)[0].optim.lr == 2e-3  # the loss the user picked decides
+    assert derive(picked, facts(images_per_class=20))[0].optim.lr == 1e-3
+    other = picked.replace(**{"loss.name": "contrastive"})
+    out, chosen = derive(other, facts(images_per_class=200))
+    assert out.optim.lr == 1e-3 and [c.value for c in chosen if c.key == "optim.lr"] == [1e-3]
+    mine = TrainConfig().replace(**{"optim.lr": 3e-4, "auto": tuple(k for k in RECIPE_KEYS if k != "optim.lr")})
+    assert derive(mine, facts(images_per_class=200))[0].optim.lr == 3e-4
 
 
 def test_batches_follow_the_classes_and_images_per_class():
@@ -228,6 +255,23 @@ def test_cli_leaves_what_the_user_did_not_set_to_the_recipe():
     preset = next(iter(PRESETS))
     cfg = main._config_from_args(main._train_parser().parse_args(["data", "--out", "o", "--preset", preset]))
     assert not set(PRESETS[preset]) & set(cfg.auto)  # a preset's settings are choices too
+
+
+def test_a_classification_loss_without_a_miner_is_not_refused_for_the_default_miner():
+    """`train DATA --loss arcface` stopped on "the Multi-similarity miner's choice would be ignored": the check ran
+    on the config default's miner before the recipe gave ArcFace its own (none). A miner still left to the recipe
+    is checked once the recipe has chosen it; one the user sets is checked at once."""
+    sys.path.insert(0, str(ROOT))
+    import main
+    from trainer.train.checks import config_problems
+
+    cfg = main._config_from_args(main._train_parser().parse_args(["data", "--out", "o", "--loss", "arcface"]))
+    assert cfg.loss.miner == "multi_similarity" and "loss.miner" in cfg.auto
+    assert not [p for p in config_problems(cfg) if "miner" in p]
+    assert derive(cfg, facts())[0].loss.miner == "none"
+    cfg = main._config_from_args(main._train_parser().parse_args(["data", "--out", "o", "--loss", "arcface",
+                                                                  "--miner", "multi_similarity"]))
+    assert [p for p in config_problems(cfg) if "would be ignored" in p]
 
 
 def test_dry_run_prints_the_recipe_and_the_time_per_epoch_and_writes_nothing(tmp_path):
