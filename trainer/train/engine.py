@@ -89,13 +89,13 @@ class _Setup:
     start_epoch: int
 
 
-
 def resume_config(saved: dict, cfg: TrainConfig) -> TrainConfig:
     """The configuration a resumed run trains with: the run's stored one (its recipe was resolved when it
     started), with what the user may change on resume taken from `cfg`: epochs, device, amp, workers."""
     return TrainConfig.from_dict(saved).replace(
         device=cfg.device, amp=cfg.amp, **{"optim.epochs": cfg.optim.epochs, "data.num_workers": cfg.data.num_workers}
     )
+
 
 class Trainer:
     """One training run. Thread-safe control through ``stop`` and ``pause`` (threading.Event)."""
