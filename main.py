@@ -335,6 +335,8 @@ def _dry_run(cfg, resume: Path | None = None) -> int:
             if not resume.is_dir():
                 raise ValueError(f"cannot resume {resume}: the folder does not exist")
             reader = RunReader(resume)
+            for message in reader.messages:  # what the real resume will say too (a damaged epoch left out, ...)
+                print(f"[warning] {message}")
             cfg = resume_config(reader.config, cfg)
             samples, classes = reader.samples, reader.classes
             done = reader.checkpoints

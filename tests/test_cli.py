@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -102,6 +103,13 @@ def test_train_evaluate_embed(tmp_path):
     res = run("train", str(data), "--out", str(out), "--resume", "--device", "cpu", "--workers", "0", "--quiet")
     assert res.returncode == 0, res.stdout + res.stderr
     assert RunReader(out).epochs == [0, 1], RunReader(out).epochs
+    # a damaged run: the dry run says what the real resume will leave out
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    last = sorted((damaged / "epochs").glob("*.h5"))[-1]
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    res = run("train", str(data), "--out", str(damaged), "--resume", "--dry-run", "--device", "cpu")
+    assert res.returncode == 0 and "[warning] ignored epoch 1" in res.stdout, res.stdout + res.stderr
     res = run("train", str(data), "--out", str(tmp_path / "none"), "--resume", "--dry-run")
     assert res.returncode == 1 and "does not exist" in res.stderr, res.stdout + res.stderr
 
