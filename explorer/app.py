@@ -65,6 +65,36 @@ def protect_none_refcount() -> bool:
     return True
 
 
+def collect_garbage_in_gui_thread(app, interval_s: float = 1.0):
+    """Collect reference cycles only on the GUI thread, on a timer, and never in a worker thread.
+
+    Python's cyclic collector runs in whichever thread allocates when a threshold is passed: the trainer, the
+    learning-rate finder or the sweep thread. A cycle holding a Qt object (a closed dialog, a plot item) is then
+    destroyed there, and Qt aborts the process or deadlocks. pyqtgraph's ``GarbageCollector`` turns automatic
+    collection off and collects on a QTimer instead, so in the thread that owns the widgets. If something else
+    turns collection on again (the projection turns it off and on around numba's compilation), it is turned off at
+    the next tick. Returns the collector (keep a reference: it owns the timer); ``stop()`` gives collection back.
+    """
+    import gc
+
+    from pyqtgraph.util.garbage_collector import GarbageCollector
+
+    class _GuiThreadCollector(GarbageCollector):
+        def check(self) -> None:
+            if gc.isenabled():
+                gc.disable()
+            super().check()
+
+        def stop(self) -> None:
+            self.timer.stop()
+            gc.enable()
+            gc.collect()
+
+    collector = _GuiThreadCollector(interval=interval_s)
+    collector.timer.setParent(app)
+    return collector
+
+
 def missing_xcb_libraries(load: Callable[[str], object] = ctypes.CDLL) -> list[tuple[str, str]]:
     """(library, apt package) for each library of Qt's xcb plugin that cannot be loaded here."""
     missing = []
@@ -168,6 +198,7 @@ def run_app(argv: Sequence[str] | None = None, *, demo: bool = False, folder: st
     app.setOrganizationName(ORGANIZATION)
     app.setApplicationName(APPLICATION)
     app.setApplicationDisplayName("Embedding Explorer")
+    app._collector = collect_garbage_in_gui_thread(app)  # before any worker thread starts
     window = create_window(app, demo=demo, folder=folder, run=run, preload=False)
     window.show()  # on screen before PyTorch, faiss and numba load (that took 30-45 s of black screen cold)
     thread = preload_in_background(window)

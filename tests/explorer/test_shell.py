@@ -99,6 +99,36 @@ def test_missing_xcb_libraries_names_the_apt_packages():
 
 
 # ---- settings -----------------------------------------------------------------------------------------------------
+def test_cycles_made_in_a_worker_thread_are_collected_on_the_gui_thread(qtbot, garbage_collected_in_the_gui_thread):
+    """A worker thread that allocates past the collector's threshold must not collect there (a cycle holding a
+    widget would be destroyed off the GUI thread, and Qt aborts): the GUI thread's timer collects it."""
+    import gc
+    import threading
+
+    assert not gc.isenabled()
+    seen: list[str] = []
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+        def __del__(self) -> None:
+            seen.append(threading.current_thread().name)
+
+    def work() -> None:
+        for _ in range(3 * gc.get_threshold()[0]):
+            Cycle()
+
+    worker = threading.Thread(target=work, name="worker")
+    worker.start()
+    worker.join()
+    assert seen == []  # nothing was collected in the worker
+    qtbot.waitUntil(lambda: len(seen) == 3 * gc.get_threshold()[0], timeout=10_000)
+    assert set(seen) == {threading.main_thread().name}
+    gc.enable()  # as the projection does after numba's compilation: the next tick turns it off again
+    qtbot.waitUntil(lambda: not gc.isenabled(), timeout=10_000)
+
+
 def test_settings_recent_lists_are_deduplicated_capped_and_persist(tmp_path, settings):
     for i in range(MAX_RECENT + 3):
         settings.add_recent_folder(tmp_path / f"f{i}")
