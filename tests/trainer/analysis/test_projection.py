@@ -261,7 +261,7 @@ def test_requests_to_the_worker_carry_arrays_out_of_band_and_arrive_intact():
     assert projection_worker._recv_request(b) is None
 
 
-def test_the_garbage_collector_is_paused_while_a_worker_thread_may_compile_and_restored_after(monkeypatch):
+def test_the_garbage_collector_is_paused_while_a_worker_thread_may_compile_and_restored_after(monkeypatch, request):
     import gc
     import threading
 
@@ -275,6 +275,9 @@ def test_the_garbage_collector_is_paused_while_a_worker_thread_may_compile_and_r
         return "layout"
 
     monkeypatch.setattr(proj, "_project", fake)
+    was_enabled = gc.isenabled()  # off after the GUI tests, which collect on the GUI thread's timer instead
+    gc.enable()  # this test starts from Python's usual state
+    request.addfinalizer(lambda: None if was_enabled else gc.disable())
     assert gc.isenabled()
     t = threading.Thread(target=lambda: proj.project(np.zeros((3, 2)), "umap"), name="worker")
     t.start()
