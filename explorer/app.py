@@ -87,6 +87,7 @@ def collect_garbage_in_gui_thread(app, interval_s: float = 1.0):
 
         def stop(self) -> None:
             self.timer.stop()
+            self.timer.deleteLater()
             gc.enable()
             gc.collect()
 

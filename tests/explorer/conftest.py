@@ -25,5 +25,3 @@ def garbage_collected_in_the_gui_thread(qapp):
     collector = collect_garbage_in_gui_thread(qapp, interval_s=0.5)
     yield collector
     collector.stop()
-    collector.timer.setParent(None)
-    collector.timer.deleteLater()

@@ -98,7 +98,6 @@ def test_missing_xcb_libraries_names_the_apt_packages():
     assert set(XCB_LIBRARIES.values()) >= {"libxcb-cursor0", "libxkbcommon-x11-0", "libegl1", "libgl1"}
 
 
-# ---- settings -----------------------------------------------------------------------------------------------------
 def test_cycles_made_in_a_worker_thread_are_collected_on_the_gui_thread(qtbot, garbage_collected_in_the_gui_thread):
     """A worker thread that allocates past the collector's threshold must not collect there (a cycle holding a
     widget would be destroyed off the GUI thread, and Qt aborts): the GUI thread's timer collects it."""
@@ -129,6 +128,7 @@ def test_cycles_made_in_a_worker_thread_are_collected_on_the_gui_thread(qtbot, g
     qtbot.waitUntil(lambda: not gc.isenabled(), timeout=10_000)
 
 
+# ---- settings -----------------------------------------------------------------------------------------------------
 def test_settings_recent_lists_are_deduplicated_capped_and_persist(tmp_path, settings):
     for i in range(MAX_RECENT + 3):
         settings.add_recent_folder(tmp_path / f"f{i}")
