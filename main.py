@@ -88,7 +88,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-backbone-epochs", type=int, help="train only the head for the first N epochs")
     p.add_argument("--epochs", type=int, help=f"epochs (default {d.optim.epochs})")
     p.add_argument("--embedding-dim", type=int, help="embedding dimension D (default: the recipe's)")
-    p.add_argument("--head-bn", action="store_true", default=None, help="BatchNorm in the embedding head")
+    p.add_argument("--head-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="BatchNorm in the embedding head (default: the recipe's)")
     p.add_argument("--image-size", type=int, help="input size in pixels (default: the recipe's, from the weights and the images' size)")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no augmentation")
     p.add_argument("--no-flip", dest="flip", action="store_false", default=None,
