@@ -77,7 +77,7 @@ _KEY_TITLES = {
     "loss.name": "Loss", "model.embedding_dim": "dim", "data.batch_classes": "C",
     "data.batch_per_class": "K", "data.flip": "mirroring", "data.crop_scale": "Crops",
     "optim.warmup_epochs": "Warm-up", "optim.loss_lr": "Loss rate", "data.augment": "Augment",
-    "loss.miner": "Miner", "loss.params": "Loss parameters",
+    "loss.miner": "Miner", "loss.params": "Loss parameters", "model.head_bn": "BatchNorm head",
 }
 
 

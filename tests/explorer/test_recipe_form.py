@@ -80,6 +80,20 @@ def test_a_loss_picked_in_the_form_gets_the_recipe_miner_for_the_weights(qtbot, 
     assert panel.config().loss.miner == "batch_hard" and "loss.miner" not in panel.config().auto
 
 
+def test_a_loss_picked_in_the_form_gets_the_recipe_head_for_the_weights(qtbot, folder):
+    # the command line's rule: threshold-consistent from random weights gets a BatchNorm head, said with its reason
+    panel = _panel(qtbot, folder)
+    panel._select(panel.loss, "threshold_consistent")
+    cfg = panel.config()
+    assert "model.head_bn" in cfg.auto and cfg.model.head_bn is False  # ImageNet weights, not yet known to fail
+    panel.set_weights_status("resnet18", False, "ImageNet weights unavailable: URLError")
+    assert panel.config().model.head_bn is True
+    assert "<b>BatchNorm head</b> on: BatchNorm in the head" in panel.recipe_label.toolTip()
+    panel._select(panel.loss, "triplet")
+    assert panel.config().model.head_bn is False
+    assert "BatchNorm head</b> off: a plain linear head" in panel.recipe_label.toolTip()
+
+
 def test_edits_leave_the_recipe_and_use_the_recipe_hands_them_back(qtbot, folder):
     panel = _panel(qtbot, folder)
     panel.pretrained.setChecked(False)
