@@ -456,6 +456,9 @@ def cmd_sweep(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.dry_run:
         p.error("--dry-run is for train")
+    if args.seed is not None:
+        # the sweep's runs are LOSS-s0 ... LOSS-s(N-1), each seeded by its index
+        p.error(f"--seed is for train: a sweep trains seeds 0 to N-1 of --seeds N (asked for --seed {args.seed})")
     losses = list(LOSSES) if args.losses == "all" else [x.strip() for x in args.losses.split(",") if x.strip()]
     unknown = [x for x in losses if x not in LOSSES]
     if unknown:

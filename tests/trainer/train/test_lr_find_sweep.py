@@ -122,6 +122,10 @@ def test_lr_find_and_sweep_from_the_command_line(tmp_path):
     assert all(row["ci95"] is None for row in doc["summary"])  # one seed: no interval
     res = _cli("sweep", str(data), "--out", str(tmp_path / "sw2"), "--losses", "nope", *small)
     assert res.returncode == 2 and "unknown loss nope" in res.stderr
+    # a seed the sweep would not use is refused, not silently replaced by seed 0
+    res = _cli("sweep", str(data), "--out", str(tmp_path / "sw3"), "--losses", "triplet", "--seed", "1", *small)
+    assert res.returncode == 2 and "--seed is for train" in res.stderr and "--seeds N" in res.stderr
+    assert not (tmp_path / "sw3").exists()
 
 
 def test_a_sweep_keeps_the_parameters_that_belong_to_each_loss():
