@@ -220,9 +220,9 @@ def head_bn_for_loss(loss_name: str, facts: Facts) -> Choice:
     pulls it above cosine 0.9. A random network's embeddings start nearly collinear (mean cosine 0.77 within a
     training batch of icons), and these pulls collapse them: after 30 epochs on icons held-out MAP@R 0.035 and 0.021
     against 0.035 untrained. The BatchNorm head centres the embeddings (mean cosine ~0 within a batch) and both
-    climb, to 0.047 and 0.073 after 30 epochs (bench/README.md, "recipe.head_bn"). Other losses lost with it (triplet 0.019 against 0.041 on icons
-    after 10 epochs, contrastive 0.024 against 0.033), and trained features need no centring, so the rule stays
-    with these two and random weights."""
+    climb, to 0.047 and 0.073 after 30 epochs (bench/README.md, "recipe.head_bn"). Other losses lost with it
+    (triplet 0.019 against 0.041 on icons after 10 epochs, contrastive 0.024 against 0.033), and trained features
+    need no centring, so the rule stays with these two and random weights."""
     if loss_name in BN_HEAD_FROM_SCRATCH and not facts.trained_weights:
         return Choice("model.head_bn", True, f"BatchNorm in the head: from random weights the embeddings start "
                                              f"nearly collinear, and {loss_name}'s pull of same-class pairs "
