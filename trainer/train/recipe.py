@@ -212,9 +212,9 @@ def miner_for_loss(loss_name: str, facts: Facts) -> Choice | None:
     return Choice("loss.miner", loss.default_miner, f"the usual miner of {loss.name}")
 
 
-def head_bn_for_loss(loss_name: str, facts: Facts) -> Choice:
+def head_bn_for_loss(loss_name: str, facts: Facts) -> Choice | None:
     """The head for a loss the user picked: a BatchNorm head from random weights for the losses of
-    BN_HEAD_FROM_SCRATCH, a plain linear head otherwise.
+    BN_HEAD_FROM_SCRATCH; None (the rules' plain linear head) otherwise.
 
     Generalized lifted structure pulls every positive pair to distance 0 and the threshold-consistent margin term
     pulls it above cosine 0.9. A random network's embeddings start nearly collinear (mean cosine 0.77 within a
@@ -228,7 +228,7 @@ def head_bn_for_loss(loss_name: str, facts: Facts) -> Choice:
                                              f"nearly collinear, and {loss_name}'s pull of same-class pairs "
                                              f"together collapses them without it (measured on the open-set "
                                              f"benchmark, bench/README.md \"recipe.head_bn\")")
-    return Choice("model.head_bn", False, "a plain linear head")
+    return None
 
 
 def derive(cfg: TrainConfig, facts: Facts) -> tuple[TrainConfig, list[Choice]]:
@@ -254,8 +254,9 @@ def derive(cfg: TrainConfig, facts: Facts) -> tuple[TrainConfig, list[Choice]]:
     if "model.head_bn" in auto and "loss.name" not in auto:
         # the user picked the loss: the head for that loss
         head = head_bn_for_loss(cfg.loss.name, facts)
-        changes["model.head_bn"] = head.value
-        chosen = [head if c.key == "model.head_bn" else c for c in chosen]
+        if head is not None:
+            changes["model.head_bn"] = head.value
+            chosen = [head if c.key == "model.head_bn" else c for c in chosen]
     if "loss.params" in auto and "loss.name" not in auto:
         changes.pop("loss.params", None)
         chosen = [c for c in chosen if c.key != "loss.params"]
