@@ -78,6 +78,7 @@ _KEY_TITLES = {
     "data.batch_per_class": "K", "data.flip": "mirroring", "data.crop_scale": "Crops",
     "optim.warmup_epochs": "Warm-up", "optim.loss_lr": "Loss rate", "data.augment": "Augment",
     "loss.miner": "Miner", "loss.params": "Loss parameters", "model.head_bn": "BatchNorm head",
+    "optim.scheduler": "Schedule", "optim.weight_decay": "Weight decay",
 }
 
 

@@ -89,6 +89,8 @@ def test_a_loss_picked_in_the_form_gets_the_recipe_head_for_the_weights(qtbot, f
     panel.set_weights_status("resnet18", False, "ImageNet weights unavailable: URLError")
     assert panel.config().model.head_bn is True
     assert "<b>BatchNorm head</b> on: BatchNorm in the head" in panel.recipe_label.toolTip()
+    # every choice in the tip is named in words, none by its config key
+    assert not any(f"<b>{k}</b>" in panel.recipe_label.toolTip() for k in RECIPE_KEYS)
     panel._select(panel.loss, "triplet")
     assert panel.config().model.head_bn is False
     assert "BatchNorm head</b> off: a plain linear head" in panel.recipe_label.toolTip()
