@@ -11,7 +11,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
+# Loss parameters added since a config version, with the value a run of that loss written before it trained with
+# (a config stores only the parameters set away from their defaults, so an older run must not pick up a new
+# default when it is resumed or shown). Version 2: the distance_scale of lifted structure and generalized lifted
+# structure (1 before; bench/README.md "recipe.lifted_scale").
+LOSS_PARAMS_BEFORE: dict[int, dict[str, dict[str, Any]]] = {
+    2: {"lifted_structure": {"distance_scale": 1.0}, "generalized_lifted_structure": {"distance_scale": 1.0}},
+}
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,24 @@ class OptimConfig:
     batches_per_epoch: int | None = None  # None: about one pass over the training images
 
 
+def _migrate(d: dict[str, Any], version: int) -> dict[str, Any]:
+    """A config dict of an older version as the current one: the loss parameters added since, at the values the
+    older run trained with (LOSS_PARAMS_BEFORE)."""
+    loss = d.get("loss")
+    if not isinstance(loss, dict):
+        return d
+    added: dict[str, Any] = {}
+    for since, by_loss in sorted(LOSS_PARAMS_BEFORE.items()):
+        if version < since:
+            added.update(by_loss.get(loss.get("name", LossConfig.name), {}))
+    if not added:
+        return d
+    params = loss.get("params", {})
+    if not isinstance(params, dict):
+        return d  # _build refuses it with its name
+    return {**d, "loss": {**loss, "params": {**added, **params}}}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -103,6 +128,7 @@ class TrainConfig:
             raise ValueError(f"config version {version!r} is not a number")
         if version > CONFIG_VERSION:
             raise ValueError(f"config version {version} is newer than this program understands ({CONFIG_VERSION})")
+        d = _migrate(d, version)
         parts = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig}
         kwargs: dict[str, Any] = {}
         own = {f.name: f for f in dataclasses.fields(cls)}

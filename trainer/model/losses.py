@@ -226,6 +226,24 @@ def _unit_euclidean() -> distances.BaseDistance:
     return distances.LpDistance(p=2, power=1, normalize_embeddings=True)
 
 
+class _ScaledUnitEuclidean(distances.LpDistance):
+    """Euclidean distance on the unit sphere times a constant: the distances a loss sees lie in [0, 2 * scale]."""
+
+    def __init__(self, scale: float):
+        super().__init__(p=2, power=1, normalize_embeddings=True)
+        self.scale = float(scale)
+
+    def compute_mat(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
+        return self.scale * super().compute_mat(query_emb, ref_emb)
+
+    def pairwise_distance(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
+        return self.scale * super().pairwise_distance(query_emb, ref_emb)
+
+
+def _scaled_unit_euclidean(scale: float) -> distances.BaseDistance:
+    return _unit_euclidean() if scale == 1.0 else _ScaledUnitEuclidean(scale)
+
+
 def metric_distance(metric: Metric) -> distances.BaseDistance:
     """The PML distance object for a metric name: cosine similarity or Euclidean distance on the unit sphere."""
     if metric == "cosine":
@@ -296,24 +314,32 @@ _LOSS_LIST: list[LossSpec] = [
         name="lifted_structure", title="Lifted structure",
         description="Each positive pair against a smooth maximum over all negatives of both its samples.",
         params=(
-            P("neg_margin", 1.0, "negative pairs closer than this contribute", minimum=0),
-            P("pos_margin", 0.0, "positive pairs farther apart than this contribute", minimum=0),
+            P("neg_margin", 1.0, "negative pairs closer than this contribute (a scaled distance, as the loss sees it)",
+              minimum=0),
+            P("pos_margin", 0.0, "positive pairs farther apart than this contribute (a scaled distance)", minimum=0),
+            P("distance_scale", 8.0, "unit-sphere distances (0-2) are multiplied by this before the margins and "
+              "the smooth maximum over negatives; at 1 that maximum never falls below the hinge", minimum=0.1),
         ),
         family="pair", normalized=True, metric="euclidean", default_miner="none",
         reference="Oh Song et al. 2016",
-        build=lambda p, d, c: losses.LiftedStructureLoss(p["neg_margin"], p["pos_margin"], distance=_unit_euclidean()),
+        build=lambda p, d, c: losses.LiftedStructureLoss(
+            p["neg_margin"], p["pos_margin"], distance=_scaled_unit_euclidean(p["distance_scale"])
+        ),
     ),
     _spec(
         name="generalized_lifted_structure", title="Generalized lifted structure",
         description="Per anchor: log-sum-exp over its positives plus log-sum-exp over its negatives, with margins.",
         params=(
-            P("neg_margin", 1.0, "negative pairs closer than this contribute", minimum=0),
-            P("pos_margin", 0.0, "positive pairs farther apart than this contribute", minimum=0),
+            P("neg_margin", 1.0, "negative pairs closer than this contribute (a scaled distance, as the loss sees it)",
+              minimum=0),
+            P("pos_margin", 0.0, "positive pairs farther apart than this contribute (a scaled distance)", minimum=0),
+            P("distance_scale", 8.0, "unit-sphere distances (0-2) are multiplied by this before the margins and "
+              "the smooth maxima; at 1 they are too flat to single out the hardest pairs", minimum=0.1),
         ),
         family="pair", normalized=True, metric="euclidean", default_miner="none",
         reference="Hermans et al. 2017",
         build=lambda p, d, c: losses.GeneralizedLiftedStructureLoss(
-            p["neg_margin"], p["pos_margin"], distance=_unit_euclidean()
+            p["neg_margin"], p["pos_margin"], distance=_scaled_unit_euclidean(p["distance_scale"])
         ),
     ),
     _spec(
@@ -694,7 +720,7 @@ def loss_margin(name: str, params: Mapping[str, Any] | None = None) -> float:
     """The margin the triplet census uses for this loss: the gap d(a,n) - d(a,p) the loss asks for.
 
     Triplet: its margin; margin loss: 2 * margin (beta - margin vs beta + margin); contrastive / lifted:
-    neg_margin - pos_margin; ranked list: its margin; every other loss: DEFAULT_CENSUS_MARGIN (0.1).
+    (neg_margin - pos_margin) / distance_scale; ranked list: its margin; every other loss: DEFAULT_CENSUS_MARGIN (0.1).
     """
     spec = _loss_spec(name)
     p = resolve_params(f"loss {name!r}", spec.params, params)
@@ -703,7 +729,8 @@ def loss_margin(name: str, params: Mapping[str, Any] | None = None) -> float:
     if name == "margin":
         return 2.0 * float(p["margin"])
     if name in ("contrastive", "lifted_structure", "generalized_lifted_structure"):
-        return max(0.0, float(p["neg_margin"]) - float(p["pos_margin"]))
+        # margins in the loss's own units: distance_scale times the unit sphere's
+        return max(0.0, float(p["neg_margin"]) - float(p["pos_margin"])) / float(p.get("distance_scale", 1.0))
     return DEFAULT_CENSUS_MARGIN
 
 

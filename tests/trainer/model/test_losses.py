@@ -359,3 +359,77 @@ def test_multiplicative_margins_are_annealed_as_the_authors_code_does(name) -> N
     assert float(state["inner.anneal_step"]) == 3
     del state["inner.anneal_step"]  # a checkpoint written before the schedule existed still loads
     loss.load_state_dict(state)
+
+
+def _lifted_structure_by_loops(emb: torch.Tensor, labels: torch.Tensor, neg_margin: float, pos_margin: float,
+                               scale: float) -> float:
+    """Oh Song et al.'s loss as PML computes it, pair by pair: for each ordered positive pair (i, j), the
+    log-sum-exp of neg_margin - d over the negatives of i and of j, plus d(i, j) - pos_margin, hinged, squared,
+    halved; the mean over positive pairs. d: scale times the Euclidean distance on the unit sphere."""
+    x = F.normalize(emb.double(), dim=1)
+    n = len(labels)
+
+    def d(a: int, b: int) -> float:
+        return scale * float(torch.linalg.vector_norm(x[a] - x[b]))
+
+    per_pair = []
+    for i in range(n):
+        for j in range(n):
+            if i == j or labels[i] != labels[j]:
+                continue
+            terms = [neg_margin - d(a, k) for a in (i, j) for k in range(n) if labels[k] != labels[a]]
+            smooth_max = math.log(sum(math.exp(t) for t in terms))
+            per_pair.append(max(0.0, smooth_max + d(i, j) - pos_margin) ** 2 / 2)
+    return sum(per_pair) / len(per_pair)
+
+
+@pytest.mark.parametrize("scale", [1.0, 8.0, 2.5])
+def test_lifted_structure_scales_unit_sphere_distances_as_the_loops_do(scale: float) -> None:
+    emb, labels = _blobs(n_classes=3, per_class=4, dim=8)
+    loss = L.build_loss("lifted_structure", {"distance_scale": scale}, embedding_dim=8, num_classes=3)
+    assert _value(loss(emb, labels)) == pytest.approx(_lifted_structure_by_loops(emb, labels, 1.0, 0.0, scale),
+                                                      rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["lifted_structure", "generalized_lifted_structure"])
+def test_lifted_structure_reaches_its_hinge_only_with_scaled_distances(name: str) -> None:
+    """Classes on orthogonal axes (unit distance sqrt(2) between classes, 0 within): the smooth maximum over
+    the ~100 negatives is log(n) + 1 - d, which stays above the hinge on the unit sphere's 0-2, so at
+    distance_scale 1 the loss still penalises a perfect embedding; at the default, 8, it is zero."""
+    labels = torch.arange(8).repeat_interleave(8)
+    emb = torch.eye(16)[labels] * 3.0
+    at_one = L.build_loss(name, {"distance_scale": 1.0}, embedding_dim=16, num_classes=8)
+    default = L.build_loss(name, None, embedding_dim=16, num_classes=8)
+    assert _value(at_one(emb, labels)) > 1.0
+    assert _value(default(emb, labels)) == pytest.approx(0.0, abs=1e-6)
+    assert {p.name: p.default for p in L.LOSSES[name].params}["distance_scale"] == 8.0
+    # the census margin is the loss's neg_margin - pos_margin in unit-sphere distances
+    assert L.loss_margin(name, {}) == pytest.approx(1.0 / 8.0)
+    assert L.loss_margin(name, {"distance_scale": 1.0}) == pytest.approx(1.0)
+
+
+def _generalized_lifted_structure_by_loops(emb: torch.Tensor, labels: torch.Tensor, neg_margin: float,
+                                           pos_margin: float, scale: float) -> float:
+    """Per anchor: log-sum-exp of d - pos_margin over its positives plus log-sum-exp of neg_margin - d over its
+    negatives, hinged at 0; the mean over anchors. d: scale times the Euclidean distance on the unit sphere."""
+    x = F.normalize(emb.double(), dim=1)
+    n = len(labels)
+    per_anchor = []
+    for i in range(n):
+        pos = [scale * float(torch.linalg.vector_norm(x[i] - x[j])) - pos_margin
+               for j in range(n) if j != i and labels[j] == labels[i]]
+        neg = [neg_margin - scale * float(torch.linalg.vector_norm(x[i] - x[k]))
+               for k in range(n) if labels[k] != labels[i]]
+        lse = sum(math.log(sum(math.exp(t) for t in ts)) for ts in (pos, neg))
+        per_anchor.append(max(0.0, lse))
+    return sum(per_anchor) / n
+
+
+@pytest.mark.parametrize("scale", [1.0, 8.0, 2.5])
+def test_generalized_lifted_structure_scales_unit_sphere_distances_as_the_loops_do(scale: float) -> None:
+    emb, labels = _blobs(n_classes=3, per_class=4, dim=8, seed=1)
+    loss = L.build_loss("generalized_lifted_structure", {"distance_scale": scale, "neg_margin": 1.5},
+                        embedding_dim=8, num_classes=3)
+    want = _generalized_lifted_structure_by_loops(emb, labels, 1.5, 0.0, scale)
+    assert _value(loss(emb, labels)) == pytest.approx(want, rel=1e-5)
+    assert L.loss_margin("generalized_lifted_structure", {"distance_scale": scale}) == pytest.approx(1.0 / scale)
