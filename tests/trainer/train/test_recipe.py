@@ -158,7 +158,8 @@ def test_from_random_weights_a_triplet_loss_sees_every_triplet_instead_of_the_se
 def test_from_random_weights_the_losses_that_pull_same_class_pairs_together_get_a_batchnorm_head():
     # generalized lifted structure and threshold-consistent collapsed a random network's nearly collinear
     # embeddings (icons after 30 epochs: 0.035 and 0.021 held-out MAP@R against 0.035 untrained); the BatchNorm
-    # head centres them and both climb. Other losses lost with it, so the rule is theirs only.
+    # head centres them and both climb, as does lifted structure (0.107 against 0.087 on icons' seed 1). Other
+    # losses lost with it, so the rule is theirs only.
     auto = tuple(k for k in RECIPE_KEYS if k not in ("loss.name", "loss.params"))
     for name in sorted(BN_HEAD_FROM_SCRATCH):
         cfg = TrainConfig().replace(**{"loss.name": name, "loss.params": {}, "auto": auto})
@@ -168,8 +169,8 @@ def test_from_random_weights_the_losses_that_pull_same_class_pairs_together_get_
         assert "BatchNorm" in why and "random weights" in why and name in why
         # trained features keep the plain head
         assert derive(cfg, facts(trained_weights=True))[0].model.head_bn is False, name
-    assert BN_HEAD_FROM_SCRATCH == {"generalized_lifted_structure", "threshold_consistent"}
-    for name in ("triplet", "contrastive", "lifted_structure", "multi_similarity", "normalized_softmax"):
+    assert BN_HEAD_FROM_SCRATCH == {"lifted_structure", "generalized_lifted_structure", "threshold_consistent"}
+    for name in ("triplet", "contrastive", "multi_similarity", "normalized_softmax", "n_pairs"):
         cfg = TrainConfig().replace(**{"loss.name": name, "loss.params": {}, "auto": auto})
         assert derive(cfg, facts(trained_weights=False))[0].model.head_bn is False, name
     # the recipe's own loss comes with the plain head
