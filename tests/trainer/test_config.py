@@ -27,7 +27,7 @@ def test_a_version_1_lifted_structure_run_reads_with_the_distance_scale_it_train
     # a run written with distance_scale known uses its default; so does a config with no version (the current)
     assert TrainConfig.from_dict(_saved("lifted_structure", {}, 2)).loss.params == {}
     assert TrainConfig.from_dict(_saved("lifted_structure", {}, None)).loss.params == {}
-    # other losses gained nothing
+    # generalized lifted structure gained it too; other losses gained nothing
     assert TrainConfig.from_dict(_saved("generalized_lifted_structure", {}, 1)).loss.params == {"distance_scale": 1.0}
     assert TrainConfig.from_dict(_saved("contrastive", {}, 1)).loss.params == {}
     assert TrainConfig.from_dict(_saved("triplet", {"margin": 0.2}, 1)).loss.params == {"margin": 0.2}

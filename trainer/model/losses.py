@@ -240,10 +240,6 @@ class _ScaledUnitEuclidean(distances.LpDistance):
         return self.scale * super().pairwise_distance(query_emb, ref_emb)
 
 
-def _scaled_unit_euclidean(scale: float) -> distances.BaseDistance:
-    return _unit_euclidean() if scale == 1.0 else _ScaledUnitEuclidean(scale)
-
-
 def metric_distance(metric: Metric) -> distances.BaseDistance:
     """The PML distance object for a metric name: cosine similarity or Euclidean distance on the unit sphere."""
     if metric == "cosine":
@@ -271,6 +267,15 @@ _SCALE = P("scale", 64.0, "logit scale s: cosines are multiplied by it before th
 def _spec(**kw: Any) -> LossSpec:
     return LossSpec(**kw)
 
+
+# the two lifted structures' parameters: margins on distances scaled by distance_scale (bench/README.md
+# "recipe.lifted_scale": at 1 the log-sum-exp over a batch's ~120 negatives never falls below the hinge)
+_LIFTED_PARAMS = (
+    P("neg_margin", 1.0, "negative pairs closer than this contribute (a scaled distance, as the loss sees it)", minimum=0),
+    P("pos_margin", 0.0, "positive pairs farther apart than this contribute (a scaled distance)", minimum=0),
+    P("distance_scale", 8.0, "unit-sphere distances (0-2) are multiplied by this before the margins and the "
+      "log-sum-exp over negatives; at 1 that log-sum-exp never falls below the hinge", minimum=0.1),
+)
 
 _LOSS_LIST: list[LossSpec] = [
     _spec(
@@ -313,33 +318,21 @@ _LOSS_LIST: list[LossSpec] = [
     _spec(
         name="lifted_structure", title="Lifted structure",
         description="Each positive pair against a smooth maximum over all negatives of both its samples.",
-        params=(
-            P("neg_margin", 1.0, "negative pairs closer than this contribute (a scaled distance, as the loss sees it)",
-              minimum=0),
-            P("pos_margin", 0.0, "positive pairs farther apart than this contribute (a scaled distance)", minimum=0),
-            P("distance_scale", 8.0, "unit-sphere distances (0-2) are multiplied by this before the margins and "
-              "the smooth maximum over negatives; at 1 that maximum never falls below the hinge", minimum=0.1),
-        ),
+        params=_LIFTED_PARAMS,
         family="pair", normalized=True, metric="euclidean", default_miner="none",
         reference="Oh Song et al. 2016",
         build=lambda p, d, c: losses.LiftedStructureLoss(
-            p["neg_margin"], p["pos_margin"], distance=_scaled_unit_euclidean(p["distance_scale"])
+            p["neg_margin"], p["pos_margin"], distance=_ScaledUnitEuclidean(p["distance_scale"])
         ),
     ),
     _spec(
         name="generalized_lifted_structure", title="Generalized lifted structure",
         description="Per anchor: log-sum-exp over its positives plus log-sum-exp over its negatives, with margins.",
-        params=(
-            P("neg_margin", 1.0, "negative pairs closer than this contribute (a scaled distance, as the loss sees it)",
-              minimum=0),
-            P("pos_margin", 0.0, "positive pairs farther apart than this contribute (a scaled distance)", minimum=0),
-            P("distance_scale", 8.0, "unit-sphere distances (0-2) are multiplied by this before the margins and "
-              "the smooth maxima; at 1 they are too flat to single out the hardest pairs", minimum=0.1),
-        ),
+        params=_LIFTED_PARAMS,
         family="pair", normalized=True, metric="euclidean", default_miner="none",
         reference="Hermans et al. 2017",
         build=lambda p, d, c: losses.GeneralizedLiftedStructureLoss(
-            p["neg_margin"], p["pos_margin"], distance=_scaled_unit_euclidean(p["distance_scale"])
+            p["neg_margin"], p["pos_margin"], distance=_ScaledUnitEuclidean(p["distance_scale"])
         ),
     ),
     _spec(
