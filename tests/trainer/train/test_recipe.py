@@ -100,10 +100,35 @@ def test_normalized_softmax_from_scratch_with_many_images_per_class_takes_a_high
 
 def test_batches_follow_the_classes_and_images_per_class():
     assert values(facts(n_train_classes=5))["data.batch_classes"] == 5
-    assert values(facts(n_train_classes=100))["data.batch_classes"] == 16
-    assert values(facts(n_train_classes=100, device="cuda"))["data.batch_classes"] == 32
+    assert values(facts(n_train_classes=100, images_per_class=20))["data.batch_classes"] == 16
+    assert values(facts(n_train_classes=100, images_per_class=20, device="cuda"))["data.batch_classes"] == 32
     assert values(facts(images_per_class=3))["data.batch_per_class"] == 2
     assert values(facts(images_per_class=20))["data.batch_per_class"] == 4
+
+
+def test_normalized_softmax_from_scratch_with_many_images_per_class_takes_half_the_classes_per_batch():
+    """C = 8 (16 on a GPU) for normalized softmax from 48 images per class on, from random weights (glyphs, 64 per
+    class, gain; photos, 24, lose), also when the user picks that loss; pair losses, trained weights and a C the
+    user sets keep theirs."""
+    many = facts(n_train_classes=36, images_per_class=48)
+    assert values(many)["loss.name"] == "normalized_softmax"
+    c = [c for c in rules(many, 224, False) if c.key == "data.batch_classes"][0]
+    assert c.value == 8 and "median 48" in c.reason and "32 images per batch" in c.reason
+    assert values(facts(n_train_classes=36, images_per_class=48, device="cuda"))["data.batch_classes"] == 16
+    assert values(facts(n_train_classes=36, images_per_class=47))["data.batch_classes"] == 16
+    assert values(facts(n_train_classes=6, images_per_class=64))["data.batch_classes"] == 6  # fewer classes than 8
+    assert values(facts(n_train_classes=36, images_per_class=64, trained_weights=True))["data.batch_classes"] == 16
+    few_classes = facts(n_train_classes=12, images_per_class=180)  # multi-similarity: the full batch
+    assert values(few_classes)["loss.name"] == "multi_similarity" and values(few_classes)["data.batch_classes"] == 12
+    picked = TrainConfig().replace(**{"loss.name": "normalized_softmax",
+                                      "auto": tuple(k for k in RECIPE_KEYS if k not in ("loss.name", "loss.params"))})
+    out, chosen = derive(picked, few_classes)
+    assert out.data.batch_classes == 8 and [c.value for c in chosen if c.key == "data.batch_classes"] == [8]
+    other = picked.replace(**{"loss.name": "contrastive"})
+    assert derive(other, facts(n_train_classes=36, images_per_class=64))[0].data.batch_classes == 16
+    mine = TrainConfig().replace(**{"data.batch_classes": 12,
+                                    "auto": tuple(k for k in RECIPE_KEYS if k != "data.batch_classes")})
+    assert derive(mine, facts(n_train_classes=36, images_per_class=64))[0].data.batch_classes == 12
 
 
 def test_grayscale_folders_are_not_mirrored_and_colour_photos_are():
