@@ -1095,8 +1095,9 @@ class RunReader:
 
     def split_rows(self, epoch: int, split: int) -> tuple[np.ndarray, np.ndarray]:
         """(sample ids, embedding rows) of one split of one epoch, read once and the same arrays for every caller
-        (the Triplets and Threshold tabs each read a copy of the held-out rows: 2 x 256 MB at 1e6 x 128); treat
-        them as read-only."""
+        (the Triplets and Threshold tabs each read a copy of the held-out rows: 2 x 256 MB at 1e6 x 128). Both
+        arrays are read-only (a caller that writes into them gets numpy's ValueError instead of changing what the
+        other tab sees); copy them to change them."""
         entry = self._entry(epoch)
         key = (entry["file"], entry.get("written"), int(split))
         with self._mapped_lock:
@@ -1105,7 +1106,10 @@ class RunReader:
                 self._split_rows[key] = hit  # most recently used last
                 return hit
         ids = np.flatnonzero(np.asarray(self.samples.split) == split).astype(np.int64)
-        hit = (ids, self.rows(epoch, ids))
+        rows = self.rows(epoch, ids)
+        ids.flags.writeable = False
+        rows.flags.writeable = False
+        hit = (ids, rows)
         with self._mapped_lock:
             hit = self._split_rows.setdefault(key, hit)  # two callers at once: the first one's copy
             while len(self._split_rows) > self.SHARED_SPLITS:

@@ -682,6 +682,11 @@ def test_split_rows_are_read_once_and_shared(tmp_path: Path) -> None:
         np.testing.assert_array_equal(x, np.array([emb[i] for i in ids], np.float32))
         again = r.split_rows(1, int(code))
         assert again[0] is ids and again[1] is x  # the same arrays for every caller
+        for shared in (ids, x):  # so no caller may change them for the others
+            with pytest.raises(ValueError, match="read-only"):
+                shared[:1] = 0
+            with pytest.raises(ValueError, match="read-only"):
+                shared *= 2
     first = r.split_rows(0, int(split[0]))[1]
     for e in (1, 2):  # more (epoch, split) pairs than it keeps: the oldest is read anew
         r.split_rows(e, int(split[0]))

@@ -30,7 +30,7 @@ import numba
 import numpy as np
 import torch
 
-from trainer.analysis.distances import check_metric, unit_rows
+from trainer.analysis.distances import check_metric, tensor_view, unit_rows
 
 Metric = Literal["cosine", "euclidean"]
 CATEGORIES = ("easy", "semihard", "hard")
@@ -220,7 +220,12 @@ def batch_census(
     ``metric="cosine" | "euclidean"``, or embeddings with a PML ``distance`` object (used as the miner uses it).
     """
     margin = _check_margin(margin)
-    x = dist_or_embeddings.detach() if isinstance(dist_or_embeddings, torch.Tensor) else torch.as_tensor(dist_or_embeddings)
+    if isinstance(dist_or_embeddings, torch.Tensor):
+        x = dist_or_embeddings.detach()
+    elif isinstance(dist_or_embeddings, np.ndarray):
+        x = tensor_view(dist_or_embeddings)
+    else:
+        x = torch.as_tensor(dist_or_embeddings)
     lab = torch.as_tensor(labels).detach().to(x.device)
     if lab.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {tuple(lab.shape)}")
@@ -444,7 +449,7 @@ def epoch_census(
     # columns sorted by class: each anchor's positives are one contiguous slice, its negatives the rest. One copy
     # (sorted, then normalised in place): a 500,000 x 128 split held a normalised and a sorted copy (512 MB)
     order = np.argsort(y, kind="stable")
-    in_place = overwrite and bool(np.all(y[1:] >= y[:-1]))
+    in_place = overwrite and x.flags.writeable and bool(np.all(y[1:] >= y[:-1]))
     xs = x if in_place else np.ascontiguousarray(x[order])
     if not euclid:
         unit_rows(xs, out=xs)

@@ -8,6 +8,8 @@ distance 1. ``"euclidean"`` is the plain L2 distance of the rows as they are.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -21,12 +23,25 @@ def check_metric(metric: str) -> str:
     return metric
 
 
+def tensor_view(x: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy(x)``, also for read-only rows (the ones a run shares between views,
+    ``RunReader.split_rows``), without torch's warning that it cannot protect them: the routines here only read
+    their input tensors (anything that normalises in place checks ``x.flags.writeable`` first)."""
+    if x.flags.writeable:
+        return torch.from_numpy(x)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        return torch.from_numpy(x)
+
+
 def unit_rows(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
     """Rows of ``x`` (float32 or float64) scaled to length 1 as torch.nn.functional.normalize does (zero rows stay
-    zero); into ``out`` when given (which may be ``x`` itself)."""
-    t = torch.from_numpy(np.ascontiguousarray(x))
+    zero); into ``out`` when given (which may be ``x`` itself, then writeable)."""
+    t = tensor_view(np.ascontiguousarray(x))
     if out is None:
         return torch.nn.functional.normalize(t, p=2, dim=1).numpy()
+    if not out.flags.writeable:
+        raise ValueError("unit_rows: out is read-only")
     torch.nn.functional.normalize(t, p=2, dim=1, out=torch.from_numpy(out))
     return out
 

@@ -8,7 +8,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from trainer.analysis.distances import _check_inputs
+from trainer.analysis.distances import _check_inputs, tensor_view
 from trainer.analysis.verification import _BLOCK_BYTES, _block_rows
 
 
@@ -74,7 +74,7 @@ def retrieval_metrics(
     )
     calc.k_values = k_values
     # Euclidean k-NN (faiss IndexFlatL2) on L2-normalised rows ranks exactly as cosine similarity does.
-    res = calc.get_accuracy(torch.from_numpy(x), torch.from_numpy(y))
+    res = calc.get_accuracy(tensor_view(x), torch.from_numpy(y))
     out = {
         "precision_at_1": float(res["precision_at_1"]),
         "r_precision": float(res["r_precision"]),

@@ -18,7 +18,7 @@ import math
 import numpy as np
 import torch
 
-from trainer.analysis.distances import METRICS, unit_rows
+from trainer.analysis.distances import METRICS, tensor_view, unit_rows
 from trainer.analysis.verification import PairHistograms
 
 # rows x N of pair distances at a time, sized so one block with its masks and bin keys stays ~100 MB (64 MB blocks
@@ -152,7 +152,7 @@ def rates_ci_at_threshold(embeddings, labels, threshold: float, *, metric: str =
     for k, part in enumerate(np.array_split(rng.permutation(n_classes), n_groups)):
         group_of_class[part] = k
     rows = int(max(1, min(len(x), block_bytes // (4 * len(x) * 4))))
-    ia, ic, ga, gc = _group_accept_counts(torch.from_numpy(np.ascontiguousarray(x)), group_of_class[y], y, metric,
+    ia, ic, ga, gc = _group_accept_counts(tensor_view(np.ascontiguousarray(x)), group_of_class[y], y, metric,
                                           float(threshold), n_groups, rows)
     m = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=int(n_boot)).astype(np.float64)
     # within a group: weight m_g (copies are not paired with each other); across groups g < h: m_g * m_h
@@ -197,7 +197,7 @@ def per_class_rates(embeddings, labels, threshold: float, *, metric: str = "cosi
         raise ValueError(f"embeddings {x.shape} and {len(lab)} labels do not match")
     classes, y = np.unique(lab, return_inverse=True)
     y = y.astype(np.int64)
-    t = torch.from_numpy(x)
+    t = tensor_view(x)
     if metric == "cosine":
         t = torch.nn.functional.normalize(t, dim=1)
     rows = max(1, int(block_bytes // max(1, 4 * len(x) * 4)))
@@ -247,7 +247,7 @@ def per_class_histograms(embeddings, labels, edges, *, metric: str = "cosine",
         raise ValueError("edges must be a non-empty ascending 1-d array")
     classes, y = np.unique(lab, return_inverse=True)
     n, c, nb = len(x), len(classes), len(e) + 1
-    t = torch.from_numpy(x)
+    t = tensor_view(x)
     if metric == "cosine":
         t = torch.nn.functional.normalize(t, dim=1)
     te = torch.from_numpy(e.astype(np.float32))

@@ -37,6 +37,21 @@ def test_unit_rows_is_torch_normalize_bit_for_bit_and_keeps_zero_rows():
         check_metric("l1")
 
 
+def test_read_only_rows_give_the_same_unit_rows_without_a_warning_and_stay_untouched():
+    x = _rows(n=23, d=7)
+    want = unit_rows(x)
+    ro = x.copy()
+    ro.flags.writeable = False
+    got = unit_rows(ro)  # pytest turns torch's "not writable" warning into an error
+    np.testing.assert_array_equal(got, want)
+    assert got.flags.writeable and not ro.flags.writeable
+    np.testing.assert_array_equal(ro, x)
+    np.testing.assert_array_equal(metric_rows(ro, "cosine"), want)
+    with pytest.raises(ValueError, match="read-only"):
+        unit_rows(ro, out=ro)
+    np.testing.assert_array_equal(ro, x)
+
+
 def test_a_zero_row_is_at_distance_one_in_every_routine():
     x = _rows()
     others = np.array([j for j in range(len(x)) if j != 4])
