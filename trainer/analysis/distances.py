@@ -25,13 +25,16 @@ def check_metric(metric: str) -> str:
 
 def tensor_view(x: np.ndarray) -> torch.Tensor:
     """``torch.from_numpy(x)``, also for read-only rows (the ones a run shares between views,
-    ``RunReader.split_rows``), without torch's warning that it cannot protect them: the routines here only read
-    their input tensors (anything that normalises in place checks ``x.flags.writeable`` first)."""
+    ``RunReader.split_rows``), without torch's warning that it cannot protect them. The caller must only read the
+    tensor (what normalises in place checks ``flags.writeable`` first: unit_rows, epoch_census)."""
     if x.flags.writeable:
-        return torch.from_numpy(x)
+        return _FROM_NUMPY(x)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
-        return torch.from_numpy(x)
+        return _FROM_NUMPY(x)
+
+
+_FROM_NUMPY = torch.from_numpy  # tensor_view's own reference (a test replaces torch.from_numpy with a strict one)
 
 
 def unit_rows(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
