@@ -202,7 +202,7 @@ def batch_classes(facts: Facts, loss_name: str) -> Choice:
     against 0.671 / 0.676 / 0.673 with 16: twice the steps help a short run under-fit on many images per class, as
     twice the rate does (scratch_lr). On photos (24 per class) it loses (0.330 against 0.361, seed 0), as twice the
     rate does there, so the rule keeps scratch_lr's condition. A classification loss compares every sample with
-    every class weight, so it needs no many classes in a batch; pair losses keep the full batch."""
+    every class weight, so it does not need many classes in a batch; pair losses keep the full batch."""
     gpu = facts.device in ("cuda", "mps")
     k = batch_per_class(facts)
     c_cap = 32 if gpu else 16
